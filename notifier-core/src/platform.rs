@@ -1,0 +1,119 @@
+//! What differs per kernel: the [`Platform`] a backend implements.
+//!
+//! The core needs very little from its host: a short spinning lock for the writer side
+//! ([`RawLock`]), a sleepable RCU domain ([`SleepableRcu`], with a portable one in
+//! [`srcu`](crate::srcu) for hosts that have none), an address-keyed wait/wake (a futex,
+//! Linux's `wait_var_event`/`wake_up_var`, Hermit's `sys_futex_*`), a per-CPU or
+//! per-thread slot number, the id of the running task, a "may sleep here" assertion,
+//! and an allocator for the one lazily created object per address space.
+
+use core::alloc::Layout;
+use core::ptr::NonNull;
+
+use crate::primitive::{fence, AtomicU32, Ordering};
+use crate::srcu::SleepableRcu;
+use crate::Bug;
+
+/// A lock for short writer-side critical sections that never sleep inside (Linux:
+/// `spinlock_t`). It is taken on the invalidation path only per address space, never
+/// globally.
+///
+/// # Safety
+///
+/// An implementation must provide mutual exclusion: between a `lock` that returned and
+/// the matching `unlock`, no other `lock` returns; `unlock` must make every write of the
+/// critical section visible to the next holder (release/acquire).
+pub unsafe trait RawLock: Send + Sync {
+    /// A new, unlocked lock.
+    fn new() -> Self;
+    /// Spin (or otherwise wait without sleeping) until the lock is held.
+    fn lock(&self);
+    /// Release the lock.
+    ///
+    /// # Safety
+    ///
+    /// The caller holds the lock.
+    unsafe fn unlock(&self);
+}
+
+/// Everything the core asks of its host kernel. Implemented by a zero-sized type per
+/// backend; every method is an associated function, so the dispatch is static.
+///
+/// Default methods are correct everywhere and may be overridden for speed (the
+/// asymmetric barriers) or for checking (`might_sleep`, `non_block_*`, `report_bug`).
+pub trait Platform: Sized + Send + Sync + 'static {
+    /// The writer-side lock.
+    type RawLock: RawLock;
+    /// The sleepable RCU domain that protects subscriber lists (Linux uses one static
+    /// SRCU domain for all address spaces; so does this core).
+    type Rcu: SleepableRcu;
+
+    /// The page size; ranges must be multiples of it when
+    /// [`REQUIRE_ALIGNMENT`](Self::REQUIRE_ALIGNMENT) is set.
+    const PAGE_SIZE: usize = 4096;
+    /// Whether invalidation ranges must be page aligned (C-16).
+    const REQUIRE_ALIGNMENT: bool = true;
+    /// One past the highest address of an address space (C-16: larger ranges overflow).
+    const ADDRESS_LIMIT: usize = usize::MAX;
+
+    /// The RCU domain, one per platform.
+    fn rcu() -> &'static Self::Rcu;
+
+    /// A small number identifying the CPU (or thread) the caller runs on. Two readers
+    /// that run at the same time should get different slots for speed; correctness
+    /// never depends on it, and the value may change between two calls of one thread.
+    fn slot() -> usize;
+
+    /// A non-zero id of the running thread or task, unique among live ones.
+    fn current_task() -> usize;
+
+    /// Sleep while `word` holds `expected`. May return spuriously.
+    fn wait(word: &AtomicU32, expected: u32);
+
+    /// Wake every task sleeping in [`wait`](Self::wait) on `word`.
+    fn wake_all(word: &AtomicU32);
+
+    /// Called in polling loops (grace-period waits). Must let the awaited task run on a
+    /// platform without time slicing.
+    fn relax() {
+        core::hint::spin_loop();
+    }
+
+    /// Assert that the caller may sleep (Linux: `might_sleep()`). Called at the top of
+    /// every sleepable core operation.
+    fn might_sleep() {}
+
+    /// Entering a region where sleeping is a bug (a non-blockable callback; Linux:
+    /// `non_block_start()`). A platform that checks `might_sleep` should flag it here.
+    fn non_block_start() {}
+
+    /// Leaving the region entered by [`non_block_start`](Self::non_block_start).
+    fn non_block_end() {}
+
+    /// Barrier on the RCU read side, paired with [`writer_barrier`](Self::writer_barrier).
+    /// The default is a full fence; a platform with an asymmetric heavy barrier
+    /// (membarrier, IPIs) may make this a compiler fence and do the work in
+    /// `writer_barrier`.
+    fn reader_barrier() {
+        fence(Ordering::SeqCst);
+    }
+
+    /// Barrier on the RCU grace-period side. See [`reader_barrier`](Self::reader_barrier).
+    fn writer_barrier() {
+        fence(Ordering::SeqCst);
+    }
+
+    /// A subscriber broke the contract (the core carries on). Linux would `WARN`.
+    fn report_bug(_bug: Bug) {}
+
+    /// Allocate `layout` bytes (Linux: `kmalloc`), or `None`. Used once per address
+    /// space, on the sleepable registration path, never on an invalidation path.
+    fn alloc(layout: Layout) -> Option<NonNull<u8>>;
+
+    /// Free memory from [`alloc`](Self::alloc).
+    ///
+    /// # Safety
+    ///
+    /// `ptr` came from `alloc(layout)` and is not used afterwards.
+    unsafe fn dealloc(ptr: NonNull<u8>, layout: Layout);
+}

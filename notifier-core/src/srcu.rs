@@ -1,0 +1,390 @@
+//! Sleepable RCU: the [`SleepableRcu`] trait a platform may implement with its native
+//! SRCU, and [`Srcu`], a portable one built only on atomics and the platform's wait, so
+//! that a backend without a native one is complete.
+//!
+//! # The algorithm
+//!
+//! Readers are counted, not listed. Each of [`SLOTS`] cache-line-sized slots holds two
+//! pairs of counters, `lock[2]` and `unlock[2]`; a global index (`completed & 1`) says
+//! which pair new readers use. A reader
+//!
+//! 1. reads the index, increments `lock[idx]` of *its* slot (the CPU's, or the thread's),
+//!    then issues [`Platform::reader_barrier`] (B);
+//! 2. on exit issues the barrier again (C) and increments `unlock[idx]` of whatever slot
+//!    it runs on then: the sums matter, not the slots.
+//!
+//! No lock, and no atomic read-modify-write on a cache line that other slots' readers
+//! use. A grace period (`synchronize`) waits until the readers of the *inactive* index
+//! have left, flips the index, then waits until the readers of the formerly active
+//! index have left. "Have left" is checked by summing all `unlock[idx]`, a barrier (A),
+//! then summing all `lock[idx]`: equal sums mean that at some moment no reader of that
+//! index was inside. A reader that read the old index but incremented `lock` only after
+//! the check is harmless: barrier B orders its increment before its reads, barrier A
+//! orders our update before the check, so it sees the update (store buffering forbids
+//! both missing each other). This is the classic Linux SRCU (`srcu_readers_active_idx_check`).
+//!
+//! The counters are also used on their own ([`Readers`]) to track invalidations in
+//! flight on one address space: `start` enters, `end` leaves, possibly on another CPU,
+//! and registration waits for a "grace period" of them (C-02).
+
+use core::cell::UnsafeCell;
+use core::marker::PhantomData;
+use core::ptr::{self, NonNull};
+
+use crate::primitive::{AtomicPtr, AtomicUsize, Ordering};
+use crate::sync::SleepMutex;
+use crate::Platform;
+
+/// Number of reader slots. CPUs (or threads) beyond this share slots, which costs
+/// contention, never correctness.
+pub const SLOTS: usize = 32;
+
+/// A sleepable RCU domain.
+///
+/// # Safety
+///
+/// `synchronize` must not return before every read-side section that began before it
+/// was called has ended; callbacks queued by `call` must run only after such a grace
+/// period, and `barrier` must not return before every callback queued before it ran.
+pub unsafe trait SleepableRcu: Sync + 'static {
+    /// Proof that the caller is inside a read-side section. Must be `!Send`.
+    type Guard<'a>
+    where
+        Self: 'a;
+
+    /// Enter a read-side section; it ends when the guard is dropped. Never sleeps,
+    /// takes no lock.
+    fn read_lock(&self) -> Self::Guard<'_>;
+
+    /// Wait for a grace period. May sleep.
+    fn synchronize(&self);
+
+    /// Run `func(head)` after a grace period, without waiting for it. Callable from
+    /// any context, including inside a read-side section; never allocates.
+    ///
+    /// # Safety
+    ///
+    /// `head` stays valid and is not queued again until `func` has been called with it.
+    unsafe fn call(&self, head: NonNull<RcuHead>, func: unsafe fn(NonNull<RcuHead>));
+
+    /// Wait until every callback queued before this call has run. May sleep.
+    fn barrier(&self);
+}
+
+/// The link a deferred free is queued by (Linux: `struct rcu_head`): two words,
+/// embedded in the object to free.
+///
+/// # Invariants
+///
+/// `func` is written only by [`SleepableRcu::call`] before the head is published with
+/// release ordering, and read only after the list is taken with acquire ordering.
+#[repr(C)]
+pub struct RcuHead {
+    next: AtomicPtr<RcuHead>,
+    func: UnsafeCell<Option<RcuFn>>,
+}
+
+/// What a deferred callback is.
+pub type RcuFn = unsafe fn(NonNull<RcuHead>);
+
+// SAFETY: `func` is accessed by one thread at a time, ordered by the release/acquire
+// pair on the deferred list (type invariant).
+unsafe impl Sync for RcuHead {}
+// SAFETY: plain data.
+unsafe impl Send for RcuHead {}
+
+impl RcuHead {
+    /// An unqueued head.
+    pub fn new() -> Self {
+        RcuHead {
+            next: AtomicPtr::new(ptr::null_mut()),
+            func: UnsafeCell::new(None),
+        }
+    }
+}
+
+impl Default for RcuHead {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Per-slot counters, one cache line each.
+#[repr(align(64))]
+struct Slot {
+    lock: [AtomicUsize; 2],
+    unlock: [AtomicUsize; 2],
+}
+
+impl Slot {
+    #[cfg(not(loom))]
+    const fn new() -> Self {
+        Slot {
+            lock: [AtomicUsize::new(0), AtomicUsize::new(0)],
+            unlock: [AtomicUsize::new(0), AtomicUsize::new(0)],
+        }
+    }
+    #[cfg(loom)]
+    fn new() -> Self {
+        Slot {
+            lock: [AtomicUsize::new(0), AtomicUsize::new(0)],
+            unlock: [AtomicUsize::new(0), AtomicUsize::new(0)],
+        }
+    }
+}
+
+/// Reader counters with the grace-period check: the heart of [`Srcu`], also used bare
+/// to track invalidations in flight.
+///
+/// # Invariants
+///
+/// For each index, the sum of `lock[idx]` over all slots minus the sum of
+/// `unlock[idx]` is the number of readers inside that entered with `idx` (wrapping).
+/// `completed` only grows, under `gp`.
+pub struct Readers {
+    completed: AtomicUsize,
+    slots: [Slot; SLOTS],
+    gp: SleepMutex,
+}
+
+/// Token of a read-side section entered with [`Readers::enter`]; pass it to
+/// [`Readers::exit`]. Unlike an RCU guard it may be sent to another thread (an
+/// invalidation can end elsewhere).
+#[derive(Debug)]
+#[must_use]
+pub(crate) struct ReadToken(usize);
+
+impl Readers {
+    /// Counters with no reader inside.
+    #[cfg(not(loom))]
+    pub const fn new() -> Self {
+        Readers {
+            completed: AtomicUsize::new(0),
+            slots: [const { Slot::new() }; SLOTS],
+            gp: SleepMutex::new(),
+        }
+    }
+
+    /// Counters with no reader inside.
+    #[cfg(loom)]
+    pub fn new() -> Self {
+        Readers {
+            completed: AtomicUsize::new(0),
+            slots: core::array::from_fn(|_| Slot::new()),
+            gp: SleepMutex::new(),
+        }
+    }
+
+    #[inline]
+    pub(crate) fn enter<P: Platform>(&self) -> ReadToken {
+        let idx = self.completed.load(Ordering::Relaxed) & 1;
+        let slot = &self.slots[P::slot() % SLOTS];
+        slot.lock[idx].fetch_add(1, Ordering::Relaxed);
+        // B: order the increment before the section's reads (pairs with A).
+        P::reader_barrier();
+        ReadToken(idx)
+    }
+
+    #[inline]
+    pub(crate) fn exit<P: Platform>(&self, token: ReadToken) {
+        // C: order the section's reads before the increment.
+        P::reader_barrier();
+        let slot = &self.slots[P::slot() % SLOTS];
+        slot.unlock[token.0].fetch_add(1, Ordering::Release);
+    }
+
+    fn idle(&self, idx: usize) -> bool {
+        let mut unlocks = 0usize;
+        for s in &self.slots {
+            unlocks = unlocks.wrapping_add(s.unlock[idx].load(Ordering::Acquire));
+        }
+        // A: every unlock counted above happened before the locks counted below are read.
+        crate::primitive::fence(Ordering::SeqCst);
+        let mut locks = 0usize;
+        for s in &self.slots {
+            locks = locks.wrapping_add(s.lock[idx].load(Ordering::Relaxed));
+        }
+        locks == unlocks
+    }
+
+    fn wait_idle<P: Platform>(&self, idx: usize) {
+        let mut spins = 0u32;
+        while !self.idle(idx) {
+            spins = spins.saturating_add(1);
+            if spins < 64 {
+                crate::primitive::spin_hint();
+            } else {
+                P::relax();
+            }
+        }
+    }
+
+    /// Wait until every section entered before this call has exited. May sleep.
+    pub fn synchronize<P: Platform>(&self) {
+        P::might_sleep();
+        let _gp = self.gp.lock::<P>();
+        // A': the caller's updates before any counter is read.
+        P::writer_barrier();
+        let idx = (self.completed.load(Ordering::Relaxed) & 1) ^ 1;
+        // Readers still on the inactive index entered before the previous flip.
+        self.wait_idle::<P>(idx);
+        self.completed.fetch_add(1, Ordering::Relaxed);
+        P::writer_barrier();
+        self.wait_idle::<P>(idx ^ 1);
+        P::writer_barrier();
+    }
+}
+
+impl Default for Readers {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The portable sleepable RCU domain.
+///
+/// Callbacks queued with [`SleepableRcu::call`] are run by the next grace period that
+/// *starts* after they were queued (at its end, on the thread that waited for it), or by
+/// [`barrier`](SleepableRcu::barrier). They must therefore not take locks that a caller
+/// of `synchronize` may hold (the rule Linux has for RCU callbacks).
+///
+/// ```
+/// use notifier_core::srcu::SleepableRcu;
+/// use notifier_core::std_platform::StdPlatform;
+/// use notifier_core::Platform;
+///
+/// let rcu = StdPlatform::rcu();
+/// {
+///     let _guard = rcu.read_lock(); // no lock taken, never sleeps
+/// }
+/// rcu.synchronize(); // every reader that started before has left
+/// ```
+pub struct Srcu<P: Platform> {
+    readers: Readers,
+    deferred: AtomicPtr<RcuHead>,
+    pending: AtomicUsize,
+    _p: PhantomData<P>,
+}
+
+impl<P: Platform> Srcu<P> {
+    /// A domain with no reader and no queued callback.
+    #[cfg(not(loom))]
+    pub const fn new() -> Self {
+        Srcu {
+            readers: Readers::new(),
+            deferred: AtomicPtr::new(ptr::null_mut()),
+            pending: AtomicUsize::new(0),
+            _p: PhantomData,
+        }
+    }
+
+    /// A domain with no reader and no queued callback.
+    #[cfg(loom)]
+    pub fn new() -> Self {
+        Srcu {
+            readers: Readers::new(),
+            deferred: AtomicPtr::new(ptr::null_mut()),
+            pending: AtomicUsize::new(0),
+            _p: PhantomData,
+        }
+    }
+
+    /// Run every callback of the detached list `head`.
+    fn run_list(&self, mut head: *mut RcuHead) {
+        while let Some(h) = NonNull::new(head) {
+            // SAFETY: `h` was queued by `call`, whose caller keeps it valid until its
+            // function runs; we read its fields before running it.
+            // The list was taken with acquire ordering, so `func` is visible (invariant).
+            let (next, func) = unsafe {
+                let r = h.as_ref();
+                (r.next.load(Ordering::Relaxed), *r.func.get())
+            };
+            if let Some(func) = func {
+                // SAFETY: a grace period has elapsed since `h` was queued (callers of
+                // `run_list` detach before their grace period starts); `call`'s
+                // contract lets us run `func(h)` now.
+                unsafe { func(h) };
+            }
+            self.pending.fetch_sub(1, Ordering::Release);
+            head = next;
+        }
+    }
+}
+
+impl<P: Platform> Default for Srcu<P> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Read-side guard of [`Srcu`]. `!Send`: the section ends on the thread that began it.
+pub struct SrcuGuard<'a, P: Platform> {
+    srcu: &'a Srcu<P>,
+    token: Option<ReadToken>,
+    _not_send: PhantomData<*mut ()>,
+}
+
+impl<P: Platform> Drop for SrcuGuard<'_, P> {
+    fn drop(&mut self) {
+        if let Some(t) = self.token.take() {
+            self.srcu.readers.exit::<P>(t);
+        }
+    }
+}
+
+// SAFETY: `synchronize` waits for every section entered before it (see `Readers`);
+// `call`ed heads are detached before a grace period starts and run after it ends;
+// `barrier` detaches everything queued so far, waits a grace period and runs it.
+unsafe impl<P: Platform> SleepableRcu for Srcu<P> {
+    type Guard<'a> = SrcuGuard<'a, P>;
+
+    #[inline]
+    fn read_lock(&self) -> SrcuGuard<'_, P> {
+        SrcuGuard {
+            srcu: self,
+            token: Some(self.readers.enter::<P>()),
+            _not_send: PhantomData,
+        }
+    }
+
+    fn synchronize(&self) {
+        // Callbacks queued before this grace period starts may run after it.
+        let ready = self.deferred.swap(ptr::null_mut(), Ordering::Acquire);
+        self.readers.synchronize::<P>();
+        self.run_list(ready);
+    }
+
+    unsafe fn call(&self, head: NonNull<RcuHead>, func: unsafe fn(NonNull<RcuHead>)) {
+        // SAFETY: the caller keeps `head` valid until `func` runs.
+        let h = unsafe { head.as_ref() };
+        // SAFETY: the head is not queued (caller's contract), so nobody else reads
+        // `func`; the release CAS below publishes the write (type invariant).
+        unsafe { *h.func.get() = Some(func) };
+        self.pending.fetch_add(1, Ordering::Relaxed);
+        let mut cur = self.deferred.load(Ordering::Relaxed);
+        loop {
+            h.next.store(cur, Ordering::Relaxed);
+            match self.deferred.compare_exchange_weak(
+                cur,
+                head.as_ptr(),
+                Ordering::Release,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return,
+                Err(now) => cur = now,
+            }
+        }
+    }
+
+    fn barrier(&self) {
+        // A concurrent `synchronize` may have taken older callbacks and still be running
+        // them: wait until none is pending.
+        loop {
+            self.synchronize();
+            if self.pending.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            P::relax();
+        }
+    }
+}

@@ -1,0 +1,170 @@
+//! A ready-made [`Platform`] for hosted Rust (feature `std`): threads, a parking table
+//! for the address-keyed wait, the global allocator, and checks that count what a
+//! kernel would warn about (sleeping in a non-blockable region, subscriber bugs).
+//!
+//! It is what the unit tests, the documentation examples and the benchmarks use; the
+//! simulator has its own platform with a deterministic scheduler.
+
+extern crate std;
+
+use core::alloc::Layout;
+use core::cell::Cell;
+use core::ptr::NonNull;
+use std::sync::{Condvar, Mutex};
+
+use crate::primitive::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use crate::srcu::Srcu;
+use crate::{Bug, Platform, RawLock};
+
+/// The hosted platform.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StdPlatform;
+
+static RCU: Srcu<StdPlatform> = Srcu::new();
+static NEXT_TASK: AtomicUsize = AtomicUsize::new(1);
+static SLEEP_VIOLATIONS: AtomicUsize = AtomicUsize::new(0);
+static REFUSED_WHILE_BLOCKABLE: AtomicUsize = AtomicUsize::new(0);
+static DROP_IN_CALLBACK: AtomicUsize = AtomicUsize::new(0);
+
+std::thread_local! {
+    static TASK: usize = NEXT_TASK.fetch_add(1, Ordering::Relaxed);
+    static NON_BLOCK: Cell<usize> = const { Cell::new(0) };
+}
+
+const BUCKETS: usize = 64;
+struct Bucket {
+    m: Mutex<()>,
+    cv: Condvar,
+}
+#[allow(clippy::declare_interior_mutable_const)]
+const BUCKET: Bucket = Bucket {
+    m: Mutex::new(()),
+    cv: Condvar::new(),
+};
+static PARK: [Bucket; BUCKETS] = [BUCKET; BUCKETS];
+
+fn bucket(word: &AtomicU32) -> &'static Bucket {
+    let a = (word as *const AtomicU32).addr();
+    &PARK[(a >> 2).wrapping_mul(0x9E37_79B9) % BUCKETS]
+}
+
+/// A test-and-test-and-set spin lock that yields the CPU after a while.
+#[derive(Debug)]
+pub struct StdRawLock(AtomicBool);
+
+// SAFETY: `lock` returns only after swapping `false` to `true` with acquire ordering;
+// `unlock` stores `false` with release ordering.
+unsafe impl RawLock for StdRawLock {
+    fn new() -> Self {
+        StdRawLock(AtomicBool::new(false))
+    }
+    fn lock(&self) {
+        let mut spins = 0u32;
+        loop {
+            if !self.0.swap(true, Ordering::Acquire) {
+                return;
+            }
+            while self.0.load(Ordering::Relaxed) {
+                spins += 1;
+                if spins > 100 {
+                    std::thread::yield_now();
+                } else {
+                    core::hint::spin_loop();
+                }
+            }
+        }
+    }
+    unsafe fn unlock(&self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
+impl StdPlatform {
+    /// How many times `might_sleep` was called inside a non-blockable region, in this
+    /// process: a callback that may sleep was called with `blockable == false` (C-08).
+    pub fn sleep_violations() -> usize {
+        SLEEP_VIOLATIONS.load(Ordering::Relaxed)
+    }
+
+    /// How many [`Bug`]s of kind `bug` subscribers committed, in this process.
+    pub fn bugs(bug: Bug) -> usize {
+        match bug {
+            Bug::RefusedWhileBlockable => REFUSED_WHILE_BLOCKABLE.load(Ordering::Relaxed),
+            Bug::DropInCallback => DROP_IN_CALLBACK.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Whether the current thread is inside a non-blockable region.
+    pub fn in_non_block() -> bool {
+        NON_BLOCK.with(|c| c.get() != 0)
+    }
+}
+
+impl Platform for StdPlatform {
+    type RawLock = StdRawLock;
+    type Rcu = Srcu<StdPlatform>;
+
+    fn rcu() -> &'static Srcu<StdPlatform> {
+        &RCU
+    }
+
+    fn slot() -> usize {
+        TASK.with(|t| *t)
+    }
+
+    fn current_task() -> usize {
+        TASK.with(|t| *t)
+    }
+
+    fn wait(word: &AtomicU32, expected: u32) {
+        let b = bucket(word);
+        let g = b.m.lock().unwrap_or_else(|e| e.into_inner());
+        if word.load(Ordering::SeqCst) == expected {
+            // A timeout bounds the damage of a lost wake-up in a buggy caller.
+            let _ =
+                b.cv.wait_timeout(g, std::time::Duration::from_millis(50))
+                    .unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    fn wake_all(word: &AtomicU32) {
+        let b = bucket(word);
+        drop(b.m.lock().unwrap_or_else(|e| e.into_inner()));
+        b.cv.notify_all();
+    }
+
+    fn relax() {
+        std::thread::yield_now();
+    }
+
+    fn might_sleep() {
+        if Self::in_non_block() {
+            SLEEP_VIOLATIONS.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn non_block_start() {
+        NON_BLOCK.with(|c| c.set(c.get() + 1));
+    }
+
+    fn non_block_end() {
+        NON_BLOCK.with(|c| c.set(c.get().saturating_sub(1)));
+    }
+
+    fn report_bug(bug: Bug) {
+        match bug {
+            Bug::RefusedWhileBlockable => REFUSED_WHILE_BLOCKABLE.fetch_add(1, Ordering::Relaxed),
+            Bug::DropInCallback => DROP_IN_CALLBACK.fetch_add(1, Ordering::Relaxed),
+        };
+    }
+
+    fn alloc(layout: Layout) -> Option<NonNull<u8>> {
+        // SAFETY: the layout is that of a non-zero-sized type.
+        NonNull::new(unsafe { std::alloc::alloc(layout) })
+    }
+
+    unsafe fn dealloc(ptr: NonNull<u8>, layout: Layout) {
+        // SAFETY: caller's contract: from `alloc` with this layout.
+        unsafe { std::alloc::dealloc(ptr.as_ptr(), layout) }
+    }
+}

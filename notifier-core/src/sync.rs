@@ -1,0 +1,159 @@
+//! The small synchronisation pieces the core builds from a [`Platform`]: a spin lock
+//! holding data, a sleeping mutex for grace-period writers, and a wait queue.
+
+use core::cell::UnsafeCell;
+use core::marker::PhantomData;
+use core::ops::{Deref, DerefMut};
+
+use crate::primitive::{fence, AtomicU32, Ordering};
+use crate::{Platform, RawLock};
+
+/// Data behind the platform's [`RawLock`].
+///
+/// # Invariants
+///
+/// `data` is only accessed through a [`SpinGuard`], which exists only while `raw` is held.
+pub(crate) struct SpinLock<P: Platform, T> {
+    raw: P::RawLock,
+    data: UnsafeCell<T>,
+}
+
+// SAFETY: the lock hands out `&mut T` to one holder at a time (type invariant), so the
+// data may be reached from any thread as long as it may be sent there.
+unsafe impl<P: Platform, T: Send> Sync for SpinLock<P, T> {}
+// SAFETY: as above; owning the lock owns the data.
+unsafe impl<P: Platform, T: Send> Send for SpinLock<P, T> {}
+
+impl<P: Platform, T> SpinLock<P, T> {
+    pub(crate) fn new(data: T) -> Self {
+        SpinLock {
+            raw: P::RawLock::new(),
+            data: UnsafeCell::new(data),
+        }
+    }
+
+    pub(crate) fn lock(&self) -> SpinGuard<'_, P, T> {
+        self.raw.lock();
+        SpinGuard {
+            lock: self,
+            _not_send: PhantomData,
+        }
+    }
+}
+
+/// Proof that a [`SpinLock`] is held. `!Send`: a lock is released by its holder.
+pub(crate) struct SpinGuard<'a, P: Platform, T> {
+    lock: &'a SpinLock<P, T>,
+    _not_send: PhantomData<*mut ()>,
+}
+
+impl<P: Platform, T> Deref for SpinGuard<'_, P, T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        // SAFETY: the guard exists, so the lock is held (type invariant of `SpinLock`).
+        unsafe { &*self.lock.data.get() }
+    }
+}
+
+impl<P: Platform, T> DerefMut for SpinGuard<'_, P, T> {
+    fn deref_mut(&mut self) -> &mut T {
+        // SAFETY: as in `deref`; `&mut self` makes this the only reference.
+        unsafe { &mut *self.lock.data.get() }
+    }
+}
+
+impl<P: Platform, T> Drop for SpinGuard<'_, P, T> {
+    fn drop(&mut self) {
+        // SAFETY: the guard was created by `lock`, which acquired the lock.
+        unsafe { self.lock.raw.unlock() }
+    }
+}
+
+/// A mutex whose waiters sleep in [`Platform::wait`] (the classic three-state futex
+/// mutex). Serialises grace periods, which may take long.
+pub(crate) struct SleepMutex {
+    // 0: unlocked, 1: locked, 2: locked with possible sleepers.
+    state: AtomicU32,
+}
+
+impl SleepMutex {
+    #[cfg(not(loom))]
+    pub(crate) const fn new() -> Self {
+        SleepMutex {
+            state: AtomicU32::new(0),
+        }
+    }
+
+    #[cfg(loom)]
+    pub(crate) fn new() -> Self {
+        SleepMutex {
+            state: AtomicU32::new(0),
+        }
+    }
+
+    pub(crate) fn lock<P: Platform>(&self) -> SleepGuard<'_, P> {
+        if self
+            .state
+            .compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
+            while self.state.swap(2, Ordering::Acquire) != 0 {
+                P::wait(&self.state, 2);
+                crate::primitive::spin_hint();
+            }
+        }
+        SleepGuard {
+            m: self,
+            _p: PhantomData,
+        }
+    }
+}
+
+/// Holder of a [`SleepMutex`].
+pub(crate) struct SleepGuard<'a, P: Platform> {
+    m: &'a SleepMutex,
+    _p: PhantomData<(P, *mut ())>,
+}
+
+impl<P: Platform> Drop for SleepGuard<'_, P> {
+    fn drop(&mut self) {
+        if self.m.state.swap(0, Ordering::Release) == 2 {
+            P::wake_all(&self.m.state);
+        }
+    }
+}
+
+/// Sleep until a condition holds (Linux: `wait_queue_head_t` with `wait_event` and
+/// `wake_up_all`), built on the platform's address-keyed wait.
+pub(crate) struct WaitQueue {
+    epoch: AtomicU32,
+}
+
+impl WaitQueue {
+    pub(crate) fn new() -> Self {
+        WaitQueue {
+            epoch: AtomicU32::new(0),
+        }
+    }
+
+    /// Returns once `cond()` is true.
+    pub(crate) fn wait_until<P: Platform>(&self, mut cond: impl FnMut() -> bool) {
+        loop {
+            let e = self.epoch.load(Ordering::Acquire);
+            // Pairs with the fence in `wake_all`: either `cond` sees the waker's change,
+            // or the waker's epoch increment comes after our load, and `wait` returns.
+            fence(Ordering::SeqCst);
+            if cond() {
+                return;
+            }
+            P::wait(&self.epoch, e);
+        }
+    }
+
+    /// Wake every waiter; the condition must already be changed.
+    pub(crate) fn wake_all<P: Platform>(&self) {
+        fence(Ordering::SeqCst);
+        self.epoch.fetch_add(1, Ordering::Release);
+        P::wake_all(&self.epoch);
+    }
+}
