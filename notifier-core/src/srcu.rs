@@ -37,7 +37,7 @@ use crate::Platform;
 
 /// Number of reader slots. CPUs (or threads) beyond this share slots, which costs
 /// contention, never correctness.
-pub const SLOTS: usize = 32;
+pub const SLOTS: usize = if cfg!(loom) { 2 } else { 32 };
 
 /// A sleepable RCU domain.
 ///

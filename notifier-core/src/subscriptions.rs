@@ -21,7 +21,7 @@ use crate::{Bug, Error, Event, Platform, Range};
 
 /// How many tasks may be recorded as "inside a callback" per address space at once;
 /// beyond that, the [`Error::InCallback`] check is not made for the extra tasks.
-const CALLERS: usize = 16;
+const CALLERS: usize = if cfg!(loom) { 4 } else { 16 };
 
 /// Tag bit of [`AddressSpace`]'s pointer: the address space has been torn down.
 const TORN_DOWN: usize = 1;
