@@ -616,6 +616,11 @@ impl<T: IntervalOps<P>, P: Platform> IntervalSubscriber<T, P> {
     /// deferred to the end of the last one and the sequence starts odd, so a
     /// `read_begin` waits for them (C-13). May sleep.
     ///
+    /// The first insertion on an address space waits for the invalidations in flight
+    /// (they did not know about the tree when they started), like registration does;
+    /// it must not be called by a thread that holds an [`Invalidation`](crate::Invalidation)
+    /// of the same address space. Later insertions never wait.
+    ///
     /// Errors: [`Error::ZeroLength`], [`Error::Overflow`], [`Error::AlreadyRegistered`],
     /// [`Error::Dead`], [`Error::InCallback`], [`Error::NoMemory`]; nothing changes then.
     pub fn insert(
@@ -652,6 +657,7 @@ impl<T: IntervalOps<P>, P: Platform> IntervalSubscriber<T, P> {
                 return Err(e);
             }
         };
+        let first;
         {
             let mut inner = subs.lock.lock();
             if inner.dead {
@@ -667,6 +673,8 @@ impl<T: IntervalOps<P>, P: Platform> IntervalSubscriber<T, P> {
             iv.start.store(start, Ordering::Relaxed);
             iv.last.store(end - 1, Ordering::Relaxed);
             subs.intervals.fetch_add(1, Ordering::Relaxed);
+            first = !subs.has_itree.load(Ordering::Relaxed);
+            subs.has_itree.store(true, Ordering::Relaxed);
             let p = self.raw();
             let seq = subs.invalidate_seq.load(Ordering::Relaxed);
             if inner.active_invalidate_ranges != 0 {
@@ -697,11 +705,15 @@ impl<T: IntervalOps<P>, P: Platform> IntervalSubscriber<T, P> {
                 iv.in_tree.store(true, Ordering::Relaxed);
             }
         }
-        // An invalidation that started before `intervals` became non-zero skipped the
-        // tree without counting itself in `active_invalidate_ranges`: wait for it, so
-        // that no invalidation this interval missed is still changing page tables
-        // once we return.
-        subs.inflight.synchronize::<P>();
+        // The first insertion on this address space: an invalidation that started
+        // before `has_itree` was set skipped the tree without counting itself in
+        // `active_invalidate_ranges`, so nothing above saw it. Wait for it, so that no
+        // invalidation this interval missed is still changing page tables once we
+        // return (Linux gets the same from `mm_take_all_locks` in the registration the
+        // first insertion does). Later insertions never wait.
+        if first {
+            subs.inflight.synchronize::<P>();
+        }
         let cur = iv.owner.load(Ordering::Acquire);
         iv.owner
             .store(cur.map_addr(|a| a & !BUSY), Ordering::Release);

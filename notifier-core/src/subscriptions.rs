@@ -12,7 +12,7 @@ use core::ptr::{self, NonNull};
 use intrusive_collections::LinkedList;
 
 use crate::interval::{DeferredAdapter, Interval};
-use crate::primitive::{AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use crate::primitive::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use crate::range::validate_bounds;
 use crate::srcu::{ReadToken, Readers, SleepableRcu};
 use crate::subscriber::{Node, NodeRef};
@@ -66,6 +66,10 @@ pub(crate) struct Subscriptions<P: Platform> {
     pub(crate) invalidate_seq: AtomicU64,
     /// Interval subscribers in the tree or waiting to enter it.
     pub(crate) intervals: AtomicUsize,
+    /// Set by the first interval insertion and never cleared (Linux: `has_itree`):
+    /// from then on every invalidation counts itself in `active_invalidate_ranges`,
+    /// so later insertions can see it under the lock instead of waiting for it.
+    pub(crate) has_itree: AtomicBool,
     pub(crate) wq: WaitQueue,
     /// Serialises `get` so that one kind has one shared subscriber.
     pub(crate) get_lock: SleepMutex,
@@ -89,6 +93,7 @@ impl<P: Platform> Subscriptions<P> {
             // Even: idle. Starts high so that `seq - 1` of a new interval never collides.
             invalidate_seq: AtomicU64::new(2),
             intervals: AtomicUsize::new(0),
+            has_itree: AtomicBool::new(false),
             wq: WaitQueue::new(),
             get_lock: SleepMutex::new(),
             callers: core::array::from_fn(|_| AtomicUsize::new(0)),
@@ -397,7 +402,9 @@ impl<P: Platform> AddressSpace<P> {
         let token = s.inflight.enter::<P>();
         let g = s.gen.load(Ordering::Acquire);
         let mut itree = false;
-        if s.intervals.load(Ordering::Relaxed) != 0 {
+        // Read after `enter` (its barrier pairs with the first insertion's grace
+        // period): either this invalidation sees the tree, or the insertion waits for it.
+        if s.has_itree.load(Ordering::Relaxed) {
             itree = true;
             if let Err(e) = crate::interval::itree_invalidate(s, &range) {
                 s.inflight.exit::<P>(token);
