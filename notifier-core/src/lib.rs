@@ -118,7 +118,7 @@ mod release;
 pub mod srcu;
 mod subscriber;
 mod subscriptions;
-mod sync;
+pub mod sync;
 mod young;
 
 #[cfg(all(feature = "std", not(loom)))]

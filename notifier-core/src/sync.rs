@@ -1,5 +1,11 @@
 //! The small synchronisation pieces the core builds from a [`Platform`]: a spin lock
 //! holding data, a sleeping mutex for grace-period writers, and a wait queue.
+//!
+//! [`SpinLock`] is public: a secondary MMU's own lock (the one its `invalidate` takes
+//! around [`set_seq`](crate::Interval::set_seq) and its fault path around
+//! [`read_retry`](crate::Interval::read_retry)) should be the platform's, so that it
+//! behaves as the platform's other locks do (Linux: `spinlock_t`; a simulator: a
+//! scheduling point while contended).
 
 use core::cell::UnsafeCell;
 use core::marker::PhantomData;
@@ -8,12 +14,21 @@ use core::ops::{Deref, DerefMut};
 use crate::primitive::{fence, AtomicU32, Ordering};
 use crate::{Platform, RawLock};
 
-/// Data behind the platform's [`RawLock`].
+/// Data behind the platform's [`RawLock`] (Linux: a `spinlock_t` and what it protects).
+///
+/// ```
+/// use notifier_core::std_platform::StdPlatform;
+/// use notifier_core::sync::SpinLock;
+///
+/// let sptes = SpinLock::<StdPlatform, [u64; 4]>::new([0; 4]);
+/// sptes.lock()[1] = 42;
+/// assert_eq!(sptes.lock()[1], 42);
+/// ```
 ///
 /// # Invariants
 ///
 /// `data` is only accessed through a [`SpinGuard`], which exists only while `raw` is held.
-pub(crate) struct SpinLock<P: Platform, T> {
+pub struct SpinLock<P: Platform, T> {
     raw: P::RawLock,
     data: UnsafeCell<T>,
 }
@@ -25,14 +40,16 @@ unsafe impl<P: Platform, T: Send> Sync for SpinLock<P, T> {}
 unsafe impl<P: Platform, T: Send> Send for SpinLock<P, T> {}
 
 impl<P: Platform, T> SpinLock<P, T> {
-    pub(crate) fn new(data: T) -> Self {
+    /// An unlocked lock holding `data`.
+    pub fn new(data: T) -> Self {
         SpinLock {
             raw: P::RawLock::new(),
             data: UnsafeCell::new(data),
         }
     }
 
-    pub(crate) fn lock(&self) -> SpinGuard<'_, P, T> {
+    /// Spin until the lock is held; it is released when the guard drops. Never sleeps.
+    pub fn lock(&self) -> SpinGuard<'_, P, T> {
         self.raw.lock();
         SpinGuard {
             lock: self,
@@ -42,7 +59,7 @@ impl<P: Platform, T> SpinLock<P, T> {
 }
 
 /// Proof that a [`SpinLock`] is held. `!Send`: a lock is released by its holder.
-pub(crate) struct SpinGuard<'a, P: Platform, T> {
+pub struct SpinGuard<'a, P: Platform, T> {
     lock: &'a SpinLock<P, T>,
     _not_send: PhantomData<*mut ()>,
 }

@@ -1,0 +1,1494 @@
+//! The cases, one function each, in contract order. Each returns `Ok` only if what the
+//! contract promises was observed; the checks are on what the consumers saw and on the
+//! oracle, never on timing.
+
+use core::pin::pin;
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+
+use notifier_core::sync::SpinLock;
+use notifier_core::{
+    AddressSpace, Error, Event, IntervalSubscriber, Platform, Range, Shared, SharedOps, Subscriber,
+    SubscriberOps,
+};
+
+use crate::consumers::{
+    DeviceTlb, Exporter, FaultError, Kvm, Mirror, Recorder, Seen, TwoPass, IMPORTERS,
+};
+use crate::harness::{Cap, Harness, Mm};
+use crate::{fail, Config, Fail, Msg, Outcome};
+
+macro_rules! ensure {
+    ($c:expr, $($a:tt)*) => {
+        if !$c {
+            return Err(fail(format_args!($($a)*)));
+        }
+    };
+}
+
+type Case<H> = fn(&H, &Config) -> Outcome;
+
+/// A pinned, registered recorder.
+type RecRef<'a, P> = core::pin::Pin<&'a Subscriber<Recorder<P>, P>>;
+
+/// Every case: id, name, function.
+pub(crate) fn all<H: Harness>() -> [(&'static str, &'static str, Case<H>); 17] {
+    [
+        ("C-01", "register", c01_register::<H>),
+        ("C-02", "no_half_pairs", c02_no_half_pairs::<H>),
+        (
+            "C-03",
+            "unregister_is_a_barrier",
+            c03_unregister_barrier::<H>,
+        ),
+        ("C-04", "release_exactly_once", c04_release_once::<H>),
+        ("C-05", "get_put_synchronize", c05_get_put::<H>),
+        ("C-06", "coverage", c06_coverage::<H>),
+        ("C-07", "pairing", c07_pairing::<H>),
+        ("C-08", "non_blocking", c08_non_blocking::<H>),
+        ("C-09", "no_stale_translation", c09_no_stale::<H>),
+        ("C-10", "page_lifetime", c10_page_lifetime::<H>),
+        ("C-11", "overlap_only", c11_overlap_only::<H>),
+        ("C-12", "read_begin_read_retry", c12_sequence::<H>),
+        ("C-13", "deferred_insert_remove", c13_deferred::<H>),
+        ("C-14", "two_pass", c14_two_pass::<H>),
+        ("C-15", "young", c15_young::<H>),
+        ("C-16", "errors", c16_errors::<H>),
+        ("C-17", "many", c17_many::<H>),
+    ]
+}
+
+fn need<H: Harness>(h: &H, cap: Cap) -> Outcome {
+    match h.lacks(cap) {
+        Some(r) => Err(Fail::NotApplicable(r)),
+        None => Ok(()),
+    }
+}
+
+fn page<H: Harness>() -> usize {
+    <H::P as Platform>::PAGE_SIZE
+}
+
+/// Where the cases map their memory.
+const BASE: usize = 0x4000_0000;
+/// Pages mapped by most cases.
+const PAGES: usize = 8;
+
+/// An address space for one case: torn down and forgotten when dropped (declare it
+/// first, so that consumers registered on it are dropped — unregistered — before).
+struct Space<'h, H: Harness> {
+    h: &'h H,
+    mm: Mm,
+    torn: bool,
+}
+
+impl<'h, H: Harness> Space<'h, H> {
+    fn new(h: &'h H) -> Result<Self, Fail> {
+        Ok(Space {
+            h,
+            mm: h.create_mm()?,
+            torn: false,
+        })
+    }
+    fn with_pages(h: &'h H, pages: usize) -> Result<Self, Fail> {
+        let s = Self::new(h)?;
+        h.map(s.mm, BASE, pages * page::<H>())?;
+        for i in 0..pages {
+            h.touch(s.mm, addr::<H>(i), true)?;
+        }
+        Ok(s)
+    }
+    fn asp(&self) -> &'h AddressSpace<H::P> {
+        self.h.address_space(self.mm)
+    }
+    fn teardown(&mut self) {
+        if !self.torn {
+            self.torn = true;
+            self.h.teardown(self.mm);
+        }
+    }
+}
+
+impl<H: Harness> Drop for Space<'_, H> {
+    fn drop(&mut self) {
+        self.teardown();
+        self.h.destroy_mm(self.mm);
+    }
+}
+
+fn addr<H: Harness>(i: usize) -> usize {
+    BASE + i * page::<H>()
+}
+
+/// The first error a concurrent task hit (tasks cannot return one).
+struct FirstError<P: Platform>(SpinLock<P, Option<Msg>>);
+
+impl<P: Platform> FirstError<P> {
+    fn new() -> Self {
+        FirstError(SpinLock::new(None))
+    }
+    fn set(&self, e: Fail) {
+        let mut g = self.0.lock();
+        if g.is_none() {
+            *g = Some(match e {
+                Fail::Failed(m) => m,
+                Fail::NotApplicable(r) => {
+                    let mut m = Msg::new();
+                    let _ = m.try_push_str(r);
+                    m
+                }
+            });
+        }
+    }
+    fn check(&self) -> Outcome {
+        match *self.0.lock() {
+            Some(m) => Err(Fail::Failed(m)),
+            None => Ok(()),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Registration and lifetime
+// ---------------------------------------------------------------------------------
+
+fn c01_register<H: Harness>(h: &H, _cfg: &Config) -> Outcome {
+    let mut sp = Space::with_pages(h, PAGES)?;
+    let rec = pin!(Subscriber::<_, H::P>::new(Recorder::<H::P>::default()));
+    rec.as_ref().register(sp.asp())?;
+    // Every later invalidation reaches it.
+    h.unmap(sp.mm, addr::<H>(0), page::<H>())?;
+    let (s, e, _) = rec.counts();
+    ensure!(
+        s >= 1 && e >= 1,
+        "munmap after register: {s} starts, {e} ends"
+    );
+    // Twice: refused, and the registration still works.
+    ensure!(
+        rec.as_ref().register(sp.asp()) == Err(Error::AlreadyRegistered),
+        "second register not refused with AlreadyRegistered"
+    );
+    h.unmap(sp.mm, addr::<H>(1), page::<H>())?;
+    ensure!(
+        rec.counts().0 >= 2,
+        "invalidation lost after a refused second register"
+    );
+    rec.as_ref().unregister()?;
+    // After teardown: Dead.
+    sp.teardown();
+    let late = pin!(Subscriber::<_, H::P>::new(Recorder::<H::P>::default()));
+    let r = late.as_ref().register(sp.asp());
+    ensure!(
+        r == Err(Error::Dead),
+        "register on a torn-down space: {r:?}, not Dead"
+    );
+    ensure!(
+        rec.breaches() == 0,
+        "recorder saw {} pairing breaches",
+        rec.breaches()
+    );
+    Ok(())
+}
+
+fn c02_no_half_pairs<H: Harness>(h: &H, cfg: &Config) -> Outcome {
+    need(h, Cap::Concurrency)?;
+    let sp = Space::with_pages(h, PAGES)?;
+    let err = FirstError::<H::P>::new();
+    let stop = AtomicBool::new(false);
+    let primary = || {
+        let mut i = 0;
+        while !stop.load(Ordering::Relaxed) {
+            let a = addr::<H>(i % PAGES);
+            if let Err(e) = h.unmap(sp.mm, a, page::<H>()).and_then(|()| {
+                h.map(sp.mm, a, page::<H>())?;
+                h.touch(sp.mm, a, true).map(|_| ())
+            }) {
+                err.set(e.into());
+                return;
+            }
+            i += 1;
+        }
+    };
+    let churn = || {
+        for _ in 0..cfg.rounds.max(8) / 4 {
+            let rec = pin!(Subscriber::<_, H::P>::new(Recorder::<H::P>::default()));
+            if let Err(e) = rec.as_ref().register(sp.asp()) {
+                err.set(e.into());
+                break;
+            }
+            h.yield_now();
+            if let Err(e) = rec.as_ref().unregister() {
+                err.set(e.into());
+                break;
+            }
+            let l = rec.log.lock();
+            // No end without its start (the recorder counts those as breaches), and no
+            // start left without its end once unregister returned.
+            if l.breaches != 0 || !l.open.is_empty() {
+                err.set(fail(format_args!(
+                    "{} unmatched ends, {} starts without end after unregister",
+                    l.breaches,
+                    l.open.len()
+                )));
+                break;
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+    };
+    h.run_concurrently(&[&primary, &churn]);
+    err.check()
+}
+
+fn c03_unregister_barrier<H: Harness>(h: &H, cfg: &Config) -> Outcome {
+    need(h, Cap::Concurrency)?;
+    let sp = Space::with_pages(h, PAGES)?;
+    let err = FirstError::<H::P>::new();
+    let stop = AtomicBool::new(false);
+    let primary = || {
+        let mut i = 0;
+        while !stop.load(Ordering::Relaxed) {
+            let a = addr::<H>(i % PAGES);
+            let r = h.protect(sp.mm, a, page::<H>(), i % 2 == 0).and_then(|()| {
+                h.unmap(sp.mm, a, page::<H>())?;
+                h.map(sp.mm, a, page::<H>())?;
+                h.touch(sp.mm, a, true).map(|_| ())
+            });
+            if let Err(e) = r {
+                err.set(e.into());
+                return;
+            }
+            i += 1;
+        }
+    };
+    let churn = || {
+        for _ in 0..cfg.rounds.max(8) / 4 {
+            let rec = pin!(Subscriber::<_, H::P>::new(Recorder::<H::P>::default()));
+            if let Err(e) = rec.as_ref().register(sp.asp()) {
+                err.set(e.into());
+                break;
+            }
+            h.yield_now();
+            if let Err(e) = rec.as_ref().unregister() {
+                err.set(e.into());
+                break;
+            }
+            // Its memory may be freed now: any callback from here on is a breach.
+            rec.gone.store(true, Ordering::Relaxed);
+            let total = rec.log.lock().total;
+            for _ in 0..4 {
+                h.yield_now();
+            }
+            let l = rec.log.lock();
+            if l.breaches != 0 || l.total != total {
+                err.set(fail(format_args!(
+                    "{} callbacks after unregister returned",
+                    l.total - total
+                )));
+                break;
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+    };
+    h.run_concurrently(&[&primary, &churn]);
+    err.check()
+}
+
+fn c04_release_once<H: Harness>(h: &H, cfg: &Config) -> Outcome {
+    // Teardown releases every subscriber once; a later unregister does not again; the
+    // shadow MMU drops everything, so nothing reaches the freed pages.
+    {
+        let mut sp = Space::with_pages(h, PAGES)?;
+        let kvm = pin!(Subscriber::<_, H::P>::new(Kvm::new(h, sp.mm, cfg.twin)));
+        kvm.as_ref().register(sp.asp())?;
+        let ivs = pin!(IntervalSubscriber::new(Mirror::new(h, sp.mm, cfg.twin)));
+        ivs.as_ref().insert(sp.asp(), BASE, PAGES * page::<H>())?;
+        for i in 0..PAGES {
+            kvm.run(addr::<H>(i), false)?;
+            ivs.run(ivs.interval(), addr::<H>(i))?;
+        }
+        sp.teardown();
+        ensure!(
+            kvm.releases.load(Ordering::Relaxed) == 1,
+            "release not called once at teardown"
+        );
+        let ev = *ivs.last_event.lock();
+        ensure!(
+            ev.is_some_and(|r| r.event == Event::Release),
+            "interval subscriber got {ev:?} at teardown, not a Release invalidation"
+        );
+        for i in 0..PAGES {
+            kvm.access(addr::<H>(i));
+            ivs.access(addr::<H>(i));
+        }
+        ensure!(
+            kvm.violations.load(Ordering::Relaxed) == 0,
+            "the shadow MMU reached freed pages after release"
+        );
+        ensure!(
+            ivs.violations.load(Ordering::Relaxed) == 0,
+            "mirror reached freed pages after release"
+        );
+        kvm.as_ref().unregister()?;
+        ensure!(
+            kvm.releases.load(Ordering::Relaxed) == 1,
+            "unregister after teardown released again"
+        );
+        ivs.as_ref().remove()?;
+    }
+    // From unregister first: once, and not again at teardown.
+    {
+        let mut sp = Space::with_pages(h, 2)?;
+        let rec = pin!(Subscriber::<_, H::P>::new(Recorder::<H::P>::default()));
+        rec.as_ref().register(sp.asp())?;
+        rec.as_ref().unregister()?;
+        sp.teardown();
+        ensure!(
+            rec.counts().2 == 1,
+            "release from unregister: {} calls",
+            rec.counts().2
+        );
+    }
+    // Racing: exactly once, whoever wins.
+    if h.lacks(Cap::Concurrency).is_none() {
+        for _ in 0..cfg.rounds.max(4) / 4 {
+            let mut sp = Space::with_pages(h, 2)?;
+            let rec = pin!(Subscriber::<_, H::P>::new(Recorder::<H::P>::default()));
+            rec.as_ref().register(sp.asp())?;
+            let err = FirstError::<H::P>::new();
+            let mm = sp.mm;
+            let a = || h.teardown(mm);
+            let b = || {
+                if let Err(e) = rec.as_ref().unregister() {
+                    err.set(e.into());
+                }
+            };
+            h.run_concurrently(&[&a, &b]);
+            sp.torn = true;
+            err.check()?;
+            ensure!(
+                rec.counts().2 == 1,
+                "release racing unregister: {} calls",
+                rec.counts().2
+            );
+        }
+    }
+    Ok(())
+}
+
+// C-05: shared subscribers. `SharedOps::alloc` has no context, so its storage is a
+// small static pool of raw slots (the suite allocates nothing).
+
+const SHARED_SLOTS: usize = 4;
+const SHARED_BYTES: usize = 256;
+
+#[repr(align(64))]
+struct SlotMem(core::cell::UnsafeCell<[u8; SHARED_BYTES]>);
+// SAFETY: a slot's bytes are reached only by the one user that claimed it in
+// `SHARED_USED` (a compare-exchange), until it gives it back.
+unsafe impl Sync for SlotMem {}
+
+static SHARED_MEM: [SlotMem; SHARED_SLOTS] =
+    [const { SlotMem(core::cell::UnsafeCell::new([0; SHARED_BYTES])) }; SHARED_SLOTS];
+static SHARED_USED: [AtomicBool; SHARED_SLOTS] = [const { AtomicBool::new(false) }; SHARED_SLOTS];
+static SHARED_ALLOCS: AtomicUsize = AtomicUsize::new(0);
+static SHARED_FREES: AtomicUsize = AtomicUsize::new(0);
+
+/// A shared subscriber kind (Linux: a driver's `alloc_notifier`/`free_notifier`).
+struct SharedKind<P: Platform>(core::marker::PhantomData<P>);
+
+impl<P: Platform> SubscriberOps for SharedKind<P> {}
+
+impl<P: Platform> SharedOps<P> for SharedKind<P> {
+    fn alloc(_mm: &AddressSpace<P>) -> Option<core::ptr::NonNull<Shared<Self, P>>> {
+        if core::mem::size_of::<Shared<Self, P>>() > SHARED_BYTES
+            || core::mem::align_of::<Shared<Self, P>>() > 64
+        {
+            return None;
+        }
+        let i = SHARED_USED.iter().position(|u| {
+            u.compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+                .is_ok()
+        })?;
+        let p = SHARED_MEM[i].0.get().cast::<Shared<Self, P>>();
+        // SAFETY: slot `i` is ours (claimed above), large and aligned enough (checked).
+        unsafe { p.write(Shared::new(SharedKind(core::marker::PhantomData))) };
+        SHARED_ALLOCS.fetch_add(1, Ordering::Relaxed);
+        core::ptr::NonNull::new(p)
+    }
+
+    unsafe fn free(this: core::ptr::NonNull<Shared<Self, P>>) {
+        // SAFETY: `this` came from `alloc` and is unregistered (caller's contract).
+        unsafe { core::ptr::drop_in_place(this.as_ptr()) };
+        let i = SHARED_MEM
+            .iter()
+            .position(|m| m.0.get().cast::<Shared<Self, P>>() == this.as_ptr());
+        if let Some(i) = i {
+            SHARED_USED[i].store(false, Ordering::Release);
+        }
+        SHARED_FREES.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+fn c05_get_put<H: Harness>(h: &H, _cfg: &Config) -> Outcome {
+    let sp = Space::with_pages(h, 2)?;
+    let allocs = SHARED_ALLOCS.load(Ordering::Relaxed);
+    let frees = SHARED_FREES.load(Ordering::Relaxed);
+    let a = sp.asp().get::<SharedKind<H::P>>()?;
+    let b = sp.asp().get::<SharedKind<H::P>>()?;
+    ensure!(a.as_ptr() == b.as_ptr(), "two gets gave two subscribers");
+    ensure!(a.users() == 2, "{} users after two gets", a.users());
+    ensure!(
+        SHARED_ALLOCS.load(Ordering::Relaxed) == allocs + 1,
+        "alloc not called once"
+    );
+    h.unmap(sp.mm, addr::<H>(0), page::<H>())?;
+    a.put();
+    ensure!(
+        SHARED_FREES.load(Ordering::Relaxed) == frees,
+        "freed while a user remains"
+    );
+    b.put();
+    notifier_core::synchronize::<H::P>();
+    ensure!(
+        SHARED_FREES.load(Ordering::Relaxed) == frees + 1,
+        "synchronize returned before the deferred free ran"
+    );
+    // A new get after the last put makes a new one.
+    let c = sp.asp().get::<SharedKind<H::P>>()?;
+    ensure!(c.users() == 1, "fresh get has {} users", c.users());
+    c.put();
+    notifier_core::synchronize::<H::P>();
+    ensure!(
+        SHARED_FREES.load(Ordering::Relaxed) == frees + 2,
+        "second free missing"
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------
+// Invalidation
+// ---------------------------------------------------------------------------------
+
+/// Whether the recorder saw a start with one of `events` covering `[a, a + len)`.
+fn saw<P: Platform>(rec: &Recorder<P>, a: usize, len: usize, events: &[Event]) -> bool {
+    rec.log.lock().seen.iter().any(|s| {
+        matches!(s, Seen::Start(r) if r.start <= a && r.end >= a + len && events.contains(&r.event))
+    })
+}
+
+fn c06_coverage<H: Harness>(h: &H, cfg: &Config) -> Outcome {
+    let pg = page::<H>();
+    let sp = Space::with_pages(h, PAGES)?;
+    let rec = pin!(Subscriber::<_, H::P>::new(Recorder::<H::P>::default()));
+    rec.as_ref().register(sp.asp())?;
+    let kvm = pin!(Subscriber::<_, H::P>::new(Kvm::new(h, sp.mm, cfg.twin)));
+    kvm.as_ref().register(sp.asp())?;
+    let warm = |i: usize| -> Outcome {
+        kvm.run(addr::<H>(i), false)?;
+        Ok(())
+    };
+    // Each primary change of a mapped page: bracketed, with the right event, and the
+    // shadow MMU never reaches a freed page afterwards.
+    let mut checked = 0;
+    let mut step = |what: &str, i: usize, ev: &[Event], f: &dyn Fn() -> Outcome| -> Outcome {
+        rec.clear();
+        warm(i)?;
+        match f() {
+            Err(Fail::NotApplicable(_)) => return Ok(()),
+            r => r?,
+        }
+        ensure!(
+            saw(&rec, addr::<H>(i), pg, ev),
+            "{what}: no start with {ev:?} covering the page"
+        );
+        kvm.access(addr::<H>(i));
+        ensure!(
+            kvm.violations.load(Ordering::Relaxed) == 0,
+            "{what}: the shadow MMU reached a freed page"
+        );
+        checked += 1;
+        Ok(())
+    };
+    step("munmap", 0, &[Event::Unmap], &|| {
+        Ok(h.unmap(sp.mm, addr::<H>(0), pg)?)
+    })?;
+    step("mprotect", 1, &[Event::ProtectionVma], &|| {
+        need(h, Cap::Protect)?;
+        Ok(h.protect(sp.mm, addr::<H>(1), pg, false)?)
+    })?;
+    step("migrate", 2, &[Event::Migrate], &|| {
+        need(h, Cap::Migrate)?;
+        h.migrate(sp.mm, addr::<H>(2))?;
+        Ok(())
+    })?;
+    step("reclaim", 3, &[Event::Clear, Event::Unmap], &|| {
+        need(h, Cap::Reclaim)?;
+        // Two passes: the first clears the accessed bits, the second evicts.
+        let mut n = 0;
+        for _ in 0..3 {
+            n += h.reclaim(sp.mm, addr::<H>(3), pg)?;
+        }
+        ensure!(n >= 1, "reclaim evicted nothing in three passes");
+        Ok(())
+    })?;
+    let child_rec = pin!(Subscriber::<_, H::P>::new(Recorder::<H::P>::default()));
+    step("cow break", 4, &[Event::Clear, Event::Unmap], &|| {
+        need(h, Cap::Cow)?;
+        let child = h.fork(sp.mm)?;
+        child_rec.as_ref().register(h.address_space(child))?;
+        // The parent writes: its copy-on-write is broken.
+        let r = h.touch(sp.mm, addr::<H>(4), true);
+        h.teardown(child);
+        let _ = child_rec.as_ref().unregister();
+        h.destroy_mm(child);
+        r?;
+        ensure!(
+            child_rec.counts().2 == 1,
+            "exit of the child: {} releases",
+            child_rec.counts().2
+        );
+        Ok(())
+    })?;
+    ensure!(checked >= 1, "no primary operation could be checked");
+    ensure!(rec.breaches() == 0, "{} pairing breaches", rec.breaches());
+    Ok(())
+}
+
+fn c07_pairing<H: Harness>(h: &H, cfg: &Config) -> Outcome {
+    let pg = page::<H>();
+    let sp = Space::with_pages(h, PAGES)?;
+    let rec = pin!(Subscriber::<_, H::P>::new(Recorder::<H::P>::default()));
+    rec.as_ref().register(sp.asp())?;
+    if h.lacks(Cap::DirectCalls).is_none() {
+        // Nested on one thread.
+        let outer = Range::new(BASE, BASE + 4 * pg, Event::Unmap);
+        let inner = Range::new(BASE + pg, BASE + 2 * pg, Event::ProtectionPage);
+        let a = sp.asp().invalidate_range_start(outer)?;
+        let b = sp.asp().invalidate_range_start(inner)?;
+        ensure!(
+            b.range() == &inner,
+            "inner invalidation carries another range"
+        );
+        b.end();
+        a.end();
+        let l = rec.log.lock();
+        let want = [
+            Seen::Start(outer),
+            Seen::Start(inner),
+            Seen::End(inner),
+            Seen::End(outer),
+        ];
+        ensure!(
+            l.seen.as_slice() == &want[..],
+            "nested: saw {:?}",
+            &l.seen[..l.seen.len().min(4)]
+        );
+    }
+    if h.lacks(Cap::Concurrency).is_none() {
+        // Overlapping across tasks.
+        let err = FirstError::<H::P>::new();
+        let (err_r, sp_r) = (&err, &sp);
+        let t = move |off: usize| {
+            let (err, sp) = (err_r, sp_r);
+            move || {
+                for i in 0..cfg.rounds.max(8) as usize / 8 {
+                    let a = addr::<H>((i + off) % (PAGES - 1));
+                    let r = h.unmap(sp.mm, a, 2 * pg).and_then(|()| {
+                        h.map(sp.mm, a, 2 * pg)?;
+                        h.touch(sp.mm, a, true).map(|_| ())
+                    });
+                    if let Err(e) = r {
+                        err.set(e.into());
+                        return;
+                    }
+                }
+            }
+        };
+        let (t1, t2) = (t(0), t(1));
+        h.run_concurrently(&[&t1, &t2]);
+        err.check()?;
+    }
+    let l = rec.log.lock();
+    ensure!(
+        l.breaches == 0,
+        "{} ends without a matching start (range or event differ)",
+        l.breaches
+    );
+    ensure!(
+        l.open.is_empty(),
+        "{} starts without their end",
+        l.open.len()
+    );
+    Ok(())
+}
+
+fn c08_non_blocking<H: Harness>(h: &H, cfg: &Config) -> Outcome {
+    need(h, Cap::NonBlockingUnmap)?;
+    let pg = page::<H>();
+    let sp = Space::with_pages(h, PAGES)?;
+    let bugs = h.bugs_reported();
+    let sleeps = h.sleep_violations();
+    // Registered first, so called after the refuser (the list is newest first) in a
+    // core; whatever the order, the rule is the same.
+    let before = pin!(Subscriber::<_, H::P>::new(Recorder::<H::P>::default()));
+    before.as_ref().register(sp.asp())?;
+    let refuser = pin!(Subscriber::<_, H::P>::new(Recorder::<H::P>::default()));
+    refuser.refuse_non_blocking.store(true, Ordering::Relaxed);
+    refuser.as_ref().register(sp.asp())?;
+    let after = pin!(Subscriber::<_, H::P>::new(Recorder::<H::P>::default()));
+    after.as_ref().register(sp.asp())?;
+    let kvm = pin!(Subscriber::<_, H::P>::new(Kvm::new(h, sp.mm, cfg.twin)));
+    kvm.as_ref().register(sp.asp())?;
+    let ivs = pin!(IntervalSubscriber::new(Mirror::new(h, sp.mm, None)));
+    ivs.as_ref().insert(sp.asp(), BASE, PAGES * pg)?;
+    let seq = ivs.interval().read_begin()?;
+
+    let r = h.reap(sp.mm, addr::<H>(0), pg);
+    ensure!(
+        r == Err(crate::harness::HarnessError::Refused),
+        "a refused non-blockable unmap returned {r:?}"
+    );
+    ensure!(
+        h.lookup(sp.mm, addr::<H>(0)).is_some(),
+        "page tables changed after a refusal"
+    );
+    for (name, s) in [("before", &before), ("after", &after)] {
+        let l = s.log.lock();
+        ensure!(
+            l.open.is_empty(),
+            "{name}: a start without its end after the unwind"
+        );
+        ensure!(l.breaches == 0, "{name}: end without start");
+    }
+    let (rs, re, _) = refuser.counts();
+    ensure!(
+        rs == 0 && re == 0,
+        "the refusing subscriber got {rs} starts, {re} ends"
+    );
+    {
+        let _g = ivs.pt.lock();
+        ensure!(
+            ivs.interval().read_retry(seq),
+            "interval sequence not rolled forward by the unwind"
+        );
+    }
+    // Blockable: cannot be refused, goes through.
+    refuser.refuse_non_blocking.store(false, Ordering::Relaxed);
+    let n = h.reap(sp.mm, addr::<H>(0), pg)?;
+    ensure!(
+        n == 1 && h.lookup(sp.mm, addr::<H>(0)).is_none(),
+        "unrefused reap did not unmap"
+    );
+    // The shadow MMU's ordinary use reports no bug.
+    for i in 1..PAGES {
+        kvm.run(addr::<H>(i), true)?;
+    }
+    h.unmap(sp.mm, addr::<H>(1), pg)?;
+    ensure!(
+        h.bugs_reported() == bugs,
+        "the core reported {} subscriber bugs (refusal while blockable)",
+        h.bugs_reported() - bugs
+    );
+    // A refusal while blockable is reported by the core, and the subscriber still gets
+    // its end.
+    refuser.refuse_always.store(true, Ordering::Relaxed);
+    h.unmap(sp.mm, addr::<H>(2), pg)?;
+    refuser.refuse_always.store(false, Ordering::Relaxed);
+    ensure!(
+        h.bugs_reported() > bugs,
+        "a refusal while blockable was not reported"
+    );
+    ensure!(
+        h.sleep_violations() == sleeps,
+        "a callback slept in a non-blockable region"
+    );
+    Ok(())
+}
+
+fn c09_no_stale<H: Harness>(h: &H, cfg: &Config) -> Outcome {
+    need(h, Cap::Concurrency)?;
+    let pg = page::<H>();
+    let sp = Space::with_pages(h, PAGES)?;
+    let kvm = pin!(Subscriber::<_, H::P>::new(Kvm::new(h, sp.mm, cfg.twin)));
+    kvm.as_ref().register(sp.asp())?;
+    let exp = pin!(Subscriber::<_, H::P>::new(Exporter::new(
+        h, sp.mm, false, cfg.twin
+    )));
+    exp.as_ref().register(sp.asp())?;
+    let err = FirstError::<H::P>::new();
+    let stop = AtomicBool::new(false);
+    let primary = || {
+        for i in 0..cfg.rounds as usize {
+            let a = addr::<H>(i % PAGES);
+            let r = match i % 3 {
+                0 if h.lacks(Cap::Migrate).is_none() => h.migrate(sp.mm, a).map(|_| ()),
+                _ => h.unmap(sp.mm, a, pg).and_then(|()| h.map(sp.mm, a, pg)),
+            };
+            if let Err(e) = r {
+                err.set(e.into());
+                break;
+            }
+            h.yield_now();
+        }
+        stop.store(true, Ordering::Relaxed);
+    };
+    let vcpu = || {
+        let mut i = 0;
+        while !stop.load(Ordering::Relaxed) {
+            match kvm.run(addr::<H>(i % PAGES), false) {
+                Ok(_) | Err(FaultError::Primary(_)) => {}
+                Err(e) => {
+                    err.set(e.into());
+                    return;
+                }
+            }
+            i += 1;
+        }
+    };
+    let remote = || {
+        let mut i = 0;
+        while !stop.load(Ordering::Relaxed) {
+            let imp = i % IMPORTERS;
+            let a = addr::<H>((i / 2) % PAGES);
+            if exp.remote_access(imp, a).is_none() {
+                let _ = exp.request_map(imp, a);
+            }
+            i += 1;
+        }
+    };
+    h.run_concurrently(&[&primary, &vcpu, &remote]);
+    err.check()?;
+    // Afterwards, every cached translation is still checked once more.
+    for i in 0..PAGES {
+        kvm.access(addr::<H>(i));
+        for imp in 0..IMPORTERS {
+            exp.remote_access(imp, addr::<H>(i));
+        }
+    }
+    let (v1, v2) = (
+        kvm.violations.load(Ordering::Relaxed),
+        exp.violations.load(Ordering::Relaxed),
+    );
+    ensure!(
+        v1 == 0,
+        "the shadow MMU reached {v1} freed pages (stale translations)"
+    );
+    ensure!(
+        v2 == 0,
+        "remote importers reached {v2} freed pages (stale translations)"
+    );
+    Ok(())
+}
+
+fn c10_page_lifetime<H: Harness>(h: &H, cfg: &Config) -> Outcome {
+    let pg = page::<H>();
+    let sp = Space::with_pages(h, PAGES)?;
+    // A device TLB flushed only through invalidate_secondary_tlbs.
+    let dev = pin!(Subscriber::<_, H::P>::new(DeviceTlb::new(
+        h, sp.mm, cfg.twin
+    )));
+    dev.as_ref().register(sp.asp())?;
+    for i in 0..PAGES {
+        ensure!(
+            dev.fill(addr::<H>(i)).is_some(),
+            "device walk found no entry"
+        );
+    }
+    h.unmap(sp.mm, addr::<H>(0), 2 * pg)?;
+    if h.lacks(Cap::Migrate).is_none() {
+        h.migrate(sp.mm, addr::<H>(2))?;
+    }
+    ensure!(
+        dev.flushes.load(Ordering::Relaxed) > 0,
+        "invalidate_secondary_tlbs never called"
+    );
+    for i in 0..PAGES {
+        dev.access(addr::<H>(i));
+    }
+    let v = dev.violations.load(Ordering::Relaxed);
+    ensure!(v == 0, "the device TLB reached {v} freed pages");
+    // An exporter that pins the pages it exports may revoke after `end`.
+    if h.lacks(Cap::FrameRefs).is_none() {
+        let exp = pin!(Subscriber::<_, H::P>::new(Exporter::new(
+            h, sp.mm, true, None
+        )));
+        exp.as_ref().register(sp.asp())?;
+        for i in 3..PAGES {
+            exp.request_map(0, addr::<H>(i))?;
+        }
+        for i in 3..PAGES {
+            h.unmap(sp.mm, addr::<H>(i), pg)?;
+            exp.remote_access(0, addr::<H>(i));
+        }
+        let v = exp.violations.load(Ordering::Relaxed);
+        ensure!(
+            v == 0,
+            "a pinning exporter that flushes after end reached {v} freed pages"
+        );
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------
+// Interval subscribers
+// ---------------------------------------------------------------------------------
+
+fn c11_overlap_only<H: Harness>(h: &H, _cfg: &Config) -> Outcome {
+    let pg = page::<H>();
+    let sp = Space::with_pages(h, PAGES)?;
+    // Intervals of two pages at 0, 2, 4, 6, and one over everything.
+    let m0 = pin!(IntervalSubscriber::new(Mirror::new(h, sp.mm, None)));
+    let m1 = pin!(IntervalSubscriber::new(Mirror::new(h, sp.mm, None)));
+    let m2 = pin!(IntervalSubscriber::new(Mirror::new(h, sp.mm, None)));
+    let m3 = pin!(IntervalSubscriber::new(Mirror::new(h, sp.mm, None)));
+    let all = pin!(IntervalSubscriber::new(Mirror::new(h, sp.mm, None)));
+    let ms = [m0.as_ref(), m1.as_ref(), m2.as_ref(), m3.as_ref()];
+    for (i, m) in ms.iter().enumerate() {
+        m.insert(sp.asp(), addr::<H>(2 * i), 2 * pg)?;
+    }
+    all.as_ref().insert(sp.asp(), BASE, PAGES * pg)?;
+    // Unmap pages 3 and 4: overlaps intervals 1 and 2 only.
+    h.unmap(sp.mm, addr::<H>(3), 2 * pg)?;
+    let got: [u32; 4] = core::array::from_fn(|i| ms[i].invalidations.load(Ordering::Relaxed));
+    ensure!(
+        got == [0, 1, 1, 0],
+        "calls per interval {got:?}, expected [0, 1, 1, 0]"
+    );
+    ensure!(
+        all.invalidations.load(Ordering::Relaxed) == 1,
+        "covering interval not called once"
+    );
+    for m in ms {
+        m.remove()?;
+    }
+    all.as_ref().remove()?;
+    Ok(())
+}
+
+fn c12_sequence<H: Harness>(h: &H, cfg: &Config) -> Outcome {
+    let pg = page::<H>();
+    let sp = Space::with_pages(h, PAGES)?;
+    let m = pin!(IntervalSubscriber::new(Mirror::new(h, sp.mm, cfg.twin)));
+    m.as_ref().insert(sp.asp(), BASE, PAGES * pg)?;
+    // Sequential: an invalidation between read_begin and read_retry is seen; one
+    // outside the interval is not.
+    let seq = m.interval().read_begin()?;
+    {
+        let _g = m.pt.lock();
+        ensure!(
+            !m.interval().read_retry(seq),
+            "read_retry true with no invalidation"
+        );
+    }
+    let other = Space::with_pages(h, 1)?;
+    h.unmap(other.mm, addr::<H>(0), pg)?;
+    h.unmap(sp.mm, addr::<H>(0), pg)?;
+    {
+        let _g = m.pt.lock();
+        ensure!(
+            m.interval().read_retry(seq),
+            "read_retry false after an invalidation"
+        );
+    }
+    h.map(sp.mm, addr::<H>(0), pg)?;
+    // Concurrent: faults through the sequence protocol against unmaps and migrations.
+    if h.lacks(Cap::Concurrency).is_none() {
+        let err = FirstError::<H::P>::new();
+        let stop = AtomicBool::new(false);
+        let primary = || {
+            for i in 0..cfg.rounds as usize {
+                let a = addr::<H>(i % PAGES);
+                let r = match i % 2 {
+                    0 if h.lacks(Cap::Migrate).is_none() => h.migrate(sp.mm, a).map(|_| ()),
+                    _ => h.unmap(sp.mm, a, pg).and_then(|()| h.map(sp.mm, a, pg)),
+                };
+                if let Err(e) = r {
+                    err.set(e.into());
+                    break;
+                }
+                h.yield_now();
+            }
+            stop.store(true, Ordering::Relaxed);
+        };
+        let device = || {
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                match m.run(m.interval(), addr::<H>(i % PAGES)) {
+                    Ok(_) | Err(FaultError::Primary(_)) => {}
+                    Err(e) => {
+                        err.set(e.into());
+                        return;
+                    }
+                }
+                i += 1;
+            }
+        };
+        h.run_concurrently(&[&primary, &device]);
+        err.check()?;
+    }
+    for i in 0..PAGES {
+        m.access(addr::<H>(i));
+    }
+    let v = m.violations.load(Ordering::Relaxed);
+    ensure!(v == 0, "the mirror reached {v} freed pages");
+    m.as_ref().remove()?;
+    Ok(())
+}
+
+fn c13_deferred<H: Harness>(h: &H, cfg: &Config) -> Outcome {
+    let pg = page::<H>();
+    let sp = Space::with_pages(h, PAGES)?;
+    // The first insertion (outside any invalidation): later ones never wait.
+    let anchor = pin!(IntervalSubscriber::new(Mirror::new(h, sp.mm, None)));
+    anchor.as_ref().insert(sp.asp(), BASE, pg)?;
+    if h.lacks(Cap::DirectCalls).is_none() {
+        let a = pin!(IntervalSubscriber::new(Mirror::new(h, sp.mm, None)));
+        a.as_ref().insert(sp.asp(), BASE, PAGES * pg)?;
+        let inv = sp
+            .asp()
+            .invalidate_range_start(Range::new(BASE, BASE + pg, Event::Unmap))?;
+        // Inserted while in flight: deferred; its reads must wait or retry.
+        let b = pin!(IntervalSubscriber::new(Mirror::new(h, sp.mm, None)));
+        b.as_ref().insert(sp.asp(), BASE, PAGES * pg)?;
+        // Inserted and removed while in flight: never called.
+        let c = pin!(IntervalSubscriber::new(Mirror::new(h, sp.mm, None)));
+        c.as_ref().insert(sp.asp(), BASE, pg)?;
+        c.as_ref().remove()?;
+        inv.end();
+        h.unmap(sp.mm, addr::<H>(1), pg)?;
+        ensure!(
+            b.invalidations.load(Ordering::Relaxed) == 1,
+            "deferred insert not applied at the end"
+        );
+        ensure!(
+            c.invalidations.load(Ordering::Relaxed) == 0,
+            "removed-while-deferred interval called"
+        );
+        a.as_ref().remove()?;
+        b.as_ref().remove()?;
+    }
+    if h.lacks(Cap::Concurrency).is_none() {
+        // Insert/remove churn against invalidations: never livelocks, and after remove
+        // returns the interval is never called again.
+        let err = FirstError::<H::P>::new();
+        let stop = AtomicBool::new(false);
+        let primary = || {
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let a = addr::<H>(i % PAGES);
+                if let Err(e) = h.unmap(sp.mm, a, pg).and_then(|()| h.map(sp.mm, a, pg)) {
+                    err.set(e.into());
+                    return;
+                }
+                i += 1;
+            }
+        };
+        let churn = || {
+            for i in 0..cfg.rounds.max(8) as usize / 4 {
+                let m = pin!(IntervalSubscriber::new(Mirror::new(h, sp.mm, None)));
+                let a = addr::<H>(i % PAGES);
+                if let Err(e) = m.as_ref().insert(sp.asp(), a, 2 * pg) {
+                    err.set(e.into());
+                    break;
+                }
+                h.yield_now();
+                if let Err(e) = m.as_ref().remove() {
+                    err.set(e.into());
+                    break;
+                }
+                m.gone.store(true, Ordering::Relaxed);
+                for _ in 0..3 {
+                    h.yield_now();
+                }
+                if m.violations.load(Ordering::Relaxed) != 0 {
+                    err.set(fail(format_args!("interval called after remove returned")));
+                    break;
+                }
+            }
+            stop.store(true, Ordering::Relaxed);
+        };
+        h.run_concurrently(&[&primary, &churn]);
+        err.check()?;
+    }
+    anchor.as_ref().remove()?;
+    Ok(())
+}
+
+fn c14_two_pass<H: Harness>(h: &H, cfg: &Config) -> Outcome {
+    let pg = page::<H>();
+    let sp = Space::with_pages(h, PAGES)?;
+    let clock = AtomicU32::new(0);
+    let d0 = pin!(IntervalSubscriber::new(TwoPass::new(
+        h, sp.mm, &clock, cfg.twin
+    )));
+    let d1 = pin!(IntervalSubscriber::new(TwoPass::new(
+        h, sp.mm, &clock, cfg.twin
+    )));
+    let d2 = pin!(IntervalSubscriber::new(TwoPass::new(
+        h, sp.mm, &clock, cfg.twin
+    )));
+    let ds = [d0.as_ref(), d1.as_ref(), d2.as_ref()];
+    for d in ds {
+        d.insert(sp.asp(), BASE, PAGES * pg)?;
+    }
+    for d in ds {
+        for i in 0..PAGES {
+            d.fault(d.interval(), addr::<H>(i))?;
+        }
+    }
+    h.unmap(sp.mm, addr::<H>(0), pg)?;
+    let last_start = ds
+        .iter()
+        .map(|d| d.started_at.load(Ordering::Relaxed))
+        .max();
+    let first_finish = ds
+        .iter()
+        .map(|d| d.finished_at.load(Ordering::Relaxed))
+        .min();
+    ensure!(
+        last_start < first_finish,
+        "a finish ran before every start: starts end at {last_start:?}, finishes begin at {first_finish:?}"
+    );
+    // After `end` returns every device has completed its invalidation: the freed page
+    // is out of every device page table.
+    for d in ds {
+        for i in 0..PAGES {
+            d.access(addr::<H>(i));
+        }
+        ensure!(
+            d.violations.load(Ordering::Relaxed) == 0,
+            "a two-pass device reached a freed page after end"
+        );
+    }
+    for d in ds {
+        d.remove()?;
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------
+// Ageing
+// ---------------------------------------------------------------------------------
+
+fn c15_young<H: Harness>(h: &H, cfg: &Config) -> Outcome {
+    let pg = page::<H>();
+    if h.lacks(Cap::DirectCalls).is_none() {
+        let sp = Space::with_pages(h, 2)?;
+        let r0 = pin!(Subscriber::<_, H::P>::new(Recorder::<H::P>::default()));
+        let r1 = pin!(Subscriber::<_, H::P>::new(Recorder::<H::P>::default()));
+        let r2 = pin!(Subscriber::<_, H::P>::new(Recorder::<H::P>::default()));
+        let r = [r0.into_ref(), r1.into_ref(), r2.into_ref()];
+        for s in &r {
+            s.register(sp.asp())?;
+        }
+        r[1].young.store(true, Ordering::Relaxed);
+        let calls = |r: &[RecRef<'_, H::P>; 3]| -> u32 {
+            r.iter()
+                .map(|s| s.young_calls.load(Ordering::Relaxed))
+                .sum()
+        };
+        let c0 = calls(&r);
+        ensure!(
+            sp.asp().clear_flush_young(BASE, BASE + pg)?,
+            "clear_flush_young: OR lost a true"
+        );
+        ensure!(
+            calls(&r) - c0 == 3,
+            "clear_flush_young did not call every subscriber"
+        );
+        let c1 = calls(&r);
+        ensure!(
+            sp.asp().clear_young(BASE, BASE + pg)?,
+            "clear_young: OR lost a true"
+        );
+        ensure!(
+            calls(&r) - c1 == 3,
+            "clear_young did not call every subscriber"
+        );
+        // test_young stops at the first true: with every one young, one call.
+        for s in &r {
+            s.young.store(true, Ordering::Relaxed);
+        }
+        let c2 = calls(&r);
+        ensure!(
+            sp.asp().test_young(BASE)?,
+            "test_young false with young subscribers"
+        );
+        ensure!(
+            calls(&r) - c2 == 1,
+            "test_young went on after the first true"
+        );
+        for s in &r {
+            s.young.store(false, Ordering::Relaxed);
+        }
+        ensure!(
+            !sp.asp().clear_young(BASE, BASE + pg)?,
+            "clear_young true with no young one"
+        );
+    }
+    if h.lacks(Cap::Reclaim).is_none() {
+        // Through reclaim: the page the shadow MMU keeps using survives, the idle one
+        // goes.
+        let sp = Space::with_pages(h, 2)?;
+        let kvm = pin!(Subscriber::<_, H::P>::new(Kvm::new(h, sp.mm, cfg.twin)));
+        kvm.as_ref().register(sp.asp())?;
+        kvm.run(addr::<H>(0), false)?;
+        for _ in 0..4 {
+            kvm.run(addr::<H>(0), false)?;
+            h.reclaim(sp.mm, BASE, 2 * pg)?;
+        }
+        ensure!(
+            h.lookup(sp.mm, addr::<H>(0)).is_some(),
+            "the page a secondary MMU uses was reclaimed"
+        );
+        ensure!(
+            h.lookup(sp.mm, addr::<H>(1)).is_none(),
+            "the idle page was never reclaimed"
+        );
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------
+// Bad input
+// ---------------------------------------------------------------------------------
+
+/// A subscriber that tries to unregister itself, and to remove an interval
+/// subscriber, from inside its own callback.
+///
+/// # Invariants
+///
+/// `me` and `iv` are null, or point to pinned subscribers that outlive every
+/// invalidation during which they are set (the case clears them before either goes).
+struct Reentrant<P: Platform> {
+    me: SpinLock<P, *const Subscriber<Reentrant<P>, P>>,
+    iv: SpinLock<P, *const IntervalSubscriber<IvCounter, P>>,
+    got: SpinLock<P, [Option<Result<(), Error>>; 2]>,
+}
+
+// SAFETY: the raw pointers are only dereferenced under the invariant above; the
+// subscribers they point to are `Sync`.
+unsafe impl<P: Platform> Sync for Reentrant<P> {}
+
+impl<P: Platform> SubscriberOps for Reentrant<P> {
+    fn invalidate_range_start(&self, _r: &Range) -> Result<(), notifier_core::WouldBlock> {
+        let me = *self.me.lock();
+        // SAFETY: null or pinned and alive (type invariant).
+        if let Some(me) = unsafe { me.as_ref() } {
+            // SAFETY: the subscriber is pinned (type invariant).
+            let r = unsafe { core::pin::Pin::new_unchecked(me) }.unregister();
+            self.got.lock()[0] = Some(r);
+        }
+        let iv = *self.iv.lock();
+        // SAFETY: as above.
+        if let Some(iv) = unsafe { iv.as_ref() } {
+            // SAFETY: as above.
+            let r = unsafe { core::pin::Pin::new_unchecked(iv) }.remove();
+            self.got.lock()[1] = Some(r);
+        }
+        Ok(())
+    }
+}
+
+fn c16_errors<H: Harness>(h: &H, _cfg: &Config) -> Outcome {
+    let pg = page::<H>();
+    let sp = Space::with_pages(h, 2)?;
+    let rec = pin!(Subscriber::<_, H::P>::new(Recorder::<H::P>::default()));
+    rec.as_ref().register(sp.asp())?;
+    let m = pin!(IntervalSubscriber::new(Mirror::new(h, sp.mm, None)));
+    m.as_ref().insert(sp.asp(), BASE, 2 * pg)?;
+    let before = (
+        rec.log.lock().total,
+        m.invalidations.load(Ordering::Relaxed),
+    );
+    if h.lacks(Cap::DirectCalls).is_none() {
+        let asp = sp.asp();
+        let bad: [(Range, Error); 4] = [
+            (Range::new(BASE, BASE, Event::Unmap), Error::EmptyRange),
+            (
+                Range::new(BASE + pg, BASE, Event::Unmap),
+                Error::InvertedRange,
+            ),
+            (Range::new(BASE, usize::MAX, Event::Unmap), Error::Overflow),
+            (
+                Range::new(BASE + 1, BASE + pg, Event::Unmap),
+                Error::Unaligned,
+            ),
+        ];
+        for (r, want) in bad {
+            if want == Error::Unaligned && !<H::P as Platform>::REQUIRE_ALIGNMENT {
+                continue;
+            }
+            if want == Error::Overflow && <H::P as Platform>::ADDRESS_LIMIT == usize::MAX {
+                // usize::MAX itself is in range there: use an unaligned end instead.
+                continue;
+            }
+            let got = asp.invalidate_range_start(r).map(|i| i.end());
+            ensure!(got == Err(want), "{r:?}: {got:?}, expected {want:?}");
+        }
+        let got = asp.invalidate_secondary_tlbs(BASE + pg, BASE);
+        ensure!(
+            got == Err(Error::InvertedRange),
+            "secondary_tlbs inverted: {got:?}"
+        );
+        let got = asp.clear_young(BASE, BASE);
+        ensure!(got == Err(Error::EmptyRange), "clear_young empty: {got:?}");
+        let got = asp.invalidate_page(BASE + 1);
+        ensure!(
+            got == Err(Error::Unaligned) || !<H::P as Platform>::REQUIRE_ALIGNMENT,
+            "invalidate_page unaligned: {got:?}"
+        );
+    }
+    // Interval of length zero, overflowing interval, unknown handles.
+    let z = pin!(IntervalSubscriber::new(Mirror::new(h, sp.mm, None)));
+    let got = z.as_ref().insert(sp.asp(), BASE, 0);
+    ensure!(
+        got == Err(Error::ZeroLength),
+        "zero-length interval: {got:?}"
+    );
+    let got = z.as_ref().insert(sp.asp(), usize::MAX - pg + 1, 2 * pg);
+    ensure!(got == Err(Error::Overflow), "overflowing interval: {got:?}");
+    let got = z.as_ref().remove();
+    ensure!(
+        got == Err(Error::NotRegistered),
+        "remove of an unknown interval: {got:?}"
+    );
+    let got = z.interval().read_begin();
+    ensure!(
+        got == Err(Error::NotRegistered),
+        "read_begin of an unknown interval: {got:?}"
+    );
+    let u = pin!(Subscriber::<_, H::P>::new(Recorder::<H::P>::default()));
+    let got = u.as_ref().unregister();
+    ensure!(
+        got == Err(Error::NotRegistered),
+        "unregister of an unknown subscriber: {got:?}"
+    );
+    let got = m.as_ref().insert(sp.asp(), BASE, pg);
+    ensure!(
+        got == Err(Error::AlreadyRegistered),
+        "double insert: {got:?}"
+    );
+    // Unregister from inside its own callback: refused, and it stays registered.
+    let other = pin!(IntervalSubscriber::new(IvCounter(
+        AtomicU32::new(0),
+        AtomicU32::new(0)
+    )));
+    other.as_ref().insert(sp.asp(), BASE + 64 * pg, pg)?;
+    let re = pin!(Subscriber::<_, H::P>::new(Reentrant::<H::P> {
+        me: SpinLock::new(core::ptr::null()),
+        iv: SpinLock::new(core::ptr::null()),
+        got: SpinLock::new([None, None]),
+    }));
+    let re = re.into_ref();
+    let other = other.into_ref();
+    re.register(sp.asp())?;
+    // INVARIANT: both are pinned here and outlive the unmap; cleared right after.
+    *re.me.lock() = &*re;
+    *re.iv.lock() = &*other;
+    h.unmap(sp.mm, addr::<H>(0), pg)?;
+    *re.me.lock() = core::ptr::null();
+    *re.iv.lock() = core::ptr::null();
+    let got = *re.got.lock();
+    ensure!(
+        got[0] == Some(Err(Error::InCallback)),
+        "unregister from inside a callback: {:?}",
+        got[0]
+    );
+    ensure!(
+        got[1] == Some(Err(Error::InCallback)),
+        "remove from inside a callback: {:?}",
+        got[1]
+    );
+    ensure!(
+        re.is_registered(),
+        "refused unregister dropped the subscriber"
+    );
+    ensure!(
+        other.interval().is_inserted(),
+        "refused remove dropped the interval"
+    );
+    // The lists are unchanged: the next invalidation reaches both, once each.
+    h.map(sp.mm, addr::<H>(0), pg)?;
+    h.touch(sp.mm, addr::<H>(0), true)?;
+    let mid = (
+        rec.log.lock().total,
+        m.invalidations.load(Ordering::Relaxed),
+    );
+    h.unmap(sp.mm, addr::<H>(1), pg)?;
+    let after = (
+        rec.log.lock().total,
+        m.invalidations.load(Ordering::Relaxed),
+    );
+    ensure!(
+        after.0 >= mid.0 + 2 && after.1 == mid.1 + 1 && mid.0 >= before.0,
+        "after the refusals the lists changed: recorder {before:?} -> {mid:?} -> {after:?}"
+    );
+    re.unregister()?;
+    other.remove()?;
+    m.as_ref().remove()?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------
+// Scale
+// ---------------------------------------------------------------------------------
+
+/// Counts invalidations; used by the thousands.
+struct Counter(AtomicU32);
+
+impl SubscriberOps for Counter {
+    fn invalidate_range_start(&self, _r: &Range) -> Result<(), notifier_core::WouldBlock> {
+        self.0.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// Counts invalidations (`.0`); `.1` is what the reference model expects.
+struct IvCounter(AtomicU32, AtomicU32);
+
+impl<P: Platform> notifier_core::IntervalOps<P> for IvCounter {
+    fn invalidate(
+        &self,
+        iv: &notifier_core::Interval<P>,
+        _r: &Range,
+        cur_seq: u64,
+    ) -> Result<(), notifier_core::WouldBlock> {
+        iv.set_seq(cur_seq);
+        self.0.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// A small deterministic generator (xorshift) for the random ranges.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+fn c17_many<H: Harness>(h: &H, cfg: &Config) -> Outcome {
+    need(h, Cap::DirectCalls)?;
+    let Some((base, arena_len)) = h.arena() else {
+        return Err(Fail::NotApplicable("no arena for thousands of subscribers"));
+    };
+    let base = base.as_ptr();
+    let pg = page::<H>();
+    let nl = cfg.many_list;
+    let ni = cfg.many_intervals;
+    let ls = core::mem::size_of::<Subscriber<Counter, H::P>>();
+    let is = core::mem::size_of::<IntervalSubscriber<IvCounter, H::P>>();
+    let la = core::mem::align_of::<Subscriber<Counter, H::P>>();
+    let ia = core::mem::align_of::<IntervalSubscriber<IvCounter, H::P>>();
+    let start_l = base.align_offset(la);
+    let lists_end = start_l + nl * ls;
+    let start_i = lists_end + base.wrapping_add(lists_end).align_offset(ia);
+    if start_i + ni * is > arena_len {
+        return Err(Fail::NotApplicable(
+            "arena too small for the configured scale",
+        ));
+    }
+    let sp = Space::new(h)?;
+    // SAFETY: both arrays lie inside the arena (checked above), suitably aligned, and
+    // do not overlap; the arena is ours for the duration of the case. Every element is
+    // written before use, pinned (never moved) and dropped in place before returning.
+    let (lists, ivs) = unsafe {
+        let l = base.add(start_l).cast::<Subscriber<Counter, H::P>>();
+        let i = base
+            .add(start_i)
+            .cast::<IntervalSubscriber<IvCounter, H::P>>();
+        for k in 0..nl {
+            l.add(k).write(Subscriber::new(Counter(AtomicU32::new(0))));
+        }
+        for k in 0..ni {
+            i.add(k).write(IntervalSubscriber::new(IvCounter(
+                AtomicU32::new(0),
+                AtomicU32::new(0),
+            )));
+        }
+        (
+            core::slice::from_raw_parts(l, nl),
+            core::slice::from_raw_parts(i, ni),
+        )
+    };
+    let space_pages = 1usize << 16;
+    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+    let run = || -> Outcome {
+        for s in lists {
+            // SAFETY: in the arena, never moved (see above).
+            unsafe { core::pin::Pin::new_unchecked(s) }.register(sp.asp())?;
+        }
+        let mut r2 = Rng(0x1234_5678_9ABC_DEF1);
+        for s in ivs {
+            let st = (r2.next() as usize % space_pages) * pg;
+            let len = (1 + r2.next() as usize % 64) * pg;
+            // SAFETY: as above.
+            unsafe { core::pin::Pin::new_unchecked(s) }.insert(sp.asp(), BASE + st, len)?;
+        }
+        Ok(())
+    };
+    let mut result = run();
+    let rounds = cfg.rounds.max(16) as usize;
+    let mut invalidations = 0u32;
+    if result.is_ok() {
+        for _ in 0..rounds {
+            let st = (rng.next() as usize % space_pages) * pg;
+            let len = (1 + rng.next() as usize % 256) * pg;
+            match sp.asp().invalidate_range_start(Range::new(
+                BASE + st,
+                BASE + st + len,
+                Event::Unmap,
+            )) {
+                Ok(inv) => inv.end(),
+                Err(e) => {
+                    result = Err(e.into());
+                    break;
+                }
+            }
+            invalidations += 1;
+            // The reference model, per interval: calls so far = overlapping ranges.
+            for s in ivs {
+                let (a, b) = (s.interval().start(), s.interval().last());
+                if a < BASE + st + len && b >= BASE + st {
+                    s.1.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+    if result.is_ok() {
+        for (k, s) in lists.iter().enumerate() {
+            let got = s.0.load(Ordering::Relaxed);
+            if got != invalidations {
+                result = Err(fail(format_args!(
+                    "list subscriber {k}: {got} calls, the model says {invalidations}"
+                )));
+                break;
+            }
+        }
+    }
+    if result.is_ok() {
+        for (k, s) in ivs.iter().enumerate() {
+            let (got, want) = (s.0.load(Ordering::Relaxed), s.1.load(Ordering::Relaxed));
+            if got != want {
+                result = Err(fail(format_args!(
+                    "interval {k}: {got} calls, the model says {want}"
+                )));
+                break;
+            }
+        }
+    }
+    // SAFETY: every element was written above and is dropped once here (dropping
+    // unregisters or removes it); nothing uses them afterwards.
+    unsafe {
+        for s in lists {
+            core::ptr::drop_in_place(s as *const _ as *mut Subscriber<Counter, H::P>);
+        }
+        for s in ivs {
+            core::ptr::drop_in_place(s as *const _ as *mut IntervalSubscriber<IvCounter, H::P>);
+        }
+    }
+    result
+}

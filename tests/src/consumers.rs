@@ -1,0 +1,907 @@
+//! Secondary MMUs written against the core's public API the way real ones are, each
+//! with the deliberately broken form ([`Twin`]) that the suite must catch.
+//!
+//! Every consumer checks each access it makes through a translation with the oracle
+//! [`Harness::frame_live`] and counts the stale ones in `violations`: a correct
+//! consumer on a correct core never counts one.
+
+use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+
+use arrayvec::ArrayVec;
+use notifier_core::sync::SpinLock;
+use notifier_core::{Interval, IntervalOps, Range, SubscriberOps, WouldBlock};
+
+use crate::harness::{Frame, Harness, HarnessError, Mm, Pte};
+use crate::Twin;
+
+/// How often a fault path retries before it reports a livelock.
+const MAX_RETRIES: u32 = 100_000;
+
+/// Why a secondary fault did not install a translation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultError {
+    /// The primary fault failed (unmapped address, …).
+    Primary(HarnessError),
+    /// The consumer refused while an invalidation is in flight (the exporter's importers).
+    Refused,
+    /// The subscriber was released: the address space is gone.
+    Released,
+    /// More than `MAX_RETRIES` collisions in a row.
+    Livelock,
+    /// The consumer's table is full.
+    Full,
+}
+
+impl From<HarnessError> for FaultError {
+    fn from(e: HarnessError) -> Self {
+        FaultError::Primary(e)
+    }
+}
+
+/// A small translation cache: page address to entry, with an accessed bit.
+#[derive(Default)]
+pub struct Tlb<const N: usize> {
+    e: ArrayVec<(usize, Pte, bool), N>,
+}
+
+impl<const N: usize> Tlb<N> {
+    /// An empty cache.
+    pub const fn new() -> Self {
+        Tlb {
+            e: ArrayVec::new_const(),
+        }
+    }
+    fn find(&mut self, addr: usize) -> Option<&mut (usize, Pte, bool)> {
+        self.e.iter_mut().find(|x| x.0 == addr)
+    }
+    /// Install (or replace) a translation.
+    fn insert(&mut self, addr: usize, pte: Pte) -> Result<(), FaultError> {
+        if let Some(x) = self.find(addr) {
+            *x = (addr, pte, false);
+            return Ok(());
+        }
+        self.e
+            .try_push((addr, pte, false))
+            .map_err(|_| FaultError::Full)
+    }
+    /// Drop every translation in `[start, end)`; calls `f` on each before.
+    fn zap(&mut self, start: usize, end: usize, mut f: impl FnMut(usize, Pte)) {
+        self.e.retain(|x| {
+            let hit = x.0 >= start && x.0 < end;
+            if hit {
+                f(x.0, x.1);
+            }
+            !hit
+        });
+    }
+    /// Clear the accessed bits of `[start, end)`; true if any was set.
+    fn age(&mut self, start: usize, end: usize, clear: bool) -> bool {
+        let mut young = false;
+        for x in self.e.iter_mut().filter(|x| x.0 >= start && x.0 < end) {
+            young |= x.2;
+            if clear {
+                x.2 = false;
+            }
+        }
+        young
+    }
+    /// Number of translations.
+    pub fn len(&self) -> usize {
+        self.e.len()
+    }
+    /// Whether there is none.
+    pub fn is_empty(&self) -> bool {
+        self.e.is_empty()
+    }
+}
+
+/// Read the primary entry of `addr`, faulting it in if needed (Linux:
+/// `hmm_range_fault` / `get_user_pages`).
+fn primary_entry<H: Harness>(h: &H, mm: Mm, addr: usize, write: bool) -> Result<Pte, FaultError> {
+    match h.lookup(mm, addr) {
+        Some(p) if !write || p.writable => Ok(p),
+        _ => Ok(h.touch(mm, addr, write)?),
+    }
+}
+
+/// Access a cached translation: mark it accessed and check the oracle.
+fn access_tlb<H: Harness, const N: usize>(
+    h: &H,
+    tlb: &mut Tlb<N>,
+    addr: usize,
+    violations: &AtomicU32,
+) -> Option<Frame> {
+    let x = tlb.find(addr)?;
+    x.2 = true;
+    let f = x.1.frame;
+    if !h.frame_live(f) {
+        violations.fetch_add(1, Ordering::Relaxed);
+    }
+    Some(f)
+}
+
+/// C-10: the pages of a range are still allocated while its `start` (and
+/// `invalidate_secondary_tlbs`) runs.
+fn check_live<H: Harness, const N: usize>(
+    h: &H,
+    tlb: &mut Tlb<N>,
+    r: (usize, usize),
+    v: &AtomicU32,
+) {
+    for x in tlb.e.iter().filter(|x| x.0 >= r.0 && x.0 < r.1) {
+        if !h.frame_live(x.1.frame) {
+            v.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+// -------------------------------------------------------------------------------------
+// KVM-like shadow page table.
+// -------------------------------------------------------------------------------------
+
+/// The shadow MMU's state, under its `mmu_lock`.
+#[derive(Default)]
+struct KvmState {
+    sptes: Tlb<64>,
+    /// Bumped by every `end` (Linux: `mmu_invalidate_seq`).
+    seq: u64,
+    /// Invalidations between start and end (Linux: `mmu_invalidate_in_progress`).
+    in_progress: u32,
+    /// Ranges whose flush the broken twin postponed past `end`.
+    pending: ArrayVec<(usize, usize), 16>,
+    released: bool,
+}
+
+/// A KVM-like shadow page table: a list subscriber. Faults snapshot the sequence, read
+/// the primary entry without the lock, and install only if no invalidation started or
+/// ended meanwhile; `start` zaps; `end` lets faults continue; ageing from its own
+/// accessed bits.
+pub struct Kvm<'h, H: Harness> {
+    h: &'h H,
+    mm: Mm,
+    twin: Option<Twin>,
+    st: SpinLock<H::P, KvmState>,
+    /// Stale accesses seen (must stay 0).
+    pub violations: AtomicU32,
+    /// Callbacks received.
+    pub starts: AtomicU32,
+    /// Callbacks received.
+    pub ends: AtomicU32,
+    /// Callbacks received.
+    pub releases: AtomicU32,
+    /// Fault retries on a sequence collision.
+    pub retries: AtomicU32,
+}
+
+impl<'h, H: Harness> Kvm<'h, H> {
+    /// A shadow MMU for `mm`, broken as `twin` says if it names one of its twins.
+    pub fn new(h: &'h H, mm: Mm, twin: Option<Twin>) -> Self {
+        Kvm {
+            h,
+            mm,
+            twin,
+            st: SpinLock::new(KvmState::default()),
+            violations: AtomicU32::new(0),
+            starts: AtomicU32::new(0),
+            ends: AtomicU32::new(0),
+            releases: AtomicU32::new(0),
+            retries: AtomicU32::new(0),
+        }
+    }
+
+    fn is(&self, t: Twin) -> bool {
+        self.twin == Some(t)
+    }
+
+    /// A guest access to `addr` that misses the shadow table: fault it in.
+    pub fn fault(&self, addr: usize, write: bool) -> Result<Pte, FaultError> {
+        let ignore = self.is(Twin::KvmIgnoresSeq);
+        for _ in 0..MAX_RETRIES {
+            let seq = {
+                let mut st = self.st.lock();
+                if self.is(Twin::KvmFlushAfterEnd) {
+                    // The broken twin flushes lazily, on the next fault.
+                    while let Some((s, e)) = st.pending.pop() {
+                        st.sptes.zap(s, e, |_, _| {});
+                    }
+                }
+                if st.released && !self.is(Twin::KvmCachesPastRelease) {
+                    return Err(FaultError::Released);
+                }
+                if st.in_progress > 0 && !ignore {
+                    drop(st);
+                    self.retries.fetch_add(1, Ordering::Relaxed);
+                    self.h.yield_now();
+                    continue;
+                }
+                st.seq
+            };
+            let pte = primary_entry(self.h, self.mm, addr, write)?;
+            // The window of the 2008 race: the entry read above may be cleared now.
+            self.h.yield_now();
+            let mut st = self.st.lock();
+            if !ignore && (st.seq != seq || st.in_progress > 0) {
+                drop(st);
+                self.retries.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            st.sptes.insert(addr, pte)?;
+            return Ok(pte);
+        }
+        Err(FaultError::Livelock)
+    }
+
+    /// A guest access through the shadow table: the frame reached, or `None` on a miss.
+    pub fn access(&self, addr: usize) -> Option<Frame> {
+        let mut st = self.st.lock();
+        access_tlb(self.h, &mut st.sptes, addr, &self.violations)
+    }
+
+    /// Access `addr`, faulting it in on a miss.
+    pub fn run(&self, addr: usize, write: bool) -> Result<Frame, FaultError> {
+        match self.access(addr) {
+            Some(f) => Ok(f),
+            None => self.fault(addr, write).map(|p| p.frame),
+        }
+    }
+
+    /// Number of shadow entries.
+    pub fn sptes(&self) -> usize {
+        self.st.lock().sptes.len()
+    }
+}
+
+impl<H: Harness> SubscriberOps for Kvm<'_, H> {
+    fn release(&self) {
+        self.releases.fetch_add(1, Ordering::Relaxed);
+        let mut st = self.st.lock();
+        st.released = true;
+        if !self.is(Twin::KvmCachesPastRelease) {
+            st.sptes.zap(0, usize::MAX, |_, _| {});
+        }
+    }
+
+    fn invalidate_range_start(&self, r: &Range) -> Result<(), WouldBlock> {
+        self.starts.fetch_add(1, Ordering::Relaxed);
+        let mut st = self.st.lock();
+        st.in_progress += 1;
+        check_live(self.h, &mut st.sptes, (r.start, r.end), &self.violations);
+        if self.is(Twin::KvmFlushAfterEnd) {
+            if st.pending.try_push((r.start, r.end)).is_err() {
+                st.sptes.zap(r.start, r.end, |_, _| {});
+            }
+        } else {
+            st.sptes.zap(r.start, r.end, |_, _| {});
+        }
+        drop(st);
+        if self.is(Twin::KvmRefusesWhileBlockable) && r.blockable {
+            // Did the work, then refuses anyway: only the core's bug report shows it.
+            return Err(WouldBlock);
+        }
+        Ok(())
+    }
+
+    fn invalidate_range_end(&self, _r: &Range) {
+        self.ends.fetch_add(1, Ordering::Relaxed);
+        let mut st = self.st.lock();
+        st.seq = st.seq.wrapping_add(1);
+        st.in_progress = st.in_progress.saturating_sub(1);
+    }
+
+    fn clear_flush_young(&self, start: usize, end: usize) -> bool {
+        self.st.lock().sptes.age(start, end, true)
+    }
+
+    fn clear_young(&self, start: usize, end: usize) -> bool {
+        self.st.lock().sptes.age(start, end, true)
+    }
+
+    fn test_young(&self, addr: usize) -> bool {
+        self.st.lock().sptes.age(addr, addr + 1, false)
+    }
+}
+
+// -------------------------------------------------------------------------------------
+// Device TLB (IOMMU SVA): walks the CPU page tables itself, flushed with the CPU TLB.
+// -------------------------------------------------------------------------------------
+
+/// A device TLB that relies on `invalidate_secondary_tlbs` alone: it fills from the
+/// primary entries as the hardware walker would and is flushed right when the CPU TLB
+/// is, under the page-table lock.
+pub struct DeviceTlb<'h, H: Harness> {
+    h: &'h H,
+    mm: Mm,
+    twin: Option<Twin>,
+    tlb: SpinLock<H::P, Tlb<64>>,
+    /// Stale accesses seen (must stay 0).
+    pub violations: AtomicU32,
+    /// `invalidate_secondary_tlbs` calls.
+    pub flushes: AtomicU32,
+}
+
+impl<'h, H: Harness> DeviceTlb<'h, H> {
+    /// A device TLB on `mm`.
+    pub fn new(h: &'h H, mm: Mm, twin: Option<Twin>) -> Self {
+        DeviceTlb {
+            h,
+            mm,
+            twin,
+            tlb: SpinLock::new(Tlb::new()),
+            violations: AtomicU32::new(0),
+            flushes: AtomicU32::new(0),
+        }
+    }
+
+    /// The device walks the CPU page tables for `addr` (no fault: a miss stays a miss).
+    pub fn fill(&self, addr: usize) -> Option<Pte> {
+        let pte = self.h.lookup(self.mm, addr)?;
+        self.tlb.lock().insert(addr, pte).ok()?;
+        Some(pte)
+    }
+
+    /// A device access through its TLB.
+    pub fn access(&self, addr: usize) -> Option<Frame> {
+        access_tlb(self.h, &mut self.tlb.lock(), addr, &self.violations)
+    }
+}
+
+impl<H: Harness> SubscriberOps for DeviceTlb<'_, H> {
+    fn invalidate_secondary_tlbs(&self, start: usize, end: usize) {
+        self.flushes.fetch_add(1, Ordering::Relaxed);
+        let mut tlb = self.tlb.lock();
+        check_live(self.h, &mut tlb, (start, end), &self.violations);
+        if self.twin != Some(Twin::DeviceTlbIgnoresFlush) {
+            tlb.zap(start, end, |_, _| {});
+        }
+    }
+
+    fn release(&self) {
+        self.tlb.lock().zap(0, usize::MAX, |_, _| {});
+    }
+}
+
+// -------------------------------------------------------------------------------------
+// XPMEM/GRU-like exporter with remote importers.
+// -------------------------------------------------------------------------------------
+
+/// Remote nodes that import pages from the exporter.
+pub const IMPORTERS: usize = 3;
+/// Preallocated revoke messages (the seed thread: allocate them statically and
+/// serialise access to the pool with a lock; nothing is allocated on the invalidation
+/// path).
+pub const POOL: usize = 4;
+
+#[derive(Clone, Copy)]
+struct Revoke {
+    importer: usize,
+    addr: usize,
+}
+
+#[derive(Default)]
+struct ExpState {
+    importers: [Tlb<32>; IMPORTERS],
+    active: u32,
+    seq: u64,
+    /// Messages in flight (the bounded pool).
+    pool: ArrayVec<Revoke, POOL>,
+    /// Pinned mode: frames to revoke and give back after `end`.
+    deferred: ArrayVec<(usize, usize), 16>,
+}
+
+/// An exporter of an address space's pages to remote importers that map them by
+/// message. A map request is refused while an invalidation of the address space is in
+/// flight, and one that raced an invalidation is refused at the end; `start` revokes
+/// every remote mapping of the range with messages from a fixed pool.
+///
+/// In pinned mode the exporter takes its own reference on each exported page and
+/// revokes after `end` — allowed, because the page cannot be freed under it (C-10).
+pub struct Exporter<'h, H: Harness> {
+    h: &'h H,
+    mm: Mm,
+    twin: Option<Twin>,
+    pinned: bool,
+    st: SpinLock<H::P, ExpState>,
+    /// Stale remote accesses (must stay 0).
+    pub violations: AtomicU32,
+    /// Map requests refused because of an invalidation.
+    pub refusals: AtomicU32,
+    /// Revoke messages sent.
+    pub messages: AtomicU32,
+}
+
+impl<'h, H: Harness> Exporter<'h, H> {
+    /// An exporter of `mm`'s pages; `pinned` selects the flush-after-end form.
+    pub fn new(h: &'h H, mm: Mm, pinned: bool, twin: Option<Twin>) -> Self {
+        Exporter {
+            h,
+            mm,
+            twin,
+            pinned,
+            st: SpinLock::new(ExpState::default()),
+            violations: AtomicU32::new(0),
+            refusals: AtomicU32::new(0),
+            messages: AtomicU32::new(0),
+        }
+    }
+
+    fn ignores(&self) -> bool {
+        self.twin == Some(Twin::ExporterIgnoresInvalidation)
+    }
+
+    /// A map request from remote node `importer` for `addr`.
+    pub fn request_map(&self, importer: usize, addr: usize) -> Result<Frame, FaultError> {
+        let importer = importer % IMPORTERS;
+        let seq = {
+            let st = self.st.lock();
+            if st.active > 0 && !self.ignores() {
+                self.refusals.fetch_add(1, Ordering::Relaxed);
+                return Err(FaultError::Refused);
+            }
+            st.seq
+        };
+        let pte = primary_entry(self.h, self.mm, addr, false)?;
+        if self.pinned && !self.h.get_frame(pte.frame) {
+            return Err(FaultError::Refused);
+        }
+        // The message travels to the remote node; the entry may be cleared meanwhile.
+        self.h.yield_now();
+        let mut st = self.st.lock();
+        if !self.ignores() && (st.seq != seq || st.active > 0) {
+            drop(st);
+            if self.pinned {
+                self.h.put_frame(pte.frame);
+            }
+            self.refusals.fetch_add(1, Ordering::Relaxed);
+            return Err(FaultError::Refused);
+        }
+        if let Err(e) = st.importers[importer].insert(addr, pte) {
+            drop(st);
+            if self.pinned {
+                self.h.put_frame(pte.frame);
+            }
+            return Err(e);
+        }
+        Ok(pte.frame)
+    }
+
+    /// A remote node's access through its imported mapping.
+    pub fn remote_access(&self, importer: usize, addr: usize) -> Option<Frame> {
+        let mut st = self.st.lock();
+        access_tlb(
+            self.h,
+            &mut st.importers[importer % IMPORTERS],
+            addr,
+            &self.violations,
+        )
+    }
+
+    /// Revoke every remote mapping of `[start, end)`, through the bounded pool: when it
+    /// is full the queued messages are delivered (and acknowledged) first.
+    fn revoke(&self, st: &mut ExpState, start: usize, end: usize) {
+        let mut victims: ArrayVec<Revoke, 32> = ArrayVec::new();
+        for (i, imp) in st.importers.iter().enumerate() {
+            for x in imp.e.iter().filter(|x| x.0 >= start && x.0 < end) {
+                if victims
+                    .try_push(Revoke {
+                        importer: i,
+                        addr: x.0,
+                    })
+                    .is_err()
+                {
+                    break;
+                }
+            }
+        }
+        for m in victims {
+            if st.pool.is_full() {
+                self.deliver(st);
+            }
+            st.pool.push(m);
+            self.messages.fetch_add(1, Ordering::Relaxed);
+        }
+        self.deliver(st);
+    }
+
+    /// The remote nodes process the queued messages and acknowledge them.
+    fn deliver(&self, st: &mut ExpState) {
+        while let Some(m) = st.pool.pop() {
+            let pinned = self.pinned;
+            let h = self.h;
+            st.importers[m.importer].zap(m.addr, m.addr + 1, |_, pte| {
+                if pinned {
+                    h.put_frame(pte.frame);
+                }
+            });
+        }
+    }
+}
+
+impl<H: Harness> SubscriberOps for Exporter<'_, H> {
+    fn invalidate_range_start(&self, r: &Range) -> Result<(), WouldBlock> {
+        let mut st = self.st.lock();
+        st.active += 1;
+        st.seq = st.seq.wrapping_add(1);
+        if self.ignores() {
+            // The broken twin only revokes at `end` and lets maps through meanwhile.
+            return Ok(());
+        }
+        if self.pinned && st.deferred.try_push((r.start, r.end)).is_ok() {
+            return Ok(());
+        }
+        self.revoke(&mut st, r.start, r.end);
+        Ok(())
+    }
+
+    fn invalidate_range_end(&self, r: &Range) {
+        let mut st = self.st.lock();
+        st.active = st.active.saturating_sub(1);
+        st.seq = st.seq.wrapping_add(1);
+        if self.ignores() {
+            self.revoke(&mut st, r.start, r.end);
+        }
+        if let Some(i) = st.deferred.iter().position(|d| *d == (r.start, r.end)) {
+            st.deferred.swap_remove(i);
+            // Flushing after `end` is safe: our references keep the pages (C-10).
+            self.revoke(&mut st, r.start, r.end);
+        }
+    }
+
+    fn release(&self) {
+        let mut st = self.st.lock();
+        self.revoke(&mut st, 0, usize::MAX);
+    }
+}
+
+// -------------------------------------------------------------------------------------
+// HMM-like interval mirror, one pass and two pass.
+// -------------------------------------------------------------------------------------
+
+/// An HMM-like mirror of one interval (a device page table), using the sequence
+/// protocol: `invalidate` takes the mirror's lock, calls `set_seq`, zaps the overlap;
+/// faults retry when `read_retry` says an invalidation ran since `read_begin`.
+pub struct Mirror<'h, H: Harness> {
+    h: &'h H,
+    mm: Mm,
+    twin: Option<Twin>,
+    /// The device page table, under the mirror's lock (the one `read_retry` is checked
+    /// under).
+    pub pt: SpinLock<H::P, Tlb<64>>,
+    /// Stale accesses (must stay 0).
+    pub violations: AtomicU32,
+    /// `invalidate` calls.
+    pub invalidations: AtomicU32,
+    /// The last event seen.
+    pub last_event: SpinLock<H::P, Option<Range>>,
+    /// Fault retries.
+    pub retries: AtomicU32,
+    /// Set when the test frees the mirror: a callback after that is a violation.
+    pub gone: AtomicBool,
+}
+
+impl<'h, H: Harness> Mirror<'h, H> {
+    /// A mirror of part of `mm`.
+    pub fn new(h: &'h H, mm: Mm, twin: Option<Twin>) -> Self {
+        Mirror {
+            h,
+            mm,
+            twin,
+            pt: SpinLock::new(Tlb::new()),
+            violations: AtomicU32::new(0),
+            invalidations: AtomicU32::new(0),
+            last_event: SpinLock::new(None),
+            retries: AtomicU32::new(0),
+            gone: AtomicBool::new(false),
+        }
+    }
+
+    /// Fault `addr` into the device page table.
+    pub fn fault(&self, iv: &Interval<H::P>, addr: usize) -> Result<Pte, FaultError> {
+        let ignore = self.twin == Some(Twin::MirrorIgnoresSeq);
+        for _ in 0..MAX_RETRIES {
+            let seq = iv
+                .read_begin()
+                .map_err(|_| FaultError::Primary(HarnessError::Failed("read_begin")))?;
+            let pte = primary_entry(self.h, self.mm, addr, false)?;
+            self.h.yield_now();
+            let mut pt = self.pt.lock();
+            if !ignore && iv.read_retry(seq) {
+                drop(pt);
+                self.retries.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            pt.insert(addr, pte)?;
+            return Ok(pte);
+        }
+        Err(FaultError::Livelock)
+    }
+
+    /// A device access.
+    pub fn access(&self, addr: usize) -> Option<Frame> {
+        access_tlb(self.h, &mut self.pt.lock(), addr, &self.violations)
+    }
+
+    /// Access, faulting on a miss.
+    pub fn run(&self, iv: &Interval<H::P>, addr: usize) -> Result<Frame, FaultError> {
+        match self.access(addr) {
+            Some(f) => Ok(f),
+            None => self.fault(iv, addr).map(|p| p.frame),
+        }
+    }
+}
+
+impl<H: Harness> IntervalOps<H::P> for Mirror<'_, H> {
+    fn invalidate(&self, iv: &Interval<H::P>, r: &Range, cur_seq: u64) -> Result<(), WouldBlock> {
+        if self.gone.load(Ordering::Relaxed) {
+            self.violations.fetch_add(1, Ordering::Relaxed);
+        }
+        self.invalidations.fetch_add(1, Ordering::Relaxed);
+        *self.last_event.lock() = Some(*r);
+        let mut pt = self.pt.lock();
+        iv.set_seq(cur_seq);
+        check_live(self.h, &mut pt, (r.start, r.end), &self.violations);
+        pt.zap(r.start, r.end, |_, _| {});
+        Ok(())
+    }
+}
+
+/// A device page table and the invalidations queued for it.
+type DevicePt = (Tlb<64>, ArrayVec<(usize, usize), 8>);
+
+/// A two-pass mirror (several devices invalidated in parallel): `invalidate_start`
+/// records the sequence and queues the hardware invalidation, `invalidate_finish` waits
+/// for it. The order of passes is stamped from a clock shared by all mirrors.
+pub struct TwoPass<'h, H: Harness> {
+    h: &'h H,
+    mm: Mm,
+    twin: Option<Twin>,
+    clock: &'h AtomicU32,
+    pt: SpinLock<H::P, DevicePt>,
+    /// Stale accesses (must stay 0).
+    pub violations: AtomicU32,
+    /// Clock value at the last `invalidate_start`.
+    pub started_at: AtomicU32,
+    /// Clock value at the last `invalidate_finish`.
+    pub finished_at: AtomicU32,
+    /// Fault retries.
+    pub retries: AtomicU32,
+}
+
+impl<'h, H: Harness> TwoPass<'h, H> {
+    /// A two-pass mirror of part of `mm`, stamping passes from `clock`.
+    pub fn new(h: &'h H, mm: Mm, clock: &'h AtomicU32, twin: Option<Twin>) -> Self {
+        TwoPass {
+            h,
+            mm,
+            twin,
+            clock,
+            pt: SpinLock::new((Tlb::new(), ArrayVec::new())),
+            violations: AtomicU32::new(0),
+            started_at: AtomicU32::new(0),
+            finished_at: AtomicU32::new(0),
+            retries: AtomicU32::new(0),
+        }
+    }
+
+    fn flush_queued(pt: &mut DevicePt) {
+        while let Some((s, e)) = pt.1.pop() {
+            pt.0.zap(s, e, |_, _| {});
+        }
+    }
+
+    /// Fault `addr` into the device page table.
+    pub fn fault(&self, iv: &Interval<H::P>, addr: usize) -> Result<Pte, FaultError> {
+        for _ in 0..MAX_RETRIES {
+            let seq = iv
+                .read_begin()
+                .map_err(|_| FaultError::Primary(HarnessError::Failed("read_begin")))?;
+            let pte = primary_entry(self.h, self.mm, addr, false)?;
+            self.h.yield_now();
+            let mut pt = self.pt.lock();
+            if self.twin == Some(Twin::TwoPassSkipsFinish) {
+                // The broken twin completes queued invalidations lazily.
+                Self::flush_queued(&mut pt);
+            }
+            if iv.read_retry(seq) {
+                drop(pt);
+                self.retries.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            pt.0.insert(addr, pte)?;
+            return Ok(pte);
+        }
+        Err(FaultError::Livelock)
+    }
+
+    /// A device access.
+    pub fn access(&self, addr: usize) -> Option<Frame> {
+        access_tlb(self.h, &mut self.pt.lock().0, addr, &self.violations)
+    }
+}
+
+impl<H: Harness> IntervalOps<H::P> for TwoPass<'_, H> {
+    const TWO_PASS: bool = true;
+
+    fn invalidate(&self, iv: &Interval<H::P>, r: &Range, cur_seq: u64) -> Result<(), WouldBlock> {
+        self.invalidate_start(iv, r, cur_seq)?;
+        self.invalidate_finish(iv, r, cur_seq);
+        Ok(())
+    }
+
+    fn invalidate_start(
+        &self,
+        iv: &Interval<H::P>,
+        r: &Range,
+        cur_seq: u64,
+    ) -> Result<(), WouldBlock> {
+        self.started_at.store(
+            self.clock.fetch_add(1, Ordering::Relaxed) + 1,
+            Ordering::Relaxed,
+        );
+        let mut pt = self.pt.lock();
+        iv.set_seq(cur_seq);
+        check_live(self.h, &mut pt.0, (r.start, r.end), &self.violations);
+        if pt.1.try_push((r.start, r.end)).is_err() {
+            pt.0.zap(r.start, r.end, |_, _| {});
+        }
+        Ok(())
+    }
+
+    fn invalidate_finish(&self, _iv: &Interval<H::P>, _r: &Range, _cur_seq: u64) {
+        self.finished_at.store(
+            self.clock.fetch_add(1, Ordering::Relaxed) + 1,
+            Ordering::Relaxed,
+        );
+        if self.twin != Some(Twin::TwoPassSkipsFinish) {
+            Self::flush_queued(&mut self.pt.lock());
+        }
+    }
+}
+
+// -------------------------------------------------------------------------------------
+// Recorders for the lifetime and pairing cases.
+// -------------------------------------------------------------------------------------
+
+/// What a [`Recorder`] saw, in order (bounded; the count goes on past the bound).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seen {
+    /// `invalidate_range_start`.
+    Start(Range),
+    /// `invalidate_range_end`.
+    End(Range),
+    /// `release`.
+    Release,
+    /// `invalidate_secondary_tlbs`.
+    Tlbs(usize, usize),
+}
+
+/// The log of a [`Recorder`].
+pub struct RecLog {
+    /// The first events.
+    pub seen: ArrayVec<Seen, 128>,
+    /// Starts without their end yet.
+    pub open: ArrayVec<Range, 16>,
+    /// Contract breaches observed (end without start, mismatched end, …).
+    pub breaches: u32,
+    /// Total callbacks.
+    pub total: u32,
+}
+
+/// A subscriber that records every callback and checks pairing on the fly; optionally
+/// refuses non-blockable starts. `gone` is set by the test when the subscriber's memory
+/// is "freed": a callback after that is a breach (C-03).
+pub struct Recorder<P: notifier_core::Platform> {
+    /// The log.
+    pub log: SpinLock<P, RecLog>,
+    /// Refuse non-blockable starts.
+    pub refuse_non_blocking: AtomicBool,
+    /// Refuse every start (a buggy subscriber, for the core's report).
+    pub refuse_always: AtomicBool,
+    /// Set by the test once the subscriber is unregistered.
+    pub gone: AtomicBool,
+    /// Young answers for the ageing case.
+    pub young: AtomicBool,
+    /// Young calls received.
+    pub young_calls: AtomicU32,
+}
+
+impl<P: notifier_core::Platform> Default for Recorder<P> {
+    fn default() -> Self {
+        Recorder {
+            log: SpinLock::new(RecLog {
+                seen: ArrayVec::new(),
+                open: ArrayVec::new(),
+                breaches: 0,
+                total: 0,
+            }),
+            refuse_non_blocking: AtomicBool::new(false),
+            refuse_always: AtomicBool::new(false),
+            gone: AtomicBool::new(false),
+            young: AtomicBool::new(false),
+            young_calls: AtomicU32::new(0),
+        }
+    }
+}
+
+impl<P: notifier_core::Platform> Recorder<P> {
+    fn note(&self, s: Seen) {
+        let mut l = self.log.lock();
+        l.total += 1;
+        if self.gone.load(Ordering::Relaxed) {
+            l.breaches += 1;
+        }
+        let _ = l.seen.try_push(s);
+    }
+
+    /// Counts of (starts, ends, releases) in the bounded log.
+    pub fn counts(&self) -> (usize, usize, usize) {
+        let l = self.log.lock();
+        let n = |f: fn(&Seen) -> bool| l.seen.iter().filter(|s| f(s)).count();
+        (
+            n(|s| matches!(s, Seen::Start(_))),
+            n(|s| matches!(s, Seen::End(_))),
+            n(|s| matches!(s, Seen::Release)),
+        )
+    }
+
+    /// Breaches so far.
+    pub fn breaches(&self) -> u32 {
+        self.log.lock().breaches
+    }
+
+    /// Forget the log (keeps the breach count).
+    pub fn clear(&self) {
+        let mut l = self.log.lock();
+        l.seen.clear();
+    }
+}
+
+impl<P: notifier_core::Platform> SubscriberOps for Recorder<P> {
+    fn release(&self) {
+        self.note(Seen::Release);
+    }
+
+    fn invalidate_range_start(&self, r: &Range) -> Result<(), WouldBlock> {
+        if self.refuse_always.load(Ordering::Relaxed)
+            || (!r.blockable && self.refuse_non_blocking.load(Ordering::Relaxed))
+        {
+            return Err(WouldBlock);
+        }
+        self.note(Seen::Start(*r));
+        let mut l = self.log.lock();
+        if l.open.try_push(*r).is_err() {
+            l.breaches += 1;
+        }
+        Ok(())
+    }
+
+    fn invalidate_range_end(&self, r: &Range) {
+        self.note(Seen::End(*r));
+        let mut l = self.log.lock();
+        // C-07: the end carries the range and event of a start this subscriber saw.
+        match l.open.iter().position(|o| o == r) {
+            Some(i) => {
+                l.open.swap_remove(i);
+            }
+            None => l.breaches += 1,
+        }
+    }
+
+    fn invalidate_secondary_tlbs(&self, s: usize, e: usize) {
+        self.note(Seen::Tlbs(s, e));
+    }
+
+    fn clear_flush_young(&self, _s: usize, _e: usize) -> bool {
+        self.young_calls.fetch_add(1, Ordering::Relaxed);
+        self.young.load(Ordering::Relaxed)
+    }
+
+    fn clear_young(&self, _s: usize, _e: usize) -> bool {
+        self.young_calls.fetch_add(1, Ordering::Relaxed);
+        self.young.load(Ordering::Relaxed)
+    }
+
+    fn test_young(&self, _a: usize) -> bool {
+        self.young_calls.fetch_add(1, Ordering::Relaxed);
+        self.young.load(Ordering::Relaxed)
+    }
+}

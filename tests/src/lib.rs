@@ -1,0 +1,254 @@
+//! The conformance suite: every case of the notifier contract (`CONTRACT.md`, C-01 to
+//! C-17), run by every backend unchanged against its real primary MMU.
+//!
+//! A backend implements [`Harness`](harness::Harness) (create address spaces, map,
+//! fault, unmap, protect, migrate, fork and break copy-on-write, reclaim, tear down, run
+//! tasks at once, and say whether a frame was freed) and calls [`run`]. The suite drives
+//! the primary MMU through the harness; small secondary MMUs written against the core's
+//! public API ([`consumers`]: a KVM-like shadow page table, a device TLB, an XPMEM-like
+//! exporter with remote importers, HMM-like interval mirrors, one- and two-pass) check
+//! every access they make against the oracle. Each consumer also exists in a
+//! deliberately broken form ([`Twin`]); [`Twin::catches`] names the cases that must fail
+//! with it, so a run with a twin proves the suite has teeth.
+//!
+//! Output: one line per case, `C-09 no_stale_translation ... ok` (or `FAILED: why`, or
+//! `not applicable: why`), then the closing line `N passed, N failed` (with
+//! `, N skipped` when a backend lacks a capability a case needs).
+//!
+//! The crate is `#![no_std]` and allocates nothing: it runs inside the Linux kernel and
+//! inside Hermit.
+
+#![no_std]
+#![deny(unsafe_op_in_unsafe_fn)]
+// Failure messages travel inline (the suite allocates nothing), so `Err` is large;
+// it is only built when a case fails.
+#![allow(clippy::result_large_err, clippy::large_enum_variant)]
+
+use core::fmt::{self, Write};
+
+use arrayvec::{ArrayString, ArrayVec};
+
+mod cases;
+pub mod consumers;
+pub mod harness;
+
+pub use harness::Harness;
+
+/// A deliberately broken consumer, and the cases that must catch it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Twin {
+    /// The KVM-like shadow MMU installs what it read without checking the sequence: the
+    /// 2008 race.
+    KvmIgnoresSeq,
+    /// The shadow MMU postpones its flush past `end` (to its next fault).
+    KvmFlushAfterEnd,
+    /// The shadow MMU keeps its translations after `release`.
+    KvmCachesPastRelease,
+    /// The shadow MMU refuses starts that are blockable.
+    KvmRefusesWhileBlockable,
+    /// The device TLB ignores `invalidate_secondary_tlbs`.
+    DeviceTlbIgnoresFlush,
+    /// The exporter grants remote maps while an invalidation is in flight and revokes
+    /// only at `end`.
+    ExporterIgnoresInvalidation,
+    /// The interval mirror installs without `read_retry`.
+    MirrorIgnoresSeq,
+    /// The two-pass mirror queues in `invalidate_start` but never waits in
+    /// `invalidate_finish` (it completes lazily, at its next fault).
+    TwoPassSkipsFinish,
+}
+
+impl Twin {
+    /// Every twin.
+    pub const ALL: [Twin; 8] = [
+        Twin::KvmIgnoresSeq,
+        Twin::KvmFlushAfterEnd,
+        Twin::KvmCachesPastRelease,
+        Twin::KvmRefusesWhileBlockable,
+        Twin::DeviceTlbIgnoresFlush,
+        Twin::ExporterIgnoresInvalidation,
+        Twin::MirrorIgnoresSeq,
+        Twin::TwoPassSkipsFinish,
+    ];
+
+    /// Its name on command lines (`--broken NAME`).
+    pub const fn name(self) -> &'static str {
+        match self {
+            Twin::KvmIgnoresSeq => "kvm-ignores-seq",
+            Twin::KvmFlushAfterEnd => "kvm-flush-after-end",
+            Twin::KvmCachesPastRelease => "kvm-caches-past-release",
+            Twin::KvmRefusesWhileBlockable => "kvm-refuses-while-blockable",
+            Twin::DeviceTlbIgnoresFlush => "device-tlb-ignores-flush",
+            Twin::ExporterIgnoresInvalidation => "exporter-ignores-invalidation",
+            Twin::MirrorIgnoresSeq => "mirror-ignores-seq",
+            Twin::TwoPassSkipsFinish => "two-pass-skips-finish",
+        }
+    }
+
+    /// The twin called `name`.
+    pub fn from_name(name: &str) -> Option<Twin> {
+        Twin::ALL.into_iter().find(|t| t.name() == name)
+    }
+
+    /// The cases that must fail when this twin replaces the correct consumer (and no
+    /// other may).
+    pub const fn catches(self) -> &'static [&'static str] {
+        match self {
+            Twin::KvmIgnoresSeq => &["C-09"],
+            Twin::KvmFlushAfterEnd => &["C-06", "C-09"],
+            Twin::KvmCachesPastRelease => &["C-04"],
+            Twin::KvmRefusesWhileBlockable => &["C-08"],
+            Twin::DeviceTlbIgnoresFlush => &["C-10"],
+            Twin::ExporterIgnoresInvalidation => &["C-09"],
+            Twin::MirrorIgnoresSeq => &["C-12"],
+            Twin::TwoPassSkipsFinish => &["C-14"],
+        }
+    }
+}
+
+/// What to run.
+#[derive(Debug, Clone, Copy)]
+pub struct Config {
+    /// Replace one consumer by its broken twin.
+    pub twin: Option<Twin>,
+    /// Run only the case with this id (e.g. `"C-09"`).
+    pub only: Option<&'static str>,
+    /// Rounds of the concurrent cases (more finds rarer interleavings).
+    pub rounds: u32,
+    /// List subscribers in C-17.
+    pub many_list: usize,
+    /// Interval subscribers in C-17.
+    pub many_intervals: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            twin: None,
+            only: None,
+            rounds: 200,
+            many_list: 2_000,
+            many_intervals: 20_000,
+        }
+    }
+}
+
+/// The outcome of a run.
+#[derive(Debug, Clone, Default)]
+pub struct Summary {
+    /// Cases that passed.
+    pub passed: u32,
+    /// Cases that failed.
+    pub failed: u32,
+    /// Cases not applicable on this backend.
+    pub skipped: u32,
+    failed_ids: ArrayVec<&'static str, 32>,
+}
+
+impl Summary {
+    /// The ids of the cases that failed, in order.
+    pub fn failed_cases(&self) -> &[&'static str] {
+        &self.failed_ids
+    }
+}
+
+/// A failure message (bounded: the suite allocates nothing).
+pub type Msg = ArrayString<240>;
+
+/// Why a case did not pass.
+#[derive(Debug, Clone)]
+pub enum Fail {
+    /// The contract was broken; the text says how.
+    Failed(Msg),
+    /// The backend lacks what the case needs.
+    NotApplicable(&'static str),
+}
+
+impl From<harness::HarnessError> for Fail {
+    fn from(e: harness::HarnessError) -> Self {
+        match e {
+            harness::HarnessError::Unsupported(r) => Fail::NotApplicable(r),
+            other => fail(format_args!("harness: {other:?}")),
+        }
+    }
+}
+
+impl From<notifier_core::Error> for Fail {
+    fn from(e: notifier_core::Error) -> Self {
+        fail(format_args!("core refused: {e} ({e:?})"))
+    }
+}
+
+impl From<consumers::FaultError> for Fail {
+    fn from(e: consumers::FaultError) -> Self {
+        match e {
+            consumers::FaultError::Primary(h) => h.into(),
+            other => fail(format_args!("secondary fault: {other:?}")),
+        }
+    }
+}
+
+/// A [`Fail::Failed`] with a formatted message (truncated if long).
+pub fn fail(args: fmt::Arguments<'_>) -> Fail {
+    let mut m = Msg::new();
+    let _ = Trunc(&mut m).write_fmt(args);
+    Fail::Failed(m)
+}
+
+struct Trunc<'a>(&'a mut Msg);
+impl Write for Trunc<'_> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        for c in s.chars() {
+            if self.0.try_push(c).is_err() {
+                break;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Result of one case.
+pub type Outcome = Result<(), Fail>;
+
+/// Run the suite on `h`, writing one line per case and the closing line to `out`.
+pub fn run<H: Harness>(h: &H, cfg: &Config, out: &mut dyn Write) -> Summary {
+    let mut sum = Summary::default();
+    let _ = writeln!(
+        out,
+        "notifier conformance suite on {}{}{}",
+        h.name(),
+        if cfg.twin.is_some() {
+            ", broken consumer: "
+        } else {
+            ""
+        },
+        cfg.twin.map_or("", Twin::name)
+    );
+    for (id, name, case) in cases::all::<H>() {
+        if cfg.only.is_some_and(|o| o != id) {
+            continue;
+        }
+        let _ = write!(out, "{id} {name} ... ");
+        match case(h, cfg) {
+            Ok(()) => {
+                sum.passed += 1;
+                let _ = writeln!(out, "ok");
+            }
+            Err(Fail::Failed(m)) => {
+                sum.failed += 1;
+                let _ = sum.failed_ids.try_push(id);
+                let _ = writeln!(out, "FAILED: {m}");
+            }
+            Err(Fail::NotApplicable(r)) => {
+                sum.skipped += 1;
+                let _ = writeln!(out, "not applicable: {r}");
+            }
+        }
+    }
+    let _ = write!(out, "{} passed, {} failed", sum.passed, sum.failed);
+    if sum.skipped > 0 {
+        let _ = write!(out, ", {} skipped", sum.skipped);
+    }
+    let _ = writeln!(out);
+    sum
+}
