@@ -89,4 +89,10 @@ pub enum Bug {
     /// callbacks: the implicit unregistration waits for that very callback. Unregister
     /// explicitly (and get [`Error::InCallback`]) instead.
     DropInCallback,
+    /// An exporter returned from [`ExportOps::revoke`](crate::export::ExportOps::revoke)
+    /// with remote mappings of the page still counted: the page is not freed.
+    RemoteMapAfterRevoke,
+    /// An [`ExportRegistry`](crate::export::ExportRegistry) was dropped with pages still
+    /// exported; they were unlinked.
+    RegistryDroppedWithPages,
 }

@@ -111,6 +111,7 @@ extern crate std;
 pub mod primitive;
 
 mod error;
+pub mod export;
 pub mod interval;
 mod platform;
 mod range;

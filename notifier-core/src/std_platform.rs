@@ -25,6 +25,7 @@ static NEXT_TASK: AtomicUsize = AtomicUsize::new(1);
 static SLEEP_VIOLATIONS: AtomicUsize = AtomicUsize::new(0);
 static REFUSED_WHILE_BLOCKABLE: AtomicUsize = AtomicUsize::new(0);
 static DROP_IN_CALLBACK: AtomicUsize = AtomicUsize::new(0);
+static OTHER_BUGS: AtomicUsize = AtomicUsize::new(0);
 
 std::thread_local! {
     static TASK: usize = NEXT_TASK.fetch_add(1, Ordering::Relaxed);
@@ -91,6 +92,7 @@ impl StdPlatform {
         match bug {
             Bug::RefusedWhileBlockable => REFUSED_WHILE_BLOCKABLE.load(Ordering::Relaxed),
             Bug::DropInCallback => DROP_IN_CALLBACK.load(Ordering::Relaxed),
+            _ => OTHER_BUGS.load(Ordering::Relaxed),
         }
     }
 
@@ -155,6 +157,7 @@ impl Platform for StdPlatform {
         match bug {
             Bug::RefusedWhileBlockable => REFUSED_WHILE_BLOCKABLE.fetch_add(1, Ordering::Relaxed),
             Bug::DropInCallback => DROP_IN_CALLBACK.fetch_add(1, Ordering::Relaxed),
+            _ => OTHER_BUGS.fetch_add(1, Ordering::Relaxed),
         };
     }
 

@@ -19,6 +19,15 @@ use notifier_core::{
 
 const PG: usize = 4096;
 
+/// Iteration counts: Miri interprets every step, so it runs the same tests smaller.
+const fn n(full: usize) -> usize {
+    if cfg!(miri) {
+        if full / 40 > 4 { full / 40 } else { 4 }
+    } else {
+        full
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Ev {
     Start(Range),
@@ -195,7 +204,7 @@ fn c02_no_half_pairs_under_churn() {
             }
         })
     };
-    for _ in 0..200 {
+    for _ in 0..n(200) {
         let s = Box::pin(Subscriber::<_, P>::new(Rec::default()));
         s.as_ref().register(&mm).unwrap();
         thread::yield_now();
@@ -336,7 +345,7 @@ fn c04_release_once_from_unregister() {
 
 #[test]
 fn c04_release_racing_unregister_exactly_once() {
-    for _ in 0..100 {
+    for _ in 0..n(100) {
         let mm = Arc::new(AddressSpace::<P>::new());
         let subs: Vec<_> = (0..4)
             .map(|_| Arc::new(Box::pin(Subscriber::<_, P>::new(Rec::default()))))
@@ -527,7 +536,7 @@ fn c07_overlapping_across_threads() {
         .map(|t| {
             let mm = mm.clone();
             thread::spawn(move || {
-                for k in 0..200 {
+                for k in 0..n(200) {
                     let a = ((k + t) % 8) * PG;
                     unmap(&mm, a, a + 2 * PG);
                 }
@@ -704,7 +713,7 @@ fn c09_no_stale_translation_kvm_like() {
             }
         })
     };
-    for k in 0..2000 {
+    for k in 0..n(2000) {
         let p = k % PAGES;
         let inv = mm
             .invalidate_range_start(Range::new(p * PG, (p + 1) * PG, Event::Unmap))
@@ -1068,8 +1077,8 @@ fn c16_calls_from_inside_callbacks_are_refused() {
 /// invalidations; each one's observations equal a reference model's.
 #[test]
 fn c17_many_against_reference_model() {
-    const LIST: usize = 2000;
-    const IVS: usize = 20_000;
+    const LIST: usize = n(2000);
+    const IVS: usize = n(20_000);
     const SPACE_PAGES: usize = 1 << 16;
     struct Count(AtomicUsize);
     impl SubscriberOps for Count {
@@ -1111,7 +1120,7 @@ fn c17_many_against_reference_model() {
         spans.push((start * PG, (start + len) * PG));
     }
     let mut expect = vec![0usize; IVS];
-    const OPS: usize = 500;
+    const OPS: usize = n(500);
     for _ in 0..OPS {
         let start = next() % SPACE_PAGES;
         let len = 1 + next() % 32;
