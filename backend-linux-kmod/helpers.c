@@ -1,0 +1,227 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * The C half of notifier_kmod.
+ *
+ * 1. What Rust cannot call: static inlines and macros (might_sleep, wait_var_event,
+ *    spin_lock_init with its lockdep class, ...).
+ * 2. The forwarder: one kernel mmu_notifier per mm (mmu_notifier_get/put), whose every
+ *    callback goes to the Rust core's address space of that mm (mm.rs).
+ */
+#include <linux/delay.h>
+#include <linux/err.h>
+#include <linux/mm.h>
+#include <linux/mmu_notifier.h>
+#include <linux/sched.h>
+#include <linux/sched/mm.h>
+#include <linux/slab.h>
+#include <linux/spinlock.h>
+#include <linux/uaccess.h>
+#include <linux/wait_bit.h>
+#include <linux/workqueue.h>
+#include "nk.h"
+
+/* ---- Platform primitives (platform.rs) ---- */
+
+void nk_might_sleep(void)
+{
+	might_sleep();
+}
+
+/* With CONFIG_DEBUG_ATOMIC_SLEEP, a might_sleep() inside this region splats. */
+void nk_non_block_start(void)
+{
+	non_block_start();
+}
+
+void nk_non_block_end(void)
+{
+	non_block_end();
+}
+
+unsigned int nk_cpu(void)
+{
+	return raw_smp_processor_id();
+}
+
+void *nk_current(void)
+{
+	return current;
+}
+
+void nk_relax(void)
+{
+	usleep_range(20, 100);
+}
+
+void nk_wait(u32 *word, u32 expected)
+{
+	/*
+	 * Bounded like the hosted platform's: the core loops on its condition, so a
+	 * timeout costs a retry, never correctness.
+	 */
+	wait_var_event_timeout(word, READ_ONCE(*word) != expected, HZ);
+}
+
+void nk_wake_all(u32 *word)
+{
+	/*
+	 * wake_up_var() looks for sleepers without a lock: order the caller's store to
+	 * *word before that look, pairing with the barrier in prepare_to_wait_event().
+	 */
+	smp_mb();
+	wake_up_var(word);
+}
+
+/* One lockdep class for every core lock: they are all "an mm's subscriptions lock". */
+void nk_spin_lock_init(spinlock_t *lock)
+{
+	spin_lock_init(lock);
+}
+
+void nk_spin_lock(spinlock_t *lock)
+{
+	spin_lock(lock);
+}
+
+void nk_spin_unlock(spinlock_t *lock)
+{
+	spin_unlock(lock);
+}
+
+void *nk_kmalloc(size_t size)
+{
+	return kmalloc(size, GFP_KERNEL);
+}
+
+void nk_kfree(void *p)
+{
+	kfree(p);
+}
+
+/* ---- The forwarder ---- */
+
+static struct workqueue_struct *nk_wq;
+
+static inline struct nk_mm *to_nk(struct mmu_notifier *mn)
+{
+	return container_of(mn, struct nk_mm, mn);
+}
+
+static struct mmu_notifier *nk_alloc_notifier(struct mm_struct *mm)
+{
+	struct nk_mm *m = nk_rust_mm_alloc();
+
+	return m ? &m->mn : ERR_PTR(-ENOMEM);
+}
+
+static void nk_free_work(struct work_struct *work)
+{
+	nk_rust_mm_free(container_of(work, struct nk_mm, free_work));
+}
+
+/*
+ * Called from an SRCU callback after the last mmu_notifier_put(), where sleeping is
+ * not allowed; dropping the core's address space may sleep (it tears down if the mm
+ * has not), so the free runs from a work item. nk_exit() waits for both.
+ */
+static void nk_free_notifier(struct mmu_notifier *mn)
+{
+	struct nk_mm *m = to_nk(mn);
+
+	INIT_WORK(&m->free_work, nk_free_work);
+	queue_work(nk_wq, &m->free_work);
+}
+
+static void nk_release(struct mmu_notifier *mn, struct mm_struct *mm)
+{
+	nk_rust_release(to_nk(mn));
+}
+
+static int nk_start(struct mmu_notifier *mn, const struct mmu_notifier_range *range)
+{
+	return nk_rust_start(to_nk(mn), range);
+}
+
+static void nk_end(struct mmu_notifier *mn, const struct mmu_notifier_range *range)
+{
+	nk_rust_end(to_nk(mn), range);
+}
+
+static void nk_secondary_tlbs(struct mmu_notifier *mn, struct mm_struct *mm,
+			      unsigned long start, unsigned long end)
+{
+	nk_rust_secondary_tlbs(to_nk(mn), start, end);
+}
+
+static int nk_clear_flush_young(struct mmu_notifier *mn, struct mm_struct *mm,
+				unsigned long start, unsigned long end)
+{
+	return nk_rust_young(to_nk(mn), NK_CLEAR_FLUSH_YOUNG, start, end);
+}
+
+static int nk_clear_young(struct mmu_notifier *mn, struct mm_struct *mm,
+			  unsigned long start, unsigned long end)
+{
+	return nk_rust_young(to_nk(mn), NK_CLEAR_YOUNG, start, end);
+}
+
+static int nk_test_young(struct mmu_notifier *mn, struct mm_struct *mm,
+			 unsigned long address)
+{
+	return nk_rust_young(to_nk(mn), NK_TEST_YOUNG, address, address + PAGE_SIZE);
+}
+
+static const struct mmu_notifier_ops nk_ops = {
+	.release = nk_release,
+	.clear_flush_young = nk_clear_flush_young,
+	.clear_young = nk_clear_young,
+	.test_young = nk_test_young,
+	.invalidate_range_start = nk_start,
+	.invalidate_range_end = nk_end,
+	.arch_invalidate_secondary_tlbs = nk_secondary_tlbs,
+	.alloc_notifier = nk_alloc_notifier,
+	.free_notifier = nk_free_notifier,
+};
+
+/* The forwarder of `mm`, created on first use; a negative errno on failure. */
+long nk_mm_get(struct mm_struct *mm, struct nk_mm **out)
+{
+	struct mmu_notifier *mn = mmu_notifier_get(&nk_ops, mm);
+
+	if (IS_ERR(mn))
+		return PTR_ERR(mn);
+	*out = to_nk(mn);
+	return 0;
+}
+
+void nk_mm_put(struct nk_mm *m)
+{
+	mmu_notifier_put(&m->mn);
+}
+
+int nk_init(void)
+{
+	nk_wq = alloc_workqueue("notifier_kmod", 0, 0);
+	return nk_wq ? 0 : -ENOMEM;
+}
+
+/* Every forwarder put so far is freed when this returns: the module may go. */
+void nk_exit(void)
+{
+	mmu_notifier_synchronize();
+	destroy_workqueue(nk_wq);
+}
+
+/* ---- What the in-kernel tests need ---- */
+
+int nk_touch_user(unsigned long addr)
+{
+	char c = 1;
+
+	return copy_to_user((void __user *)addr, &c, 1) ? -EFAULT : 0;
+}
+
+bool nk_mmget_not_zero(struct mm_struct *mm)
+{
+	return mmget_not_zero(mm);
+}

@@ -1,0 +1,58 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * What the C and Rust halves of notifier_kmod share. The Rust side mirrors
+ * `struct nk_mm` (`mm::NkMmHead`) and checks its layout against this one at build
+ * time (layout.c).
+ */
+#ifndef NOTIFIER_KMOD_NK_H
+#define NOTIFIER_KMOD_NK_H
+
+#include <linux/mmu_notifier.h>
+#include <linux/workqueue.h>
+
+/*
+ * The head of the one forwarding mmu_notifier per mm. Rust allocates it with its own
+ * state after it (`mm::MmState`), so only Rust knows the whole size.
+ */
+struct nk_mm {
+	struct mmu_notifier mn;
+	/* The free is deferred to process context: see nk_free_notifier(). */
+	struct work_struct free_work;
+};
+
+/* Kinds of young calls forwarded by nk_rust_young(). */
+#define NK_CLEAR_FLUSH_YOUNG 0
+#define NK_CLEAR_YOUNG 1
+#define NK_TEST_YOUNG 2
+
+/* Implemented in Rust (mm.rs). */
+struct nk_mm *nk_rust_mm_alloc(void);
+void nk_rust_mm_free(struct nk_mm *m);
+void nk_rust_release(struct nk_mm *m);
+int nk_rust_start(struct nk_mm *m, const struct mmu_notifier_range *range);
+void nk_rust_end(struct nk_mm *m, const struct mmu_notifier_range *range);
+void nk_rust_secondary_tlbs(struct nk_mm *m, unsigned long start, unsigned long end);
+int nk_rust_young(struct nk_mm *m, int kind, unsigned long start, unsigned long end);
+
+/* Implemented in C (helpers.c), called from Rust. */
+void nk_might_sleep(void);
+void nk_non_block_start(void);
+void nk_non_block_end(void);
+unsigned int nk_cpu(void);
+void *nk_current(void);
+void nk_relax(void);
+void nk_wait(u32 *word, u32 expected);
+void nk_wake_all(u32 *word);
+void nk_spin_lock_init(spinlock_t *lock);
+void nk_spin_lock(spinlock_t *lock);
+void nk_spin_unlock(spinlock_t *lock);
+void *nk_kmalloc(size_t size);
+void nk_kfree(void *p);
+long nk_mm_get(struct mm_struct *mm, struct nk_mm **out);
+void nk_mm_put(struct nk_mm *m);
+int nk_init(void);
+void nk_exit(void);
+int nk_touch_user(unsigned long addr);
+bool nk_mmget_not_zero(struct mm_struct *mm);
+
+#endif

@@ -1,0 +1,183 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! notifier-core's [`Platform`] in Linux terms: `spinlock_t` for the writer lock,
+//! `wait_var_event`/`wake_up_var` for the address-keyed wait, `might_sleep` and
+//! `non_block_start`/`end` for the sleep checks (which splat under
+//! `CONFIG_DEBUG_ATOMIC_SLEEP`), the CPU number for the reader slots, `kmalloc`.
+//!
+//! The sleepable RCU is the core's portable [`Srcu`], built on those primitives: the
+//! core's `SleepableRcu::call` takes a Rust callback on the core's own `RcuHead`,
+//! which `call_srcu` cannot queue (see the README: a core change would let this be the
+//! kernel's SRCU).
+
+use core::alloc::Layout;
+use core::ptr::NonNull;
+use core::sync::atomic::{AtomicUsize, Ordering};
+
+use kernel::bindings;
+use kernel::types::Opaque;
+use notifier_core::primitive::AtomicU32;
+use notifier_core::srcu::Srcu;
+use notifier_core::{Bug, Platform, RawLock};
+
+extern "C" {
+    fn nk_might_sleep();
+    fn nk_non_block_start();
+    fn nk_non_block_end();
+    fn nk_cpu() -> kernel::ffi::c_uint;
+    fn nk_current() -> *mut kernel::ffi::c_void;
+    fn nk_relax();
+    fn nk_wait(word: *mut u32, expected: u32);
+    fn nk_wake_all(word: *mut u32);
+    fn nk_spin_lock_init(lock: *mut bindings::spinlock_t);
+    fn nk_spin_lock(lock: *mut bindings::spinlock_t);
+    fn nk_spin_unlock(lock: *mut bindings::spinlock_t);
+    fn nk_kmalloc(size: usize) -> *mut kernel::ffi::c_void;
+    fn nk_kfree(p: *mut kernel::ffi::c_void);
+}
+
+/// The Linux platform.
+pub struct Kernel;
+
+static RCU: Srcu<Kernel> = Srcu::new();
+static REFUSED_WHILE_BLOCKABLE: AtomicUsize = AtomicUsize::new(0);
+static DROP_IN_CALLBACK: AtomicUsize = AtomicUsize::new(0);
+
+impl Kernel {
+    /// How many contract bugs subscribers committed so far ([`Platform::report_bug`]).
+    pub fn bugs() -> usize {
+        REFUSED_WHILE_BLOCKABLE.load(Ordering::Relaxed) + DROP_IN_CALLBACK.load(Ordering::Relaxed)
+    }
+}
+
+/// A `spinlock_t`.
+///
+/// # Invariants
+///
+/// `inner` was initialised by `spin_lock_init` (one lockdep class for every core lock).
+pub struct KernelLock {
+    inner: Opaque<bindings::spinlock_t>,
+}
+
+// SAFETY: a `spinlock_t` may be taken and released from any task.
+unsafe impl Send for KernelLock {}
+// SAFETY: as above; every access goes through the C lock functions.
+unsafe impl Sync for KernelLock {}
+
+// SAFETY: `spin_lock` returns only to the one holder and `spin_unlock` has release
+// semantics (the kernel's locking contract).
+unsafe impl RawLock for KernelLock {
+    fn new() -> Self {
+        let l = KernelLock {
+            inner: Opaque::uninit(),
+        };
+        // SAFETY: `inner` is valid for writes. A `spinlock_t` holds no pointer to
+        // itself (lockdep keys it by its static class), so it may move while unlocked.
+        // INVARIANT: initialised here.
+        unsafe { nk_spin_lock_init(l.inner.get()) };
+        l
+    }
+
+    fn lock(&self) {
+        // SAFETY: initialised (type invariant).
+        unsafe { nk_spin_lock(self.inner.get()) }
+    }
+
+    unsafe fn unlock(&self) {
+        // SAFETY: initialised (type invariant), held by the caller (method contract).
+        unsafe { nk_spin_unlock(self.inner.get()) }
+    }
+}
+
+/// `kmalloc` returns naturally aligned blocks for power-of-two sizes: allocate the
+/// smallest power of two that holds `layout` and is a multiple of its alignment.
+fn kmalloc_size(layout: Layout) -> usize {
+    layout.size().max(layout.align()).next_power_of_two()
+}
+
+impl Platform for Kernel {
+    type RawLock = KernelLock;
+    type Rcu = Srcu<Kernel>;
+
+    /// x86-64 user addresses stay below 2^56 even with 5-level paging.
+    const ADDRESS_LIMIT: usize = 1 << 56;
+
+    fn rcu() -> &'static Srcu<Kernel> {
+        &RCU
+    }
+
+    fn slot() -> usize {
+        // SAFETY: no precondition (`raw_smp_processor_id`).
+        unsafe { nk_cpu() as usize }
+    }
+
+    fn current_task() -> usize {
+        // SAFETY: no precondition; `current` is never null in task context.
+        unsafe { nk_current() as usize }
+    }
+
+    fn wait(word: &AtomicU32, expected: u32) {
+        // SAFETY: `word` is a live `u32`-sized atomic for the whole call; the C side
+        // only reads it (READ_ONCE) and uses its address as the wait key.
+        unsafe { nk_wait(word.as_ptr(), expected) }
+    }
+
+    fn wake_all(word: &AtomicU32) {
+        // SAFETY: only the address is used, as the wait key.
+        unsafe { nk_wake_all(word.as_ptr()) }
+    }
+
+    fn relax() {
+        // SAFETY: called from polling loops of sleepable operations only.
+        unsafe { nk_relax() }
+    }
+
+    fn might_sleep() {
+        // SAFETY: no precondition; it splats if the caller is atomic.
+        unsafe { nk_might_sleep() }
+    }
+
+    fn non_block_start() {
+        // SAFETY: paired with `non_block_end` by the core.
+        unsafe { nk_non_block_start() }
+    }
+
+    fn non_block_end() {
+        // SAFETY: paired with `non_block_start` by the core.
+        unsafe { nk_non_block_end() }
+    }
+
+    fn report_bug(bug: Bug) {
+        let n = match bug {
+            Bug::RefusedWhileBlockable => &REFUSED_WHILE_BLOCKABLE,
+            Bug::DropInCallback => &DROP_IN_CALLBACK,
+            _ => &REFUSED_WHILE_BLOCKABLE,
+        };
+        n.fetch_add(1, Ordering::Relaxed);
+        kernel::pr_warn!("subscriber bug: {:?}\n", bug);
+    }
+
+    fn alloc(layout: Layout) -> Option<NonNull<u8>> {
+        // SAFETY: `kmalloc` with a non-zero size; sleepable callers only (the core
+        // allocates on registration paths).
+        let p = unsafe { nk_kmalloc(kmalloc_size(layout)) }.cast::<u8>();
+        let p = NonNull::new(p)?;
+        if p.as_ptr().addr() % layout.align() != 0 {
+            // SAFETY: just allocated, never handed out.
+            unsafe { nk_kfree(p.as_ptr().cast()) };
+            return None;
+        }
+        Some(p)
+    }
+
+    unsafe fn dealloc(ptr: NonNull<u8>, _layout: Layout) {
+        // SAFETY: from `alloc` (caller's contract), so from `kmalloc`.
+        unsafe { nk_kfree(ptr.as_ptr().cast()) }
+    }
+}
+
+const _: () = assert!(
+    core::mem::size_of::<bindings::spinlock_t>() == crate::layout::SPINLOCK_SIZE
+        && core::mem::align_of::<bindings::spinlock_t>() == crate::layout::SPINLOCK_ALIGN,
+    "layout mismatch: spinlock_t"
+);

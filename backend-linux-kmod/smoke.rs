@@ -1,0 +1,427 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! In-kernel tests of the backend against a real address space: the one of the task
+//! that loads the module (`insmod`). Pages are mapped with `vm_mmap`, faulted in by a
+//! write through `copy_to_user`, and unmapped with `vm_munmap`; the release case is
+//! the real exit of that task, checked when the module unloads.
+//!
+//! Each case prints `ok - <name>` or `FAIL - <name>: <why>`; the module's exit prints
+//! the `N passed, N failed` closing line that `cargo xtask kmod` checks.
+
+use core::pin::pin;
+use core::pin::Pin;
+use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use kernel::bindings;
+use kernel::ffi::{c_int, c_ulong};
+use kernel::prelude::*;
+use notifier_core::{
+    Error as CoreError, Event, Interval, IntervalOps, IntervalSubscriber, Range, Subscriber,
+    SubscriberOps, WouldBlock,
+};
+
+use crate::mm::{Mm, MmNotifier, FORWARDERS, FORWARD_ERRORS};
+use crate::platform::Kernel;
+
+extern "C" {
+    fn nk_touch_user(addr: c_ulong) -> c_int;
+}
+
+const PAGE: usize = bindings::PAGE_SIZE;
+// uapi/asm-generic/mman-common.h: not in the bindings.
+const PROT_READ: c_ulong = 0x1;
+const PROT_WRITE: c_ulong = 0x2;
+const MAP_PRIVATE: c_ulong = 0x02;
+const MAP_ANONYMOUS: c_ulong = 0x20;
+
+static PASSED: AtomicUsize = AtomicUsize::new(0);
+static FAILED: AtomicUsize = AtomicUsize::new(0);
+
+/// Record and print one case.
+fn case(name: &str, r: core::result::Result<(), ()>) {
+    match r {
+        Ok(()) => {
+            PASSED.fetch_add(1, Ordering::Relaxed);
+            pr_info!("ok - {}\n", name);
+        }
+        Err(()) => {
+            FAILED.fetch_add(1, Ordering::Relaxed);
+            pr_info!("FAIL - {}\n", name);
+        }
+    }
+}
+
+/// Fail the enclosing case with a reason unless `cond` holds.
+macro_rules! ensure {
+    ($cond:expr, $($why:tt)*) => {
+        if !$cond {
+            pr_info!("  why: {}\n", format_args!($($why)*));
+            return Err(());
+        }
+    };
+}
+
+/// What one list subscriber saw of a watched range.
+///
+/// Open ranges (started, not ended) are kept in a small table so that an end without
+/// its start, or with another range or event, is caught (C-02, C-07).
+struct Recorder {
+    watch_start: AtomicUsize,
+    watch_end: AtomicUsize,
+    starts: AtomicUsize,
+    ends: AtomicUsize,
+    /// Starts and ends whose range covers the watched one with event `Unmap`.
+    unmap_starts: AtomicUsize,
+    unmap_ends: AtomicUsize,
+    nonblocking_starts: AtomicUsize,
+    tlbs_covering: AtomicUsize,
+    releases: AtomicUsize,
+    after_release: AtomicUsize,
+    unpaired: AtomicUsize,
+    open: [(AtomicUsize, AtomicUsize); 32],
+    overflow: AtomicBool,
+}
+
+impl Recorder {
+    fn new() -> Self {
+        Recorder {
+            watch_start: AtomicUsize::new(0),
+            watch_end: AtomicUsize::new(0),
+            starts: AtomicUsize::new(0),
+            ends: AtomicUsize::new(0),
+            unmap_starts: AtomicUsize::new(0),
+            unmap_ends: AtomicUsize::new(0),
+            nonblocking_starts: AtomicUsize::new(0),
+            tlbs_covering: AtomicUsize::new(0),
+            releases: AtomicUsize::new(0),
+            after_release: AtomicUsize::new(0),
+            unpaired: AtomicUsize::new(0),
+            open: core::array::from_fn(|_| (AtomicUsize::new(0), AtomicUsize::new(0))),
+            overflow: AtomicBool::new(false),
+        }
+    }
+
+    fn watch(&self, start: usize, end: usize) {
+        self.watch_start.store(start, Ordering::Relaxed);
+        self.watch_end.store(end, Ordering::Relaxed);
+    }
+
+    fn covers(&self, start: usize, end: usize) -> bool {
+        let ws = self.watch_start.load(Ordering::Relaxed);
+        let we = self.watch_end.load(Ordering::Relaxed);
+        ws < we && start <= ws && end >= we
+    }
+
+    fn key(r: &Range) -> (usize, usize) {
+        (r.start + 1, r.end ^ ((r.event as usize) << 60))
+    }
+
+    fn check_live(&self) {
+        if self.releases.load(Ordering::Relaxed) != 0 {
+            self.after_release.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl SubscriberOps for Recorder {
+    fn release(&self) {
+        self.releases.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn invalidate_range_start(&self, r: &Range) -> core::result::Result<(), WouldBlock> {
+        self.check_live();
+        self.starts.fetch_add(1, Ordering::Relaxed);
+        if !r.blockable {
+            self.nonblocking_starts.fetch_add(1, Ordering::Relaxed);
+        }
+        if r.event == Event::Unmap && self.covers(r.start, r.end) {
+            self.unmap_starts.fetch_add(1, Ordering::Relaxed);
+        }
+        let (a, b) = Self::key(r);
+        let slot = self.open.iter().find(|(s, _)| {
+            s.compare_exchange(0, a, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        });
+        match slot {
+            Some((_, e)) => e.store(b, Ordering::Relaxed),
+            None => self.overflow.store(true, Ordering::Relaxed),
+        }
+        Ok(())
+    }
+
+    fn invalidate_range_end(&self, r: &Range) {
+        self.check_live();
+        self.ends.fetch_add(1, Ordering::Relaxed);
+        if r.event == Event::Unmap && self.covers(r.start, r.end) {
+            self.unmap_ends.fetch_add(1, Ordering::Relaxed);
+        }
+        let (a, b) = Self::key(r);
+        let slot = self
+            .open
+            .iter()
+            .find(|(s, e)| s.load(Ordering::Relaxed) == a && e.load(Ordering::Relaxed) == b);
+        match slot {
+            Some((s, _)) => s.store(0, Ordering::Relaxed),
+            None => {
+                self.unpaired.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn invalidate_secondary_tlbs(&self, start: usize, end: usize) {
+        self.check_live();
+        if self.covers(start, end) {
+            self.tlbs_covering.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// An interval subscriber that counts its invalidations (the sequence protocol's
+/// `set_seq` is all it needs for `read_retry`).
+struct Mirror {
+    invalidations: AtomicUsize,
+}
+
+impl IntervalOps<Kernel> for Mirror {
+    fn invalidate(
+        &self,
+        iv: &Interval<Kernel>,
+        _r: &Range,
+        cur_seq: u64,
+    ) -> core::result::Result<(), WouldBlock> {
+        iv.set_seq(cur_seq);
+        self.invalidations.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// `vm_mmap` of `pages` anonymous read-write pages in the current mm.
+fn map(pages: usize) -> core::result::Result<usize, ()> {
+    // SAFETY: maps into the current task's mm, which exists (checked by the caller).
+    let addr = unsafe {
+        bindings::vm_mmap(
+            core::ptr::null_mut(),
+            0,
+            pages * PAGE,
+            PROT_READ | PROT_WRITE,
+            MAP_PRIVATE | MAP_ANONYMOUS,
+            0,
+        )
+    };
+    ensure!(addr < (-4096isize) as usize, "vm_mmap: error {}", addr as isize);
+    Ok(addr)
+}
+
+/// Fault in the page at `addr` by writing to it.
+fn touch(addr: usize) -> core::result::Result<(), ()> {
+    // SAFETY: a user address of the current mm; `copy_to_user` checks it.
+    let r = unsafe { nk_touch_user(addr) };
+    ensure!(r == 0, "fault-in write to {:#x}: {}", addr, r);
+    Ok(())
+}
+
+fn unmap(addr: usize, len: usize) -> core::result::Result<(), ()> {
+    // SAFETY: unmaps from the current task's mm.
+    let r = unsafe { bindings::vm_munmap(addr, len) };
+    ensure!(r == 0, "vm_munmap: {}", r);
+    Ok(())
+}
+
+/// What the cases keep until the module unloads: a subscriber that stays registered
+/// while `insmod` exits, so that its release comes from the real process exit.
+pub(crate) struct AtExit {
+    mm: MmNotifier,
+    sub: Pin<KBox<Subscriber<Recorder, Kernel>>>,
+}
+
+fn list_cases(mmn: &MmNotifier) -> core::result::Result<(), ()> {
+    let sub = pin!(Subscriber::<Recorder, Kernel>::new(Recorder::new()));
+    let sub = sub.into_ref();
+
+    case(
+        "C-01 register on a real mm, not twice",
+        (|| {
+            let r = sub.register(mmn);
+            ensure!(r.is_ok(), "register: {:?}", r);
+            let r = sub.register(mmn);
+            ensure!(r == Err(CoreError::AlreadyRegistered), "second register: {:?}", r);
+            Ok(())
+        })(),
+    );
+
+    let mut tlbs = false;
+    case(
+        "C-06/C-07 vm_munmap of a faulted page is bracketed by start/end (Unmap, blockable)",
+        (|| {
+            let addr = map(4)?;
+            touch(addr + PAGE)?;
+            sub.watch(addr + PAGE, addr + 2 * PAGE);
+            let (s0, e0) = (sub.starts.load(Ordering::Relaxed), sub.ends.load(Ordering::Relaxed));
+            unmap(addr, 4 * PAGE)?;
+            sub.watch(0, 0);
+            let (s1, e1) = (sub.starts.load(Ordering::Relaxed), sub.ends.load(Ordering::Relaxed));
+            ensure!(
+                sub.unmap_starts.load(Ordering::Relaxed) >= 1,
+                "no start covering the page with Unmap ({} starts)",
+                s1 - s0
+            );
+            ensure!(sub.unmap_ends.load(Ordering::Relaxed) >= 1, "no matching end");
+            ensure!(s1 - s0 == e1 - e0, "{} starts but {} ends", s1 - s0, e1 - e0);
+            ensure!(sub.unpaired.load(Ordering::Relaxed) == 0, "an end without its start");
+            ensure!(!sub.overflow.load(Ordering::Relaxed), "too many open ranges");
+            ensure!(
+                sub.nonblocking_starts.load(Ordering::Relaxed) == 0,
+                "munmap is blockable, a start said otherwise"
+            );
+            tlbs = sub.tlbs_covering.load(Ordering::Relaxed) >= 1;
+            Ok(())
+        })(),
+    );
+
+    case(
+        "invalidate_secondary_tlbs reaches the subscriber when the CPU TLB is flushed",
+        (|| {
+            ensure!(tlbs, "no arch_invalidate_secondary_tlbs covering the unmapped page");
+            Ok(())
+        })(),
+    );
+
+    case(
+        "C-03/C-04 unregister is a barrier and releases exactly once",
+        (|| {
+            let r = sub.unregister();
+            ensure!(r.is_ok(), "unregister: {:?}", r);
+            ensure!(sub.releases.load(Ordering::Relaxed) == 1, "releases: {}", sub.releases.load(Ordering::Relaxed));
+            let s0 = sub.starts.load(Ordering::Relaxed);
+            let addr = map(2)?;
+            touch(addr)?;
+            unmap(addr, 2 * PAGE)?;
+            ensure!(sub.starts.load(Ordering::Relaxed) == s0, "called after unregister");
+            ensure!(sub.after_release.load(Ordering::Relaxed) == 0, "a callback after release");
+            let r = sub.unregister();
+            ensure!(r == Err(CoreError::NotRegistered), "second unregister: {:?}", r);
+            ensure!(sub.releases.load(Ordering::Relaxed) == 1, "released again");
+            Ok(())
+        })(),
+    );
+    Ok(())
+}
+
+fn interval_cases(mmn: &MmNotifier) {
+    let iv = pin!(IntervalSubscriber::<Mirror, Kernel>::new(Mirror {
+        invalidations: AtomicUsize::new(0),
+    }));
+    let iv = iv.into_ref();
+    case(
+        "C-11/C-12 interval subscriber: called only when its interval is unmapped; read_retry",
+        (|| {
+            let addr = map(4)?;
+            let r = iv.insert(mmn, addr, PAGE);
+            ensure!(r.is_ok(), "insert: {:?}", r);
+            touch(addr)?;
+            touch(addr + 2 * PAGE)?;
+            let seq = iv.interval().read_begin();
+            ensure!(seq.is_ok(), "read_begin: {:?}", seq);
+            let seq = seq.unwrap_or(0);
+            unmap(addr + 2 * PAGE, PAGE)?;
+            let n = iv.ops().invalidations.load(Ordering::Relaxed);
+            ensure!(n == 0, "called {} times for a page outside its interval", n);
+            ensure!(!iv.interval().read_retry(seq), "read_retry true without an invalidation");
+            unmap(addr, PAGE)?;
+            let n = iv.ops().invalidations.load(Ordering::Relaxed);
+            ensure!(n == 1, "called {} times for its page, want 1", n);
+            ensure!(iv.interval().read_retry(seq), "read_retry false after its page was unmapped");
+            let r = iv.remove();
+            ensure!(r.is_ok(), "remove: {:?}", r);
+            unmap(addr, 4 * PAGE)?;
+            ensure!(iv.ops().invalidations.load(Ordering::Relaxed) == 1, "called after remove");
+            Ok(())
+        })(),
+    );
+}
+
+/// The cases run while the module loads, in `insmod`'s context.
+pub(crate) fn run_at_init() -> Result<AtExit> {
+    pr_info!("in-kernel tests on the mm of the loading task (core mode)\n");
+    let mmn = Mm::with_current(|mm| match mm {
+        Some(mm) => MmNotifier::get(mm),
+        None => Err(EINVAL),
+    });
+    case(
+        "the forwarding mmu_notifier is registered on the current mm",
+        match &mmn {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                pr_info!("  why: mmu_notifier_get: {:?}\n", e);
+                Err(())
+            }
+        },
+    );
+    let mmn = mmn?;
+    let _ = list_cases(&mmn);
+    interval_cases(&mmn);
+
+    let sub = KBox::pin(Subscriber::new(Recorder::new()), GFP_KERNEL)?;
+    let r = sub.as_ref().register(&mmn);
+    case(
+        "a subscriber stays registered until insmod exits",
+        if r.is_ok() { Ok(()) } else { Err(()) },
+    );
+    Ok(AtExit { mm: mmn, sub })
+}
+
+impl AtExit {
+    /// Check what the exit of `insmod` did, then give everything back.
+    pub(crate) fn finish(self) {
+        let AtExit { mm, sub } = self;
+        case(
+            "C-04 release is called exactly once at the real process exit",
+            (|| {
+                let n = sub.releases.load(Ordering::Relaxed);
+                ensure!(n == 1, "releases: {}", n);
+                ensure!(sub.as_ref().is_released(), "core does not mark it released");
+                ensure!(mm.is_dead(), "the core's address space is not torn down");
+                ensure!(sub.after_release.load(Ordering::Relaxed) == 0, "a callback after release");
+                Ok(())
+            })(),
+        );
+        case(
+            "unregister after release does not release again",
+            (|| {
+                let r = sub.as_ref().unregister();
+                ensure!(r.is_ok(), "unregister: {:?}", r);
+                ensure!(sub.releases.load(Ordering::Relaxed) == 1, "released twice");
+                Ok(())
+            })(),
+        );
+        drop(sub);
+        drop(mm);
+    }
+}
+
+/// After the forwarders are put and `mmu_notifier_synchronize` ran: nothing leaked,
+/// nothing went wrong on the way. Prints the closing line.
+pub(crate) fn finish_after_exit() {
+    case(
+        "C-05 every forwarder is freed after mmu_notifier_put + synchronize",
+        (|| {
+            let n = FORWARDERS.load(Ordering::Relaxed);
+            ensure!(n == 0, "{} forwarder(s) still allocated", n);
+            Ok(())
+        })(),
+    );
+    case(
+        "every kernel callback was accepted by the core; no subscriber bug reported",
+        (|| {
+            let n = FORWARD_ERRORS.load(Ordering::Relaxed);
+            ensure!(n == 0, "{} forwarding error(s)", n);
+            ensure!(Kernel::bugs() == 0, "{} bug(s) reported", Kernel::bugs());
+            Ok(())
+        })(),
+    );
+    pr_info!(
+        "{} passed, {} failed\n",
+        PASSED.load(Ordering::Relaxed),
+        FAILED.load(Ordering::Relaxed)
+    );
+}
