@@ -22,7 +22,11 @@ const PG: usize = 4096;
 /// Iteration counts: Miri interprets every step, so it runs the same tests smaller.
 const fn n(full: usize) -> usize {
     if cfg!(miri) {
-        if full / 40 > 4 { full / 40 } else { 4 }
+        if full / 40 > 4 {
+            full / 40
+        } else {
+            4
+        }
     } else {
         full
     }
@@ -1021,18 +1025,16 @@ fn c16_bad_input_matrix() {
 #[test]
 fn c16_calls_from_inside_callbacks_are_refused() {
     struct Evil {
-        victim: AtomicUsize, // *const Subscriber<Rec, P>
-        iv_victim: AtomicUsize,
+        victim: std::sync::atomic::AtomicPtr<Subscriber<Rec, P>>,
+        iv_victim: std::sync::atomic::AtomicPtr<IntervalSubscriber<Mirror, P>>,
         mm: AtomicUsize,
         results: Mutex<Vec<Result<(), Error>>>,
     }
     impl SubscriberOps for Evil {
         fn invalidate_range_start(&self, _r: &Range) -> Result<(), WouldBlock> {
             // SAFETY (test): the pointers are to pinned values that outlive the calls.
-            let v = unsafe { &*(self.victim.load(Ordering::SeqCst) as *const Subscriber<Rec, P>) };
-            let iv = unsafe {
-                &*(self.iv_victim.load(Ordering::SeqCst) as *const IntervalSubscriber<Mirror, P>)
-            };
+            let v = unsafe { &*self.victim.load(Ordering::SeqCst) };
+            let iv = unsafe { &*self.iv_victim.load(Ordering::SeqCst) };
             let mm = unsafe { &*(self.mm.load(Ordering::SeqCst) as *const AddressSpace<P>) };
             let mut res = self.results.lock().unwrap();
             res.push(unsafe { Pin::new_unchecked(v) }.unregister());
@@ -1048,8 +1050,8 @@ fn c16_calls_from_inside_callbacks_are_refused() {
     let ivv = pin!(IntervalSubscriber::new(Mirror::default()));
     ivv.as_ref().insert(&mm, 0, PG).unwrap();
     let evil = pin!(Subscriber::<_, P>::new(Evil {
-        victim: AtomicUsize::new(&*victim as *const _ as usize),
-        iv_victim: AtomicUsize::new(&*ivv as *const _ as usize),
+        victim: std::sync::atomic::AtomicPtr::new(&*victim as *const _ as *mut _),
+        iv_victim: std::sync::atomic::AtomicPtr::new(&*ivv as *const _ as *mut _),
         mm: AtomicUsize::new(&mm as *const _ as usize),
         results: Mutex::new(vec![]),
     }));
