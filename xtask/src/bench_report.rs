@@ -1,0 +1,665 @@
+//! `cargo xtask bench-report` (issue #7): runs the benchmarks of `notifier-benches`,
+//! the zero-allocation test and the `footprint` binary, reads criterion's medians, and
+//! writes `benches/RESULTS.md`: the tables, the ratios against the baselines measured in
+//! the same run, and a met/missed verdict per target.
+//!
+//! Options: `--skip-run` rebuilds the report from the results already on disk (the
+//! zero-allocation test and `footprint` still run). The hand-written analysis between
+//! the `ANALYSIS` markers of an existing RESULTS.md is kept.
+//!
+//! `CARGO_TARGET_DIR` is respected: criterion writes under `$CARGO_TARGET_DIR/criterion`.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+
+use serde_json::Value;
+
+const BEGIN_ANALYSIS: &str = "<!-- BEGIN ANALYSIS (hand-written, kept by the generator) -->";
+const END_ANALYSIS: &str = "<!-- END ANALYSIS -->";
+
+/// Dispatch subscriber counts and the lists, as the benchmark names them.
+const NS: [u32; 4] = [1, 4, 16, 64];
+const LISTS: [(&str, &str); 8] = [
+    ("direct", "direct `&dyn` calls (limit)"),
+    ("core", "notifier-core"),
+    ("rwlock", "`RwLock<Vec<Arc<dyn>>>`"),
+    ("arc_swap", "arc-swap"),
+    ("crossbeam_epoch", "crossbeam-epoch list"),
+    ("rcu_clean", "rcu-clean `ArcRcu`"),
+    ("liburcu", "liburcu (C)"),
+    (
+        "core_fenceless",
+        "what-if: notifier-core without read-side fences",
+    ),
+];
+
+fn usage() -> ExitCode {
+    eprintln!("usage: cargo xtask bench-report [--skip-run]");
+    ExitCode::from(2)
+}
+
+/// Entry point, dispatched from `main.rs`.
+pub fn main(args: &[String]) -> ExitCode {
+    let mut skip_run = false;
+    for a in args {
+        match a.as_str() {
+            "--skip-run" => skip_run = true,
+            "-h" | "--help" => {
+                usage();
+                return ExitCode::SUCCESS;
+            }
+            _ => return usage(),
+        }
+    }
+    match run(skip_run) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask bench-report: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+fn target_dir(root: &Path) -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(d) if Path::new(&d).is_absolute() => PathBuf::from(d),
+        Some(d) => root.join(d),
+        None => root.join("target"),
+    }
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    c.current_dir(workspace_root());
+    c
+}
+
+/// The first line a command prints, or `unknown`.
+fn output_of(cmd: &str, args: &[&str]) -> String {
+    Command::new(cmd)
+        .args(args)
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.lines().next().map(str::to_owned))
+        .unwrap_or_else(|| "unknown".to_owned())
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown".to_owned())
+}
+
+/// The 1-, 5- and 15-minute load averages: other work on the machine skews timings.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|| "unknown".to_owned())
+}
+
+fn run(skip_run: bool) -> Result<(), String> {
+    let root = workspace_root();
+    let target = target_dir(&root);
+    let load_before = load_average();
+    let criterion_dir = target.join("criterion");
+    if !skip_run {
+        // Only this run's results may end up in the tables.
+        if criterion_dir.exists() {
+            std::fs::remove_dir_all(&criterion_dir)
+                .map_err(|e| format!("removing {}: {e}", criterion_dir.display()))?;
+        }
+        eprintln!("xtask bench-report: cargo bench -p notifier-benches (a few minutes)");
+        let st = cargo()
+            .args(["bench", "-p", "notifier-benches", "--bench", "notifier"])
+            .status()
+            .map_err(|e| format!("running cargo bench: {e}"))?;
+        if !st.success() {
+            return Err(format!("cargo bench failed: {st}"));
+        }
+    }
+    eprintln!("xtask bench-report: the zero-allocation test");
+    let zero_alloc = cargo()
+        .args([
+            "test",
+            "--release",
+            "-p",
+            "notifier-benches",
+            "--test",
+            "zero_alloc",
+        ])
+        .stdout(Stdio::null())
+        .status()
+        .map_err(|e| format!("running the zero-allocation test: {e}"))?
+        .success();
+    eprintln!("xtask bench-report: footprint");
+    let fp = cargo()
+        .args([
+            "run",
+            "-q",
+            "--release",
+            "-p",
+            "notifier-benches",
+            "--bin",
+            "footprint",
+        ])
+        .stderr(Stdio::inherit())
+        .output()
+        .map_err(|e| format!("running footprint: {e}"))?;
+    if !fp.status.success() {
+        return Err(format!("footprint failed: {}", fp.status));
+    }
+    let footprint: Value = serde_json::from_slice(&fp.stdout)
+        .map_err(|e| format!("footprint printed no JSON: {e}"))?;
+
+    let medians = read_medians(&criterion_dir)?;
+    if medians.is_empty() {
+        return Err(format!(
+            "no criterion results under {} (run without --skip-run)",
+            criterion_dir.display()
+        ));
+    }
+    let meta = Meta {
+        load_before,
+        load_after: load_average(),
+        date: output_of("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
+        nproc: output_of("nproc", &[]),
+        rustc: output_of("rustc", &["--version"]),
+        cpu: cpu_model(),
+    };
+    let results_path = root.join("benches/RESULTS.md");
+    let analysis = std::fs::read_to_string(&results_path)
+        .ok()
+        .and_then(|old| kept_analysis(&old));
+    let report = Report {
+        m: &medians,
+        footprint: &footprint,
+        zero_alloc,
+    };
+    let md = report.render(&meta, analysis.as_deref());
+    std::fs::write(&results_path, md)
+        .map_err(|e| format!("writing {}: {e}", results_path.display()))?;
+    eprintln!("xtask bench-report: wrote {}", results_path.display());
+    Ok(())
+}
+
+/// A criterion median with its 95 % confidence interval, in nanoseconds.
+#[derive(Debug, Clone, Copy)]
+struct Median {
+    ns: f64,
+    lo: f64,
+    hi: f64,
+}
+
+/// Every `new/benchmark.json` under `dir`: full benchmark id -> median.
+fn read_medians(dir: &Path) -> Result<BTreeMap<String, Median>, String> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+                continue;
+            }
+            if p.file_name().is_some_and(|n| n == "benchmark.json")
+                && p.parent()
+                    .and_then(Path::file_name)
+                    .is_some_and(|n| n == "new")
+            {
+                let bench = read_json(&p)?;
+                let est = read_json(&p.with_file_name("estimates.json"))?;
+                let id = bench["full_id"]
+                    .as_str()
+                    .ok_or_else(|| format!("{}: no full_id", p.display()))?;
+                let m = &est["median"];
+                let num = |v: &Value| v.as_f64().unwrap_or(f64::NAN);
+                out.insert(
+                    id.to_owned(),
+                    Median {
+                        ns: num(&m["point_estimate"]),
+                        lo: num(&m["confidence_interval"]["lower_bound"]),
+                        hi: num(&m["confidence_interval"]["upper_bound"]),
+                    },
+                );
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn read_json(p: &Path) -> Result<Value, String> {
+    let s = std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?;
+    serde_json::from_str(&s).map_err(|e| format!("{}: {e}", p.display()))
+}
+
+/// The hand-written block of an earlier RESULTS.md, markers included.
+fn kept_analysis(old: &str) -> Option<String> {
+    let a = old.find(BEGIN_ANALYSIS)?;
+    let b = old[a..].find(END_ANALYSIS)? + a + END_ANALYSIS.len();
+    Some(old[a..b].to_owned())
+}
+
+struct Meta {
+    load_before: String,
+    load_after: String,
+    date: String,
+    nproc: String,
+    rustc: String,
+    cpu: String,
+}
+
+/// A duration for humans: ns below a microsecond, µs below a millisecond.
+fn t(ns: f64) -> String {
+    if !ns.is_finite() {
+        "—".to_owned()
+    } else if ns < 10.0 {
+        format!("{ns:.2} ns")
+    } else if ns < 1_000.0 {
+        format!("{ns:.1} ns")
+    } else if ns < 1_000_000.0 {
+        format!("{:.2} µs", ns / 1e3)
+    } else {
+        format!("{:.2} ms", ns / 1e6)
+    }
+}
+
+fn x(ratio: f64) -> String {
+    if ratio.is_finite() {
+        format!("{ratio:.2}x")
+    } else {
+        "—".to_owned()
+    }
+}
+
+fn verdict(ok: Option<bool>) -> &'static str {
+    match ok {
+        Some(true) => "**met**",
+        Some(false) => "**missed**",
+        None => "not measured",
+    }
+}
+
+struct Report<'a> {
+    m: &'a BTreeMap<String, Median>,
+    footprint: &'a Value,
+    zero_alloc: bool,
+}
+
+impl Report<'_> {
+    fn get(&self, id: &str) -> Option<f64> {
+        self.m.get(id).map(|m| m.ns)
+    }
+
+    /// Median of `id`, or NaN (printed as a dash).
+    fn ns(&self, id: &str) -> f64 {
+        self.get(id).unwrap_or(f64::NAN)
+    }
+
+    /// The 95 % confidence interval of the median of `id`.
+    fn ci(&self, id: &str) -> String {
+        self.m
+            .get(id)
+            .map_or("—".to_owned(), |m| format!("{} – {}", t(m.lo), t(m.hi)))
+    }
+
+    fn ratio(&self, a: &str, b: &str) -> Option<f64> {
+        Some(self.get(a)? / self.get(b)?)
+    }
+
+    fn footprint_bytes(&self, key: &str) -> Option<f64> {
+        self.footprint["entries"]
+            .as_array()?
+            .iter()
+            .find(|e| e["key"] == key)?["bytes"]
+            .as_f64()
+    }
+
+    /// The targets of issue #7: (target, measured, verdict).
+    fn targets(&self) -> Vec<(String, String, Option<bool>)> {
+        let mut v = Vec::new();
+        let r = self.ratio("fast_path/no_subscriber", "fast_path/empty_call");
+        v.push((
+            "no-subscriber fast path within 2x of an empty call".into(),
+            format!(
+                "{} vs {} = {}",
+                t(self.ns("fast_path/no_subscriber")),
+                t(self.ns("fast_path/empty_call")),
+                x(r.unwrap_or(f64::NAN))
+            ),
+            r.map(|r| r <= 2.0),
+        ));
+        let r = self.ratio("read_side/core_srcu", "read_side/liburcu");
+        v.push((
+            "read side (SRCU `read_lock` + drop) within 1.5x of liburcu's `rcu_read_lock/unlock`"
+                .into(),
+            format!(
+                "{} vs {} = {}",
+                t(self.ns("read_side/core_srcu")),
+                t(self.ns("read_side/liburcu")),
+                x(r.unwrap_or(f64::NAN))
+            ),
+            r.map(|r| r <= 1.5),
+        ));
+        let r = self.ratio("dispatch/core/16", "dispatch/direct/16");
+        v.push((
+            "dispatch to 16 subscribers within 1.5x of 16 direct `&dyn` calls".into(),
+            format!(
+                "{} vs {} = {}",
+                t(self.ns("dispatch/core/16")),
+                t(self.ns("dispatch/direct/16")),
+                x(r.unwrap_or(f64::NAN))
+            ),
+            r.map(|r| r <= 1.5),
+        ));
+        let d = self
+            .get("dispatch/core/1")
+            .zip(self.get("dispatch/direct/1"))
+            .map(|(a, b)| a - b);
+        v.push((
+            "dispatch to 1 subscriber within 5 ns of 1 direct `&dyn` call".into(),
+            format!(
+                "{} vs {} = +{}",
+                t(self.ns("dispatch/core/1")),
+                t(self.ns("dispatch/direct/1")),
+                t(d.unwrap_or(f64::NAN))
+            ),
+            d.map(|d| d <= 5.0),
+        ));
+        let ratios: Vec<(u32, Option<f64>)> = NS
+            .iter()
+            .map(|&n| {
+                (
+                    n,
+                    self.ratio(
+                        &format!("dispatch_churn/rwlock/{n}"),
+                        &format!("dispatch_churn/core/{n}"),
+                    ),
+                )
+            })
+            .collect();
+        let all = ratios
+            .iter()
+            .map(|(_, r)| r.map(|r| r >= 5.0))
+            .collect::<Option<Vec<_>>>();
+        v.push((
+            "at least 5x faster than `RwLock<Vec<Arc<dyn>>>` with a second thread churning".into(),
+            ratios
+                .iter()
+                .map(|(n, r)| format!("N={n}: {}", x(r.unwrap_or(f64::NAN))))
+                .collect::<Vec<_>>()
+                .join(", "),
+            all.map(|a| a.iter().all(|&b| b)),
+        ));
+        for (peer, label) in [
+            ("arc_swap", "arc-swap"),
+            ("crossbeam_epoch", "crossbeam-epoch"),
+            ("rcu_clean", "rcu-clean"),
+        ] {
+            let mut behind = Vec::new();
+            let mut missing = Vec::new();
+            for group in ["dispatch", "dispatch_churn"] {
+                for n in NS {
+                    match self.ratio(&format!("{group}/{peer}/{n}"), &format!("{group}/core/{n}")) {
+                        Some(r) if r <= 1.0 => behind.push(format!("{group} N={n} ({})", x(r))),
+                        Some(_) => {}
+                        None => missing.push(format!("{group} N={n}")),
+                    }
+                }
+            }
+            let mut measured_text = if behind.is_empty() {
+                "ahead wherever measured".to_owned()
+            } else {
+                format!("{label} is as fast or faster at: {}", behind.join(", "))
+            };
+            if !missing.is_empty() {
+                let _ = write!(measured_text, "; not measured: {}", missing.join(", "));
+            }
+            let measured = missing.len() < 2 * NS.len();
+            v.push((
+                format!("ahead of {label} (every N, alone and churning)"),
+                measured_text,
+                measured.then_some(behind.is_empty()),
+            ));
+        }
+        let r = self.ratio("intervals/core/touch1/100000", "intervals/core/touch1/10");
+        v.push((
+            "intervals: 100 000 subscribers cost at most 6x what 10 cost".into(),
+            format!(
+                "{} vs {} = {}",
+                t(self.ns("intervals/core/touch1/100000")),
+                t(self.ns("intervals/core/touch1/10")),
+                x(r.unwrap_or(f64::NAN))
+            ),
+            r.map(|r| r <= 6.0),
+        ));
+        for k in [1, 64] {
+            let r = self.ratio(
+                &format!("intervals/linear/touch{k}/100000"),
+                &format!("intervals/core/touch{k}/100000"),
+            );
+            v.push((
+                format!("intervals: at least 100x less than a linear scan (100 000 subscribers, touching {k})"),
+                format!("scan / core = {}", x(r.unwrap_or(f64::NAN))),
+                r.map(|r| r >= 100.0),
+            ));
+        }
+        let u = self.get("grace_period/core_unregister/idle");
+        v.push((
+            "unregister with no reader in flight (its grace periods included) under 10 µs".into(),
+            t(u.unwrap_or(f64::NAN)),
+            u.map(|u| u < 10_000.0),
+        ));
+        v.push((
+            "zero allocations on any invalidation path (`cargo test -p notifier-benches --test zero_alloc`)".into(),
+            if self.zero_alloc { "test passed".into() } else { "test FAILED".into() },
+            Some(self.zero_alloc),
+        ));
+        let b = self.footprint_bytes("core_subscriber_adds");
+        v.push((
+            "at most 32 bytes added by the core per subscriber".into(),
+            format!("{} bytes", b.map_or("—".to_owned(), |b| b.to_string())),
+            b.map(|b| b <= 32.0),
+        ));
+        v
+    }
+
+    fn render(&self, meta: &Meta, analysis: Option<&str>) -> String {
+        let mut s = String::new();
+        let w = &mut s;
+        let _ = writeln!(w, "# notifier-core benchmark results\n");
+        let _ = writeln!(w, "Generated by `cargo xtask bench-report` (issue #7); the tables and verdicts below come from one run. Do not edit them by hand: re-run the command. Only the analysis block at the end is hand-written.\n");
+        let _ = writeln!(w, "| | |\n|---|---|");
+        let _ = writeln!(w, "| date | {} |", meta.date);
+        let _ = writeln!(w, "| cores (`nproc`) | {} |", meta.nproc);
+        let _ = writeln!(w, "| CPU | {} |", meta.cpu);
+        let _ = writeln!(w, "| rustc | {} |", meta.rustc);
+        let _ = writeln!(
+            w,
+            "| load average (1, 5, 15 min) before / after the run | {} / {} |",
+            meta.load_before, meta.load_after
+        );
+        let mb = self.footprint["liburcu_sys_membarrier"].as_bool();
+        let _ = writeln!(
+            w,
+            "| liburcu read side | {} |",
+            match mb {
+                Some(true) => "sys_membarrier (no fence in readers)",
+                Some(false) => "no sys_membarrier: a full fence in each reader",
+                None => "unknown",
+            }
+        );
+        let _ = writeln!(w, "| platform of the core | `StdPlatform` (hosted; SRCU with full fences on the read side) |");
+        let _ = writeln!(w, "\nAll times are criterion medians per operation (95 % confidence interval in the raw data under `$CARGO_TARGET_DIR/criterion`). Ratios are against the baseline measured in the same run.\n");
+
+        let _ = writeln!(w, "## Targets\n");
+        let _ = writeln!(w, "| target | measured | verdict |\n|---|---|---|");
+        for (target, measured, ok) in self.targets() {
+            let _ = writeln!(w, "| {target} | {measured} | {} |", verdict(ok));
+        }
+
+        let _ = writeln!(w, "\n## No-subscriber fast path\n");
+        let _ = writeln!(w, "`invalidate_range_start(range)` + `end()` on an address space nobody subscribed to, against an `#[inline(never)]` empty call.\n");
+        let _ = writeln!(w, "| | median | 95 % CI | ratio |\n|---|---|---|---|");
+        let base = self.ns("fast_path/empty_call");
+        for (id, label) in [
+            ("fast_path/empty_call", "empty call"),
+            ("fast_path/no_subscriber", "start + end, no subscriber"),
+        ] {
+            let _ = writeln!(
+                w,
+                "| {label} | {} | {} | {} |",
+                t(self.ns(id)),
+                self.ci(id),
+                x(self.ns(id) / base)
+            );
+        }
+
+        let _ = writeln!(w, "\n## Read side\n");
+        let _ = writeln!(w, "One empty read-side section, looped (in Rust for the core, in C for liburcu, so neither pays a call per section).\n");
+        let _ = writeln!(
+            w,
+            "| | median | 95 % CI | ratio to liburcu |\n|---|---|---|---|"
+        );
+        let base = self.ns("read_side/liburcu");
+        for (id, label) in [
+            (
+                "read_side/liburcu",
+                "liburcu `rcu_read_lock` + `rcu_read_unlock` (urcu-memb)",
+            ),
+            ("read_side/core_srcu", "core `Srcu::read_lock()` + drop"),
+            (
+                "read_side/core_srcu_fenceless",
+                "what-if: the same without the read-side fences",
+            ),
+        ] {
+            let _ = writeln!(
+                w,
+                "| {label} | {} | {} | {} |",
+                t(self.ns(id)),
+                self.ci(id),
+                x(self.ns(id) / base)
+            );
+        }
+
+        for (group, title, what) in [
+            ("dispatch", "Dispatch to N subscribers", "One `invalidate_range_start` + `end`: every subscriber's start, then every end, each list used through its own API. Ratio: to N direct `&dyn` calls."),
+            ("dispatch_churn", "Dispatch with a second thread churning", "The same while another thread registers and unregisters one more subscriber in a loop (grace period included where the list has one). Ratio: to the core in the same conditions (above 1 = the core is faster). rcu-clean is left out unless `BENCH_RCU_CLEAN_CHURN=1`: used as documented (`clean()` on each clone) it crashes, see the analysis."),
+        ] {
+            let _ = writeln!(w, "\n## {title}\n\n{what}\n");
+            let lists: Vec<_> = LISTS
+                .iter()
+                .filter(|(k, _)| group == "dispatch" || !matches!(*k, "direct" | "core_fenceless"))
+                .collect();
+            let _ = write!(w, "| list |");
+            for n in NS {
+                let _ = write!(w, " N={n} |");
+            }
+            let _ = write!(w, "\n|---|");
+            for _ in NS {
+                let _ = write!(w, "---|");
+            }
+            let _ = writeln!(w);
+            for (key, label) in lists {
+                let _ = write!(w, "| {label} |");
+                for n in NS {
+                    let id = format!("{group}/{key}/{n}");
+                    let base = if group == "dispatch" { format!("{group}/direct/{n}") } else { format!("{group}/core/{n}") };
+                    let _ = write!(w, " {} ({}) |", t(self.ns(&id)), x(self.ns(&id) / self.ns(&base)));
+                }
+                let _ = writeln!(w);
+            }
+        }
+
+        let _ = writeln!(w, "\n## Interval subscribers\n");
+        let _ = writeln!(w, "An invalidation touching k of n interval subscribers (one page each, a page apart, at pseudo-random positions), in the core's interval tree and by a linear scan calling the same callback.\n");
+        let _ = writeln!(w, "| n | k | core | linear scan | scan / core | core / core at n=10 |\n|---|---|---|---|---|---|");
+        for k in [1u32, 64] {
+            for n in [10u32, 1_000, 100_000] {
+                let c = format!("intervals/core/touch{k}/{n}");
+                if self.get(&c).is_none() {
+                    continue;
+                }
+                let l = format!("intervals/linear/touch{k}/{n}");
+                let c10 = self.ns(&format!("intervals/core/touch{k}/10"));
+                let _ = writeln!(
+                    w,
+                    "| {n} | {k} | {} | {} | {} | {} |",
+                    t(self.ns(&c)),
+                    t(self.ns(&l)),
+                    x(self.ns(&l) / self.ns(&c)),
+                    x(self.ns(&c) / c10)
+                );
+            }
+        }
+        let _ = writeln!(
+            w,
+            "\n`read_begin` + `read_retry` on an idle interval: {}.",
+            t(self.ns("interval_seq/read_begin_retry"))
+        );
+
+        let _ = writeln!(w, "\n## Registration and grace periods\n");
+        let _ = writeln!(w, "`idle`: nothing else runs; `reader`: a second thread runs invalidations (core) or `shim_dispatch` (liburcu) on the same list in a loop.\n");
+        let _ = writeln!(w, "| | idle | with a reader |\n|---|---|---|");
+        for (key, label) in [
+            ("core_register_unregister", "core: `register` + `unregister` (two grace periods of in-flight invalidations, one SRCU grace period)"),
+            ("core_unregister", "core: `unregister` alone"),
+            ("core_synchronize", "core: SRCU `synchronize()` alone"),
+            ("liburcu_add_del", "liburcu: add + del (`synchronize_rcu`, `free`)"),
+            ("liburcu_synchronize", "liburcu: `synchronize_rcu()` alone"),
+        ] {
+            let _ = writeln!(w, "| {label} | {} | {} |", t(self.ns(&format!("grace_period/{key}/idle"))), t(self.ns(&format!("grace_period/{key}/reader"))));
+        }
+
+        let _ = writeln!(w, "\n## Memory\n");
+        let _ = writeln!(w, "From the `footprint` binary (sizes from `size_of`, heap bytes from a counting global allocator).\n");
+        let _ = writeln!(w, "| what | bytes |\n|---|---|");
+        if let Some(entries) = self.footprint["entries"].as_array() {
+            for e in entries {
+                let b = e["bytes"].as_f64().unwrap_or(f64::NAN);
+                let _ = writeln!(
+                    w,
+                    "| {} | {} |",
+                    e["what"].as_str().unwrap_or("?"),
+                    if b.fract() == 0.0 {
+                        format!("{b}")
+                    } else {
+                        format!("{b:.1}")
+                    }
+                );
+            }
+        }
+        let _ = writeln!(w, "\nAllocations on the invalidation paths (list and interval start/end, refused non-blockable start with unwinding, end applying a deferred insertion, `invalidate_page`, `invalidate_secondary_tlbs`, the ageing calls): {}.", if self.zero_alloc { "**zero** (the `zero_alloc` test passed)" } else { "**the `zero_alloc` test FAILED**" });
+
+        let _ = writeln!(w, "\n## Analysis\n");
+        match analysis {
+            Some(a) => {
+                let _ = writeln!(w, "{a}");
+            }
+            None => {
+                let _ = writeln!(w, "{BEGIN_ANALYSIS}\n\n(Not written yet: explain each missed target here.)\n\n{END_ANALYSIS}");
+            }
+        }
+        s
+    }
+}
