@@ -551,8 +551,8 @@ fn c07_overlapping_across_threads() {
         h.join().unwrap();
     }
     let log = s.log();
-    assert_eq!(s.starts(), 400);
-    assert_eq!(s.ends(), 400);
+    assert_eq!(s.starts(), 2 * n(200));
+    assert_eq!(s.ends(), 2 * n(200));
     // Per range value, starts and ends balance.
     let mut bal: BTreeMap<usize, isize> = BTreeMap::new();
     for e in log {
