@@ -12,7 +12,8 @@ use notifier_core::{
 };
 
 use crate::consumers::{
-    DeviceTlb, Exporter, FaultError, Kvm, Mirror, Recorder, Seen, TwoPass, IMPORTERS,
+    DeviceTlb, Exporter, FaultError, Kvm, Mirror, PageExporter, Recorder, RmapHook, Seen, TwoPass,
+    EXPORT_SLOTS, IMPORTERS,
 };
 use crate::harness::{Cap, Harness, Mm};
 use crate::{fail, Config, Fail, Msg, Outcome};
@@ -31,7 +32,7 @@ type Case<H> = fn(&H, &Config) -> Outcome;
 type RecRef<'a, P> = core::pin::Pin<&'a Subscriber<Recorder<P>, P>>;
 
 /// Every case: id, name, function.
-pub(crate) fn all<H: Harness>() -> [(&'static str, &'static str, Case<H>); 17] {
+pub(crate) fn all<H: Harness>() -> [(&'static str, &'static str, Case<H>); 21] {
     [
         ("C-01", "register", c01_register::<H>),
         ("C-02", "no_half_pairs", c02_no_half_pairs::<H>),
@@ -54,6 +55,18 @@ pub(crate) fn all<H: Harness>() -> [(&'static str, &'static str, Case<H>); 17] {
         ("C-15", "young", c15_young::<H>),
         ("C-16", "errors", c16_errors::<H>),
         ("C-17", "many", c17_many::<H>),
+        (
+            "C-18",
+            "export_page_not_freed_while_mapped",
+            c18_export_not_freed::<H>,
+        ),
+        ("C-19", "export_remote_map_race", c19_export_race::<H>),
+        (
+            "C-20",
+            "export_unmapped_pages_revoked",
+            c20_export_unmapped_revoked::<H>,
+        ),
+        ("C-21", "unexport_is_a_barrier", c21_unexport_barrier::<H>),
     ]
 }
 
@@ -1491,4 +1504,226 @@ fn c17_many<H: Harness>(h: &H, cfg: &Config) -> Outcome {
         }
     }
     result
+}
+
+// ---------------------------------------------------------------------------------
+// Page-keyed export (the seed's other design)
+// ---------------------------------------------------------------------------------
+
+type PxRef<'a, 'h, H> =
+    core::pin::Pin<&'a notifier_core::export::Exporter<PageExporter<'h, H>, <H as Harness>::P>>;
+
+/// Reclaim `[BASE, BASE + pages)` until something was evicted (at most `passes`).
+fn reclaim_some<H: Harness>(h: &H, mm: Mm, pages: usize, passes: usize) -> Result<usize, Fail> {
+    let mut n = 0;
+    for _ in 0..passes {
+        n += h.reclaim(mm, BASE, pages * page::<H>())?;
+        if n > 0 {
+            break;
+        }
+    }
+    Ok(n)
+}
+
+fn c18_export_not_freed<H: Harness>(h: &H, cfg: &Config) -> Outcome {
+    need(h, Cap::Reclaim)?;
+    let Some(reg) = h.export_registry() else {
+        return Err(Fail::NotApplicable(
+            "no page-free hook for exporters on this platform",
+        ));
+    };
+    let sp = Space::with_pages(h, PAGES)?;
+    let ex = pin!(notifier_core::export::Exporter::new(
+        reg,
+        PageExporter::new(h, sp.mm, cfg.twin)
+    ));
+    let ex: PxRef<'_, '_, H> = ex.into_ref();
+    let hook = pin!(Subscriber::<_, H::P>::new(RmapHook(ex.ops())));
+    if cfg.twin == Some(crate::Twin::ExportHookedInRmap) {
+        hook.as_ref().register(sp.asp())?;
+    }
+    for slot in 0..EXPORT_SLOTS.min(PAGES) {
+        PageExporter::export(ex, slot, addr::<H>(slot))?;
+        for imp in 0..IMPORTERS {
+            ex.request_map(imp, slot)?;
+        }
+    }
+    // While remote mappings exist, every frame they name is allocated; reclaim may
+    // take the pages only through the exporter's revocation.
+    let mut evicted = 0;
+    for _ in 0..4 {
+        evicted += h.reclaim(sp.mm, BASE, PAGES * page::<H>())?;
+        for slot in 0..EXPORT_SLOTS {
+            for imp in 0..IMPORTERS {
+                ex.remote_access(imp, slot);
+            }
+        }
+    }
+    ensure!(
+        evicted > 0,
+        "reclaim evicted nothing: the case checked nothing"
+    );
+    ensure!(
+        ex.revoked.load(Ordering::Relaxed) > 0,
+        "pages were evicted without a revocation"
+    );
+    let v = ex.violations.load(Ordering::Relaxed);
+    ensure!(v == 0, "importers reached {v} freed pages");
+    Ok(())
+}
+
+fn c19_export_race<H: Harness>(h: &H, cfg: &Config) -> Outcome {
+    need(h, Cap::Reclaim)?;
+    let Some(reg) = h.export_registry() else {
+        return Err(Fail::NotApplicable(
+            "no page-free hook for exporters on this platform",
+        ));
+    };
+    let sp = Space::with_pages(h, PAGES)?;
+    let ex = pin!(notifier_core::export::Exporter::new(
+        reg,
+        PageExporter::new(h, sp.mm, cfg.twin)
+    ));
+    let ex: PxRef<'_, '_, H> = ex.into_ref();
+    let hook = pin!(Subscriber::<_, H::P>::new(RmapHook(ex.ops())));
+    if cfg.twin == Some(crate::Twin::ExportHookedInRmap) {
+        hook.as_ref().register(sp.asp())?;
+    }
+    // The thread's window, step by step: reclaim clears the primary entry and frees the
+    // page; a map request arriving after the entry was cleared must be refused (or the
+    // mapping revoked before the free).
+    PageExporter::export(ex, 0, addr::<H>(0))?;
+    ex.request_map(0, 0)?;
+    reclaim_some(h, sp.mm, 1, 4)?;
+    let _ = ex.request_map(1, 0);
+    for imp in 0..IMPORTERS {
+        ex.remote_access(imp, 0);
+    }
+    // And concurrently, if the backend can.
+    if h.lacks(Cap::Concurrency).is_none() {
+        let err = FirstError::<H::P>::new();
+        let stop = AtomicBool::new(false);
+        let primary = || {
+            for i in 0..cfg.rounds as usize / 4 {
+                let slot = i % 4;
+                let a = addr::<H>(slot);
+                if h.lookup(sp.mm, a).is_none() {
+                    let _ = PageExporter::export(ex, slot, a);
+                }
+                if let Err(e) = h.reclaim(sp.mm, BASE, 4 * page::<H>()) {
+                    err.set(e.into());
+                    break;
+                }
+                h.yield_now();
+            }
+            stop.store(true, Ordering::Relaxed);
+        };
+        let remote = || {
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let (imp, slot) = (i % IMPORTERS, (i / IMPORTERS) % 4);
+                if ex.remote_access(imp, slot).is_none() {
+                    let _ = ex.request_map(imp, slot);
+                }
+                i += 1;
+            }
+        };
+        h.run_concurrently(&[&primary, &remote]);
+        err.check()?;
+    }
+    for slot in 0..EXPORT_SLOTS {
+        for imp in 0..IMPORTERS {
+            ex.remote_access(imp, slot);
+        }
+    }
+    let v = ex.violations.load(Ordering::Relaxed);
+    ensure!(
+        v == 0,
+        "a remote node reached {v} freed pages (mapped after the entry was cleared)"
+    );
+    Ok(())
+}
+
+fn c20_export_unmapped_revoked<H: Harness>(h: &H, cfg: &Config) -> Outcome {
+    need(h, Cap::Reclaim)?;
+    let Some(reg) = h.export_registry() else {
+        return Err(Fail::NotApplicable(
+            "no page-free hook for exporters on this platform",
+        ));
+    };
+    let sp = Space::with_pages(h, PAGES)?;
+    let ex = pin!(notifier_core::export::Exporter::new(
+        reg,
+        PageExporter::new(h, sp.mm, cfg.twin)
+    ));
+    let ex: PxRef<'_, '_, H> = ex.into_ref();
+    let hook = pin!(Subscriber::<_, H::P>::new(RmapHook(ex.ops())));
+    if cfg.twin == Some(crate::Twin::ExportHookedInRmap) {
+        hook.as_ref().register(sp.asp())?;
+    }
+    // Exported, never mapped by any importer: still revoked when freed.
+    for slot in 0..4 {
+        PageExporter::export(ex, slot, addr::<H>(slot))?;
+    }
+    let evicted = reclaim_some(h, sp.mm, 4, 4)?;
+    ensure!(evicted > 0, "reclaim evicted nothing");
+    let gone = (0..4)
+        .filter(|&i| h.lookup(sp.mm, addr::<H>(i)).is_none())
+        .count();
+    let revoked = ex.revoked.load(Ordering::Relaxed) as usize;
+    ensure!(
+        revoked >= gone,
+        "{gone} exported pages evicted, only {revoked} revocations"
+    );
+    Ok(())
+}
+
+fn c21_unexport_barrier<H: Harness>(h: &H, cfg: &Config) -> Outcome {
+    need(h, Cap::Reclaim)?;
+    need(h, Cap::Concurrency)?;
+    let Some(reg) = h.export_registry() else {
+        return Err(Fail::NotApplicable(
+            "no page-free hook for exporters on this platform",
+        ));
+    };
+    let sp = Space::with_pages(h, PAGES)?;
+    let err = FirstError::<H::P>::new();
+    let stop = AtomicBool::new(false);
+    let primary = || {
+        while !stop.load(Ordering::Relaxed) {
+            if let Err(e) = h.reclaim(sp.mm, BASE, PAGES * page::<H>()) {
+                err.set(e.into());
+                return;
+            }
+            for i in 0..PAGES {
+                let _ = h.touch(sp.mm, addr::<H>(i), false);
+            }
+        }
+    };
+    let exporter = || {
+        for i in 0..cfg.rounds.max(8) as usize / 8 {
+            let ex = pin!(notifier_core::export::Exporter::new(
+                reg,
+                PageExporter::new(h, sp.mm, None)
+            ));
+            let ex: PxRef<'_, '_, H> = ex.into_ref();
+            let a = addr::<H>(i % PAGES);
+            if PageExporter::export(ex, 0, a).is_err() {
+                continue;
+            }
+            h.yield_now();
+            PageExporter::unexport(ex, 0);
+            ex.gone.store(true, Ordering::Relaxed);
+            for _ in 0..3 {
+                h.yield_now();
+            }
+            if ex.violations.load(Ordering::Relaxed) != 0 {
+                err.set(fail(format_args!("revoke ran after unexport returned")));
+                break;
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+    };
+    h.run_concurrently(&[&primary, &exporter]);
+    err.check()
 }

@@ -905,3 +905,209 @@ impl<P: notifier_core::Platform> SubscriberOps for Recorder<P> {
         self.young.load(Ordering::Relaxed)
     }
 }
+
+// -------------------------------------------------------------------------------------
+// The seed's other design: a page-keyed exporter.
+// -------------------------------------------------------------------------------------
+
+/// Pages a [`PageExporter`] exports at most.
+pub const EXPORT_SLOTS: usize = 8;
+
+#[derive(Default)]
+struct PxState {
+    /// Exported pages: the address they were exported from, and the frame.
+    slots: [Option<(usize, Frame)>; EXPORT_SLOTS],
+    /// Remote mappings per importer: slot -> frame.
+    importers: [Tlb<EXPORT_SLOTS>; IMPORTERS],
+}
+
+/// An XPMEM-like exporter keyed by *physical page*: it exports frames (taking its own
+/// reference on each) through the platform's [`ExportRegistry`], importers map them by
+/// slot, and the platform's free path makes it revoke (`before_free`), mapped in the
+/// primary page tables or not.
+///
+/// Its broken twin ([`Twin::ExportHookedInRmap`]) is the design first proposed in 2008:
+/// it hears only from the reverse-map walk (here: the address-space invalidations, which
+/// come only while a primary entry maps the page), keeps no state the free path can see,
+/// and grants a map request that arrives after the primary entry was cleared.
+///
+/// [`ExportRegistry`]: notifier_core::export::ExportRegistry
+pub struct PageExporter<'h, H: Harness> {
+    h: &'h H,
+    mm: Mm,
+    twin: Option<Twin>,
+    pages: [notifier_core::export::ExportedPage<H::P>; EXPORT_SLOTS],
+    st: SpinLock<H::P, PxState>,
+    /// Stale remote accesses (must stay 0).
+    pub violations: AtomicU32,
+    /// Pages revoked by the platform's free path (or, in the twin, by invalidations).
+    pub revoked: AtomicU32,
+    /// Map requests refused because the page was dying.
+    pub refusals: AtomicU32,
+    /// Set by the test after `unexport` returned: a revoke after that is a breach.
+    pub gone: AtomicBool,
+}
+
+impl<'h, H: Harness> PageExporter<'h, H> {
+    /// An exporter of `mm`'s pages.
+    pub fn new(h: &'h H, mm: Mm, twin: Option<Twin>) -> Self {
+        PageExporter {
+            h,
+            mm,
+            twin,
+            pages: core::array::from_fn(|_| notifier_core::export::ExportedPage::new()),
+            st: SpinLock::new(PxState::default()),
+            violations: AtomicU32::new(0),
+            revoked: AtomicU32::new(0),
+            refusals: AtomicU32::new(0),
+            gone: AtomicBool::new(false),
+        }
+    }
+
+    fn rmap_hooked(&self) -> bool {
+        self.twin == Some(Twin::ExportHookedInRmap)
+    }
+
+    /// The pinned page node of `slot` (the exporter is pinned inside its `Exporter`).
+    fn page(&self, slot: usize) -> core::pin::Pin<&notifier_core::export::ExportedPage<H::P>> {
+        // SAFETY: `self` lives pinned inside an `Exporter` (the only way the suite uses
+        // it), so its fields never move.
+        unsafe { core::pin::Pin::new_unchecked(&self.pages[slot % EXPORT_SLOTS]) }
+    }
+
+    /// Export the page at `addr` as `slot`: fault it in, take the exporter's own
+    /// reference, register the frame in the registry (the twin skips the registry).
+    pub fn export(
+        this: core::pin::Pin<&notifier_core::export::Exporter<Self, H::P>>,
+        slot: usize,
+        addr: usize,
+    ) -> Result<Frame, FaultError> {
+        let me = this.ops();
+        let slot = slot % EXPORT_SLOTS;
+        let pte = primary_entry(me.h, me.mm, addr, false)?;
+        if !me.rmap_hooked() {
+            if !me.h.get_frame(pte.frame) {
+                return Err(FaultError::Refused);
+            }
+            if this.export(me.page(slot), pte.frame.pfn).is_err() {
+                me.h.put_frame(pte.frame);
+                return Err(FaultError::Refused);
+            }
+        }
+        me.st.lock().slots[slot] = Some((addr, pte.frame));
+        Ok(pte.frame)
+    }
+
+    /// Stop exporting `slot` (a barrier: no `revoke` of it runs after this).
+    pub fn unexport(
+        this: core::pin::Pin<&notifier_core::export::Exporter<Self, H::P>>,
+        slot: usize,
+    ) -> bool {
+        let me = this.ops();
+        let slot = slot % EXPORT_SLOTS;
+        if me.rmap_hooked() {
+            return me.st.lock().slots[slot].take().is_some();
+        }
+        if this.unexport(me.page(slot)).is_err() {
+            return false;
+        }
+        // Revoke what importers still map and give the reference back.
+        let mut st = me.st.lock();
+        if let Some((_, frame)) = st.slots[slot].take() {
+            me.drop_remote(&mut st, slot);
+            drop(st);
+            me.h.put_frame(frame);
+        }
+        true
+    }
+
+    fn drop_remote(&self, st: &mut PxState, slot: usize) {
+        for imp in st.importers.iter_mut() {
+            imp.zap(slot, slot + 1, |_, _| {
+                let _ = self.pages[slot].unmap_remote();
+            });
+        }
+    }
+
+    /// A remote node asks to map `slot`.
+    pub fn request_map(&self, importer: usize, slot: usize) -> Result<Frame, FaultError> {
+        let slot = slot % EXPORT_SLOTS;
+        let mut st = self.st.lock();
+        let Some((_, frame)) = st.slots[slot] else {
+            return Err(FaultError::Refused);
+        };
+        if !self.rmap_hooked() && self.pages[slot].map_remote().is_err() {
+            // The page is dying: refused (the window of the 2008 thread, closed).
+            self.refusals.fetch_add(1, Ordering::Relaxed);
+            return Err(FaultError::Refused);
+        }
+        let pte = Pte {
+            frame,
+            writable: false,
+        };
+        if st.importers[importer % IMPORTERS]
+            .insert(slot, pte)
+            .is_err()
+        {
+            if !self.rmap_hooked() {
+                let _ = self.pages[slot].unmap_remote();
+            }
+            return Err(FaultError::Full);
+        }
+        Ok(frame)
+    }
+
+    /// A remote access through an imported mapping.
+    pub fn remote_access(&self, importer: usize, slot: usize) -> Option<Frame> {
+        let mut st = self.st.lock();
+        access_tlb(
+            self.h,
+            &mut st.importers[importer % IMPORTERS],
+            slot % EXPORT_SLOTS,
+            &self.violations,
+        )
+    }
+}
+
+impl<H: Harness> notifier_core::export::ExportOps<H::P> for PageExporter<'_, H> {
+    fn revoke(&self, page: &notifier_core::export::ExportedPage<H::P>, _pfn: u64) {
+        if self.gone.load(Ordering::Relaxed) {
+            self.violations.fetch_add(1, Ordering::Relaxed);
+        }
+        let Some(slot) = self.pages.iter().position(|p| core::ptr::eq(p, page)) else {
+            return;
+        };
+        let mut st = self.st.lock();
+        self.drop_remote(&mut st, slot);
+        let frame = st.slots[slot].take();
+        drop(st);
+        if let Some((_, f)) = frame {
+            self.h.put_frame(f);
+        }
+        self.revoked.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// The rmap-hooked twin's hook: a list subscriber that forwards the address-space
+/// invalidations (which come only while a primary entry maps a page) to the exporter.
+pub struct RmapHook<'a, 'h, H: Harness>(pub &'a PageExporter<'h, H>);
+
+impl<H: Harness> SubscriberOps for RmapHook<'_, '_, H> {
+    /// The twin hears about a page while a primary entry maps it and drops the remote
+    /// mappings then — but keeps the slot, so a later request is granted from it.
+    fn invalidate_range_start(&self, r: &Range) -> Result<(), WouldBlock> {
+        let x = self.0;
+        let mut st = x.st.lock();
+        for slot in 0..EXPORT_SLOTS {
+            if let Some((a, _)) = st.slots[slot] {
+                if a >= r.start && a < r.end {
+                    for imp in st.importers.iter_mut() {
+                        imp.zap(slot, slot + 1, |_, _| {});
+                    }
+                    x.revoked.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        Ok(())
+    }
+}

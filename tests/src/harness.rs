@@ -162,6 +162,14 @@ pub trait Harness: Sync {
     /// applicable. A few megabytes suit the default scale.
     fn arena(&self) -> Option<(core::ptr::NonNull<u8>, usize)>;
 
+    /// The platform's page-keyed export registry, which its reclaim and free paths call
+    /// right before a frame is freed, whether a primary entry maps it or not (C-18 to
+    /// C-21). `None` (the default): the platform has no such hook, and those cases are
+    /// not applicable.
+    fn export_registry(&self) -> Option<&notifier_core::export::ExportRegistry<Self::P>> {
+        None
+    }
+
     /// How many subscriber bugs the platform reported through
     /// [`Platform::report_bug`] so far (C-08: a refusal while blockable).
     fn bugs_reported(&self) -> usize;

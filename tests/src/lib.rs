@@ -56,11 +56,14 @@ pub enum Twin {
     /// The two-pass mirror queues in `invalidate_start` but never waits in
     /// `invalidate_finish` (it completes lazily, at its next fault).
     TwoPassSkipsFinish,
+    /// The page-keyed exporter hooked in the reverse-map walk, as first proposed in 2008:
+    /// it never hears about a page whose primary entry is already gone.
+    ExportHookedInRmap,
 }
 
 impl Twin {
     /// Every twin.
-    pub const ALL: [Twin; 8] = [
+    pub const ALL: [Twin; 9] = [
         Twin::KvmIgnoresSeq,
         Twin::KvmFlushAfterEnd,
         Twin::KvmCachesPastRelease,
@@ -69,6 +72,7 @@ impl Twin {
         Twin::ExporterIgnoresInvalidation,
         Twin::MirrorIgnoresSeq,
         Twin::TwoPassSkipsFinish,
+        Twin::ExportHookedInRmap,
     ];
 
     /// Its name on command lines (`--broken NAME`).
@@ -82,6 +86,7 @@ impl Twin {
             Twin::ExporterIgnoresInvalidation => "exporter-ignores-invalidation",
             Twin::MirrorIgnoresSeq => "mirror-ignores-seq",
             Twin::TwoPassSkipsFinish => "two-pass-skips-finish",
+            Twin::ExportHookedInRmap => "export-hooked-in-rmap",
         }
     }
 
@@ -102,6 +107,7 @@ impl Twin {
             Twin::ExporterIgnoresInvalidation => &["C-09"],
             Twin::MirrorIgnoresSeq => &["C-12"],
             Twin::TwoPassSkipsFinish => &["C-14"],
+            Twin::ExportHookedInRmap => &["C-19"],
         }
     }
 }
