@@ -192,26 +192,27 @@ fn timed_part(iters: u64, mut untimed: impl FnMut(), mut timed: impl FnMut()) ->
     total
 }
 
+/// Run `body`, with a second thread dispatching on `list` in a loop if `reader`.
+fn maybe_with_reader<L: Dispatch>(list: &L, reader: bool, body: impl FnOnce()) {
+    if !reader {
+        return body();
+    }
+    let r = range();
+    with_background(
+        || list.handle(),
+        |h| {
+            black_box(L::dispatch(h, &r));
+        },
+        body,
+    )
+}
+
 fn grace_periods_core(g: &mut BenchmarkGroup<'_, WallTime>, reader: bool) {
     let mode = if reader { "reader" } else { "idle" };
     // One subscriber stays registered, so the address space's state exists and the
     // reader's invalidations walk a list.
     let list = Core::with_subscribers(1);
-    let r = range();
-    let run = |body: &mut dyn FnMut()| {
-        if reader {
-            with_background(
-                || list.handle(),
-                |h| {
-                    black_box(Core::dispatch(h, &r));
-                },
-                body,
-            )
-        } else {
-            body()
-        }
-    };
-    run(&mut || {
+    maybe_with_reader(&list, reader, || {
         let mut h = list.handle();
         g.bench_function(format!("core_register_unregister/{mode}"), |b| {
             b.iter(|| Core::churn_once(&mut h))
@@ -237,21 +238,7 @@ fn grace_periods_core(g: &mut BenchmarkGroup<'_, WallTime>, reader: bool) {
 fn grace_periods_urcu(g: &mut BenchmarkGroup<'_, WallTime>, reader: bool) {
     let mode = if reader { "reader" } else { "idle" };
     let list = Urcu::with_subscribers(1);
-    let r = range();
-    let run = |body: &mut dyn FnMut()| {
-        if reader {
-            with_background(
-                || list.handle(),
-                |h| {
-                    black_box(Urcu::dispatch(h, &r));
-                },
-                body,
-            )
-        } else {
-            body()
-        }
-    };
-    run(&mut || {
+    maybe_with_reader(&list, reader, || {
         let mut h = list.handle();
         g.bench_function(format!("liburcu_add_del/{mode}"), |b| {
             b.iter(|| Urcu::churn_once(&mut h))
@@ -274,31 +261,23 @@ fn grace_periods(c: &mut Criterion) {
 
 // ---- the read side --------------------------------------------------------------------
 
+/// `iters` empty read-side sections of platform `Q`'s SRCU domain.
+fn srcu_sections<Q: Platform>(iters: u64) -> Duration {
+    let rcu = Q::rcu();
+    let t = Instant::now();
+    for _ in 0..iters {
+        let guard = rcu.read_lock();
+        compiler_fence(Ordering::SeqCst);
+        drop(guard);
+    }
+    t.elapsed()
+}
+
 fn read_side(c: &mut Criterion) {
     let mut g = c.benchmark_group("read_side");
-    g.bench_function("core_srcu", |b| {
-        b.iter_custom(|iters| {
-            let rcu = P::rcu();
-            let t = Instant::now();
-            for _ in 0..iters {
-                let guard = rcu.read_lock();
-                compiler_fence(Ordering::SeqCst);
-                drop(guard);
-            }
-            t.elapsed()
-        })
-    });
+    g.bench_function("core_srcu", |b| b.iter_custom(srcu_sections::<P>));
     g.bench_function("core_srcu_fenceless", |b| {
-        b.iter_custom(|iters| {
-            let rcu = Fenceless::rcu();
-            let t = Instant::now();
-            for _ in 0..iters {
-                let guard = rcu.read_lock();
-                compiler_fence(Ordering::SeqCst);
-                drop(guard);
-            }
-            t.elapsed()
-        })
+        b.iter_custom(srcu_sections::<Fenceless>)
     });
     g.bench_function("liburcu", |b| {
         b.iter_custom(|iters| {

@@ -466,8 +466,9 @@ impl Churn for RcuCleanList {
 /// liburcu's RCU list, in C (`csrc/urcu_shim.c`), calling the same callbacks.
 pub struct Urcu {
     list: *mut ShimList,
-    // Referenced by the nodes; freed after the list (fields drop in order, after `Drop`).
-    _subs: Vec<Box<Counter>>,
+    // Referenced by the nodes (never moved: a boxed slice); freed after the list
+    // (fields drop after `Drop::drop`).
+    _subs: Box<[Counter]>,
 }
 
 // SAFETY: the shim's list is built for concurrent readers and mutex-serialised writers;
@@ -514,8 +515,8 @@ impl Dispatch for Urcu {
         // SAFETY: plain allocation in the shim.
         let list = unsafe { urcu::shim_list_new() };
         assert!(!list.is_null(), "liburcu shim: out of memory");
-        let subs: Vec<Box<Counter>> = (0..n).map(|_| Box::default()).collect();
-        for c in &subs {
+        let subs: Box<[Counter]> = (0..n).map(|_| Counter::default()).collect();
+        for c in subs.iter() {
             shim_add(list, c);
         }
         Urcu { list, _subs: subs }
