@@ -171,6 +171,8 @@ pub struct Kvm<'h, H: Harness> {
     pub releases: AtomicU32,
     /// Fault retries on a sequence collision.
     pub retries: AtomicU32,
+    /// Translations installed by the fault path.
+    pub faults: AtomicU32,
 }
 
 impl<'h, H: Harness> Kvm<'h, H> {
@@ -186,6 +188,7 @@ impl<'h, H: Harness> Kvm<'h, H> {
             ends: AtomicU32::new(0),
             releases: AtomicU32::new(0),
             retries: AtomicU32::new(0),
+            faults: AtomicU32::new(0),
         }
     }
 
@@ -226,6 +229,7 @@ impl<'h, H: Harness> Kvm<'h, H> {
                 continue;
             }
             st.sptes.insert(addr, pte)?;
+            self.faults.fetch_add(1, Ordering::Relaxed);
             return Ok(pte);
         }
         Err(FaultError::Livelock)
@@ -576,6 +580,8 @@ pub struct Mirror<'h, H: Harness> {
     pub retries: AtomicU32,
     /// Set when the test frees the mirror: a callback after that is a violation.
     pub gone: AtomicBool,
+    /// Translations installed by the fault path.
+    pub faults: AtomicU32,
 }
 
 impl<'h, H: Harness> Mirror<'h, H> {
@@ -591,6 +597,7 @@ impl<'h, H: Harness> Mirror<'h, H> {
             last_event: SpinLock::new(None),
             retries: AtomicU32::new(0),
             gone: AtomicBool::new(false),
+            faults: AtomicU32::new(0),
         }
     }
 
@@ -610,6 +617,7 @@ impl<'h, H: Harness> Mirror<'h, H> {
                 continue;
             }
             pt.insert(addr, pte)?;
+            self.faults.fetch_add(1, Ordering::Relaxed);
             return Ok(pte);
         }
         Err(FaultError::Livelock)
