@@ -294,8 +294,8 @@ fn config() -> Criterion {
     // Short: the whole run must fit in a few minutes on a shared two-core machine.
     Criterion::default()
         .warm_up_time(Duration::from_millis(500))
-        .measurement_time(Duration::from_millis(1500))
-        .sample_size(20)
+        .measurement_time(Duration::from_secs(2))
+        .sample_size(30)
 }
 
 /// The group `criterion_main!` runs (in a module: the macro's function is undocumented).
