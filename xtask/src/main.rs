@@ -1,0 +1,40 @@
+//! Project automation, run as `cargo xtask <command>`.
+//!
+//! Each command lives in its own module, owned by the backend or tool it drives:
+//!
+//! * `bench-report` ([`bench_report`]): runs the criterion benchmarks and writes
+//!   `benches/RESULTS.md`.
+//! * `kmod` ([`kmod`]): builds (or reuses) a Linux 6.12 kernel with Rust support, builds
+//!   the notifier module and runs the conformance suite in it under QEMU.
+
+use std::process::ExitCode;
+
+mod bench_report;
+mod kmod;
+
+fn usage() -> ExitCode {
+    eprintln!(
+        "usage: cargo xtask <bench-report|kmod> [options]   (--help after a command for more)"
+    );
+    ExitCode::from(2)
+}
+
+fn main() -> ExitCode {
+    let mut args = std::env::args().skip(1);
+    let Some(cmd) = args.next() else {
+        return usage();
+    };
+    let rest: Vec<String> = args.collect();
+    match cmd.as_str() {
+        "bench-report" => bench_report::main(&rest),
+        "kmod" => kmod::main(&rest),
+        "-h" | "--help" | "help" => {
+            usage();
+            ExitCode::SUCCESS
+        }
+        other => {
+            eprintln!("xtask: unknown command `{other}`");
+            usage()
+        }
+    }
+}
