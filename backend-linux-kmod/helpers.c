@@ -7,7 +7,9 @@
  * 2. The forwarder: one kernel mmu_notifier per mm (mmu_notifier_get/put), whose every
  *    callback goes to the Rust core's address space of that mm (mm.rs).
  */
+#include <linux/completion.h>
 #include <linux/delay.h>
+#include <linux/kthread.h>
 #include <linux/err.h>
 #include <linux/mm.h>
 #include <linux/mmu_notifier.h>
@@ -116,7 +118,12 @@ static struct mmu_notifier *nk_alloc_notifier(struct mm_struct *mm)
 
 static void nk_free_work(struct work_struct *work)
 {
-	nk_rust_mm_free(container_of(work, struct nk_mm, free_work));
+	struct nk_mm *m = container_of(work, struct nk_mm, free_work);
+
+	/* Waits for a running tlb callback; the registration's mmgrab keeps mm. */
+	if (m->tlb_registered)
+		mmu_notifier_unregister(&m->tlb_mn, m->tlb_mn.mm);
+	nk_rust_mm_free(m);
 }
 
 /*
@@ -150,7 +157,7 @@ static void nk_end(struct mmu_notifier *mn, const struct mmu_notifier_range *ran
 static void nk_secondary_tlbs(struct mmu_notifier *mn, struct mm_struct *mm,
 			      unsigned long start, unsigned long end)
 {
-	nk_rust_secondary_tlbs(to_nk(mn), start, end);
+	nk_rust_secondary_tlbs(container_of(mn, struct nk_mm, tlb_mn), start, end);
 }
 
 static int nk_clear_flush_young(struct mmu_notifier *mn, struct mm_struct *mm,
@@ -178,19 +185,44 @@ static const struct mmu_notifier_ops nk_ops = {
 	.test_young = nk_test_young,
 	.invalidate_range_start = nk_start,
 	.invalidate_range_end = nk_end,
-	.arch_invalidate_secondary_tlbs = nk_secondary_tlbs,
 	.alloc_notifier = nk_alloc_notifier,
 	.free_notifier = nk_free_notifier,
 };
 
-/* The forwarder of `mm`, created on first use; a negative errno on failure. */
+static const struct mmu_notifier_ops nk_tlb_ops = {
+	.arch_invalidate_secondary_tlbs = nk_secondary_tlbs,
+};
+
+/*
+ * The forwarder of `mm`, created on first use; a negative errno on failure. The
+ * caller keeps mm_users above zero. Both registrations happen under one hold of the
+ * mmap lock, so concurrent first gets register the tlb half once.
+ */
 long nk_mm_get(struct mm_struct *mm, struct nk_mm **out)
 {
-	struct mmu_notifier *mn = mmu_notifier_get(&nk_ops, mm);
+	struct mmu_notifier *mn;
+	struct nk_mm *m;
+	int ret = 0;
 
-	if (IS_ERR(mn))
+	mmap_write_lock(mm);
+	mn = mmu_notifier_get_locked(&nk_ops, mm);
+	if (IS_ERR(mn)) {
+		mmap_write_unlock(mm);
 		return PTR_ERR(mn);
-	*out = to_nk(mn);
+	}
+	m = to_nk(mn);
+	if (!m->tlb_registered) {
+		m->tlb_mn.ops = &nk_tlb_ops;
+		ret = __mmu_notifier_register(&m->tlb_mn, mm);
+		if (!ret)
+			m->tlb_registered = true;
+	}
+	mmap_write_unlock(mm);
+	if (ret) {
+		mmu_notifier_put(mn);
+		return ret;
+	}
+	*out = m;
 	return 0;
 }
 
@@ -224,4 +256,52 @@ int nk_touch_user(unsigned long addr)
 bool nk_mmget_not_zero(struct mm_struct *mm)
 {
 	return mmget_not_zero(mm);
+}
+
+struct nk_worker {
+	struct mm_struct *mm;
+	void (*fn)(void *arg);
+	void *arg;
+	struct completion done;
+};
+
+static int nk_worker_fn(void *p)
+{
+	struct nk_worker *w = p;
+
+	kthread_use_mm(w->mm);
+	w->fn(w->arg);
+	kthread_unuse_mm(w->mm);
+	/* The joiner may free `w` once this returns: touch nothing after it. */
+	complete(&w->done);
+	return 0;
+}
+
+/*
+ * Run fn(args[i]) on n kthreads at once, each working in `mm` (kthread_use_mm), and
+ * wait for all. The caller keeps `mm` alive. Returns how many could be started; the
+ * ones that could not are not run.
+ */
+int nk_run_on_mm(struct mm_struct *mm, void (*fn)(void *), void **args, int n)
+{
+	struct nk_worker w[8];
+	int i, started = 0;
+
+	if (n > ARRAY_SIZE(w))
+		n = ARRAY_SIZE(w);
+	for (i = 0; i < n; i++) {
+		struct task_struct *t;
+
+		w[i].mm = mm;
+		w[i].fn = fn;
+		w[i].arg = args[i];
+		init_completion(&w[i].done);
+		t = kthread_run(nk_worker_fn, &w[i], "notifier_kmod/%d", i);
+		if (IS_ERR(t))
+			break;
+		started++;
+	}
+	for (i = 0; i < started; i++)
+		wait_for_completion(&w[i].done);
+	return started;
 }

@@ -23,7 +23,9 @@ void nk_layout(void)
 	OFFSET(RANGE_EVENT, mmu_notifier_range, event);
 	OFFSET(RANGE_OWNER, mmu_notifier_range, owner);
 	DEFINE(MMU_NOTIFIER_SIZE, sizeof(struct mmu_notifier));
+	OFFSET(NK_MM_TLB_MN, nk_mm, tlb_mn);
 	OFFSET(NK_MM_FREE_WORK, nk_mm, free_work);
+	OFFSET(NK_MM_TLB_REGISTERED, nk_mm, tlb_registered);
 	DEFINE(NK_MM_SIZE, sizeof(struct nk_mm));
 	DEFINE(SPINLOCK_SIZE, sizeof(spinlock_t));
 	DEFINE(SPINLOCK_ALIGN, __alignof__(spinlock_t));

@@ -36,12 +36,15 @@ extern "C" {
     fn nk_mmget_not_zero(mm: *mut bindings::mm_struct) -> bool;
 }
 
-/// `struct nk_mm` of `nk.h`: the kernel's `mmu_notifier` and the work item that frees
-/// the forwarder.
+/// `struct nk_mm` of `nk.h`: the kernel's two `mmu_notifier`s (Linux wants
+/// `arch_invalidate_secondary_tlbs` on a subscription of its own) and the work item
+/// that frees the forwarder. Only C touches it.
 #[repr(C)]
 pub(crate) struct NkMmHead {
     mn: bindings::mmu_notifier,
+    tlb_mn: bindings::mmu_notifier,
     free_work: bindings::work_struct,
+    tlb_registered: bool,
 }
 
 // The C and Rust views of the forwarder's head must agree (checked at build time).
@@ -50,7 +53,9 @@ const _: () = assert!(
     "layout mismatch: struct mmu_notifier"
 );
 const _: () = assert!(
-    core::mem::offset_of!(NkMmHead, free_work) == layout::NK_MM_FREE_WORK,
+    core::mem::offset_of!(NkMmHead, tlb_mn) == layout::NK_MM_TLB_MN
+        && core::mem::offset_of!(NkMmHead, free_work) == layout::NK_MM_FREE_WORK
+        && core::mem::offset_of!(NkMmHead, tlb_registered) == layout::NK_MM_TLB_REGISTERED,
     "layout mismatch: struct nk_mm"
 );
 const _: () = assert!(
@@ -145,8 +150,9 @@ pub(crate) extern "C" fn nk_rust_mm_alloc() -> *mut NkMmHead {
     };
     let p = p.cast::<MmState>().as_ptr();
     // SAFETY: `p` is fresh memory for an `MmState`; each field is written in place (the
-    // table is too large for the stack). The kernel fills `mn` in after we return; the
-    // work item is initialised when it is queued. A zeroed head is valid for both.
+    // table is too large for the stack). The kernel fills `mn` in after we return, C
+    // fills `tlb_mn` before registering it, the work item is initialised when it is
+    // queued; a zeroed head (`tlb_registered == false`) is valid for all three.
     // INVARIANT: every slot starts `FREE`.
     unsafe {
         ptr::addr_of_mut!((*p).head).write_bytes(0, 1);

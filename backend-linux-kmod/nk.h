@@ -15,9 +15,16 @@
  * state after it (`mm::MmState`), so only Rust knows the whole size.
  */
 struct nk_mm {
+	/* start/end, the young calls, release; reference-counted (get/put). */
 	struct mmu_notifier mn;
+	/*
+	 * arch_invalidate_secondary_tlbs only: Linux refuses one subscription with both
+	 * kinds. Registered with the first get, unregistered before the free.
+	 */
+	struct mmu_notifier tlb_mn;
 	/* The free is deferred to process context: see nk_free_notifier(). */
 	struct work_struct free_work;
+	bool tlb_registered;
 };
 
 /* Kinds of young calls forwarded by nk_rust_young(). */
@@ -54,5 +61,6 @@ int nk_init(void);
 void nk_exit(void);
 int nk_touch_user(unsigned long addr);
 bool nk_mmget_not_zero(struct mm_struct *mm);
+int nk_run_on_mm(struct mm_struct *mm, void (*fn)(void *), void **args, int n);
 
 #endif

@@ -13,7 +13,7 @@ use core::pin::Pin;
 use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use kernel::bindings;
-use kernel::ffi::{c_int, c_ulong};
+use kernel::ffi::{c_int, c_ulong, c_void};
 use kernel::prelude::*;
 use notifier_core::{
     Error as CoreError, Event, Interval, IntervalOps, IntervalSubscriber, Range, Subscriber,
@@ -23,8 +23,16 @@ use notifier_core::{
 use crate::mm::{Mm, MmNotifier, FORWARDERS, FORWARD_ERRORS};
 use crate::platform::Kernel;
 
+// `mm_struct` is only passed by pointer; rustc flags a field type deep inside it.
+#[allow(improper_ctypes)]
 extern "C" {
     fn nk_touch_user(addr: c_ulong) -> c_int;
+    fn nk_run_on_mm(
+        mm: *mut bindings::mm_struct,
+        f: unsafe extern "C" fn(*mut c_void),
+        args: *mut *mut c_void,
+        n: c_int,
+    ) -> c_int;
 }
 
 const PAGE: usize = bindings::PAGE_SIZE;
@@ -307,6 +315,75 @@ fn list_cases(mmn: &MmNotifier) -> core::result::Result<(), ()> {
     Ok(())
 }
 
+/// What one kthread of the concurrency case does: map, fault in, unmap, many times.
+struct Churn {
+    rounds: usize,
+    failures: AtomicUsize,
+}
+
+unsafe extern "C" fn churn(arg: *mut c_void) {
+    // SAFETY: `arg` is a `Churn` that `concurrency_case` keeps alive until every
+    // worker has returned.
+    let c = unsafe { &*arg.cast::<Churn>() };
+    for _ in 0..c.rounds {
+        let ok = map(2).and_then(|a| {
+            touch(a)?;
+            touch(a + PAGE)?;
+            unmap(a, 2 * PAGE)
+        });
+        if ok.is_err() {
+            c.failures.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+fn concurrency_case(mmn: &MmNotifier, mm: &Mm) {
+    let sub = pin!(Subscriber::<Recorder, Kernel>::new(Recorder::new()));
+    let sub = sub.into_ref();
+    case(
+        "C-02/C-07 unmaps racing on 3 tasks of one mm: every start gets its end",
+        (|| {
+            let r = sub.register(mmn);
+            ensure!(r.is_ok(), "register: {:?}", r);
+            const WORKERS: usize = 2;
+            const ROUNDS: usize = 40;
+            let churns: [Churn; WORKERS] = core::array::from_fn(|_| Churn {
+                rounds: ROUNDS,
+                failures: AtomicUsize::new(0),
+            });
+            let mut args: [*mut c_void; WORKERS] =
+                core::array::from_fn(|i| (&churns[i] as *const Churn).cast_mut().cast());
+            let me = Churn {
+                rounds: ROUNDS,
+                failures: AtomicUsize::new(0),
+            };
+            // Workers on kthreads that adopt this mm, and this task at the same time.
+            // SAFETY: `mm` is the current task's (alive); `churns` outlive the call,
+            // which waits for every worker.
+            let started = unsafe {
+                nk_run_on_mm(mm.as_raw(), churn, args.as_mut_ptr(), WORKERS as c_int)
+            };
+            // SAFETY: `me` is alive for the call.
+            unsafe { churn((&me as *const Churn).cast_mut().cast()) };
+            ensure!(started == WORKERS as c_int, "started {} of {} kthreads", started, WORKERS);
+            let failures: usize = churns
+                .iter()
+                .map(|c| c.failures.load(Ordering::Relaxed))
+                .sum::<usize>()
+                + me.failures.load(Ordering::Relaxed);
+            ensure!(failures == 0, "{} map/touch/unmap rounds failed", failures);
+            let r = sub.unregister();
+            ensure!(r.is_ok(), "unregister: {:?}", r);
+            let (s, e) = (sub.starts.load(Ordering::Relaxed), sub.ends.load(Ordering::Relaxed));
+            ensure!(s >= (WORKERS + 1) * ROUNDS, "only {} starts for {} unmaps", s, (WORKERS + 1) * ROUNDS);
+            ensure!(s == e, "{} starts but {} ends", s, e);
+            ensure!(sub.unpaired.load(Ordering::Relaxed) == 0, "an end without its start");
+            ensure!(!sub.overflow.load(Ordering::Relaxed), "too many open ranges");
+            Ok(())
+        })(),
+    );
+}
+
 fn interval_cases(mmn: &MmNotifier) {
     let iv = pin!(IntervalSubscriber::<Mirror, Kernel>::new(Mirror {
         invalidations: AtomicUsize::new(0),
@@ -343,31 +420,36 @@ fn interval_cases(mmn: &MmNotifier) {
 /// The cases run while the module loads, in `insmod`'s context.
 pub(crate) fn run_at_init() -> Result<AtExit> {
     pr_info!("in-kernel tests on the mm of the loading task (core mode)\n");
-    let mmn = Mm::with_current(|mm| match mm {
-        Some(mm) => MmNotifier::get(mm),
-        None => Err(EINVAL),
-    });
-    case(
-        "the forwarding mmu_notifier is registered on the current mm",
-        match &mmn {
-            Ok(_) => Ok(()),
-            Err(e) => {
-                pr_info!("  why: mmu_notifier_get: {:?}\n", e);
-                Err(())
-            }
-        },
-    );
-    let mmn = mmn?;
-    let _ = list_cases(&mmn);
-    interval_cases(&mmn);
+    Mm::with_current(|mm| {
+        let mmn = match mm {
+            Some(mm) => MmNotifier::get(mm),
+            None => Err(EINVAL),
+        };
+        case(
+            "the forwarding mmu_notifier is registered on the current mm",
+            match &mmn {
+                Ok(_) => Ok(()),
+                Err(e) => {
+                    pr_info!("  why: mmu_notifier_get: {:?}\n", e);
+                    Err(())
+                }
+            },
+        );
+        let (Some(mm), Ok(mmn)) = (mm, mmn) else {
+            return Err(EINVAL);
+        };
+        let _ = list_cases(&mmn);
+        interval_cases(&mmn);
+        concurrency_case(&mmn, mm);
 
-    let sub = KBox::pin(Subscriber::new(Recorder::new()), GFP_KERNEL)?;
-    let r = sub.as_ref().register(&mmn);
-    case(
-        "a subscriber stays registered until insmod exits",
-        if r.is_ok() { Ok(()) } else { Err(()) },
-    );
-    Ok(AtExit { mm: mmn, sub })
+        let sub = KBox::pin(Subscriber::new(Recorder::new()), GFP_KERNEL)?;
+        let r = sub.as_ref().register(&mmn);
+        case(
+            "a subscriber stays registered until insmod exits",
+            if r.is_ok() { Ok(()) } else { Err(()) },
+        );
+        Ok(AtExit { mm: mmn, sub })
+    })
 }
 
 impl AtExit {
