@@ -190,6 +190,27 @@ fn sh(cmd: &mut Command) -> Result<()> {
     }
 }
 
+/// Run `cmd` with its output in `log`; on failure print the log's tail.
+fn sh_logged(cmd: &mut Command, log: &Path) -> Result<()> {
+    eprintln!("+ {cmd:?} > {}", log.display());
+    let f = fs::File::create(log).map_err(|e| format!("{}: {e}", log.display()))?;
+    let f2 = f.try_clone().map_err(|e| e.to_string())?;
+    let st = cmd
+        .stdout(f)
+        .stderr(f2)
+        .status()
+        .map_err(|e| format!("{cmd:?}: {e}"))?;
+    if st.success() {
+        return Ok(());
+    }
+    let text = fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    for l in &lines[lines.len().saturating_sub(60)..] {
+        eprintln!("{l}");
+    }
+    Err(format!("{cmd:?} exited with {st} (log: {})", log.display()))
+}
+
 /// Run `cmd` and return its standard output.
 fn output(cmd: &mut Command) -> Result<String> {
     let o = cmd
@@ -392,9 +413,16 @@ fn ensure_kernel(opts: &Options, root: &Path, bindgen_dir: &Path) -> Result<Path
         sh(kernel_make(&kdir, bindgen_dir).arg("rustavailable"))?;
         touch(&kdir.join(CONFIGURED_STAMP))?;
     }
-    step("building the kernel (about 10 minutes on 2 cores)");
+    let log = kdir.join("build.log");
+    step(&format!(
+        "building the kernel (10 to 20 minutes on 2 cores; log: {})",
+        log.display()
+    ));
     let jobs = std::thread::available_parallelism().map_or(2, |n| n.get());
-    sh(kernel_make(&kdir, bindgen_dir).arg(format!("-j{jobs}")))?;
+    sh_logged(
+        kernel_make(&kdir, bindgen_dir).arg(format!("-j{jobs}")),
+        &log,
+    )?;
     touch(&kdir.join(BUILT_STAMP))?;
     step(&format!("kernel built in {:.0?}", t0.elapsed()));
     Ok(kdir)
