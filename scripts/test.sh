@@ -44,7 +44,9 @@ fi
 if ! skip miri; then
   stage "miri"
   CARGO_TARGET_DIR=target/miri cargo +nightly miri setup >/dev/null
-  CARGO_TARGET_DIR=target/miri cargo +nightly miri test -p notifier-core
+  # Isolation off: the differential test reads its corpus from fuzz/corpus.
+  MIRIFLAGS="-Zmiri-disable-isolation" CARGO_TARGET_DIR=target/miri \
+    cargo +nightly miri test -p notifier-core
 fi
 
 echo

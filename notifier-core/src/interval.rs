@@ -281,6 +281,7 @@ impl<P: Platform> Interval<P> {
     unsafe fn tree_insert(root: *mut Self, n: *mut Self) -> *mut Self {
         // SAFETY: see `update`.
         let node = unsafe { &*n };
+        // SAFETY: see `update`.
         let Some(r) = (unsafe { root.as_ref() }) else {
             node.left.store(ptr::null_mut(), Ordering::Relaxed);
             node.right.store(ptr::null_mut(), Ordering::Relaxed);

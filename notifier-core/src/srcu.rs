@@ -193,13 +193,16 @@ impl Readers {
         slot.unlock[token.0].fetch_add(1, Ordering::Release);
     }
 
-    fn idle(&self, idx: usize) -> bool {
+    fn idle<P: Platform>(&self, idx: usize) -> bool {
         let mut unlocks = 0usize;
         for s in &self.slots {
             unlocks = unlocks.wrapping_add(s.unlock[idx].load(Ordering::Acquire));
         }
         // A: every unlock counted above happened before the locks counted below are read.
-        crate::primitive::fence(Ordering::SeqCst);
+        // The platform's writer barrier, not a plain fence: it is what pairs with a
+        // reader barrier that is only a compiler fence (asymmetric barriers), as Linux's
+        // `srcu_readers_active_idx_check` uses `smp_mb()` paired with the readers'.
+        P::writer_barrier();
         let mut locks = 0usize;
         for s in &self.slots {
             locks = locks.wrapping_add(s.lock[idx].load(Ordering::Relaxed));
@@ -209,7 +212,7 @@ impl Readers {
 
     fn wait_idle<P: Platform>(&self, idx: usize) {
         let mut spins = 0u32;
-        while !self.idle(idx) {
+        while !self.idle::<P>(idx) {
             spins = spins.saturating_add(1);
             if spins < 64 {
                 crate::primitive::spin_hint();

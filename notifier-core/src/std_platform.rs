@@ -110,10 +110,12 @@ impl Platform for StdPlatform {
         &RCU
     }
 
+    #[inline]
     fn slot() -> usize {
         TASK.with(|t| *t)
     }
 
+    #[inline]
     fn current_task() -> usize {
         TASK.with(|t| *t)
     }
@@ -139,16 +141,19 @@ impl Platform for StdPlatform {
         std::thread::yield_now();
     }
 
+    #[inline]
     fn might_sleep() {
         if Self::in_non_block() {
             SLEEP_VIOLATIONS.fetch_add(1, Ordering::Relaxed);
         }
     }
 
+    #[inline]
     fn non_block_start() {
         NON_BLOCK.with(|c| c.set(c.get() + 1));
     }
 
+    #[inline]
     fn non_block_end() {
         NON_BLOCK.with(|c| c.set(c.get().saturating_sub(1)));
     }

@@ -142,14 +142,20 @@ impl<P: Platform> Drop for SleepGuard<'_, P> {
 
 /// Sleep until a condition holds (Linux: `wait_queue_head_t` with `wait_event` and
 /// `wake_up_all`), built on the platform's address-keyed wait.
+///
+/// Waking checks for sleepers first (Linux: `wq_has_sleeper`), so the invalidation path
+/// that ends every interval invalidation pays no call into the platform when nobody
+/// waits.
 pub(crate) struct WaitQueue {
     epoch: AtomicU32,
+    sleepers: AtomicU32,
 }
 
 impl WaitQueue {
     pub(crate) fn new() -> Self {
         WaitQueue {
             epoch: AtomicU32::new(0),
+            sleepers: AtomicU32::new(0),
         }
     }
 
@@ -157,19 +163,26 @@ impl WaitQueue {
     pub(crate) fn wait_until<P: Platform>(&self, mut cond: impl FnMut() -> bool) {
         loop {
             let e = self.epoch.load(Ordering::Acquire);
-            // Pairs with the fence in `wake_all`: either `cond` sees the waker's change,
-            // or the waker's epoch increment comes after our load, and `wait` returns.
+            // Announce ourselves before checking: pairs with the fence in `wake_all`,
+            // which changes the condition, fences, then reads `sleepers`. Either the
+            // waker sees us (and bumps `epoch`, so `wait` returns), or we see its change.
+            self.sleepers.fetch_add(1, Ordering::Relaxed);
             fence(Ordering::SeqCst);
             if cond() {
+                self.sleepers.fetch_sub(1, Ordering::Relaxed);
                 return;
             }
             P::wait(&self.epoch, e);
+            self.sleepers.fetch_sub(1, Ordering::Relaxed);
         }
     }
 
     /// Wake every waiter; the condition must already be changed.
     pub(crate) fn wake_all<P: Platform>(&self) {
         fence(Ordering::SeqCst);
+        if self.sleepers.load(Ordering::Relaxed) == 0 {
+            return;
+        }
         self.epoch.fetch_add(1, Ordering::Release);
         P::wake_all(&self.epoch);
     }

@@ -15,6 +15,8 @@ fn c16_c17_differential_corpus() {
         .map(|e| e.unwrap().path())
         .collect();
     entries.sort();
+    // Miri interprets every step: a few inputs there, all of them natively.
+    entries.truncate(if cfg!(miri) { 4 } else { usize::MAX });
     for path in entries {
         let data = std::fs::read(&path).unwrap();
         let r = std::panic::catch_unwind(|| driver::run(&data));
