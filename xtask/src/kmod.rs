@@ -42,6 +42,8 @@ const PACKAGES: &[&str] = &[
     "bc",
     "libelf-dev",
     "libssl-dev",
+    "libc6-dev",
+    "cpio",
     "busybox-static",
 ];
 /// QEMU comes from bookworm-backports (the machine's qemu-utils is that version).
@@ -266,7 +268,8 @@ fn ensure_packages() -> Result<()> {
     let apt = |extra: &[&str], pkgs: &[&str]| {
         sh(Command::new("apt-get")
             .env("DEBIAN_FRONTEND", "noninteractive")
-            .args(["install", "-y", "-q", "--no-install-recommends"])
+            // With recommends, as measured: the kernel build relies on some of them.
+            .args(["install", "-y", "-q"])
             .args(extra)
             .args(pkgs))
     };
