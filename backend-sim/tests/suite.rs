@@ -1,0 +1,35 @@
+//! The conformance suite on the simulator: deterministic over several seeds, and with
+//! real threads. Every case must pass (none is skipped: the simulator has every
+//! capability).
+
+use backend_sim::SimHarness;
+use notifier_conformance::{run, Config};
+
+fn run_on(h: &SimHarness) {
+    let mut out = String::new();
+    let sum = run(h, &Config::default(), &mut out);
+    println!("{out}");
+    println!("stats: {:?}", h.stats());
+    assert_eq!(
+        sum.failed,
+        0,
+        "failed cases {:?} (seed {:?})\n{out}",
+        sum.failed_cases(),
+        h.seed()
+    );
+    assert_eq!(sum.skipped, 0, "skipped cases\n{out}");
+    assert_eq!(sum.passed, 17, "{out}");
+    assert!(!h.livelocked());
+}
+
+#[test]
+fn deterministic_seeds() {
+    for seed in [1u64, 2, 0xC0FFEE] {
+        run_on(&SimHarness::deterministic(seed));
+    }
+}
+
+#[test]
+fn threads() {
+    run_on(&SimHarness::threads());
+}
