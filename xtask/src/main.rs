@@ -10,6 +10,7 @@
 use std::process::ExitCode;
 
 mod bench_report;
+mod hermit;
 mod kmod;
 
 fn usage() -> ExitCode {
@@ -28,6 +29,7 @@ fn main() -> ExitCode {
     match cmd.as_str() {
         "bench-report" => bench_report::main(&rest),
         "kmod" => kmod::main(&rest),
+        "hermit" => hermit::main(&rest),
         "-h" | "--help" | "help" => {
             usage();
             ExitCode::SUCCESS

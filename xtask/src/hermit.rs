@@ -1,0 +1,457 @@
+//! `cargo xtask hermit` (issue #6): the core inside a real Hermit unikernel.
+//!
+//! From nothing, in order, each step skipped when its result is already there:
+//!
+//! 1. Prerequisites: the nightly toolchain's `rust-src` and `llvm-tools`, the
+//!    `x86_64-unknown-none` target, and QEMU (from bookworm-backports, as `kmod` does).
+//! 2. The kernel source: `hermit-kernel` 0.11.0 from crates.io, fetched by cargo through
+//!    a throwaway manifest (the `hermit` crate's own build script downloads from a site
+//!    this machine cannot reach).
+//! 3. A copy in the cache (`/var/cache/notifier-hermit` or `$NOTIFIER_HERMIT_CACHE`),
+//!    keyed by the version and a hash of `backend-hermit/kernel/mmu-notifier.patch` and
+//!    of [`RECIPE`], with the two build fixes and the project's notifier patch applied.
+//! 4. The kernel built for `x86_64-unknown-none` with the features Hermit's `mmap`
+//!    syscalls need.
+//! 5. The post-processing the upstream build tool does: every global symbol but the
+//!    kernel's interface (`sys_*`, `_start`, `__bss_start`, `mcount`, `runtime_entry`)
+//!    is prefixed so that it cannot clash with the application's, and every archive
+//!    member is marked with the Hermit ELF OS ABI (0xff). Result: `libhermit.a`.
+//! 6. (Not done yet: the multiboot loader, the suite image and the QEMU run; the command
+//!    fails there unless `--kernel-only` is given, so it never reports a run that did
+//!    not happen.)
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::time::Instant;
+
+/// The kernel crate and version the patch is written against.
+const KERNEL_CRATE: &str = "hermit-kernel";
+const KERNEL_VERSION: &str = "0.11.0";
+/// The features the backend needs (`mmap` provides `sys_mmap`/`sys_munmap`/`sys_mprotect`).
+const KERNEL_FEATURES: &str = "acpi pci smp fsgsbase mmap";
+/// How the kernel is built, hashed into the cache key with the patch: change it when the
+/// recipe changes.
+const RECIPE: &str = "notifier-hermit kernel recipe 1: fixes image-base + unsafe(naked); \
+nightly --release x86_64-unknown-none -Zmutable-noalias=no; prefix non-interface symbols; OSABI 0xff\n";
+/// The project's kernel patch, relative to the workspace root.
+const PATCH: &str = "backend-hermit/kernel/mmu-notifier.patch";
+/// Files whose `#[naked]` attributes the current nightly wants written `#[unsafe(naked)]`.
+const NAKED_FILES: &[&str] = &[
+    "src/syscalls/table.rs",
+    "src/arch/x86_64/kernel/switch.rs",
+    "src/arch/x86_64/kernel/start.rs",
+    "src/arch/x86_64/kernel/syscall.rs",
+    "src/arch/x86_64/kernel/scheduler.rs",
+];
+/// Symbols the kernel exports to the application; every other one is prefixed.
+const KEEP_PREFIXES: &[&str] = &["sys_"];
+const KEEP_EXACT: &[&str] = &["_start", "__bss_start", "mcount", "runtime_entry"];
+const SYMBOL_PREFIX: &str = "_hermit_kernel_";
+/// The symbol the project's patch adds; the post-processed archive must export it.
+const HOOK_SYMBOL: &str = "sys_mmu_notifier_register";
+const BACKPORTS_SOURCES: &str = "/etc/apt/sources.list.d/bookworm-backports.sources";
+
+struct Options {
+    install: bool,
+    kernel_only: bool,
+    cache: PathBuf,
+}
+
+fn usage() {
+    eprintln!(
+        "usage: cargo xtask hermit [--no-install] [--kernel-only]\n\
+         \n\
+         Fetches hermit-kernel {KERNEL_VERSION}, applies backend-hermit's notifier patch,\n\
+         builds and post-processes it into libhermit.a. --kernel-only stops there (and\n\
+         checks the archive's exports). Cache: $NOTIFIER_HERMIT_CACHE or\n\
+         /var/cache/notifier-hermit."
+    );
+}
+
+pub fn main(args: &[String]) -> ExitCode {
+    let mut opts = Options {
+        install: true,
+        kernel_only: false,
+        cache: std::env::var_os("NOTIFIER_HERMIT_CACHE")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("/var/cache/notifier-hermit")),
+    };
+    for a in args {
+        match a.as_str() {
+            "--no-install" => opts.install = false,
+            "--kernel-only" => opts.kernel_only = true,
+            "-h" | "--help" => {
+                usage();
+                return ExitCode::SUCCESS;
+            }
+            other => {
+                eprintln!("xtask hermit: unknown option `{other}`");
+                usage();
+                return ExitCode::from(2);
+            }
+        }
+    }
+    match run(&opts) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask hermit: FAILED: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+type Result<T> = std::result::Result<T, String>;
+
+fn run(opts: &Options) -> Result<()> {
+    let root = workspace_root()?;
+    let t0 = Instant::now();
+    if opts.install {
+        step("prerequisites");
+        install()?;
+    }
+    fs::create_dir_all(&opts.cache).map_err(|e| format!("{}: {e}", opts.cache.display()))?;
+
+    let patch = fs::read(root.join(PATCH)).map_err(|e| format!("{PATCH}: {e}"))?;
+    let key = format!(
+        "{KERNEL_CRATE}-{KERNEL_VERSION}-{:016x}",
+        fnv1a(&[RECIPE.as_bytes(), &patch].concat())
+    );
+    let tree = opts.cache.join(&key);
+    let lib = tree.join("libhermit.a");
+    if lib.exists() {
+        step(&format!("kernel: cached {}", lib.display()));
+    } else {
+        step(&format!("kernel source: {KERNEL_CRATE} {KERNEL_VERSION}"));
+        let src = fetch_kernel(&opts.cache)?;
+        step(&format!("patching into {}", tree.display()));
+        prepare_tree(&src, &tree, &root.join(PATCH))?;
+        step("building the kernel (about 70 s from clean)");
+        let raw = build_kernel(&tree)?;
+        step("post-processing into libhermit.a");
+        postprocess(&raw, &lib)?;
+    }
+    check_exports(&lib)?;
+    println!(
+        "hermit: kernel ready: {} ({:.0} s)",
+        lib.display(),
+        t0.elapsed().as_secs_f64()
+    );
+    if opts.kernel_only {
+        return Ok(());
+    }
+    Err(
+        "the multiboot loader and the suite image are not written yet (issue #6, \
+         steps b and c): no conformance run happened"
+            .into(),
+    )
+}
+
+fn step(what: &str) {
+    println!("=== hermit: {what}");
+}
+
+fn workspace_root() -> Result<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    dir.parent()
+        .map(Path::to_path_buf)
+        .ok_or_else(|| "no workspace root".into())
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+fn sh(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().map_err(|e| format!("{cmd:?}: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{cmd:?} exited with {status}"))
+    }
+}
+
+fn output(cmd: &mut Command) -> Result<String> {
+    let out = cmd.output().map_err(|e| format!("{cmd:?}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{cmd:?} exited with {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    String::from_utf8(out.stdout).map_err(|e| format!("{cmd:?}: {e}"))
+}
+
+fn install() -> Result<()> {
+    sh(Command::new("rustup").args([
+        "component",
+        "add",
+        "rust-src",
+        "llvm-tools",
+        "--toolchain",
+        "nightly",
+    ]))?;
+    sh(Command::new("rustup").args([
+        "target",
+        "add",
+        "x86_64-unknown-none",
+        "--toolchain",
+        "nightly",
+    ]))?;
+    if Command::new("qemu-system-x86_64")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        return Ok(());
+    }
+    if !Path::new(BACKPORTS_SOURCES).exists() {
+        // The same mirror as the machine's own sources, with the backports suite.
+        let main = fs::read_to_string("/etc/apt/sources.list.d/debian.sources")
+            .map_err(|e| format!("reading the Debian sources: {e}"))?;
+        let uri = main
+            .lines()
+            .find_map(|l| l.strip_prefix("URIs:"))
+            .map(str::trim)
+            .ok_or("no URIs: line in debian.sources")?;
+        fs::write(
+            BACKPORTS_SOURCES,
+            format!(
+                "Types: deb\nURIs: {uri}\nSuites: bookworm-backports\nComponents: main\n\
+                 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n"
+            ),
+        )
+        .map_err(|e| format!("{BACKPORTS_SOURCES}: {e}"))?;
+    }
+    sh(Command::new("apt-get").arg("update"))?;
+    sh(Command::new("apt-get").args([
+        "install",
+        "-y",
+        "-t",
+        "bookworm-backports",
+        "qemu-system-x86",
+    ]))
+}
+
+/// Fetches the kernel crate with cargo and returns where cargo unpacked it.
+fn fetch_kernel(cache: &Path) -> Result<PathBuf> {
+    let dir = cache.join("fetch");
+    fs::create_dir_all(dir.join("src")).map_err(|e| format!("{}: {e}", dir.display()))?;
+    fs::write(
+        dir.join("Cargo.toml"),
+        format!(
+            "[package]\nname = \"fetch-hermit-kernel\"\nversion = \"0.0.0\"\nedition = \"2021\"\n\
+             [dependencies]\n{KERNEL_CRATE} = {{ version = \"={KERNEL_VERSION}\", default-features = false }}\n\
+             [workspace]\n"
+        ),
+    )
+    .map_err(|e| format!("{}: {e}", dir.display()))?;
+    fs::write(dir.join("src/lib.rs"), "").map_err(|e| e.to_string())?;
+    sh(Command::new("cargo")
+        .args(["+nightly", "fetch", "--manifest-path"])
+        .arg(dir.join("Cargo.toml")))?;
+    let home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .ok_or("neither CARGO_HOME nor HOME is set")?;
+    let registry = home.join("registry/src");
+    let want = format!("{KERNEL_CRATE}-{KERNEL_VERSION}");
+    for index in fs::read_dir(&registry).map_err(|e| format!("{}: {e}", registry.display()))? {
+        let p = index.map_err(|e| e.to_string())?.path().join(&want);
+        if p.join("Cargo.toml").exists() {
+            return Ok(p);
+        }
+    }
+    Err(format!(
+        "cargo fetched {want} but it is not under {}",
+        registry.display()
+    ))
+}
+
+/// Copies the pristine source to `tree` and applies the build fixes and the project's
+/// patch. A half-prepared tree is removed first.
+fn prepare_tree(src: &Path, tree: &Path, patch: &Path) -> Result<()> {
+    let stamp = tree.join(".notifier-hermit-patched");
+    if stamp.exists() {
+        return Ok(());
+    }
+    if tree.exists() {
+        fs::remove_dir_all(tree).map_err(|e| format!("{}: {e}", tree.display()))?;
+    }
+    sh(Command::new("cp").arg("-r").arg(src).arg(tree))?;
+    // The crate pins an older nightly; the installed one builds it with the fixes below.
+    let _ = fs::remove_file(tree.join("rust-toolchain.toml"));
+    // Fix 1: LLD 22 refuses the SMP boot code's old layout without an explicit image base.
+    edit(&tree.join("build.rs"), |s| {
+        s.replacen(
+            ".arg(\"--section-start=.text=0x8000\")",
+            ".arg(\"--section-start=.text=0x8000\")\n\t\t.arg(\"--image-base=0x8000\")",
+            1,
+        )
+    })?;
+    // Fix 2: naked functions are `#[unsafe(naked)]` on current nightlies.
+    for f in NAKED_FILES {
+        edit(&tree.join(f), |s| s.replace("#[naked]", "#[unsafe(naked)]"))?;
+    }
+    sh(Command::new("patch")
+        .args(["-p1", "--forward", "--batch", "-d"])
+        .arg(tree)
+        .arg("-i")
+        .arg(patch))?;
+    fs::write(&stamp, RECIPE).map_err(|e| format!("{}: {e}", stamp.display()))
+}
+
+fn edit(path: &Path, f: impl Fn(&str) -> String) -> Result<()> {
+    let s = fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let t = f(&s);
+    if t == s {
+        return Err(format!("{}: build fix did not apply", path.display()));
+    }
+    fs::write(path, t).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+fn build_kernel(tree: &Path) -> Result<PathBuf> {
+    let target = tree.join("target");
+    let log = tree.join("build.log");
+    let logf = fs::File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
+    let status = Command::new("cargo")
+        .current_dir(tree)
+        .env("CARGO_TARGET_DIR", &target)
+        .env("RUSTFLAGS", "-Zmutable-noalias=no")
+        .args([
+            "+nightly",
+            "build",
+            "--release",
+            "--target",
+            "x86_64-unknown-none",
+            "--no-default-features",
+            "--features",
+            KERNEL_FEATURES,
+        ])
+        .stdout(logf.try_clone().map_err(|e| e.to_string())?)
+        .stderr(logf)
+        .status()
+        .map_err(|e| format!("cargo build: {e}"))?;
+    if !status.success() {
+        let text = fs::read_to_string(&log).unwrap_or_default();
+        let tail: Vec<&str> = text.lines().rev().take(40).collect();
+        for l in tail.iter().rev() {
+            eprintln!("{l}");
+        }
+        return Err(format!("kernel build failed (log: {})", log.display()));
+    }
+    Ok(target.join("x86_64-unknown-none/release/libhermit.a"))
+}
+
+fn llvm_tool(name: &str) -> Result<PathBuf> {
+    let sysroot = output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))?;
+    let p = Path::new(sysroot.trim())
+        .join("lib/rustlib/x86_64-unknown-linux-gnu/bin")
+        .join(name);
+    if p.exists() {
+        Ok(p)
+    } else {
+        Err(format!(
+            "{} missing (rustup component llvm-tools)",
+            p.display()
+        ))
+    }
+}
+
+fn keep(sym: &str) -> bool {
+    KEEP_EXACT.contains(&sym) || KEEP_PREFIXES.iter().any(|p| sym.starts_with(p))
+}
+
+/// Global symbols defined in `lib`.
+fn defined_globals(lib: &Path) -> Result<Vec<String>> {
+    let nm = llvm_tool("llvm-nm")?;
+    let out = output(
+        Command::new(nm)
+            .args(["--defined-only", "--extern-only", "--format=just-symbols"])
+            .arg(lib),
+    )?;
+    let mut syms: Vec<String> = out
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.ends_with(':'))
+        .map(String::from)
+        .collect();
+    syms.sort();
+    syms.dedup();
+    Ok(syms)
+}
+
+fn postprocess(raw: &Path, lib: &Path) -> Result<()> {
+    let renames: String = defined_globals(raw)?
+        .into_iter()
+        .filter(|s| !keep(s))
+        .map(|s| format!("{s} {SYMBOL_PREFIX}{s}\n"))
+        .collect();
+    let map = lib.with_extension("redefine");
+    fs::write(&map, renames).map_err(|e| format!("{}: {e}", map.display()))?;
+    let tmp = lib.with_extension("tmp.a");
+    sh(Command::new(llvm_tool("llvm-objcopy")?)
+        .arg(format!("--redefine-syms={}", map.display()))
+        .arg(raw)
+        .arg(&tmp))?;
+    let mut bytes = fs::read(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
+    let marked = set_osabi(&mut bytes)?;
+    if marked == 0 {
+        return Err("no ELF member in the kernel archive".into());
+    }
+    fs::write(&tmp, bytes).map_err(|e| format!("{}: {e}", tmp.display()))?;
+    fs::rename(&tmp, lib).map_err(|e| format!("{}: {e}", lib.display()))?;
+    println!("hermit: {marked} archive members marked with OS ABI 0xff");
+    Ok(())
+}
+
+/// Sets `EI_OSABI` of every ELF member of a `!<arch>` archive to 0xff (standalone, as
+/// Hermit's linker expects) in place; returns how many members it marked.
+fn set_osabi(ar: &mut [u8]) -> Result<usize> {
+    const MAGIC: &[u8] = b"!<arch>\n";
+    if !ar.starts_with(MAGIC) {
+        return Err("not an ar archive".into());
+    }
+    let mut at = MAGIC.len();
+    let mut marked = 0;
+    while at + 60 <= ar.len() {
+        let size: usize = std::str::from_utf8(&ar[at + 48..at + 58])
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .ok_or_else(|| format!("bad archive member header at {at}"))?;
+        let data = at + 60;
+        if data + size > ar.len() {
+            return Err(format!("truncated archive member at {at}"));
+        }
+        if size > 7 && ar[data..data + 4] == *b"\x7fELF" {
+            ar[data + 7] = 0xff;
+            marked += 1;
+        }
+        at = data + size + (size & 1);
+    }
+    Ok(marked)
+}
+
+/// The archive exports the patch's hook and nothing outside the kernel's interface.
+fn check_exports(lib: &Path) -> Result<()> {
+    let syms = defined_globals(lib)?;
+    if !syms.iter().any(|s| s == HOOK_SYMBOL) {
+        return Err(format!("{} does not export {HOOK_SYMBOL}", lib.display()));
+    }
+    let stray: Vec<&String> = syms
+        .iter()
+        .filter(|s| !keep(s) && !s.starts_with(SYMBOL_PREFIX))
+        .take(5)
+        .collect();
+    if !stray.is_empty() {
+        return Err(format!("{} exports {stray:?}", lib.display()));
+    }
+    println!(
+        "hermit: libhermit.a exports {} interface symbols, {HOOK_SYMBOL} among them",
+        syms.iter().filter(|s| keep(s)).count()
+    );
+    Ok(())
+}
