@@ -50,6 +50,9 @@ pub struct KernelMm {
 // SAFETY: `hook` is written only in `attach`, before the kernel learns its address,
 // and read only by the kernel afterwards; everything else is `Sync`.
 unsafe impl Sync for KernelMm {}
+// SAFETY: the only non-`Send` field is the hook's raw `ctx`, which points at the
+// `KernelMm` itself and is used by the kernel only while it is attached.
+unsafe impl Send for KernelMm {}
 
 impl core::fmt::Debug for KernelMm {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
