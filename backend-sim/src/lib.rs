@@ -48,7 +48,9 @@ mod sim_harness;
 
 pub use notifier_conformance::harness;
 
-pub use machine::{event_index, EventHook, SimEvent, SimStats, COW_BREAK_EVENT, PAGE_SIZE, RECLAIM_EVENT};
+pub use machine::{
+    event_index, EventHook, SimEvent, SimStats, COW_BREAK_EVENT, PAGE_SIZE, RECLAIM_EVENT,
+};
 pub use platform::{SimPlatform, SimRawLock};
 pub use sched::{SimGuard, SimLock};
 pub use sim_harness::{Mode, SimConfig, SimHarness};

@@ -27,6 +27,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
+use notifier_core::export::ExportRegistry;
 use notifier_core::{AddressSpace, Event, Invalidation, Platform, Range};
 
 use crate::harness::{Frame, HarnessError, Mm, Pte};
@@ -158,6 +159,11 @@ pub struct SimStats {
     pub reaped: u64,
     /// Address spaces torn down.
     pub teardowns: u64,
+    /// Exports revoked by the free path (`ExportRegistry::before_free`).
+    pub export_revocations: u64,
+    /// Frames kept allocated because an exporter still counted a remote mapping after
+    /// its revocation (an exporter's bug: the page must not be freed).
+    pub frames_held_back: u64,
     /// Calls into the primary MMU from a callback it ran under the same page-table
     /// lock (refused with an error).
     pub reentrant_calls: u64,
@@ -196,6 +202,8 @@ struct StatCounters {
     forks: AtomicU64,
     reaped: AtomicU64,
     teardowns: AtomicU64,
+    export_revocations: AtomicU64,
+    frames_held_back: AtomicU64,
     reentrant_calls: AtomicU64,
 }
 
@@ -224,6 +232,8 @@ impl StatCounters {
             forks: r(&self.forks),
             reaped: r(&self.reaped),
             teardowns: r(&self.teardowns),
+            export_revocations: r(&self.export_revocations),
+            frames_held_back: r(&self.frames_held_back),
             reentrant_calls: r(&self.reentrant_calls),
         }
     }
@@ -473,14 +483,19 @@ struct Freed {
 
 // --- The machine ----------------------------------------------------------------------
 
+/// A chunk of the address-space table, allocated when its first id is handed out.
+type MmChunk = Box<[OnceLock<MmState>]>;
+
 /// The simulated machine.
 pub(crate) struct Machine {
-    mms: Box<[OnceLock<Box<[OnceLock<MmState>]>>]>,
+    mms: Box<[OnceLock<MmChunk>]>,
     next_mm: AtomicUsize,
     frames: SimLock<Frames>,
     swap: SimLock<Swap>,
     stats: StatCounters,
     hook: Mutex<Option<EventHook>>,
+    /// Exporters of physical pages; the free paths call it right before a frame goes.
+    exports: ExportRegistry<SimPlatform>,
     /// The address space `address_space` answers for an unknown handle: torn down, so
     /// that registration on it fails with `Dead`.
     dead: AddressSpace<SimPlatform>,
@@ -522,6 +537,7 @@ impl Machine {
             swap: SimLock::new(Swap::new(swap)),
             stats: StatCounters::default(),
             hook: Mutex::new(None),
+            exports: ExportRegistry::new(),
             dead,
         }
     }
@@ -562,7 +578,11 @@ impl Machine {
     }
 
     fn slot(&self, mm: Mm) -> Option<&MmState> {
-        self.mms.get(mm / MM_CHUNK)?.get()?.get(mm % MM_CHUNK)?.get()
+        self.mms
+            .get(mm / MM_CHUNK)?
+            .get()?
+            .get(mm % MM_CHUNK)?
+            .get()
     }
 
     /// The address space `mm` if it is alive (not torn down).
@@ -666,12 +686,31 @@ impl Machine {
     }
 
     /// Drop the references of removed entries (after `end`): frames whose last
-    /// reference goes are freed.
+    /// reference goes are freed, each right after the export registry was told
+    /// (`before_free`), as Linux's free path would.
     fn release_entries(&self, freed: Freed) {
+        let dying: Vec<Frame> = {
+            let fr = self.frames();
+            freed
+                .frames
+                .iter()
+                .copied()
+                .filter(|&f| fr.slot(f).is_some_and(|s| s.refs == 1))
+                .collect()
+        };
+        let mut keep = Vec::new();
+        for f in dying {
+            if !self.before_free(f) {
+                keep.push(f);
+            }
+        }
         let mut gone = Vec::new();
         {
             let mut fr = self.frames();
             for f in freed.frames {
+                if keep.contains(&f) {
+                    continue;
+                }
                 if fr.put(f) == Some(true) {
                     gone.push(f);
                 }
@@ -687,6 +726,26 @@ impl Machine {
         for f in gone {
             self.emit(SimEvent::FrameFree(f));
         }
+    }
+
+    /// Tell the export registry that `f` is about to be freed (no machine lock held:
+    /// exporters revoke remote mappings and drop their references, through the
+    /// harness). False if the page must not be freed.
+    fn before_free(&self, f: Frame) -> bool {
+        match self.exports.before_free(f.pfn) {
+            Ok(n) => {
+                bump(&self.stats.export_revocations, n as u64);
+                true
+            }
+            Err(_) => {
+                bump(&self.stats.frames_held_back, 1);
+                false
+            }
+        }
+    }
+
+    pub(crate) fn exports(&self) -> &ExportRegistry<SimPlatform> {
+        &self.exports
     }
 
     fn alloc_frame(&self, data: u64) -> Option<Frame> {
@@ -1253,6 +1312,11 @@ impl Machine {
         };
         self.end(mm, inv);
         if done {
+            // The shrink-list step: whoever exported the page revokes and drops its
+            // reference now, mapped in a primary page table or not (C-18..C-21).
+            if !self.before_free(frame) {
+                return Ok(true);
+            }
             self.release_entries(Freed {
                 frames: vec![frame],
                 swap: Vec::new(),
@@ -1298,8 +1362,7 @@ impl Machine {
     /// without notifier brackets (nobody is subscribed any more) and released.
     pub(crate) fn teardown(&self, mm: Mm) {
         let Some(m) = self.slot(mm) else { return };
-        if m
-            .state
+        if m.state
             .compare_exchange(LIVE, TORN_DOWN, Ordering::AcqRel, Ordering::Acquire)
             .is_err()
         {
@@ -1369,7 +1432,9 @@ impl Machine {
 
     /// Every (address space, address) that maps `f`.
     pub(crate) fn mappers(&self, f: Frame) -> Vec<(Mm, usize)> {
-        self.frames().slot(f).map_or_else(Vec::new, |s| s.rmap.clone())
+        self.frames()
+            .slot(f)
+            .map_or_else(Vec::new, |s| s.rmap.clone())
     }
 
     /// Frames not allocated.

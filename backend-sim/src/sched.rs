@@ -98,9 +98,7 @@ fn det_task() -> Option<(Arc<Ctx>, usize)> {
     if id == 0 {
         return None;
     }
-    current()
-        .filter(|c| c.sched.is_some())
-        .map(|c| (c, id))
+    current().filter(|c| c.sched.is_some()).map(|c| (c, id))
 }
 
 /// Whether the current thread is inside a non-blockable region.
@@ -189,10 +187,9 @@ fn park(word: &AtomicU32, expected: u32) {
     if word.load(Ordering::SeqCst) == expected {
         // Bounded, like a futex with a timeout: a waiter whose waker belongs to a
         // deterministic scheduler still makes progress. Never a correctness input.
-        let _ = b
-            .cv
-            .wait_timeout(g, Duration::from_millis(20))
-            .unwrap_or_else(|e| e.into_inner());
+        let _ =
+            b.cv.wait_timeout(g, Duration::from_millis(20))
+                .unwrap_or_else(|e| e.into_inner());
     }
 }
 
@@ -564,7 +561,7 @@ pub(crate) fn run_group(ctx: &Arc<Ctx>, tasks: &[&(dyn Fn() + Sync)]) {
                     return Ok(());
                 };
                 sched.wait_turn(id);
-                let r = panic::catch_unwind(AssertUnwindSafe(|| f()));
+                let r = panic::catch_unwind(AssertUnwindSafe(f));
                 TASK.with(|t| t.set(0));
                 sched.finish(id, group);
                 r

@@ -4,6 +4,7 @@ use std::alloc::Layout;
 use std::ptr::NonNull;
 use std::sync::{Arc, OnceLock};
 
+use notifier_core::export::ExportRegistry;
 use notifier_core::AddressSpace;
 
 use crate::harness::{Cap, Frame, Harness, HarnessError, Mm, Pte};
@@ -282,13 +283,7 @@ impl Harness for SimHarness {
         self.machine.unmap(mm, addr, len)
     }
 
-    fn protect(
-        &self,
-        mm: Mm,
-        addr: usize,
-        len: usize,
-        writable: bool,
-    ) -> Result<(), HarnessError> {
+    fn protect(&self, mm: Mm, addr: usize, len: usize, writable: bool) -> Result<(), HarnessError> {
         self.enter();
         self.machine.protect(mm, addr, len, writable)
     }
@@ -344,6 +339,11 @@ impl Harness for SimHarness {
             .get_or_init(Arena::new)
             .as_ref()
             .map(|a| (a.ptr, Arena::LAYOUT.size()))
+    }
+
+    fn export_registry(&self) -> Option<&ExportRegistry<SimPlatform>> {
+        self.enter();
+        Some(self.machine.exports())
     }
 
     fn bugs_reported(&self) -> usize {
