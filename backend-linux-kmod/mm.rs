@@ -225,7 +225,8 @@ pub(crate) unsafe extern "C" fn nk_rust_start(
         return 0;
     };
     let blockable = kr.flags & bindings::MMU_NOTIFIER_RANGE_BLOCKABLE != 0;
-    let mut range = Range::new(kr.start as usize, kr.end as usize, ev).with_owner(kr.owner as usize);
+    let mut range =
+        Range::new(kr.start as usize, kr.end as usize, ev).with_owner(kr.owner as usize);
     if !blockable {
         range = range.non_blocking();
     }
@@ -269,11 +270,18 @@ pub(crate) unsafe extern "C" fn nk_rust_start(
 ///
 /// `m` is a live forwarder; `r` is the range of a start that returned 0.
 #[no_mangle]
-pub(crate) unsafe extern "C" fn nk_rust_end(m: *mut NkMmHead, r: *const bindings::mmu_notifier_range) {
+pub(crate) unsafe extern "C" fn nk_rust_end(
+    m: *mut NkMmHead,
+    r: *const bindings::mmu_notifier_range,
+) {
     // SAFETY: caller's contract.
     let st = unsafe { MmState::from_head(m) };
     let key = r as usize;
-    let Some(slot) = st.parked.iter().find(|p| p.key.load(Ordering::Acquire) == key) else {
+    let Some(slot) = st
+        .parked
+        .iter()
+        .find(|p| p.key.load(Ordering::Acquire) == key)
+    else {
         // The start was refused as malformed (counted there).
         return;
     };
@@ -289,7 +297,11 @@ pub(crate) unsafe extern "C" fn nk_rust_end(m: *mut NkMmHead, r: *const bindings
 ///
 /// `m` is a live forwarder.
 #[no_mangle]
-pub(crate) unsafe extern "C" fn nk_rust_secondary_tlbs(m: *mut NkMmHead, start: c_ulong, end: c_ulong) {
+pub(crate) unsafe extern "C" fn nk_rust_secondary_tlbs(
+    m: *mut NkMmHead,
+    start: c_ulong,
+    end: c_ulong,
+) {
     // SAFETY: caller's contract.
     let st = unsafe { MmState::from_head(m) };
     // x86 widens a large flush to `[0, TLB_FLUSH_ALL)`: all of user space.

@@ -216,7 +216,11 @@ fn map(pages: usize) -> core::result::Result<usize, ()> {
             0,
         )
     };
-    ensure!(addr < (-4096isize) as usize, "vm_mmap: error {}", addr as isize);
+    ensure!(
+        addr < (-4096isize) as usize,
+        "vm_mmap: error {}",
+        addr as isize
+    );
     Ok(addr)
 }
 
@@ -252,7 +256,11 @@ fn list_cases(mmn: &MmNotifier) -> core::result::Result<(), ()> {
             let r = sub.register(mmn);
             ensure!(r.is_ok(), "register: {:?}", r);
             let r = sub.register(mmn);
-            ensure!(r == Err(CoreError::AlreadyRegistered), "second register: {:?}", r);
+            ensure!(
+                r == Err(CoreError::AlreadyRegistered),
+                "second register: {:?}",
+                r
+            );
             Ok(())
         })(),
     );
@@ -264,19 +272,39 @@ fn list_cases(mmn: &MmNotifier) -> core::result::Result<(), ()> {
             let addr = map(4)?;
             touch(addr + PAGE)?;
             sub.watch(addr + PAGE, addr + 2 * PAGE);
-            let (s0, e0) = (sub.starts.load(Ordering::Relaxed), sub.ends.load(Ordering::Relaxed));
+            let (s0, e0) = (
+                sub.starts.load(Ordering::Relaxed),
+                sub.ends.load(Ordering::Relaxed),
+            );
             unmap(addr, 4 * PAGE)?;
             sub.watch(0, 0);
-            let (s1, e1) = (sub.starts.load(Ordering::Relaxed), sub.ends.load(Ordering::Relaxed));
+            let (s1, e1) = (
+                sub.starts.load(Ordering::Relaxed),
+                sub.ends.load(Ordering::Relaxed),
+            );
             ensure!(
                 sub.unmap_starts.load(Ordering::Relaxed) >= 1,
                 "no start covering the page with Unmap ({} starts)",
                 s1 - s0
             );
-            ensure!(sub.unmap_ends.load(Ordering::Relaxed) >= 1, "no matching end");
-            ensure!(s1 - s0 == e1 - e0, "{} starts but {} ends", s1 - s0, e1 - e0);
-            ensure!(sub.unpaired.load(Ordering::Relaxed) == 0, "an end without its start");
-            ensure!(!sub.overflow.load(Ordering::Relaxed), "too many open ranges");
+            ensure!(
+                sub.unmap_ends.load(Ordering::Relaxed) >= 1,
+                "no matching end"
+            );
+            ensure!(
+                s1 - s0 == e1 - e0,
+                "{} starts but {} ends",
+                s1 - s0,
+                e1 - e0
+            );
+            ensure!(
+                sub.unpaired.load(Ordering::Relaxed) == 0,
+                "an end without its start"
+            );
+            ensure!(
+                !sub.overflow.load(Ordering::Relaxed),
+                "too many open ranges"
+            );
             ensure!(
                 sub.nonblocking_starts.load(Ordering::Relaxed) == 0,
                 "munmap is blockable, a start said otherwise"
@@ -289,7 +317,10 @@ fn list_cases(mmn: &MmNotifier) -> core::result::Result<(), ()> {
     case(
         "invalidate_secondary_tlbs reaches the subscriber when the CPU TLB is flushed",
         (|| {
-            ensure!(tlbs, "no arch_invalidate_secondary_tlbs covering the unmapped page");
+            ensure!(
+                tlbs,
+                "no arch_invalidate_secondary_tlbs covering the unmapped page"
+            );
             Ok(())
         })(),
     );
@@ -299,15 +330,29 @@ fn list_cases(mmn: &MmNotifier) -> core::result::Result<(), ()> {
         (|| {
             let r = sub.unregister();
             ensure!(r.is_ok(), "unregister: {:?}", r);
-            ensure!(sub.releases.load(Ordering::Relaxed) == 1, "releases: {}", sub.releases.load(Ordering::Relaxed));
+            ensure!(
+                sub.releases.load(Ordering::Relaxed) == 1,
+                "releases: {}",
+                sub.releases.load(Ordering::Relaxed)
+            );
             let s0 = sub.starts.load(Ordering::Relaxed);
             let addr = map(2)?;
             touch(addr)?;
             unmap(addr, 2 * PAGE)?;
-            ensure!(sub.starts.load(Ordering::Relaxed) == s0, "called after unregister");
-            ensure!(sub.after_release.load(Ordering::Relaxed) == 0, "a callback after release");
+            ensure!(
+                sub.starts.load(Ordering::Relaxed) == s0,
+                "called after unregister"
+            );
+            ensure!(
+                sub.after_release.load(Ordering::Relaxed) == 0,
+                "a callback after release"
+            );
             let r = sub.unregister();
-            ensure!(r == Err(CoreError::NotRegistered), "second unregister: {:?}", r);
+            ensure!(
+                r == Err(CoreError::NotRegistered),
+                "second unregister: {:?}",
+                r
+            );
             ensure!(sub.releases.load(Ordering::Relaxed) == 1, "released again");
             Ok(())
         })(),
@@ -360,12 +405,16 @@ fn concurrency_case(mmn: &MmNotifier, mm: &Mm) {
             // Workers on kthreads that adopt this mm, and this task at the same time.
             // SAFETY: `mm` is the current task's (alive); `churns` outlive the call,
             // which waits for every worker.
-            let started = unsafe {
-                nk_run_on_mm(mm.as_raw(), churn, args.as_mut_ptr(), WORKERS as c_int)
-            };
+            let started =
+                unsafe { nk_run_on_mm(mm.as_raw(), churn, args.as_mut_ptr(), WORKERS as c_int) };
             // SAFETY: `me` is alive for the call.
             unsafe { churn((&me as *const Churn).cast_mut().cast()) };
-            ensure!(started == WORKERS as c_int, "started {} of {} kthreads", started, WORKERS);
+            ensure!(
+                started == WORKERS as c_int,
+                "started {} of {} kthreads",
+                started,
+                WORKERS
+            );
             let failures: usize = churns
                 .iter()
                 .map(|c| c.failures.load(Ordering::Relaxed))
@@ -374,11 +423,25 @@ fn concurrency_case(mmn: &MmNotifier, mm: &Mm) {
             ensure!(failures == 0, "{} map/touch/unmap rounds failed", failures);
             let r = sub.unregister();
             ensure!(r.is_ok(), "unregister: {:?}", r);
-            let (s, e) = (sub.starts.load(Ordering::Relaxed), sub.ends.load(Ordering::Relaxed));
-            ensure!(s >= (WORKERS + 1) * ROUNDS, "only {} starts for {} unmaps", s, (WORKERS + 1) * ROUNDS);
+            let (s, e) = (
+                sub.starts.load(Ordering::Relaxed),
+                sub.ends.load(Ordering::Relaxed),
+            );
+            ensure!(
+                s >= (WORKERS + 1) * ROUNDS,
+                "only {} starts for {} unmaps",
+                s,
+                (WORKERS + 1) * ROUNDS
+            );
             ensure!(s == e, "{} starts but {} ends", s, e);
-            ensure!(sub.unpaired.load(Ordering::Relaxed) == 0, "an end without its start");
-            ensure!(!sub.overflow.load(Ordering::Relaxed), "too many open ranges");
+            ensure!(
+                sub.unpaired.load(Ordering::Relaxed) == 0,
+                "an end without its start"
+            );
+            ensure!(
+                !sub.overflow.load(Ordering::Relaxed),
+                "too many open ranges"
+            );
             Ok(())
         })(),
     );
@@ -403,15 +466,24 @@ fn interval_cases(mmn: &MmNotifier) {
             unmap(addr + 2 * PAGE, PAGE)?;
             let n = iv.ops().invalidations.load(Ordering::Relaxed);
             ensure!(n == 0, "called {} times for a page outside its interval", n);
-            ensure!(!iv.interval().read_retry(seq), "read_retry true without an invalidation");
+            ensure!(
+                !iv.interval().read_retry(seq),
+                "read_retry true without an invalidation"
+            );
             unmap(addr, PAGE)?;
             let n = iv.ops().invalidations.load(Ordering::Relaxed);
             ensure!(n == 1, "called {} times for its page, want 1", n);
-            ensure!(iv.interval().read_retry(seq), "read_retry false after its page was unmapped");
+            ensure!(
+                iv.interval().read_retry(seq),
+                "read_retry false after its page was unmapped"
+            );
             let r = iv.remove();
             ensure!(r.is_ok(), "remove: {:?}", r);
             unmap(addr, 4 * PAGE)?;
-            ensure!(iv.ops().invalidations.load(Ordering::Relaxed) == 1, "called after remove");
+            ensure!(
+                iv.ops().invalidations.load(Ordering::Relaxed) == 1,
+                "called after remove"
+            );
             Ok(())
         })(),
     );
@@ -463,7 +535,10 @@ impl AtExit {
                 ensure!(n == 1, "releases: {}", n);
                 ensure!(sub.as_ref().is_released(), "core does not mark it released");
                 ensure!(mm.is_dead(), "the core's address space is not torn down");
-                ensure!(sub.after_release.load(Ordering::Relaxed) == 0, "a callback after release");
+                ensure!(
+                    sub.after_release.load(Ordering::Relaxed) == 0,
+                    "a callback after release"
+                );
                 Ok(())
             })(),
         );
