@@ -20,7 +20,10 @@
 //! copy-on-write break of a write fault, reclaim (ageing through the notifiers, then
 //! eviction), the OOM reaper's non-blockable unmap, and exit (`release` first, then
 //! everything unmapped without brackets). Pages removed by an invalidation are released
-//! only after its `end` (C-10).
+//! only after its `end` (C-10). The machine also owns the page-keyed
+//! [`ExportRegistry`](notifier_core::export::ExportRegistry): reclaim calls its
+//! `before_free` for every page it evicts, and the free path for every page whose last
+//! reference goes (C-18..C-21).
 //!
 //! # Two ways to run
 //!
