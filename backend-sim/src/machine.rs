@@ -366,6 +366,19 @@ struct Present {
     cow: bool,
 }
 
+impl Present {
+    /// A new private entry for `frame`, not yet accessed.
+    fn fresh(frame: Frame, writable: bool) -> Self {
+        Present {
+            frame,
+            writable,
+            accessed: false,
+            dirty: false,
+            cow: false,
+        }
+    }
+}
+
 /// A page-table entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Entry {
@@ -879,7 +892,7 @@ impl Machine {
     /// page-table lock with the content copied, the old frame released after `end`. A
     /// page that is mapped but not present is faulted in first.
     pub(crate) fn migrate(&self, mm: Mm, addr: usize) -> Result<Pte, HarnessError> {
-        let (start, end) = page_of(addr)?;
+        let (start, _) = page_of(addr)?;
         let m = self.live(mm)?;
         let _mmap = self.lock_mmap(m)?;
         for _ in 0..RACE_RETRIES {
@@ -893,61 +906,16 @@ impl Machine {
                     continue;
                 }
             };
-            let new = self
-                .alloc_frame(0)
-                .ok_or(HarnessError::Failed("out of frames"))?;
-            let inv = match self.start(mm, m, Range::new(start, end, Event::Migrate)) {
-                Ok(inv) => inv,
-                Err(_) => {
-                    self.release_entries(Freed {
-                        frames: vec![new],
-                        swap: Vec::new(),
-                    });
-                    return Err(HarnessError::Failed("invalidate_range_start failed"));
-                }
-            };
-            let done = {
-                let mut t = m.pt.lock().ok_or_else(reentrant)?;
-                match t.present(start) {
-                    Some(p) if p.frame == old.frame => {
-                        {
-                            let mut fr = self.frames();
-                            let data = fr.slot(p.frame).map_or(0, |s| s.data);
-                            if let Some(s) = fr.slot_mut(new) {
-                                s.data = data;
-                            }
-                            fr.rmap_remove(p.frame, mm, start);
-                            fr.rmap_add(new, mm, start);
-                        }
-                        t.ptes
-                            .insert(start, Entry::Present(Present { frame: new, ..p }));
-                        self.flush(mm, m, start, end);
-                        Some(Pte {
-                            frame: new,
-                            writable: p.writable,
-                        })
-                    }
-                    _ => None,
-                }
-            };
-            self.end(mm, inv);
-            match done {
-                Some(pte) => {
-                    self.release_entries(Freed {
-                        frames: vec![old.frame],
-                        swap: Vec::new(),
-                    });
-                    bump(&self.stats.migrations, 1);
-                    return Ok(pte);
-                }
-                None => {
-                    // A fault changed the entry meanwhile (copy-on-write break): retry.
-                    self.release_entries(Freed {
-                        frames: vec![new],
-                        swap: Vec::new(),
-                    });
-                }
+            // The entry keeps its bits; only the frame changes.
+            let moved = self.replace_page(mm, m, start, Event::Migrate, old, |p, _| p)?;
+            if let Some(p) = moved {
+                bump(&self.stats.migrations, 1);
+                return Ok(Pte {
+                    frame: p.frame,
+                    writable: p.writable,
+                });
             }
+            // A fault changed the entry meanwhile (copy-on-write break): retry.
         }
         Err(HarnessError::Failed("page kept changing during migration"))
     }
@@ -1026,7 +994,7 @@ impl Machine {
     /// A primary fault: populate `addr` (from swap if it was swapped out), or break
     /// copy-on-write on a write.
     pub(crate) fn touch(&self, mm: Mm, addr: usize, write: bool) -> Result<Pte, HarnessError> {
-        let (start, end) = page_of(addr)?;
+        let (start, _) = page_of(addr)?;
         let m = self.live(mm)?;
         bump(&self.stats.faults, 1);
         for _ in 0..RACE_RETRIES {
@@ -1034,7 +1002,7 @@ impl Machine {
                 Fault::Done(pte) => return Ok(pte),
                 Fault::Copy(old) => old,
             };
-            if let Some(pte) = self.cow_break(mm, m, start, end, old)? {
+            if let Some(pte) = self.cow_break(mm, m, start, old)? {
                 return Ok(pte);
             }
         }
@@ -1079,33 +1047,20 @@ impl Machine {
                 }
                 p
             }
-            Some(Entry::Swapped(slot)) => {
-                let data = self.swap_lock().take(slot).unwrap_or(0);
-                let frame = self
-                    .alloc_frame(data)
-                    .ok_or(HarnessError::Failed("out of frames"))?;
-                self.frames().rmap_add(frame, mm, start);
-                bump(&self.stats.pages_swapped_in, 1);
-                Present {
-                    frame,
-                    writable: vma_writable,
-                    accessed: false,
-                    dirty: false,
-                    cow: false,
-                }
-            }
-            None => {
+            entry @ (None | Some(Entry::Swapped(_))) => {
                 let frame = self
                     .alloc_frame(0)
                     .ok_or(HarnessError::Failed("out of frames"))?;
-                self.frames().rmap_add(frame, mm, start);
-                Present {
-                    frame,
-                    writable: vma_writable,
-                    accessed: false,
-                    dirty: false,
-                    cow: false,
+                if let Some(Entry::Swapped(slot)) = entry {
+                    // Swap-in: the slot is given up only once the frame is there.
+                    let data = self.swap_lock().take(slot).unwrap_or(0);
+                    if let Some(s) = self.frames().slot_mut(frame) {
+                        s.data = data;
+                    }
+                    bump(&self.stats.pages_swapped_in, 1);
                 }
+                self.frames().rmap_add(frame, mm, start);
+                Present::fresh(frame, vma_writable)
             }
         };
         let pte = self.access(&mut p, write);
@@ -1128,79 +1083,86 @@ impl Machine {
         }
     }
 
-    /// Linux's `wp_page_copy`: copy the shared page, then switch the entry inside an
-    /// invalidation of the page; the old page's reference goes after `end`. `None` if
-    /// the entry changed meanwhile (the caller retries the fault).
+    /// Linux's `wp_page_copy`: copy the shared page into a new frame mapped writable,
+    /// inside an invalidation of the page. `None` if the entry changed meanwhile (the
+    /// caller retries the fault).
     fn cow_break(
         &self,
         mm: Mm,
         m: &MmState,
         start: usize,
-        end: usize,
         old: Present,
     ) -> Result<Option<Pte>, HarnessError> {
-        let data = self.frames().slot(old.frame).map_or(0, |s| s.data);
+        let mut pte = None;
+        let done = self.replace_page(mm, m, start, COW_BREAK_EVENT, old, |p, t| {
+            let mut np = Present::fresh(p.frame, t.vmas.find(start).unwrap_or(false));
+            pte = Some(self.access(&mut np, true));
+            np
+        })?;
+        if done.is_some() {
+            bump(&self.stats.cow_breaks, 1);
+        }
+        Ok(done.and(pte))
+    }
+
+    /// Switch the page at `start` from the frame of `old` to a fresh one, inside an
+    /// invalidation with `event` (migration, copy-on-write break). Under the page-table
+    /// lock, if the entry still is `old` (Linux: `pte_same`), the content is copied,
+    /// the entry becomes `make(entry with the new frame, tables)` and the TLBs are
+    /// flushed; the old frame's reference goes only after `end`. `None` (and nothing
+    /// changed) if the entry changed meanwhile.
+    fn replace_page(
+        &self,
+        mm: Mm,
+        m: &MmState,
+        start: usize,
+        event: Event,
+        old: Present,
+        make: impl FnOnce(Present, &Tables) -> Present,
+    ) -> Result<Option<Present>, HarnessError> {
+        let end = start + PAGE_SIZE;
         let new = self
-            .alloc_frame(data)
+            .alloc_frame(0)
             .ok_or(HarnessError::Failed("out of frames"))?;
-        let inv = match self.start(mm, m, Range::new(start, end, COW_BREAK_EVENT)) {
+        let inv = match self.start(mm, m, Range::new(start, end, event)) {
             Ok(inv) => inv,
             Err(_) => {
-                self.release_entries(Freed {
-                    frames: vec![new],
-                    swap: Vec::new(),
-                });
+                self.put_one(new);
                 return Err(HarnessError::Failed("invalidate_range_start failed"));
             }
         };
         let done = {
             let mut t = m.pt.lock().ok_or_else(reentrant)?;
             match t.present(start) {
-                Some(p) if p.frame == old.frame && p.cow => {
+                Some(p) if p.frame == old.frame && p.cow == old.cow => {
                     {
                         let mut fr = self.frames();
-                        // The copy is made from the page as it is now (pte_same holds).
-                        let data = fr.slot(p.frame).map_or(data, |s| s.data);
+                        let data = fr.slot(p.frame).map_or(0, |s| s.data);
                         if let Some(s) = fr.slot_mut(new) {
                             s.data = data;
                         }
                         fr.rmap_remove(p.frame, mm, start);
                         fr.rmap_add(new, mm, start);
                     }
-                    let vma_writable = t.vmas.find(start).unwrap_or(false);
-                    let mut np = Present {
-                        frame: new,
-                        writable: vma_writable,
-                        accessed: false,
-                        dirty: false,
-                        cow: false,
-                    };
-                    let pte = self.access(&mut np, true);
+                    let np = make(Present { frame: new, ..p }, &t);
                     t.ptes.insert(start, Entry::Present(np));
                     self.flush(mm, m, start, end);
-                    Some(pte)
+                    Some(np)
                 }
                 _ => None,
             }
         };
         self.end(mm, inv);
-        match done {
-            Some(pte) => {
-                self.release_entries(Freed {
-                    frames: vec![old.frame],
-                    swap: Vec::new(),
-                });
-                bump(&self.stats.cow_breaks, 1);
-                Ok(Some(pte))
-            }
-            None => {
-                self.release_entries(Freed {
-                    frames: vec![new],
-                    swap: Vec::new(),
-                });
-                Ok(None)
-            }
-        }
+        self.put_one(if done.is_some() { old.frame } else { new });
+        Ok(done)
+    }
+
+    /// Drop one page-table reference on `f` after an invalidation ended.
+    fn put_one(&self, f: Frame) {
+        self.release_entries(Freed {
+            frames: vec![f],
+            swap: Vec::new(),
+        });
     }
 
     pub(crate) fn lookup(&self, mm: Mm, addr: usize) -> Option<Pte> {
@@ -1317,10 +1279,7 @@ impl Machine {
             if !self.before_free(frame) {
                 return Ok(true);
             }
-            self.release_entries(Freed {
-                frames: vec![frame],
-                swap: Vec::new(),
-            });
+            self.put_one(frame);
             bump(&self.stats.pages_reclaimed, 1);
             self.emit(SimEvent::Reclaimed { mm, addr: a, frame });
         }
