@@ -55,5 +55,4 @@ pub use machine::{
     event_index, EventHook, SimEvent, SimStats, COW_BREAK_EVENT, PAGE_SIZE, RECLAIM_EVENT,
 };
 pub use platform::{SimPlatform, SimRawLock};
-pub use sched::{SimGuard, SimLock};
 pub use sim_harness::{Mode, SimConfig, SimHarness};

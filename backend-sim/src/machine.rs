@@ -169,6 +169,18 @@ pub struct SimStats {
     pub reentrant_calls: u64,
 }
 
+impl SimStats {
+    /// Successful starts with event `e`.
+    pub const fn invalidations_of(&self, e: Event) -> u64 {
+        self.invalidations[event_index(e)]
+    }
+
+    /// Successful starts of every event.
+    pub fn total_invalidations(&self) -> u64 {
+        self.invalidations.iter().sum()
+    }
+}
+
 /// The index of `e` in [`SimStats::invalidations`].
 pub const fn event_index(e: Event) -> usize {
     match e {

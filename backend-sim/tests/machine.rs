@@ -382,11 +382,9 @@ fn migrate_and_protect_are_bracketed_with_their_events() {
     );
     assert_eq!(probe.dead_in_callback.load(Ordering::Relaxed), 0);
     let s = h.stats();
-    assert_eq!(s.invalidations[backend_sim::event_index(Event::Migrate)], 1);
-    assert_eq!(
-        s.invalidations[backend_sim::event_index(Event::ProtectionVma)],
-        2
-    );
+    assert_eq!(s.invalidations_of(Event::Migrate), 1);
+    assert_eq!(s.invalidations_of(Event::ProtectionVma), 2);
+    assert_eq!(s.total_invalidations(), 3);
     probe.as_ref().unregister().unwrap();
 }
 
