@@ -199,7 +199,8 @@ impl<'h, H: Harness> Kvm<'h, H> {
     /// A guest access to `addr` that misses the shadow table: fault it in.
     pub fn fault(&self, addr: usize, write: bool) -> Result<Pte, FaultError> {
         let ignore = self.is(Twin::KvmIgnoresSeq);
-        for _ in 0..MAX_RETRIES {
+        let mut collisions = 0;
+        while collisions < MAX_RETRIES {
             let seq = {
                 let mut st = self.st.lock();
                 if self.is(Twin::KvmFlushAfterEnd) {
@@ -212,6 +213,8 @@ impl<'h, H: Harness> Kvm<'h, H> {
                     return Err(FaultError::Released);
                 }
                 if st.in_progress > 0 && !ignore {
+                    // Waiting for the invalidation in flight to end is not a collision:
+                    // its length is the primary MMU's (a preempted thread's) business.
                     drop(st);
                     self.retries.fetch_add(1, Ordering::Relaxed);
                     self.h.yield_now();
@@ -226,6 +229,7 @@ impl<'h, H: Harness> Kvm<'h, H> {
             if !ignore && (st.seq != seq || st.in_progress > 0) {
                 drop(st);
                 self.retries.fetch_add(1, Ordering::Relaxed);
+                collisions += 1;
                 continue;
             }
             st.sptes.insert(addr, pte)?;
