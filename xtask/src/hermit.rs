@@ -32,8 +32,8 @@ const KERNEL_VERSION: &str = "0.11.0";
 const KERNEL_FEATURES: &str = "acpi pci smp fsgsbase mmap";
 /// How the kernel is built, hashed into the cache key with the patch: change it when the
 /// recipe changes.
-const RECIPE: &str = "notifier-hermit kernel recipe 1: fixes image-base + unsafe(naked); \
-nightly --release x86_64-unknown-none -Zmutable-noalias=no; prefix non-interface symbols; OSABI 0xff\n";
+const RECIPE: &str = "notifier-hermit kernel recipe 2: fixes image-base + unsafe(naked); \
+nightly --release x86_64-unknown-none -Zmutable-noalias=no -Ztls-model=initial-exec; prefix non-interface symbols; OSABI 0xff\n";
 /// The project's kernel patch, relative to the workspace root.
 const PATCH: &str = "backend-hermit/kernel/mmu-notifier.patch";
 /// Files whose `#[naked]` attributes the current nightly wants written `#[unsafe(naked)]`.
@@ -320,7 +320,9 @@ fn build_kernel(tree: &Path) -> Result<PathBuf> {
     let status = Command::new("cargo")
         .current_dir(tree)
         .env("CARGO_TARGET_DIR", &target)
-        .env("RUSTFLAGS", "-Zmutable-noalias=no")
+        // The kernel's thread-locals (errno) are linked into a static executable:
+        // without this, they go through `__tls_get_addr`, which nothing defines.
+        .env("RUSTFLAGS", "-Zmutable-noalias=no -Ztls-model=initial-exec")
         .args([
             "+nightly",
             "build",

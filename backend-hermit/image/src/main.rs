@@ -278,7 +278,8 @@ extern "C" fn runtime_entry(_argc: i32, _argv: *const *const u8, _env: *const *c
         } else {
             let probe_ref: &Probe = &probe;
             // SAFETY: `other_core` only reads the probe, which outlives the join below.
-            let id = unsafe { sys_spawn2(other_core, probe_ref as *const Probe as usize, 8, 0x8000, 1) };
+            let id =
+                unsafe { sys_spawn2(other_core, probe_ref as *const Probe as usize, 8, 0x8000, 1) };
             // SAFETY: `id` is the task just spawned.
             if id < 0 || unsafe { sys_join(id) } != 0 {
                 Err("spawning or joining the task failed")
