@@ -341,9 +341,18 @@ impl<'h, H: Harness> DeviceTlb<'h, H> {
     }
 
     /// The device walks the CPU page tables for `addr` (no fault: a miss stays a miss).
+    ///
+    /// A walk that raced a flush is discarded, as an IOMMU's invalidation discards the
+    /// walks in flight: the flush count is read before the walk and checked, under the
+    /// TLB's lock, before the entry is inserted.
     pub fn fill(&self, addr: usize) -> Option<Pte> {
+        let epoch = self.flushes.load(Ordering::Acquire);
         let pte = self.h.lookup(self.mm, addr)?;
-        self.tlb.lock().insert(addr, pte).ok()?;
+        let mut tlb = self.tlb.lock();
+        if self.flushes.load(Ordering::Acquire) != epoch {
+            return None;
+        }
+        tlb.insert(addr, pte).ok()?;
         Some(pte)
     }
 
@@ -355,8 +364,9 @@ impl<'h, H: Harness> DeviceTlb<'h, H> {
 
 impl<H: Harness> SubscriberOps for DeviceTlb<'_, H> {
     fn invalidate_secondary_tlbs(&self, start: usize, end: usize) {
-        self.flushes.fetch_add(1, Ordering::Relaxed);
         let mut tlb = self.tlb.lock();
+        // Under the lock: a fill that read the count before this flush sees it changed.
+        self.flushes.fetch_add(1, Ordering::Release);
         check_live(self.h, &mut tlb, (start, end), &self.violations);
         if self.twin != Some(Twin::DeviceTlbIgnoresFlush) {
             tlb.zap(start, end, |_, _| {});
@@ -1001,7 +1011,14 @@ impl<'h, H: Harness> PageExporter<'h, H> {
             if !me.h.get_frame(pte.frame) {
                 return Err(FaultError::Refused);
             }
-            if this.export(me.page(slot), pte.frame.pfn).is_err() {
+            let mut r = this.export(me.page(slot), pte.frame.pfn);
+            if r.is_err() && me.st.lock().slots[slot].is_none() {
+                // Revoked by the free path earlier: the node is still in the table
+                // (dying); take it out (a barrier) and export the new frame.
+                let _ = this.unexport(me.page(slot));
+                r = this.export(me.page(slot), pte.frame.pfn);
+            }
+            if r.is_err() {
                 me.h.put_frame(pte.frame);
                 return Err(FaultError::Refused);
             }
