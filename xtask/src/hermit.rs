@@ -16,14 +16,18 @@
 //!    kernel's interface (`sys_*`, `_start`, `__bss_start`, `mcount`, `runtime_entry`)
 //!    is prefixed so that it cannot clash with the application's, and every archive
 //!    member is marked with the Hermit ELF OS ABI (0xff). Result: `libhermit.a`.
-//! 6. (Not done yet: the multiboot loader, the suite image and the QEMU run; the command
-//!    fails there unless `--kernel-only` is given, so it never reports a run that did
-//!    not happen.)
+//! 6. The multiboot loader (`backend-hermit/loader`, a flat binary) and the test image
+//!    (`backend-hermit/image`, linked against that `libhermit.a`), built with nightly
+//!    into target directories in the cache.
+//! 7. QEMU (software emulation, 2 CPUs, `-kernel loader -initrd image`) with a
+//!    timeout: a guest page fault hangs it. The run passes only if the image printed
+//!    its `N passed, N failed` line with no failure, nothing fatal was logged, and QEMU
+//!    exited with Hermit's success code (3).
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode};
-use std::time::Instant;
+use std::process::{Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
 
 /// The kernel crate and version the patch is written against.
 const KERNEL_CRATE: &str = "hermit-kernel";
@@ -55,17 +59,19 @@ const BACKPORTS_SOURCES: &str = "/etc/apt/sources.list.d/bookworm-backports.sour
 struct Options {
     install: bool,
     kernel_only: bool,
+    timeout: Duration,
     cache: PathBuf,
 }
 
 fn usage() {
     eprintln!(
-        "usage: cargo xtask hermit [--no-install] [--kernel-only]\n\
+        "usage: cargo xtask hermit [--timeout SECS] [--no-install] [--kernel-only]\n\
          \n\
          Fetches hermit-kernel {KERNEL_VERSION}, applies backend-hermit's notifier patch,\n\
-         builds and post-processes it into libhermit.a. --kernel-only stops there (and\n\
-         checks the archive's exports). Cache: $NOTIFIER_HERMIT_CACHE or\n\
-         /var/cache/notifier-hermit."
+         builds and post-processes it into libhermit.a, builds the multiboot loader and\n\
+         the test image, boots it on 2 CPUs under QEMU and checks its output.\n\
+         --kernel-only stops after libhermit.a (and checks the archive's exports).\n\
+         Cache: $NOTIFIER_HERMIT_CACHE or /var/cache/notifier-hermit."
     );
 }
 
@@ -73,12 +79,21 @@ pub fn main(args: &[String]) -> ExitCode {
     let mut opts = Options {
         install: true,
         kernel_only: false,
+        timeout: Duration::from_secs(300),
         cache: std::env::var_os("NOTIFIER_HERMIT_CACHE")
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from("/var/cache/notifier-hermit")),
     };
-    for a in args {
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
         match a.as_str() {
+            "--timeout" => match it.next().and_then(|s| s.parse().ok()) {
+                Some(s) => opts.timeout = Duration::from_secs(s),
+                None => {
+                    usage();
+                    return ExitCode::from(2);
+                }
+            },
             "--no-install" => opts.install = false,
             "--kernel-only" => opts.kernel_only = true,
             "-h" | "--help" => {
@@ -140,11 +155,180 @@ fn run(opts: &Options) -> Result<()> {
     if opts.kernel_only {
         return Ok(());
     }
-    Err(
-        "the multiboot loader and the suite image are not written yet (issue #6, \
-         steps b and c): no conformance run happened"
-            .into(),
-    )
+    step("building the loader and the test image");
+    let loader = build_loader(&root, &opts.cache)?;
+    let image = build_image(&root, &opts.cache, &tree)?;
+    step(&format!(
+        "booting under QEMU (2 CPUs, software emulation, timeout {} s)",
+        opts.timeout.as_secs()
+    ));
+    let log = opts.cache.join("serial.log");
+    let status = run_qemu(&loader, &image, &log, opts.timeout)?;
+    let text = fs::read_to_string(&log).map_err(|e| format!("{}: {e}", log.display()))?;
+    check_log(&text, status)?;
+    println!("hermit: done in {:.0} s", t0.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// The nightly cargo, run in `backend-hermit/` with its own target directory in the
+/// cache (outside the clone, so CI reuses it).
+fn nightly_build(root: &Path, target_dir: &Path, args: &[&str], rustflags: &str) -> Result<()> {
+    sh(Command::new("cargo")
+        .current_dir(root.join("backend-hermit"))
+        .env("CARGO_TARGET_DIR", target_dir)
+        .env("RUSTFLAGS", rustflags)
+        .arg("+nightly")
+        .arg("build")
+        .args(["--release", "--locked"])
+        .args(args))
+}
+
+fn build_loader(root: &Path, cache: &Path) -> Result<PathBuf> {
+    let target = cache.join("target-loader");
+    nightly_build(
+        root,
+        &target,
+        &[
+            "-p",
+            "notifier-hermit-loader",
+            "--target",
+            "x86_64-unknown-none",
+        ],
+        "-C relocation-model=static",
+    )?;
+    let elf = target.join("x86_64-unknown-none/release/notifier-hermit-loader");
+    let bin = cache.join("loader.bin");
+    // QEMU's multiboot loads a flat binary through the header's address fields.
+    sh(Command::new(llvm_tool("llvm-objcopy")?)
+        .args(["-O", "binary"])
+        .arg(&elf)
+        .arg(&bin))?;
+    Ok(bin)
+}
+
+fn build_image(root: &Path, cache: &Path, kernel: &Path) -> Result<PathBuf> {
+    let target = cache.join("target-image");
+    nightly_build(
+        root,
+        &target,
+        &[
+            "-p",
+            "notifier-hermit-image",
+            "--target",
+            "x86_64-unknown-hermit",
+            "-Zbuild-std=core,compiler_builtins",
+            "-Zbuild-std-features=compiler-builtins-mem",
+        ],
+        &format!("-C link-arg=-L{} -C link-arg=-lhermit", kernel.display()),
+    )?;
+    Ok(target.join("x86_64-unknown-hermit/release/notifier-hermit-image"))
+}
+
+/// Boots `image` with `loader`; the serial console goes to `log`. Returns QEMU's exit
+/// code (Hermit's exit port: 3 for success), or an error on timeout.
+fn run_qemu(loader: &Path, image: &Path, log: &Path, timeout: Duration) -> Result<i32> {
+    let out = fs::File::create(log).map_err(|e| format!("{}: {e}", log.display()))?;
+    let mut child = Command::new("qemu-system-x86_64")
+        .args([
+            "-display",
+            "none",
+            "-accel",
+            "tcg,thread=multi",
+            "-cpu",
+            "Skylake-Client",
+            "-smp",
+            "2",
+            "-m",
+            "512M",
+            "-serial",
+            "stdio",
+            "-monitor",
+            "none",
+            "-no-reboot",
+            "-device",
+            "isa-debug-exit,iobase=0xf4,iosize=0x04",
+            "-kernel",
+        ])
+        .arg(loader)
+        .arg("-initrd")
+        .arg(image)
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().map_err(|e| e.to_string())?)
+        .stderr(out)
+        .spawn()
+        .map_err(|e| format!("qemu-system-x86_64: {e}"))?;
+    let start = Instant::now();
+    loop {
+        if let Some(st) = child.try_wait().map_err(|e| e.to_string())? {
+            return Ok(st.code().unwrap_or(-1));
+        }
+        if start.elapsed() > timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            let text = fs::read_to_string(log).unwrap_or_default();
+            print_image_lines(&text);
+            return Err(format!(
+                "QEMU timed out after {} s (a guest page fault hangs it; log: {})",
+                timeout.as_secs(),
+                log.display()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The lines the image printed, from its first line on (the kernel's own log lines
+/// start with `[core]`); without that line, the end of the log, to show what hung.
+fn print_image_lines(text: &str) {
+    const MARK: &str = "notifier-hermit image:";
+    let lines: Vec<&str> = text.lines().collect();
+    let from = match lines.iter().position(|l| l.starts_with(MARK)) {
+        Some(i) => i,
+        None => lines.len().saturating_sub(40),
+    };
+    for l in &lines[from..] {
+        let kernel_info = l.starts_with('[') && l.contains("INFO");
+        if !kernel_info && !l.contains("TCG doesn't support") {
+            println!("  {l}");
+        }
+    }
+}
+
+/// Lines that fail the run whatever the image said.
+const FATAL: &[&str] = &["Page fault", "PANIC", "panicked", "ERROR"];
+
+fn check_log(text: &str, status: i32) -> Result<()> {
+    print_image_lines(text);
+    if let Some(l) = text.lines().find(|l| FATAL.iter().any(|f| l.contains(f))) {
+        return Err(format!("the guest reported: {l}"));
+    }
+    let closing = text
+        .lines()
+        .rev()
+        .find_map(parse_closing)
+        .ok_or("no `N passed, N failed` line from the image")?;
+    let (passed, failed) = closing;
+    if failed != 0 {
+        return Err(format!("{failed} failed in the Hermit image"));
+    }
+    if passed == 0 {
+        return Err("the image ran no check".into());
+    }
+    // Hermit writes 1 to the exit port on success: QEMU exits (1 << 1) | 1.
+    if status != 3 {
+        return Err(format!(
+            "QEMU exited with {status}, not Hermit's success (3)"
+        ));
+    }
+    Ok(())
+}
+
+/// `N passed, N failed` (optionally `, N skipped`) → (passed, failed).
+fn parse_closing(line: &str) -> Option<(u32, u32)> {
+    let mut parts = line.trim().split(", ");
+    let passed = parts.next()?.strip_suffix(" passed")?.parse().ok()?;
+    let failed = parts.next()?.strip_suffix(" failed")?.parse().ok()?;
+    Some((passed, failed))
 }
 
 fn step(what: &str) {
