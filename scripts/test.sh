@@ -2,37 +2,43 @@
 # The project's test command (README: "Testing"). Installs what it needs, then runs
 # every check in order and stops at the first failure. CI runs exactly this
 # (.ci/run). Set NOTIFIER_SKIP to a space-separated list of stage names to skip
-# stages locally (CI never sets it): fmt clippy test loom miri none
+# stages locally (CI never sets it):
+#   fmt clippy none test loom miri fuzz tsan cli kmod hermit
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 skip() { [[ " ${NOTIFIER_SKIP:-} " == *" $1 "* ]]; }
 stage() { echo; echo "=== $1"; }
+export DEBIAN_FRONTEND=noninteractive
 
 stage "prerequisites"
-rustup component add clippy rustfmt >/dev/null
+rustup component add clippy rustfmt rust-src >/dev/null
 rustup target add x86_64-unknown-none >/dev/null
 rustup component add miri rust-src --toolchain nightly >/dev/null
+# liburcu (the benchmarks' C baseline) and a C compiler.
+bash benches/install-deps.sh
 
 if ! skip fmt; then
   stage "fmt"
   cargo fmt --all --check
+  rustfmt --edition 2021 --check fuzz/driver.rs fuzz/fuzz_targets/differential.rs
 fi
 
 if ! skip clippy; then
   stage "clippy"
-  cargo clippy -p notifier-core --all-targets -- -D warnings
+  cargo clippy --workspace --all-targets -- -D warnings
   cargo clippy -p notifier-core --no-default-features -- -D warnings
 fi
 
 if ! skip none; then
-  stage "no_std build for x86_64-unknown-none (core only, no alloc)"
-  cargo build -p notifier-core --target x86_64-unknown-none
+  stage "no_std build for x86_64-unknown-none (core and suite: no std, no alloc)"
+  cargo build -p notifier-core -p notifier-conformance --target x86_64-unknown-none
 fi
 
 if ! skip test; then
-  stage "unit tests and doctests"
-  cargo test -p notifier-core
+  stage "tests: core cases, export registry, differential corpus, conformance suite on the simulator (both modes) and its teeth, zero allocations, doctests"
+  cargo test --workspace
+  cargo bench -p notifier-benches --no-run
 fi
 
 if ! skip loom; then
@@ -47,6 +53,61 @@ if ! skip miri; then
   # Isolation off: the differential test reads its corpus from fuzz/corpus.
   MIRIFLAGS="-Zmiri-disable-isolation" CARGO_TARGET_DIR=target/miri \
     cargo +nightly miri test -p notifier-core
+fi
+
+if ! skip fuzz; then
+  stage "differential fuzzing (short run; the committed corpus is replayed by cargo test)"
+  command -v cargo-fuzz >/dev/null || cargo install --locked cargo-fuzz
+  corpus=$(mktemp -d)
+  cp fuzz/corpus/differential/* "$corpus"/
+  (cd fuzz && cargo +nightly fuzz run differential "$corpus" -- -max_total_time=30 -max_len=512)
+  rm -rf "$corpus"
+fi
+
+if ! skip tsan; then
+  stage "ThreadSanitizer: the core's threaded tests and the suite on the simulator with real threads"
+  tsan=(env RUSTFLAGS="-Zsanitizer=thread" CARGO_TARGET_DIR=target/tsan
+        cargo +nightly test -Zbuild-std --target x86_64-unknown-linux-gnu)
+  "${tsan[@]}" -p notifier-core --test cases --test export
+  "${tsan[@]}" -p backend-sim --test suite threads
+fi
+
+if ! skip cli; then
+  stage "notifier-sim: default scenario, every scenario, a broken consumer, bad input"
+  cargo build --release -p backend-sim
+  sim=target/release/notifier-sim
+  out=$(mktemp -d)
+  "$sim" --seed 1 --out "$out/default"
+  test -s "$out/default/report.json" && test -s "$out/default/timeline.svg"
+  for s in kvm-reclaim exporter-race interval-mirror churn export-designs; do
+    "$sim" --scenario "$s" --seed 2 --ops 500 --out "$out/$s" >/dev/null
+  done
+  set +e
+  "$sim" --seed 3 --ops 1500 --broken kvm-ignores-seq --out "$out/broken" >"$out/broken.txt"
+  rc=$?
+  set -e
+  if [ "$rc" -ne 1 ] || ! grep -q "STALE TRANSLATION" "$out/broken.txt"; then
+    echo "notifier-sim did not catch the broken consumer (exit $rc)"; exit 1
+  fi
+  for bad in "--scenario nope" "--ops 0" "--threads 0" "--seed x" "--broken nope"; do
+    set +e
+    # shellcheck disable=SC2086
+    "$sim" $bad --out "$out/bad" >/dev/null 2>&1
+    rc=$?
+    set -e
+    if [ "$rc" -ne 2 ]; then echo "notifier-sim $bad: exit $rc, expected 2"; exit 1; fi
+  done
+  rm -rf "$out"
+fi
+
+if ! skip kmod; then
+  stage "Linux 6.12 module under QEMU (kernel cached in /var/cache/notifier-kmod)"
+  cargo xtask kmod
+fi
+
+if ! skip hermit; then
+  stage "Hermit unikernel under QEMU (kernel cached in /var/cache/notifier-hermit)"
+  cargo xtask hermit
 fi
 
 echo
