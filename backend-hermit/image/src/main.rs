@@ -268,7 +268,7 @@ extern "C" fn runtime_entry(_argc: i32, _argv: *const *const u8, _env: *const *c
         {
             Ok(())
         } else {
-            Err("starts and ends differ")
+            Err("no start seen, or starts and ends differ")
         },
     );
 

@@ -26,7 +26,7 @@ impl Buf<'_> {
         self.bytes(&v.to_be_bytes())
     }
     fn align(&mut self) -> Option<()> {
-        while self.at % 4 != 0 {
+        while !self.at.is_multiple_of(4) {
             self.bytes(&[0])?;
         }
         Some(())
