@@ -147,6 +147,7 @@ fn run(opts: &Options) -> Result<()> {
         postprocess(&raw, &lib)?;
     }
     check_exports(&lib)?;
+    prune_stale(&opts.cache, &key);
     println!(
         "hermit: kernel ready: {} ({:.0} s)",
         lib.display(),
@@ -329,6 +330,19 @@ fn parse_closing(line: &str) -> Option<(u32, u32)> {
     let passed = parts.next()?.strip_suffix(" passed")?.parse().ok()?;
     let failed = parts.next()?.strip_suffix(" failed")?.parse().ok()?;
     Some((passed, failed))
+}
+
+/// Removes kernel trees built from an older patch or recipe (about 200 MB each).
+fn prune_stale(cache: &Path, key: &str) {
+    let prefix = format!("{KERNEL_CRATE}-{KERNEL_VERSION}-");
+    let Ok(dir) = fs::read_dir(cache) else { return };
+    for e in dir.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with(&prefix) && name != key {
+            println!("hermit: removing stale {name}");
+            let _ = fs::remove_dir_all(e.path());
+        }
+    }
 }
 
 fn step(what: &str) {
