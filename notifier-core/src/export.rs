@@ -41,7 +41,7 @@ use crate::sync::SpinLock;
 use crate::{Bug, Error, Platform};
 
 /// Buckets of the export table.
-const BUCKETS: usize = 256;
+const BUCKETS: usize = if cfg!(loom) { 4 } else { 256 };
 
 /// What an exporter does when one of its pages is about to be freed.
 pub trait ExportOps<P: Platform>: Sync {
@@ -359,15 +359,17 @@ impl<P: Platform> ExportRegistry<P> {
         P::might_sleep();
         {
             let _g = self.lock.lock();
-            if !ptr::eq(page.registry.load(Ordering::Relaxed), self) || !self.unlink_locked(page) {
+            if !ptr::eq(page.registry.load(Ordering::Relaxed), self) {
                 return Err(Error::NotRegistered);
             }
+            // Refuse remote maps before the page leaves the table: a free path that no
+            // longer finds it must not find it mappable either.
+            page.st.lock().0 = State::Idle;
+            self.unlink_locked(page);
             page.registry.store(ptr::null_mut(), Ordering::Relaxed);
         }
         // The barrier: a `before_free` that found the page finishes its `revoke`.
         P::rcu().synchronize();
-        let mut st = page.st.lock();
-        st.0 = State::Idle;
         Ok(())
     }
 
@@ -383,9 +385,9 @@ impl<P: Platform> ExportRegistry<P> {
                     let p = unsafe { &*cur };
                     let next = p.next.load(Ordering::Relaxed);
                     if p.exporter.load(Ordering::Relaxed) == me {
+                        p.st.lock().0 = State::Idle;
                         self.unlink_locked(p);
                         p.registry.store(ptr::null_mut(), Ordering::Relaxed);
-                        p.st.lock().0 = State::Idle;
                         any = true;
                     }
                     cur = next;

@@ -732,3 +732,82 @@ fn srcu_detects_reader_without_read_lock() {
         || srcu_model(false),
     );
 }
+
+// ---------------------------------------------------------------------------------
+// C-21: the page-keyed export registry's unexport barrier against the free path.
+// ---------------------------------------------------------------------------------
+
+struct Xp {
+    mem: Memory,
+    revoked: AtomicUsize,
+}
+
+impl notifier_core::export::ExportOps<P> for Xp {
+    fn revoke(&self, page: &notifier_core::export::ExportedPage<P>, _pfn: u64) {
+        while page.unmap_remote().is_ok() {}
+        self.mem.touch();
+        self.revoked.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// The free path (`before_free`) on one thread, `unexport` on the other: after unexport
+/// returns, `revoke` is neither running nor will run, so the exporter's memory may be
+/// freed at once; and a page revoked is never mapped remotely again.
+fn c21_model(free_before_unexport: bool) {
+    builder(2).check(move || {
+        let reg = Arc::new(notifier_core::export::ExportRegistry::<P>::new());
+        let ex = Arc::new(Box::pin(notifier_core::export::Exporter::new(
+            &reg,
+            Xp {
+                mem: Memory::new(),
+                revoked: AtomicUsize::new(0),
+            },
+        )));
+        let page = Arc::new(Box::pin(notifier_core::export::ExportedPage::<P>::new()));
+        ex.as_ref()
+            .as_ref()
+            .export(page.as_ref().as_ref(), 7)
+            .unwrap();
+        page.map_remote().unwrap();
+        let t = {
+            let (reg, page) = (reg.clone(), page.clone());
+            thread::spawn(move || {
+                let r = reg.before_free(7);
+                if std::env::var("DBG").is_ok() {
+                    eprintln!(
+                        "DBG before_free={r:?} exported={} maps={}",
+                        page.is_exported(),
+                        page.remote_maps()
+                    );
+                }
+                // Once the free path ran (or the page left the table), no importer may
+                // map the page.
+                assert!(
+                    page.map_remote().is_err(),
+                    "C-19: mapped after the free path"
+                );
+            })
+        };
+        if free_before_unexport {
+            ex.mem.free();
+        }
+        let _ = ex.as_ref().as_ref().unexport(page.as_ref().as_ref());
+        ex.mem.free();
+        t.join().unwrap();
+        assert!(latest(&ex.revoked) <= 1, "C-21: revoked twice");
+    });
+}
+
+#[test]
+fn c21_unexport_is_a_barrier_against_the_free_path() {
+    c21_model(false);
+}
+
+#[test]
+fn c21_detects_free_before_unexport() {
+    must_fail(
+        "c21_detects_free_before_unexport",
+        &["freed memory", "ausality"],
+        || c21_model(true),
+    );
+}
