@@ -1259,6 +1259,26 @@ impl Machine {
                 evicted += 1;
             }
         }
+        // The shrink list also holds pages that no primary entry maps any more (only a
+        // secondary's reference keeps them, e.g. an exporter's): the free-path hook runs
+        // for them too, mapped or not (C-20). An exporter revokes and drops its
+        // reference; the page is freed when the last one goes.
+        let unmapped: Vec<Frame> = {
+            let fr = self.frames();
+            fr.slots
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| s.live && s.refs > 0 && s.rmap.is_empty())
+                .map(|(i, s)| Frame {
+                    pfn: i as u64,
+                    gen: s.gen,
+                })
+                .collect()
+        };
+        for f in unmapped {
+            sched::point();
+            self.before_free(f);
+        }
         Ok(evicted)
     }
 

@@ -1677,6 +1677,24 @@ fn c20_export_unmapped_revoked<H: Harness>(h: &H, cfg: &Config) -> Outcome {
         revoked >= gone,
         "{gone} exported pages evicted, only {revoked} revocations"
     );
+    // A page no primary entry maps any more (munmapped; the exporter's reference
+    // keeps it): the free path still revokes it.
+    if cfg.twin.is_none() {
+        let a = addr::<H>(5);
+        let f = PageExporter::export(ex, 5, a)?;
+        h.unmap(sp.mm, a, page::<H>())?;
+        ensure!(
+            h.frame_live(f),
+            "an exported page was freed under its exporter"
+        );
+        let before = ex.revoked.load(Ordering::Relaxed);
+        h.reclaim(sp.mm, BASE, PAGES * page::<H>())?;
+        ensure!(
+            ex.revoked.load(Ordering::Relaxed) > before,
+            "an exported page that no primary entry maps was not revoked by reclaim"
+        );
+        ensure!(!h.frame_live(f), "the revoked, unmapped page was not freed");
+    }
     Ok(())
 }
 
