@@ -13,7 +13,11 @@
 #include <linux/err.h>
 #include <linux/mm.h>
 #include <linux/mmu_notifier.h>
+#include <linux/moduleparam.h>
+#include <linux/pid.h>
 #include <linux/sched.h>
+#include <linux/sched/signal.h>
+#include <linux/sched/task.h>
 #include <linux/sched/mm.h>
 #include <linux/slab.h>
 #include <linux/spinlock.h>
@@ -304,4 +308,49 @@ int nk_run_on_mm(struct mm_struct *mm, void (*fn)(void *), void **args, int n)
 	for (i = 0; i < started; i++)
 		wait_for_completion(&w[i].done);
 	return started;
+}
+
+/* The pid of nkhelper, the user process of the process cases (0: skip them). */
+static int helper_pid;
+module_param(helper_pid, int, 0444);
+MODULE_PARM_DESC(helper_pid, "pid of the nkhelper process the tests watch");
+
+int nk_helper_pid(void)
+{
+	return helper_pid;
+}
+
+/* The mm of process `nr` with a user reference (mmput it), or NULL. */
+struct mm_struct *nk_task_mm(int nr)
+{
+	struct task_struct *task;
+	struct mm_struct *mm;
+	struct pid *pid = find_get_pid(nr);
+
+	if (!pid)
+		return NULL;
+	task = get_pid_task(pid, PIDTYPE_PID);
+	put_pid(pid);
+	if (!task)
+		return NULL;
+	mm = get_task_mm(task);
+	put_task_struct(task);
+	return mm;
+}
+
+int nk_signal(int nr, int sig)
+{
+	struct pid *pid = find_get_pid(nr);
+	int ret;
+
+	if (!pid)
+		return -ESRCH;
+	ret = kill_pid(pid, sig, 1);
+	put_pid(pid);
+	return ret;
+}
+
+void nk_msleep(unsigned int ms)
+{
+	msleep(ms);
 }

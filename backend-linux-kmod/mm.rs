@@ -394,6 +394,46 @@ impl Mm {
     }
 }
 
+/// A user reference on an `mm_struct` (`mmget`; `mmput` on drop): while it lives the
+/// address space is not torn down. Obtain one with `get_task_mm`-like C calls.
+///
+/// # Invariants
+///
+/// `mm` points to a live `mm_struct` on which this holds one `mm_users` reference.
+pub struct MmUser {
+    mm: NonNull<bindings::mm_struct>,
+}
+
+impl MmUser {
+    /// Take over the user reference the caller holds on `mm`.
+    ///
+    /// # Safety
+    ///
+    /// `mm` is live and the caller owns one `mm_users` reference on it, which it gives
+    /// to the returned value.
+    pub unsafe fn from_raw(mm: NonNull<bindings::mm_struct>) -> Self {
+        // INVARIANT: the caller's reference.
+        MmUser { mm }
+    }
+}
+
+impl Deref for MmUser {
+    type Target = Mm;
+    fn deref(&self) -> &Mm {
+        // SAFETY: live while our reference is held (type invariant); `Mm` is a
+        // transparent wrapper.
+        unsafe { &*self.mm.as_ptr().cast::<Mm>() }
+    }
+}
+
+impl Drop for MmUser {
+    fn drop(&mut self) {
+        // SAFETY: our reference, given back once (type invariant). May sleep (the
+        // last one tears the address space down).
+        unsafe { bindings::mmput(self.mm.as_ptr()) }
+    }
+}
+
 /// The notifier side of one `mm_struct` for Rust kernel code: a reference on the one
 /// forwarding `mmu_notifier` this module keeps per mm (`mmu_notifier_get`). Core
 /// subscribers ([`notifier_core::Subscriber`], [`notifier_core::IntervalSubscriber`])

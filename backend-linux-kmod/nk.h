@@ -61,6 +61,10 @@ int nk_init(void);
 void nk_exit(void);
 int nk_touch_user(unsigned long addr);
 bool nk_mmget_not_zero(struct mm_struct *mm);
+int nk_helper_pid(void);
+struct mm_struct *nk_task_mm(int nr);
+int nk_signal(int nr, int sig);
+void nk_msleep(unsigned int ms);
 int nk_run_on_mm(struct mm_struct *mm, void (*fn)(void *), void **args, int n);
 
 #endif

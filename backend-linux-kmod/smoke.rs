@@ -10,6 +10,7 @@
 
 use core::pin::pin;
 use core::pin::Pin;
+use core::ptr::NonNull;
 use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use kernel::bindings;
@@ -20,13 +21,17 @@ use notifier_core::{
     SubscriberOps, WouldBlock,
 };
 
-use crate::mm::{Mm, MmNotifier, FORWARDERS, FORWARD_ERRORS};
+use crate::mm::{Mm, MmNotifier, MmUser, FORWARDERS, FORWARD_ERRORS};
 use crate::platform::Kernel;
 
 // `mm_struct` is only passed by pointer; rustc flags a field type deep inside it.
 #[allow(improper_ctypes)]
 extern "C" {
     fn nk_touch_user(addr: c_ulong) -> c_int;
+    fn nk_helper_pid() -> c_int;
+    fn nk_task_mm(pid: c_int) -> *mut bindings::mm_struct;
+    fn nk_signal(pid: c_int, sig: c_int) -> c_int;
+    fn nk_msleep(ms: kernel::ffi::c_uint);
     fn nk_run_on_mm(
         mm: *mut bindings::mm_struct,
         f: unsafe extern "C" fn(*mut c_void),
@@ -82,7 +87,11 @@ struct Recorder {
     unmap_starts: AtomicUsize,
     unmap_ends: AtomicUsize,
     nonblocking_starts: AtomicUsize,
+    /// Events (bit `1 << event`) of the starts that covered the watched range.
+    events: AtomicUsize,
     tlbs_covering: AtomicUsize,
+    /// Ageing calls (`clear_flush_young`, `clear_young`) covering the watched range.
+    young_covering: AtomicUsize,
     releases: AtomicUsize,
     after_release: AtomicUsize,
     unpaired: AtomicUsize,
@@ -100,7 +109,9 @@ impl Recorder {
             unmap_starts: AtomicUsize::new(0),
             unmap_ends: AtomicUsize::new(0),
             nonblocking_starts: AtomicUsize::new(0),
+            events: AtomicUsize::new(0),
             tlbs_covering: AtomicUsize::new(0),
+            young_covering: AtomicUsize::new(0),
             releases: AtomicUsize::new(0),
             after_release: AtomicUsize::new(0),
             unpaired: AtomicUsize::new(0),
@@ -142,8 +153,12 @@ impl SubscriberOps for Recorder {
         if !r.blockable {
             self.nonblocking_starts.fetch_add(1, Ordering::Relaxed);
         }
-        if r.event == Event::Unmap && self.covers(r.start, r.end) {
-            self.unmap_starts.fetch_add(1, Ordering::Relaxed);
+        if self.covers(r.start, r.end) {
+            self.events
+                .fetch_or(1 << (r.event as usize), Ordering::Relaxed);
+            if r.event == Event::Unmap {
+                self.unmap_starts.fetch_add(1, Ordering::Relaxed);
+            }
         }
         let (a, b) = Self::key(r);
         let slot = self.open.iter().find(|(s, _)| {
@@ -181,6 +196,18 @@ impl SubscriberOps for Recorder {
         if self.covers(start, end) {
             self.tlbs_covering.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    fn clear_flush_young(&self, start: usize, end: usize) -> bool {
+        self.clear_young(start, end)
+    }
+
+    fn clear_young(&self, start: usize, end: usize) -> bool {
+        self.check_live();
+        if self.covers(start, end) {
+            self.young_covering.fetch_add(1, Ordering::Relaxed);
+        }
+        false
     }
 }
 
@@ -489,6 +516,112 @@ fn interval_cases(mmn: &MmNotifier) {
     );
 }
 
+/// Where nkhelper maps its pages (`nkhelper.c`: BASE).
+const HELPER_BASE: usize = 0x2_0000_0000;
+const SIGUSR1: c_int = 10;
+
+/// The cases on the mm of another user process, nkhelper: it changes the protection
+/// of its faulted pages, swaps them out, reads them back and exits when told.
+fn process_cases() {
+    // SAFETY: no precondition.
+    let pid = unsafe { nk_helper_pid() };
+    // SAFETY: no precondition; a non-null result carries a user reference.
+    let mm = NonNull::new(unsafe { nk_task_mm(pid) });
+    case(
+        "nkhelper (helper_pid) is a running user process",
+        (|| {
+            ensure!(pid > 0, "no helper_pid given");
+            ensure!(mm.is_some(), "no mm for pid {}", pid);
+            Ok(())
+        })(),
+    );
+    let Some(mm) = mm else { return };
+    // SAFETY: `nk_task_mm` returned it with a user reference, handed over here.
+    let mm = unsafe { MmUser::from_raw(mm) };
+    let Ok(mmn) = MmNotifier::get(&mm) else {
+        case("the forwarder registers on nkhelper's mm", Err(()));
+        return;
+    };
+    let Ok(sub) = KBox::pin(Subscriber::new(Recorder::new()), GFP_KERNEL) else {
+        return;
+    };
+    sub.watch(HELPER_BASE, HELPER_BASE + PAGE);
+    let r = sub.as_ref().register(&mmn);
+    // From here the process may exit and tear its mm down (the forwarder keeps only
+    // the mm_struct, not its pages).
+    drop(mm);
+    let told = if r.is_ok() {
+        // SAFETY: no precondition.
+        unsafe { nk_signal(pid, SIGUSR1) }
+    } else {
+        -1
+    };
+    let mut waited = 0;
+    while told == 0 && sub.releases.load(Ordering::Relaxed) == 0 && waited < 30_000 {
+        // SAFETY: sleeping is allowed here (module init).
+        unsafe { nk_msleep(50) };
+        waited += 50;
+    }
+    let ev = sub.events.load(Ordering::Relaxed);
+    case(
+        "C-06 mprotect in a user process: start/end with ProtectionVma over its page",
+        (|| {
+            ensure!(r.is_ok(), "register: {:?}", r);
+            ensure!(told == 0, "SIGUSR1 to {}: {}", pid, told);
+            ensure!(
+                ev & (1 << Event::ProtectionVma as usize) != 0,
+                "events seen: {:#x}",
+                ev
+            );
+            Ok(())
+        })(),
+    );
+    case(
+        "C-15 idle page tracking ages its page: clear_young reaches the subscriber",
+        (|| {
+            let n = sub.young_covering.load(Ordering::Relaxed);
+            ensure!(n >= 1, "no ageing call covering the page");
+            Ok(())
+        })(),
+    );
+    case(
+        "C-06 swap-out (MADV_PAGEOUT, swap on a RAM disk): start/end with Clear over its page",
+        (|| {
+            ensure!(
+                ev & (1 << Event::Clear as usize) != 0,
+                "events seen: {:#x}",
+                ev
+            );
+            Ok(())
+        })(),
+    );
+    case(
+        "C-04/C-07 a user process exits: release exactly once, every start ended before",
+        (|| {
+            let n = sub.releases.load(Ordering::Relaxed);
+            ensure!(n == 1, "releases: {} after {} ms", n, waited);
+            ensure!(mmn.is_dead(), "the core's address space is not torn down");
+            let (s, e) = (
+                sub.starts.load(Ordering::Relaxed),
+                sub.ends.load(Ordering::Relaxed),
+            );
+            ensure!(s == e, "{} starts but {} ends", s, e);
+            ensure!(
+                sub.unpaired.load(Ordering::Relaxed) == 0,
+                "an end without its start"
+            );
+            ensure!(
+                sub.after_release.load(Ordering::Relaxed) == 0,
+                "a callback after release"
+            );
+            Ok(())
+        })(),
+    );
+    let _ = sub.as_ref().unregister();
+    drop(sub);
+    drop(mmn);
+}
+
 /// The cases run while the module loads, in `insmod`'s context.
 pub(crate) fn run_at_init() -> Result<AtExit> {
     pr_info!("in-kernel tests on the mm of the loading task (core mode)\n");
@@ -513,6 +646,7 @@ pub(crate) fn run_at_init() -> Result<AtExit> {
         let _ = list_cases(&mmn);
         interval_cases(&mmn);
         concurrency_case(&mmn, mm);
+        process_cases();
 
         let sub = KBox::pin(Subscriber::new(Recorder::new()), GFP_KERNEL)?;
         let r = sub.as_ref().register(&mmn);

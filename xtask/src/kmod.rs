@@ -12,7 +12,8 @@
 //! 3. The module: `backend-linux-kmod/` built out of tree with that kernel's own Rust
 //!    rule; `notifier-core` and its dependencies are compiled from their sources where
 //!    cargo keeps them (workspace and registry), never copied into the repository.
-//! 4. An initramfs (busybox-static, a RAM-disk swap, the module) and a QEMU boot
+//! 4. An initramfs (busybox-static, a RAM-disk swap, the module, and `nkhelper`, the
+//!    user process the module watches, built static with clang) and a QEMU boot
 //!    (software emulation only), with a timeout.
 //! 5. The serial log is checked: the module's per-case lines and its
 //!    `N passed, N failed` closing line are printed; the run fails on a failed case, a
@@ -167,8 +168,10 @@ fn run(opts: &Options) -> Result<()> {
         t0.elapsed()
     ));
     let out = root.join("target/kmod");
+    let helper = out.join("nkhelper");
+    build_helper(&root, &helper)?;
     let initramfs = out.join("initramfs.cpio");
-    build_initramfs(&ko, &initramfs)?;
+    build_initramfs(&ko, &helper, &initramfs)?;
     let log = out.join("serial.log");
     let status = boot(&kdir, &initramfs, &log, opts.timeout)?;
     step(&format!("QEMU finished: {status} ({:.0?})", t0.elapsed()));
@@ -487,6 +490,9 @@ fn build_module(root: &Path, kdir: &Path, bindgen_dir: &Path) -> Result<PathBuf>
         "--format-version",
         "1",
         "--locked",
+        // Only what builds here: no other platform's crates are fetched.
+        "--filter-platform",
+        "x86_64-unknown-linux-gnu",
     ]))?;
     let meta: serde_json::Value =
         serde_json::from_str(&meta).map_err(|e| format!("cargo metadata: {e}"))?;
@@ -560,24 +566,38 @@ fn cpio_entry(out: &mut Vec<u8>, ino: u32, name: &str, mode: u32, data: &[u8]) {
     }
 }
 
-/// The init script: mount, swap on a RAM disk (so reclaim can swap), load the module
-/// (its tests run in `init`), unload it (its exit path runs), power off.
+/// The init script: mount, swap on a RAM disk (so reclaim can swap), start nkhelper
+/// (the user process the module watches) and wait until its pages are in, load the
+/// module (its tests run in `init`), unload it (its exit path runs), power off.
 const INIT: &str = "#!/bin/sh
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev 2>/dev/null
 mkswap /dev/ram0 >/dev/null && swapon /dev/ram0 && echo 'kmod-init: swap on /dev/ram0'
+/bin/nkhelper &
+pid=$!
+n=0
+while [ ! -e /tmp/nkhelper.ready ] && [ $n -lt 30 ]; do sleep 1; n=$((n + 1)); done
 echo 'kmod-init: insmod'
-insmod /notifier_kmod.ko || echo 'kmod-init: insmod failed'
+insmod /notifier_kmod.ko helper_pid=$pid || echo 'kmod-init: insmod failed'
 echo 'kmod-init: rmmod'
 rmmod notifier_kmod || echo 'kmod-init: rmmod failed'
 echo 'kmod-init: done'
 reboot -f
 ";
 
-fn build_initramfs(ko: &Path, out: &Path) -> Result<()> {
+/// nkhelper, static: the user process of the module's process cases.
+fn build_helper(root: &Path, out: &Path) -> Result<()> {
+    sh(Command::new("clang-19")
+        .args(["-static", "-O2", "-Wall", "-Werror", "-o"])
+        .arg(out)
+        .arg(root.join("backend-linux-kmod/nkhelper.c")))
+}
+
+fn build_initramfs(ko: &Path, helper: &Path, out: &Path) -> Result<()> {
     let busybox = fs::read("/bin/busybox").map_err(|e| format!("/bin/busybox: {e}"))?;
     let module = fs::read(ko).map_err(|e| format!("{}: {e}", ko.display()))?;
+    let helper = fs::read(helper).map_err(|e| format!("{}: {e}", helper.display()))?;
     let mut c = Vec::new();
     let mut ino = 1;
     let mut add = |c: &mut Vec<u8>, name: &str, mode: u32, data: &[u8]| {
@@ -588,8 +608,9 @@ fn build_initramfs(ko: &Path, out: &Path) -> Result<()> {
         add(&mut c, d, 0o040755, b"");
     }
     add(&mut c, "bin/busybox", 0o100755, &busybox);
+    add(&mut c, "bin/nkhelper", 0o100755, &helper);
     for applet in [
-        "sh", "mount", "mkswap", "swapon", "insmod", "rmmod", "reboot", "echo", "cat",
+        "sh", "mount", "mkswap", "swapon", "insmod", "rmmod", "reboot", "echo", "cat", "sleep",
     ] {
         add(&mut c, &format!("bin/{applet}"), 0o120777, b"busybox");
     }
@@ -648,7 +669,7 @@ fn check_log(text: &str, status: &str) -> Result<()> {
             if let Some(c) = parse_closing(rest) {
                 closing = Some(c);
             }
-        } else if line.starts_with("kmod-init:") {
+        } else if line.starts_with("kmod-init:") || line.starts_with("nkhelper:") {
             println!("{line}");
         }
     }
