@@ -354,3 +354,102 @@ void nk_msleep(unsigned int ms)
 {
 	msleep(ms);
 }
+
+/*
+ * Reference mode: a subscriber registered straight with Linux's own implementation
+ * (mmu_notifier_register), recording what the core-mode recorder of smoke.rs records,
+ * so that the expectations are shown to hold for Linux itself.
+ */
+struct nk_ref {
+	struct mmu_notifier mn;
+	unsigned long watch_start, watch_end;
+	atomic_t starts, ends, releases, young, after_release, events;
+};
+
+static bool nk_ref_covers(struct nk_ref *r, unsigned long start, unsigned long end)
+{
+	return start <= r->watch_start && end >= r->watch_end;
+}
+
+static void nk_ref_live(struct nk_ref *r)
+{
+	if (atomic_read(&r->releases))
+		atomic_inc(&r->after_release);
+}
+
+static int nk_ref_start(struct mmu_notifier *mn, const struct mmu_notifier_range *range)
+{
+	struct nk_ref *r = container_of(mn, struct nk_ref, mn);
+
+	nk_ref_live(r);
+	atomic_inc(&r->starts);
+	if (nk_ref_covers(r, range->start, range->end))
+		atomic_or(1 << range->event, &r->events);
+	return 0;
+}
+
+static void nk_ref_end(struct mmu_notifier *mn, const struct mmu_notifier_range *range)
+{
+	struct nk_ref *r = container_of(mn, struct nk_ref, mn);
+
+	nk_ref_live(r);
+	atomic_inc(&r->ends);
+}
+
+static void nk_ref_release(struct mmu_notifier *mn, struct mm_struct *mm)
+{
+	atomic_inc(&container_of(mn, struct nk_ref, mn)->releases);
+}
+
+static int nk_ref_young(struct mmu_notifier *mn, struct mm_struct *mm,
+			unsigned long start, unsigned long end)
+{
+	struct nk_ref *r = container_of(mn, struct nk_ref, mn);
+
+	nk_ref_live(r);
+	if (nk_ref_covers(r, start, end))
+		atomic_inc(&r->young);
+	return 0;
+}
+
+static const struct mmu_notifier_ops nk_ref_ops = {
+	.release = nk_ref_release,
+	.clear_flush_young = nk_ref_young,
+	.clear_young = nk_ref_young,
+	.invalidate_range_start = nk_ref_start,
+	.invalidate_range_end = nk_ref_end,
+};
+
+/* Register a reference recorder watching [start, end) of `mm` (caller holds mm_users). */
+struct nk_ref *nk_ref_register(struct mm_struct *mm, unsigned long start, unsigned long end)
+{
+	struct nk_ref *r = kzalloc(sizeof(*r), GFP_KERNEL);
+
+	if (!r)
+		return NULL;
+	r->mn.ops = &nk_ref_ops;
+	r->watch_start = start;
+	r->watch_end = end;
+	if (mmu_notifier_register(&r->mn, mm)) {
+		kfree(r);
+		return NULL;
+	}
+	return r;
+}
+
+void nk_ref_read(struct nk_ref *r, struct nk_ref_counts *out)
+{
+	out->starts = atomic_read(&r->starts);
+	out->ends = atomic_read(&r->ends);
+	out->releases = atomic_read(&r->releases);
+	out->young = atomic_read(&r->young);
+	out->after_release = atomic_read(&r->after_release);
+	out->events = atomic_read(&r->events);
+}
+
+/* Unregister (a barrier, like the core's) and free. */
+void nk_ref_unregister(struct nk_ref *r)
+{
+	mmu_notifier_unregister(&r->mn, r->mn.mm);
+	kfree(r);
+}

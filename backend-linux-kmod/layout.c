@@ -27,6 +27,7 @@ void nk_layout(void)
 	OFFSET(NK_MM_FREE_WORK, nk_mm, free_work);
 	OFFSET(NK_MM_TLB_REGISTERED, nk_mm, tlb_registered);
 	DEFINE(NK_MM_SIZE, sizeof(struct nk_mm));
+	DEFINE(NK_REF_COUNTS_SIZE, sizeof(struct nk_ref_counts));
 	DEFINE(SPINLOCK_SIZE, sizeof(spinlock_t));
 	DEFINE(SPINLOCK_ALIGN, __alignof__(spinlock_t));
 }

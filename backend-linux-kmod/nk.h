@@ -41,6 +41,13 @@ void nk_rust_end(struct nk_mm *m, const struct mmu_notifier_range *range);
 void nk_rust_secondary_tlbs(struct nk_mm *m, unsigned long start, unsigned long end);
 int nk_rust_young(struct nk_mm *m, int kind, unsigned long start, unsigned long end);
 
+/* What a reference-mode recorder saw (helpers.c; smoke.rs mirrors it). */
+struct nk_ref_counts {
+	unsigned int starts, ends, releases, young, after_release, events;
+};
+
+struct nk_ref;
+
 /* Implemented in C (helpers.c), called from Rust. */
 void nk_might_sleep(void);
 void nk_non_block_start(void);
@@ -65,6 +72,9 @@ int nk_helper_pid(void);
 struct mm_struct *nk_task_mm(int nr);
 int nk_signal(int nr, int sig);
 void nk_msleep(unsigned int ms);
+struct nk_ref *nk_ref_register(struct mm_struct *mm, unsigned long start, unsigned long end);
+void nk_ref_read(struct nk_ref *r, struct nk_ref_counts *out);
+void nk_ref_unregister(struct nk_ref *r);
 int nk_run_on_mm(struct mm_struct *mm, void (*fn)(void *), void **args, int n);
 
 #endif

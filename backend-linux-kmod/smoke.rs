@@ -14,7 +14,7 @@ use core::ptr::NonNull;
 use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use kernel::bindings;
-use kernel::ffi::{c_int, c_ulong, c_void};
+use kernel::ffi::{c_int, c_uint, c_ulong, c_void};
 use kernel::prelude::*;
 use notifier_core::{
     Error as CoreError, Event, Interval, IntervalOps, IntervalSubscriber, Range, Subscriber,
@@ -52,14 +52,20 @@ static FAILED: AtomicUsize = AtomicUsize::new(0);
 
 /// Record and print one case.
 fn case(name: &str, r: core::result::Result<(), ()>) {
+    case_in(name, "", r)
+}
+
+/// Record and print one case run in a mode (`[core]`, `[reference]`).
+fn case_in(name: &str, mode: &str, r: core::result::Result<(), ()>) {
+    let sep = if mode.is_empty() { "" } else { " " };
     match r {
         Ok(()) => {
             PASSED.fetch_add(1, Ordering::Relaxed);
-            pr_info!("ok - {}\n", name);
+            pr_info!("ok - {}{}{}\n", name, sep, mode);
         }
         Err(()) => {
             FAILED.fetch_add(1, Ordering::Relaxed);
-            pr_info!("FAIL - {}\n", name);
+            pr_info!("FAIL - {}{}{}\n", name, sep, mode);
         }
     }
 }
@@ -520,8 +526,131 @@ fn interval_cases(mmn: &MmNotifier) {
 const HELPER_BASE: usize = 0x2_0000_0000;
 const SIGUSR1: c_int = 10;
 
+/// `struct nk_ref_counts` of `nk.h`: what a reference-mode recorder saw.
+#[repr(C)]
+#[derive(Default)]
+struct RefCounts {
+    starts: c_uint,
+    ends: c_uint,
+    releases: c_uint,
+    young: c_uint,
+    after_release: c_uint,
+    events: c_uint,
+}
+
+const _: () = assert!(
+    core::mem::size_of::<RefCounts>() == crate::layout::NK_REF_COUNTS_SIZE,
+    "layout mismatch: struct nk_ref_counts"
+);
+
+/// `struct nk_ref`, only ever behind a pointer.
+#[repr(C)]
+struct NkRef {
+    _opaque: [u8; 0],
+}
+
+// `mm_struct` is only passed by pointer; rustc flags a field type deep inside it.
+#[allow(improper_ctypes)]
+extern "C" {
+    fn nk_ref_register(mm: *mut bindings::mm_struct, start: c_ulong, end: c_ulong) -> *mut NkRef;
+    fn nk_ref_read(r: *mut NkRef, out: *mut RefCounts);
+    fn nk_ref_unregister(r: *mut NkRef);
+}
+
+/// What one mode saw of nkhelper's watched page.
+#[derive(Clone, Copy, Default)]
+struct Seen {
+    events: usize,
+    young: usize,
+    releases: usize,
+    starts: usize,
+    ends: usize,
+    unpaired: usize,
+    after_release: usize,
+}
+
+impl Seen {
+    fn of_core(r: &Recorder) -> Self {
+        Seen {
+            events: r.events.load(Ordering::Relaxed),
+            young: r.young_covering.load(Ordering::Relaxed),
+            releases: r.releases.load(Ordering::Relaxed),
+            starts: r.starts.load(Ordering::Relaxed),
+            ends: r.ends.load(Ordering::Relaxed),
+            unpaired: r.unpaired.load(Ordering::Relaxed),
+            after_release: r.after_release.load(Ordering::Relaxed),
+        }
+    }
+
+    fn of_reference(r: *mut NkRef) -> Self {
+        let mut c = RefCounts::default();
+        // SAFETY: `r` is a registered reference recorder; `c` is valid for writes.
+        unsafe { nk_ref_read(r, &mut c) };
+        Seen {
+            events: c.events as usize,
+            young: c.young as usize,
+            releases: c.releases as usize,
+            starts: c.starts as usize,
+            ends: c.ends as usize,
+            unpaired: 0,
+            after_release: c.after_release as usize,
+        }
+    }
+}
+
+/// The expectations on nkhelper's page, each checked in both modes.
+const PROCESS_CASES: [(&str, fn(&Seen) -> core::result::Result<(), ()>); 4] = [
+    (
+        "C-06 mprotect in a user process: start/end with ProtectionVma over its page",
+        |s| {
+            ensure!(
+                s.events & (1 << Event::ProtectionVma as usize) != 0,
+                "events seen: {:#x}",
+                s.events
+            );
+            Ok(())
+        },
+    ),
+    (
+        "C-15 idle page tracking ages its page: clear_young reaches the subscriber",
+        |s| {
+            ensure!(s.young >= 1, "no ageing call covering the page");
+            Ok(())
+        },
+    ),
+    (
+        "C-06 swap-out (MADV_PAGEOUT, swap on a RAM disk): start/end with Clear over its page",
+        |s| {
+            ensure!(
+                s.events & (1 << Event::Clear as usize) != 0,
+                "events seen: {:#x}",
+                s.events
+            );
+            Ok(())
+        },
+    ),
+    (
+        "C-04/C-07 a user process exits: release exactly once, every start ended before",
+        |s| {
+            ensure!(s.releases == 1, "releases: {}", s.releases);
+            ensure!(
+                s.starts == s.ends,
+                "{} starts but {} ends",
+                s.starts,
+                s.ends
+            );
+            ensure!(s.unpaired == 0, "an end without its start");
+            ensure!(s.after_release == 0, "a callback after release");
+            Ok(())
+        },
+    ),
+];
+
 /// The cases on the mm of another user process, nkhelper: it changes the protection
-/// of its faulted pages, swaps them out, reads them back and exits when told.
+/// of its faulted pages, ages them, swaps them out, reads them back and exits when
+/// told. A core-mode subscriber (through the forwarder) and a reference-mode one
+/// (straight on Linux's `mmu_notifier_register`) watch the same page; every
+/// expectation is checked in both modes and any case whose result differs is named.
 fn process_cases() {
     // SAFETY: no precondition.
     let pid = unsafe { nk_helper_pid() };
@@ -547,79 +676,78 @@ fn process_cases() {
     };
     sub.watch(HELPER_BASE, HELPER_BASE + PAGE);
     let r = sub.as_ref().register(&mmn);
-    // From here the process may exit and tear its mm down (the forwarder keeps only
+    // SAFETY: we hold a user reference on `mm`.
+    let rf = unsafe { nk_ref_register(mm.as_raw(), HELPER_BASE, HELPER_BASE + PAGE) };
+    case(
+        "core and reference subscribers register on nkhelper's mm",
+        (|| {
+            ensure!(r.is_ok(), "core register: {:?}", r);
+            ensure!(!rf.is_null(), "mmu_notifier_register failed");
+            Ok(())
+        })(),
+    );
+    // From here the process may exit and tear its mm down (the registrations keep only
     // the mm_struct, not its pages).
     drop(mm);
-    let told = if r.is_ok() {
+    if r.is_err() || rf.is_null() {
+        // Send the helper on its way anyway, so that it exits.
         // SAFETY: no precondition.
-        unsafe { nk_signal(pid, SIGUSR1) }
-    } else {
-        -1
-    };
+        unsafe { nk_signal(pid, SIGUSR1) };
+        if !rf.is_null() {
+            // SAFETY: registered above, unregistered once.
+            unsafe { nk_ref_unregister(rf) };
+        }
+        let _ = sub.as_ref().unregister();
+        return;
+    }
+    // SAFETY: no precondition.
+    let told = unsafe { nk_signal(pid, SIGUSR1) };
     let mut waited = 0;
-    while told == 0 && sub.releases.load(Ordering::Relaxed) == 0 && waited < 30_000 {
+    while told == 0
+        && (sub.releases.load(Ordering::Relaxed) == 0 || Seen::of_reference(rf).releases == 0)
+        && waited < 30_000
+    {
         // SAFETY: sleeping is allowed here (module init).
         unsafe { nk_msleep(50) };
         waited += 50;
     }
-    let ev = sub.events.load(Ordering::Relaxed);
     case(
-        "C-06 mprotect in a user process: start/end with ProtectionVma over its page",
+        "nkhelper was told to go and exited",
         (|| {
-            ensure!(r.is_ok(), "register: {:?}", r);
             ensure!(told == 0, "SIGUSR1 to {}: {}", pid, told);
-            ensure!(
-                ev & (1 << Event::ProtectionVma as usize) != 0,
-                "events seen: {:#x}",
-                ev
-            );
+            ensure!(waited < 30_000, "no release within 30 s");
             Ok(())
         })(),
     );
+    let modes = [
+        ("[core]", Seen::of_core(&sub)),
+        ("[reference]", Seen::of_reference(rf)),
+    ];
+    let mut differ = 0;
+    for (name, check) in PROCESS_CASES {
+        let mut results = [true; 2];
+        for (i, (mode, seen)) in modes.iter().enumerate() {
+            let r = check(seen);
+            results[i] = r.is_ok();
+            case_in(name, mode, r);
+        }
+        if results[0] != results[1] {
+            differ += 1;
+            pr_info!("modes differ: {}\n", name);
+        }
+    }
     case(
-        "C-15 idle page tracking ages its page: clear_young reaches the subscriber",
+        "core and reference (Linux's own mmu_notifier) modes agree on every process case",
         (|| {
-            let n = sub.young_covering.load(Ordering::Relaxed);
-            ensure!(n >= 1, "no ageing call covering the page");
-            Ok(())
-        })(),
-    );
-    case(
-        "C-06 swap-out (MADV_PAGEOUT, swap on a RAM disk): start/end with Clear over its page",
-        (|| {
-            ensure!(
-                ev & (1 << Event::Clear as usize) != 0,
-                "events seen: {:#x}",
-                ev
-            );
-            Ok(())
-        })(),
-    );
-    case(
-        "C-04/C-07 a user process exits: release exactly once, every start ended before",
-        (|| {
-            let n = sub.releases.load(Ordering::Relaxed);
-            ensure!(n == 1, "releases: {} after {} ms", n, waited);
-            ensure!(mmn.is_dead(), "the core's address space is not torn down");
-            let (s, e) = (
-                sub.starts.load(Ordering::Relaxed),
-                sub.ends.load(Ordering::Relaxed),
-            );
-            ensure!(s == e, "{} starts but {} ends", s, e);
-            ensure!(
-                sub.unpaired.load(Ordering::Relaxed) == 0,
-                "an end without its start"
-            );
-            ensure!(
-                sub.after_release.load(Ordering::Relaxed) == 0,
-                "a callback after release"
-            );
+            ensure!(differ == 0, "{} case(s) differ (named above)", differ);
             Ok(())
         })(),
     );
     let _ = sub.as_ref().unregister();
     drop(sub);
     drop(mmn);
+    // SAFETY: registered above, unregistered once.
+    unsafe { nk_ref_unregister(rf) };
 }
 
 /// The cases run while the module loads, in `insmod`'s context.
