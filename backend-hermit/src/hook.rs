@@ -43,6 +43,10 @@ pub enum AttachError {
 /// The unikernel's address space as the notifier core sees it.
 pub struct KernelMm {
     space: AddressSpace<P>,
+    /// `(real start, real end, seen start)`: only changes inside the real window are
+    /// reported, moved to start at `seen start` (a test harness's view); `None`: all
+    /// changes, at their own addresses.
+    window: Option<(usize, usize, usize)>,
     hook: UnsafeCell<sys::Hook>,
     slots: [SpinMutex<Option<Pending>, Yield>; SLOTS],
 }
@@ -73,11 +77,22 @@ impl KernelMm {
     pub fn new() -> Self {
         KernelMm {
             space: AddressSpace::new(),
+            window: None,
             hook: UnsafeCell::new(sys::Hook {
                 func: on_change,
                 ctx: core::ptr::null_mut(),
             }),
             slots: [const { SpinMutex::new(None) }; SLOTS],
+        }
+    }
+
+    /// An address space that sees only `[real, real + len)`, as if it started at
+    /// `seen` (the conformance suite chooses its own addresses; Hermit chooses where
+    /// memory is mapped).
+    pub fn with_window(real: usize, len: usize, seen: usize) -> Self {
+        KernelMm {
+            window: Some((real, real + len, seen)),
+            ..Self::new()
         }
     }
 
@@ -113,7 +128,17 @@ impl KernelMm {
             sys::EVENT_UNMAP => Event::Unmap,
             _ => Event::ProtectionVma,
         };
-        let mut range = Range::new(start, end, event);
+        let (seen_start, seen_end) = match self.window {
+            None => (start, end),
+            Some((lo, hi, seen)) => {
+                if end <= lo || start >= hi {
+                    // Outside the window: nothing to tell, nothing to end.
+                    return 0;
+                }
+                (start.max(lo) - lo + seen, end.min(hi) - lo + seen)
+            }
+        };
+        let mut range = Range::new(seen_start, seen_end, event);
         if !blockable {
             range = range.non_blocking();
         }

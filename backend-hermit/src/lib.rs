@@ -34,7 +34,7 @@ mod platform;
 pub mod sys;
 
 pub use hook::{AttachError, KernelMm};
-pub use platform::{HermitPlatform, HermitRawLock};
+pub use platform::{HermitPlatform, HermitRawLock, Yield};
 
 /// Re-exported so that a user names one crate.
 pub use notifier_core::{AddressSpace, Platform};

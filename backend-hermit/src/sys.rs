@@ -60,4 +60,9 @@ extern "C" {
     /// Register the notifier hook (the project's patch); null unregisters and waits
     /// until no call of the old hook runs. 0, or `-EBUSY` if one is registered.
     pub fn sys_mmu_notifier_register(hook: *mut Hook) -> i32;
+    /// The physical address `addr` is mapped to, or `usize::MAX` (the project's patch).
+    pub fn sys_mmu_translate(addr: usize) -> usize;
+    /// Unmap the pages of `[ptr, ptr + size)` one by one and free their frames, keeping
+    /// the virtual range reserved (the project's patch). `-EAGAIN` if refused.
+    pub fn sys_mmu_unmap_pages(ptr: *mut u8, size: usize) -> i32;
 }

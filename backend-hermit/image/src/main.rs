@@ -14,7 +14,9 @@
 //!   (C-04, C-03).
 //!
 //! Output: one line per check (`name ... ok` or `FAILED: why`), then
-//! `N passed, N failed`; the exit code is 0 only if everything passed.
+//! `N passed, N failed`; then the conformance suite (`notifier-conformance`) on
+//! [`harness::HermitHarness`], with its own per-case lines and closing line. The exit
+//! code is 0 only if everything passed.
 
 #![no_std]
 #![no_main]
@@ -25,6 +27,9 @@ use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use backend_hermit::{HermitPlatform as P, KernelMm};
 use notifier_core::{Event, Range, Subscriber, SubscriberOps, WouldBlock};
+
+#[cfg(feature = "suite")]
+mod harness;
 
 extern "C" {
     fn sys_write(fd: i32, buf: *const u8, len: usize) -> isize;
@@ -312,6 +317,26 @@ extern "C" fn runtime_entry(_argc: i32, _argv: *const *const u8, _env: *const *c
     let _ = probe.as_ref().unregister();
 
     say!("{} passed, {} failed", t.passed, t.failed);
+
+    // The conformance suite, on the same kernel hook.
+    #[cfg_attr(not(feature = "suite"), allow(unused_mut))]
+    let mut failed = t.failed;
+    #[cfg(feature = "suite")]
+    match harness::HermitHarness::new() {
+        Some(h) => {
+            let cfg = notifier_conformance::Config {
+                rounds: 50,
+                ..Default::default()
+            };
+            let sum = notifier_conformance::run(&h, &cfg, &mut Console);
+            failed += sum.failed;
+        }
+        None => {
+            say!("conformance suite: FAILED: could not reserve the harness window");
+            say!("0 passed, 1 failed");
+            failed += 1;
+        }
+    }
     // SAFETY: ends the image.
-    unsafe { sys_exit(if t.failed == 0 { 0 } else { 1 }) }
+    unsafe { sys_exit(if failed == 0 { 0 } else { 1 }) }
 }

@@ -1,0 +1,364 @@
+//! The conformance suite's [`Harness`] on Hermit's real page tables.
+//!
+//! Hermit has one address space, and it chooses where memory goes, while the suite
+//! maps at its own addresses. So each suite address space is a [`KernelMm`] with a
+//! *window*: a virtual range reserved once with `sys_mmap` (no pages), whose changes
+//! are reported to the suite at the suite's addresses; changes elsewhere (thread
+//! stacks, the kernel heap) are not part of it. One suite address space exists at a
+//! time (Hermit has one hook), which is all the suite needs without fork.
+//!
+//! * map: `sys_mprotect` page by page on the reserved range (Hermit maps and populates
+//!   a page there, eagerly);
+//! * unmap: `sys_mmu_unmap_pages` (the patch), page by page, freeing the frames;
+//! * lookup: `sys_mmu_translate` (the patch);
+//! * the oracle: a table of the frames this harness saw allocated, with a generation
+//!   bumped when the kernel freed them (right after the unmap returns).
+
+use core::ptr::NonNull;
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use backend_hermit::sys;
+use backend_hermit::{HermitPlatform as P, KernelMm};
+use notifier_conformance::harness::{Cap, Frame, Harness, HarnessError, Mm, Pte};
+use notifier_core::AddressSpace;
+use spin::mutex::SpinMutex;
+
+use crate::{sys_join, sys_mmap, sys_mprotect, sys_spawn2, PAGE, PROT_READ, PROT_WRITE};
+
+/// Where the suite maps (its `BASE`), and how much of it the window covers.
+const SEEN: usize = 0x4000_0000;
+const WINDOW: usize = 1 << 21;
+const ARENA: usize = 16 << 20;
+const FRAMES: usize = 2048;
+
+#[derive(Clone, Copy)]
+struct FrameEntry {
+    pfn: u64,
+    gen: u64,
+    live: bool,
+}
+
+/// The Hermit harness.
+pub struct HermitHarness {
+    window: usize,
+    arena: usize,
+    /// The suite's current address space (`KernelMm` in kernel memory), or null.
+    cur: SpinMutex<usize, backend_hermit::Yield>,
+    frames: SpinMutex<[FrameEntry; FRAMES], backend_hermit::Yield>,
+    next_gen: AtomicU64,
+}
+
+fn reserve(len: usize, prot: u32) -> Option<usize> {
+    let mut p = core::ptr::null_mut();
+    // SAFETY: `p` is a valid out-pointer.
+    let r = unsafe { sys_mmap(len, prot, &mut p) };
+    (r == 0 && !p.is_null()).then_some(p as usize)
+}
+
+fn translate(real: usize) -> Option<u64> {
+    // SAFETY: only reads the page tables.
+    let pa = unsafe { sys::sys_mmu_translate(real) };
+    (pa != usize::MAX).then_some((pa / PAGE) as u64)
+}
+
+impl HermitHarness {
+    /// Reserves the window and the arena.
+    pub fn new() -> Option<Self> {
+        Some(HermitHarness {
+            window: reserve(WINDOW, 0)?,
+            arena: reserve(ARENA, PROT_READ | PROT_WRITE)?,
+            cur: SpinMutex::new(0),
+            frames: SpinMutex::new(
+                [FrameEntry {
+                    pfn: 0,
+                    gen: 0,
+                    live: false,
+                }; FRAMES],
+            ),
+            next_gen: AtomicU64::new(1),
+        })
+    }
+
+    fn real(&self, addr: usize, len: usize) -> Result<usize, HarnessError> {
+        if addr < SEEN
+            || addr + len > SEEN + WINDOW
+            || !addr.is_multiple_of(PAGE)
+            || !len.is_multiple_of(PAGE)
+        {
+            return Err(HarnessError::Failed("outside the harness window"));
+        }
+        Ok(self.window + (addr - SEEN))
+    }
+
+    fn km(&self, mm: Mm) -> &'static KernelMm {
+        // SAFETY: `mm` is a pointer from `create_mm`, valid until `destroy_mm`, which
+        // the suite calls only after its last use.
+        unsafe { &*(mm as *const KernelMm) }
+    }
+
+    fn gen_of(&self, pfn: u64) -> u64 {
+        let t = self.frames.lock();
+        t.iter()
+            .find(|e| e.pfn == pfn && e.live)
+            .map_or(0, |e| e.gen)
+    }
+
+    fn born(&self, pfn: u64) {
+        let gen = self.next_gen.fetch_add(1, Ordering::Relaxed);
+        let mut t = self.frames.lock();
+        let i = t
+            .iter()
+            .position(|e| e.pfn == pfn)
+            .or_else(|| t.iter().position(|e| !e.live))
+            .unwrap_or(0);
+        t[i] = FrameEntry {
+            pfn,
+            gen,
+            live: true,
+        };
+    }
+
+    fn died(&self, pfn: u64) {
+        let mut t = self.frames.lock();
+        if let Some(e) = t.iter_mut().find(|e| e.pfn == pfn) {
+            e.live = false;
+        }
+    }
+
+    fn unmap_real(&self, real: usize, len: usize) -> Result<(), HarnessError> {
+        let mut pfns = [0u64; WINDOW / PAGE];
+        let n = len / PAGE;
+        for (i, p) in pfns.iter_mut().enumerate().take(n) {
+            *p = translate(real + i * PAGE).unwrap_or(u64::MAX);
+        }
+        // SAFETY: the range is inside this harness's reserved window.
+        let r = unsafe { sys::sys_mmu_unmap_pages(real as *mut u8, len) };
+        // The kernel freed each page's frame right after its unmap ended.
+        for (i, &p) in pfns.iter().enumerate().take(n) {
+            if p != u64::MAX && translate(real + i * PAGE).is_none() {
+                self.died(p);
+            }
+        }
+        if r != 0 {
+            return Err(HarnessError::Refused);
+        }
+        Ok(())
+    }
+}
+
+unsafe extern "C" fn task_trampoline(arg: usize) {
+    // SAFETY: `arg` points at a `&dyn Fn` that `run_concurrently` keeps alive until it
+    // joined this task.
+    let f = unsafe { &*(arg as *const &(dyn Fn() + Sync)) };
+    f();
+}
+
+impl Harness for HermitHarness {
+    type P = P;
+
+    fn name(&self) -> &'static str {
+        "hermit (patched hermit-kernel 0.11.0, QEMU, 2 CPUs)"
+    }
+
+    fn lacks(&self, cap: Cap) -> Option<&'static str> {
+        match cap {
+            Cap::Protect => {
+                Some("Hermit's mprotect leaves entries writable (PROT_READ is not enforced)")
+            }
+            Cap::Migrate => Some("Hermit does not migrate pages"),
+            Cap::Cow => Some("Hermit has no fork and no copy-on-write"),
+            Cap::Reclaim => Some("Hermit has no reclaim, ageing or swap"),
+            Cap::NonBlockingUnmap => {
+                Some("Hermit has no unmap from a context that cannot sleep (no OOM reaper)")
+            }
+            Cap::FrameRefs => Some("Hermit frees a page at munmap whatever references others hold"),
+            Cap::Concurrency | Cap::DirectCalls => None,
+        }
+    }
+
+    fn create_mm(&self) -> Result<Mm, HarnessError> {
+        let mut cur = self.cur.lock();
+        if *cur != 0 {
+            return Err(HarnessError::Failed(
+                "Hermit has one hook: one address space at a time",
+            ));
+        }
+        let layout = core::alloc::Layout::new::<KernelMm>();
+        // SAFETY: a non-zero size and a power-of-two alignment.
+        let p = unsafe { sys::sys_alloc(layout.size(), layout.align()) } as *mut KernelMm;
+        if p.is_null() {
+            return Err(HarnessError::Failed("out of kernel memory"));
+        }
+        // SAFETY: `p` is fresh memory for one `KernelMm`.
+        unsafe { p.write(KernelMm::with_window(self.window, WINDOW, SEEN)) };
+        // SAFETY: initialised above; lives until `destroy_mm`.
+        let km: &'static KernelMm = unsafe { &*p };
+        if km.attach().is_err() {
+            // SAFETY: never attached: nobody else refers to it.
+            unsafe {
+                p.drop_in_place();
+                sys::sys_dealloc(p.cast(), layout.size(), layout.align());
+            }
+            return Err(HarnessError::Failed("the kernel refused the hook"));
+        }
+        *cur = p as usize;
+        Ok(p as usize)
+    }
+
+    fn address_space(&self, mm: Mm) -> &AddressSpace<P> {
+        self.km(mm).address_space()
+    }
+
+    fn teardown(&self, mm: Mm) {
+        self.km(mm).detach();
+        let _ = self.unmap_real(self.window, WINDOW);
+    }
+
+    fn destroy_mm(&self, mm: Mm) {
+        let mut cur = self.cur.lock();
+        let p = mm as *mut KernelMm;
+        let layout = core::alloc::Layout::new::<KernelMm>();
+        // SAFETY: torn down (detached: the kernel no longer calls it) and the suite's
+        // consumers have unregistered; the memory came from `sys_alloc` in `create_mm`.
+        unsafe {
+            p.drop_in_place();
+            sys::sys_dealloc(p.cast(), layout.size(), layout.align());
+        }
+        if *cur == mm {
+            *cur = 0;
+        }
+    }
+
+    fn map(&self, _mm: Mm, addr: usize, len: usize) -> Result<(), HarnessError> {
+        let real = self.real(addr, len)?;
+        for off in (0..len).step_by(PAGE) {
+            // SAFETY: a page of the reserved window; mapping it is what the suite asked.
+            if unsafe { sys_mprotect((real + off) as *mut u8, PAGE, PROT_READ | PROT_WRITE) } != 0 {
+                return Err(HarnessError::Failed("sys_mprotect failed"));
+            }
+            if let Some(pfn) = translate(real + off) {
+                self.born(pfn);
+            }
+        }
+        Ok(())
+    }
+
+    fn touch(&self, mm: Mm, addr: usize, write: bool) -> Result<Pte, HarnessError> {
+        let real = self.real(addr, PAGE)?;
+        let Some(pte) = self.lookup(mm, addr) else {
+            return Err(HarnessError::Failed("not mapped"));
+        };
+        if write {
+            // SAFETY: the page is mapped read-write (Hermit maps eagerly).
+            unsafe { core::ptr::write_volatile(real as *mut u8, 1) };
+        }
+        Ok(pte)
+    }
+
+    fn lookup(&self, _mm: Mm, addr: usize) -> Option<Pte> {
+        let real = self.real(addr, PAGE).ok()?;
+        let pfn = translate(real)?;
+        Some(Pte {
+            frame: Frame {
+                pfn,
+                gen: self.gen_of(pfn),
+            },
+            writable: true,
+        })
+    }
+
+    fn unmap(&self, _mm: Mm, addr: usize, len: usize) -> Result<(), HarnessError> {
+        let real = self.real(addr, len)?;
+        self.unmap_real(real, len)
+    }
+
+    fn protect(&self, _: Mm, _: usize, _: usize, _: bool) -> Result<(), HarnessError> {
+        Err(HarnessError::Unsupported(
+            self.lacks(Cap::Protect).unwrap_or(""),
+        ))
+    }
+
+    fn migrate(&self, _: Mm, _: usize) -> Result<Pte, HarnessError> {
+        Err(HarnessError::Unsupported(
+            self.lacks(Cap::Migrate).unwrap_or(""),
+        ))
+    }
+
+    fn fork(&self, _: Mm) -> Result<Mm, HarnessError> {
+        Err(HarnessError::Unsupported(
+            self.lacks(Cap::Cow).unwrap_or(""),
+        ))
+    }
+
+    fn reclaim(&self, _: Mm, _: usize, _: usize) -> Result<usize, HarnessError> {
+        Err(HarnessError::Unsupported(
+            self.lacks(Cap::Reclaim).unwrap_or(""),
+        ))
+    }
+
+    fn reap(&self, _: Mm, _: usize, _: usize) -> Result<usize, HarnessError> {
+        Err(HarnessError::Unsupported(
+            self.lacks(Cap::NonBlockingUnmap).unwrap_or(""),
+        ))
+    }
+
+    fn get_frame(&self, _: Frame) -> bool {
+        false
+    }
+
+    fn put_frame(&self, _: Frame) {}
+
+    fn frame_live(&self, frame: Frame) -> bool {
+        let t = self.frames.lock();
+        t.iter()
+            .any(|e| e.pfn == frame.pfn && e.live && (frame.gen == 0 || e.gen == frame.gen))
+    }
+
+    fn run_concurrently(&self, tasks: &[&(dyn Fn() + Sync)]) {
+        // In batches of 16: each task is joined before its batch's slice is left.
+        for batch in tasks.chunks(16) {
+            self.run_batch(batch);
+        }
+    }
+
+    fn yield_now(&self) {
+        P::yield_now();
+    }
+
+    fn arena(&self) -> Option<(NonNull<u8>, usize)> {
+        NonNull::new(self.arena as *mut u8).map(|p| (p, ARENA))
+    }
+
+    fn bugs_reported(&self) -> usize {
+        P::bugs()
+    }
+
+    fn sleep_violations(&self) -> usize {
+        P::sleep_violations()
+    }
+}
+
+impl HermitHarness {
+    fn run_batch(&self, tasks: &[&(dyn Fn() + Sync)]) {
+        let cpus = P::processors().max(1);
+        let mut ids = [0i32; 16];
+        for (i, t) in tasks.iter().enumerate().take(ids.len()) {
+            // SAFETY: `t` outlives the task: it is joined below before returning.
+            ids[i] = unsafe {
+                sys_spawn2(
+                    task_trampoline,
+                    t as *const &(dyn Fn() + Sync) as usize,
+                    8,
+                    0x20000,
+                    (i % cpus) as isize,
+                )
+            };
+        }
+        for &id in ids.iter().take(tasks.len().min(16)) {
+            if id >= 0 {
+                // SAFETY: a task spawned above.
+                unsafe { sys_join(id) };
+            }
+        }
+    }
+}
