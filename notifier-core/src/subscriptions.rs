@@ -276,7 +276,16 @@ impl<P: Platform> Default for AddressSpace<P> {
 }
 
 impl<P: Platform> AddressSpace<P> {
+    /// An address space nobody subscribes to yet (usable in a `static`).
+    #[cfg(not(loom))]
+    pub const fn new() -> Self {
+        AddressSpace {
+            subs: AtomicPtr::new(ptr::null_mut()),
+        }
+    }
+
     /// An address space nobody subscribes to yet.
+    #[cfg(loom)]
     pub fn new() -> Self {
         AddressSpace {
             subs: AtomicPtr::new(ptr::null_mut()),

@@ -5,7 +5,9 @@
 //! * `bench-report` ([`bench_report`]): runs the criterion benchmarks and writes
 //!   `benches/RESULTS.md`.
 //! * `kmod` ([`kmod`]): builds (or reuses) a Linux 6.12 kernel with Rust support, builds
-//!   the notifier module and runs the conformance suite in it under QEMU.
+//!   the notifier module and runs its in-kernel tests under QEMU.
+//! * `hermit` ([`hermit`]): builds (or reuses) a patched Hermit kernel, the loader and the
+//!   test image, and runs it on 2 CPUs under QEMU.
 
 use std::process::ExitCode;
 
@@ -15,7 +17,7 @@ mod kmod;
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: cargo xtask <bench-report|kmod> [options]   (--help after a command for more)"
+        "usage: cargo xtask <bench-report|kmod|hermit> [options]   (--help after a command for more)"
     );
     ExitCode::from(2)
 }
