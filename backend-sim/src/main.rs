@@ -520,115 +520,95 @@ fn run(a: &Args, progress: &AtomicU64) -> Result<(Report, backend_sim::SimStats)
         stop.store(true, Ordering::Relaxed);
     };
 
-    let vcpu = |id: usize| {
-        let h = &h;
-        let kvm = &kvm;
-        let (stop, accesses, check) = (&stop, &accesses, &check);
-        move || {
-            let mut rng = Rng((a.seed ^ (id as u64 + 1).wrapping_mul(0xA24B_AED4_963E_E407)) | 1);
-            while !stop.load(Ordering::Relaxed) {
-                let addr = BASE + rng.below(sc.pages as u64) as usize * PAGE_SIZE;
-                let before = kvm.violations.load(Ordering::Relaxed);
-                let f = kvm.access(addr);
-                check(
-                    "kvm",
-                    addr,
-                    before,
-                    kvm.violations.load(Ordering::Relaxed),
-                    f,
-                );
-                if f.is_none() {
-                    let _ = kvm.fault(addr, rng.below(4) == 0);
-                }
-                accesses.fetch_add(1, Ordering::Relaxed);
-                h.yield_now();
+    // One secondary MMU at work until the primary MMU is done: pick a page, use the
+    // translation (checked by the oracle), fault it in on a miss.
+    type Access<'x> = &'x dyn Fn(&mut Rng, usize) -> Option<Frame>;
+    type Fault<'x> = &'x dyn Fn(&mut Rng, usize);
+    let work = |salt: u64,
+                who: &'static str,
+                violations: &AtomicU32,
+                access: Access<'_>,
+                fault: Fault<'_>| {
+        let mut rng = Rng((a.seed ^ salt) | 1);
+        while !stop.load(Ordering::Relaxed) {
+            let addr = BASE + rng.below(sc.pages as u64) as usize * PAGE_SIZE;
+            let before = violations.load(Ordering::Relaxed);
+            let f = access(&mut rng, addr);
+            check(who, addr, before, violations.load(Ordering::Relaxed), f);
+            if f.is_none() {
+                fault(&mut rng, addr);
             }
+            accesses.fetch_add(1, Ordering::Relaxed);
+            h.yield_now();
+        }
+    };
+    let work = &work;
+    let vcpu = |id: usize| {
+        let kvm = &kvm;
+        move || {
+            work(
+                (id as u64 + 1).wrapping_mul(0xA24B_AED4_963E_E407),
+                "kvm",
+                &kvm.violations,
+                &|_, addr| kvm.access(addr),
+                &|rng, addr| {
+                    let _ = kvm.fault(addr, rng.below(4) == 0);
+                },
+            )
         }
     };
     let device = || {
-        let mut rng = Rng(a.seed ^ 0xD1CE | 1);
-        while !stop.load(Ordering::Relaxed) {
-            let addr = BASE + rng.below(sc.pages as u64) as usize * PAGE_SIZE;
-            let before = dev.violations.load(Ordering::Relaxed);
-            let f = dev.access(addr);
-            check(
-                "device-tlb",
-                addr,
-                before,
-                dev.violations.load(Ordering::Relaxed),
-                f,
-            );
-            if f.is_none() {
+        work(
+            0xD1CE,
+            "device-tlb",
+            &dev.violations,
+            &|_, addr| dev.access(addr),
+            &|_, addr| {
                 dev.fill(addr);
-            }
-            accesses.fetch_add(1, Ordering::Relaxed);
-            h.yield_now();
-        }
+            },
+        )
     };
     let remote = || {
-        let mut rng = Rng(a.seed ^ 0xE4 | 1);
-        while !stop.load(Ordering::Relaxed) {
-            let imp = rng.below(IMPORTERS as u64) as usize;
-            let addr = BASE + rng.below(sc.pages as u64) as usize * PAGE_SIZE;
-            let before = exp.violations.load(Ordering::Relaxed);
-            let f = exp.remote_access(imp, addr);
-            check(
-                "importer",
-                addr,
-                before,
-                exp.violations.load(Ordering::Relaxed),
-                f,
-            );
-            if f.is_none() {
-                let _ = exp.request_map(imp, addr);
-            }
-            accesses.fetch_add(1, Ordering::Relaxed);
-            h.yield_now();
-        }
+        let imp = std::cell::Cell::new(0);
+        work(
+            0xE4,
+            "importer",
+            &exp.violations,
+            &|rng, addr| {
+                imp.set(rng.below(IMPORTERS as u64) as usize);
+                exp.remote_access(imp.get(), addr)
+            },
+            &|_, addr| {
+                let _ = exp.request_map(imp.get(), addr);
+            },
+        )
     };
     let mirror = || {
-        let mut rng = Rng(a.seed ^ 0x3333 | 1);
-        while !stop.load(Ordering::Relaxed) {
-            let addr = BASE + rng.below(sc.pages as u64) as usize * PAGE_SIZE;
-            let before = mir.violations.load(Ordering::Relaxed);
-            let f = mir.access(addr);
-            check(
-                "mirror",
-                addr,
-                before,
-                mir.violations.load(Ordering::Relaxed),
-                f,
-            );
-            if f.is_none() {
+        work(
+            0x3333,
+            "mirror",
+            &mir.violations,
+            &|_, addr| mir.access(addr),
+            &|_, addr| {
                 let _ = mir.fault(mir.interval(), addr);
-            }
-            accesses.fetch_add(1, Ordering::Relaxed);
-            h.yield_now();
-        }
+            },
+        )
     };
-
-    let devices = || {
-        let mut rng = Rng(a.seed ^ 0x2222 | 1);
-        while !stop.load(Ordering::Relaxed) {
-            let addr = BASE + rng.below(sc.pages as u64) as usize * PAGE_SIZE;
-            for t in [tp0.as_ref(), tp1.as_ref()] {
-                let before = t.violations.load(Ordering::Relaxed);
-                let f = t.access(addr);
-                check(
-                    "two-pass device",
-                    addr,
-                    before,
-                    t.violations.load(Ordering::Relaxed),
-                    f,
-                );
-                if f.is_none() {
-                    let _ = t.fault(t.interval(), addr);
-                }
-                accesses.fetch_add(1, Ordering::Relaxed);
-            }
-            h.yield_now();
-        }
+    let tps = [tp0.as_ref(), tp1.as_ref()];
+    let device_of = |k: usize| {
+        let t = tps[k];
+        work(
+            0x2222 + k as u64,
+            "two-pass device",
+            &t.violations,
+            &|_, addr| t.access(addr),
+            &|_, addr| {
+                let _ = t.fault(t.interval(), addr);
+            },
+        )
     };
+    let devices0 = || device_of(0);
+    let devices1 = || device_of(1);
     let vcpus: Vec<_> = (0..a.threads).map(vcpu).collect();
     let mut tasks: Vec<&(dyn Fn() + Sync)> = vec![&primary];
     if sc.kvm {
@@ -646,7 +626,8 @@ fn run(a: &Args, progress: &AtomicU64) -> Result<(Report, backend_sim::SimStats)
         tasks.push(&mirror);
     }
     if sc.two_pass {
-        tasks.push(&devices);
+        tasks.push(&devices0);
+        tasks.push(&devices1);
     }
     let t0 = Instant::now();
     h.run_concurrently(&tasks);
