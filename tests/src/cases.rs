@@ -724,9 +724,35 @@ fn c08_non_blocking<H: Harness>(h: &H, cfg: &Config) -> Outcome {
     Ok(())
 }
 
+/// The primary MMU of the race cases: `cfg.rounds` operations over the pages, one in
+/// `every` a migration (where the backend has it), the others an unmap and a remap;
+/// then `stop`.
+fn unmap_and_migrate<H: Harness>(
+    h: &H,
+    sp: &Space<'_, H>,
+    cfg: &Config,
+    every: usize,
+    err: &FirstError<H::P>,
+    stop: &AtomicBool,
+) {
+    let pg = page::<H>();
+    for i in 0..cfg.rounds as usize {
+        let a = addr::<H>(i % PAGES);
+        let r = match i % every {
+            0 if h.lacks(Cap::Migrate).is_none() => h.migrate(sp.mm, a).map(|_| ()),
+            _ => h.unmap(sp.mm, a, pg).and_then(|()| h.map(sp.mm, a, pg)),
+        };
+        if let Err(e) = r {
+            err.set(e.into());
+            break;
+        }
+        h.yield_now();
+    }
+    stop.store(true, Ordering::Relaxed);
+}
+
 fn c09_no_stale<H: Harness>(h: &H, cfg: &Config) -> Outcome {
     need(h, Cap::Concurrency)?;
-    let pg = page::<H>();
     let sp = Space::with_pages(h, PAGES)?;
     let kvm = pin!(Subscriber::<_, H::P>::new(Kvm::new(h, sp.mm, cfg.twin)));
     kvm.as_ref().register(sp.asp())?;
@@ -736,21 +762,7 @@ fn c09_no_stale<H: Harness>(h: &H, cfg: &Config) -> Outcome {
     exp.as_ref().register(sp.asp())?;
     let err = FirstError::<H::P>::new();
     let stop = AtomicBool::new(false);
-    let primary = || {
-        for i in 0..cfg.rounds as usize {
-            let a = addr::<H>(i % PAGES);
-            let r = match i % 3 {
-                0 if h.lacks(Cap::Migrate).is_none() => h.migrate(sp.mm, a).map(|_| ()),
-                _ => h.unmap(sp.mm, a, pg).and_then(|()| h.map(sp.mm, a, pg)),
-            };
-            if let Err(e) = r {
-                err.set(e.into());
-                break;
-            }
-            h.yield_now();
-        }
-        stop.store(true, Ordering::Relaxed);
-    };
+    let primary = || unmap_and_migrate(h, &sp, cfg, 3, &err, &stop);
     let vcpu = || {
         let mut i = 0;
         while !stop.load(Ordering::Relaxed) {
@@ -914,21 +926,7 @@ fn c12_sequence<H: Harness>(h: &H, cfg: &Config) -> Outcome {
     if h.lacks(Cap::Concurrency).is_none() {
         let err = FirstError::<H::P>::new();
         let stop = AtomicBool::new(false);
-        let primary = || {
-            for i in 0..cfg.rounds as usize {
-                let a = addr::<H>(i % PAGES);
-                let r = match i % 2 {
-                    0 if h.lacks(Cap::Migrate).is_none() => h.migrate(sp.mm, a).map(|_| ()),
-                    _ => h.unmap(sp.mm, a, pg).and_then(|()| h.map(sp.mm, a, pg)),
-                };
-                if let Err(e) = r {
-                    err.set(e.into());
-                    break;
-                }
-                h.yield_now();
-            }
-            stop.store(true, Ordering::Relaxed);
-        };
+        let primary = || unmap_and_migrate(h, &sp, cfg, 2, &err, &stop);
         let device = || {
             let mut i = 0;
             while !stop.load(Ordering::Relaxed) {
