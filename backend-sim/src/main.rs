@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use backend_sim::harness::{Frame, Harness};
+use backend_sim::harness::{Frame, Harness, Mm};
 use backend_sim::{event_index, Mode, SimConfig, SimEvent, SimHarness, SimPlatform, PAGE_SIZE};
 use notifier_conformance::consumers::{
     DeviceTlb, Exporter, Kvm, Mirror, PageExporter, RmapHook, TwoPass, EXPORT_SLOTS, IMPORTERS,
@@ -304,17 +304,36 @@ struct Report {
 
 const OP_NAMES: [&str; 5] = ["munmap", "mprotect", "migrate", "cow-break", "reclaim"];
 
-fn run(a: &Args, progress: &AtomicU64) -> Result<(Report, backend_sim::SimStats), String> {
-    let sc = a.scenario;
-    let mode = if a.real_threads {
+/// The scenario's machine: seeded scheduler (or real threads), its frame pool, no step
+/// budget to speak of (the run is bounded by `--ops`).
+fn machine(a: &Args) -> SimHarness {
+    let mut cfg = SimConfig::new(if a.real_threads {
         Mode::Threads
     } else {
         Mode::Deterministic(a.seed)
-    };
-    let mut cfg = SimConfig::new(mode);
-    cfg.frames = sc.frames;
+    });
+    cfg.frames = a.scenario.frames;
     cfg.step_budget = u64::MAX / 4;
-    let h = SimHarness::new(cfg);
+    SimHarness::new(cfg)
+}
+
+/// A new address space with `pages` pages mapped at `BASE` and written.
+fn populated_mm(h: &SimHarness, pages: usize) -> Result<Mm, String> {
+    let mm = h
+        .create_mm()
+        .map_err(|e| format!("create address space: {e:?}"))?;
+    h.map(mm, BASE, pages * PAGE_SIZE)
+        .map_err(|e| format!("map: {e:?}"))?;
+    for i in 0..pages {
+        h.touch(mm, BASE + i * PAGE_SIZE, true)
+            .map_err(|e| format!("populate: {e:?}"))?;
+    }
+    Ok(mm)
+}
+
+fn run(a: &Args, progress: &AtomicU64) -> Result<(Report, backend_sim::SimStats), String> {
+    let sc = a.scenario;
+    let h = machine(a);
 
     // The last events, for explaining a stale translation.
     let ring: Arc<Mutex<VecDeque<(u64, SimEvent)>>> = Arc::new(Mutex::new(VecDeque::new()));
@@ -331,15 +350,8 @@ fn run(a: &Args, progress: &AtomicU64) -> Result<(Report, backend_sim::SimStats)
         });
     }
 
-    let mm = h
-        .create_mm()
-        .map_err(|e| format!("create address space: {e:?}"))?;
     let len = sc.pages * PAGE_SIZE;
-    h.map(mm, BASE, len).map_err(|e| format!("map: {e:?}"))?;
-    for i in 0..sc.pages {
-        h.touch(mm, BASE + i * PAGE_SIZE, true)
-            .map_err(|e| format!("populate: {e:?}"))?;
-    }
+    let mm = populated_mm(&h, sc.pages)?;
     let twin = a.broken;
     let kvm = pin!(Subscriber::<_, SimPlatform>::new(Kvm::new(&h, mm, twin)));
     let dev = pin!(Subscriber::<_, SimPlatform>::new(DeviceTlb::new(
@@ -752,26 +764,11 @@ struct DesignResult {
 /// map exported pages while reclaim evicts them under memory pressure.
 fn run_export_design(a: &Args, rmap: bool, progress: &AtomicU64) -> Result<DesignResult, String> {
     let sc = a.scenario;
-    let mut cfg = SimConfig::new(if a.real_threads {
-        Mode::Threads
-    } else {
-        Mode::Deterministic(a.seed)
-    });
-    cfg.frames = sc.frames;
-    cfg.step_budget = u64::MAX / 4;
-    let h = SimHarness::new(cfg);
+    let h = machine(a);
     let reg = h
         .export_registry()
         .ok_or("the simulator has no export registry")?;
-    let mm = h
-        .create_mm()
-        .map_err(|e| format!("create address space: {e:?}"))?;
-    let len = sc.pages * PAGE_SIZE;
-    h.map(mm, BASE, len).map_err(|e| format!("map: {e:?}"))?;
-    for i in 0..sc.pages {
-        h.touch(mm, BASE + i * PAGE_SIZE, true)
-            .map_err(|e| format!("populate: {e:?}"))?;
-    }
+    let mm = populated_mm(&h, sc.pages)?;
     let twin = rmap.then_some(Twin::ExportHookedInRmap);
     let ex = pin!(notifier_core::export::Exporter::new(
         reg,

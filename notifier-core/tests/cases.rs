@@ -1027,17 +1027,22 @@ fn c16_calls_from_inside_callbacks_are_refused() {
     struct Evil {
         victim: std::sync::atomic::AtomicPtr<Subscriber<Rec, P>>,
         iv_victim: std::sync::atomic::AtomicPtr<IntervalSubscriber<Mirror, P>>,
-        mm: AtomicUsize,
+        mm: std::sync::atomic::AtomicPtr<AddressSpace<P>>,
         results: Mutex<Vec<Result<(), Error>>>,
     }
     impl SubscriberOps for Evil {
         fn invalidate_range_start(&self, _r: &Range) -> Result<(), WouldBlock> {
-            // SAFETY (test): the pointers are to pinned values that outlive the calls.
+            // SAFETY: the test points `victim` at a pinned subscriber that outlives
+            // every invalidation it runs.
             let v = unsafe { &*self.victim.load(Ordering::SeqCst) };
+            // SAFETY: as above, a pinned interval subscriber.
             let iv = unsafe { &*self.iv_victim.load(Ordering::SeqCst) };
-            let mm = unsafe { &*(self.mm.load(Ordering::SeqCst) as *const AddressSpace<P>) };
+            // SAFETY: as above, the address space the test invalidates.
+            let mm = unsafe { &*self.mm.load(Ordering::SeqCst) };
             let mut res = self.results.lock().unwrap();
+            // SAFETY: `v` is pinned (see above).
             res.push(unsafe { Pin::new_unchecked(v) }.unregister());
+            // SAFETY: `iv` is pinned (see above).
             res.push(unsafe { Pin::new_unchecked(iv) }.remove());
             let fresh = Box::pin(Subscriber::<_, P>::new(Rec::default()));
             res.push(fresh.as_ref().register(mm));
@@ -1052,7 +1057,7 @@ fn c16_calls_from_inside_callbacks_are_refused() {
     let evil = pin!(Subscriber::<_, P>::new(Evil {
         victim: std::sync::atomic::AtomicPtr::new(&*victim as *const _ as *mut _),
         iv_victim: std::sync::atomic::AtomicPtr::new(&*ivv as *const _ as *mut _),
-        mm: AtomicUsize::new(&mm as *const _ as usize),
+        mm: std::sync::atomic::AtomicPtr::new(&mm as *const _ as *mut _),
         results: Mutex::new(vec![]),
     }));
     evil.as_ref().register(&mm).unwrap();

@@ -1518,6 +1518,26 @@ fn c17_many<H: Harness>(h: &H, cfg: &Config) -> Outcome {
 type PxRef<'a, 'h, H> =
     core::pin::Pin<&'a notifier_core::export::Exporter<PageExporter<'h, H>, <H as Harness>::P>>;
 
+/// The platform's export registry, or why the export cases do not apply.
+fn registry<H: Harness>(h: &H) -> Result<&notifier_core::export::ExportRegistry<H::P>, Fail> {
+    h.export_registry().ok_or(Fail::NotApplicable(
+        "no page-free hook for exporters on this platform",
+    ))
+}
+
+/// The rmap-hooked twin hears about pages through address-space invalidations: register
+/// its hook when that twin runs (the correct design needs no subscription).
+fn rmap_hook_if_twin<H: Harness>(
+    cfg: &Config,
+    hook: core::pin::Pin<&Subscriber<RmapHook<'_, '_, H>, H::P>>,
+    sp: &Space<'_, H>,
+) -> Outcome {
+    if cfg.twin == Some(crate::Twin::ExportHookedInRmap) {
+        hook.register(sp.asp())?;
+    }
+    Ok(())
+}
+
 /// Reclaim `[BASE, BASE + pages)` until something was evicted (at most `passes`).
 fn reclaim_some<H: Harness>(h: &H, mm: Mm, pages: usize, passes: usize) -> Result<usize, Fail> {
     let mut n = 0;
@@ -1532,11 +1552,7 @@ fn reclaim_some<H: Harness>(h: &H, mm: Mm, pages: usize, passes: usize) -> Resul
 
 fn c18_export_not_freed<H: Harness>(h: &H, cfg: &Config) -> Outcome {
     need(h, Cap::Reclaim)?;
-    let Some(reg) = h.export_registry() else {
-        return Err(Fail::NotApplicable(
-            "no page-free hook for exporters on this platform",
-        ));
-    };
+    let reg = registry(h)?;
     let sp = Space::with_pages(h, PAGES)?;
     let ex = pin!(notifier_core::export::Exporter::new(
         reg,
@@ -1544,9 +1560,7 @@ fn c18_export_not_freed<H: Harness>(h: &H, cfg: &Config) -> Outcome {
     ));
     let ex: PxRef<'_, '_, H> = ex.into_ref();
     let hook = pin!(Subscriber::<_, H::P>::new(RmapHook(ex.ops())));
-    if cfg.twin == Some(crate::Twin::ExportHookedInRmap) {
-        hook.as_ref().register(sp.asp())?;
-    }
+    rmap_hook_if_twin(cfg, hook.as_ref(), &sp)?;
     for slot in 0..EXPORT_SLOTS.min(PAGES) {
         PageExporter::export(ex, slot, addr::<H>(slot))?;
         for imp in 0..IMPORTERS {
@@ -1579,11 +1593,7 @@ fn c18_export_not_freed<H: Harness>(h: &H, cfg: &Config) -> Outcome {
 
 fn c19_export_race<H: Harness>(h: &H, cfg: &Config) -> Outcome {
     need(h, Cap::Reclaim)?;
-    let Some(reg) = h.export_registry() else {
-        return Err(Fail::NotApplicable(
-            "no page-free hook for exporters on this platform",
-        ));
-    };
+    let reg = registry(h)?;
     let sp = Space::with_pages(h, PAGES)?;
     let ex = pin!(notifier_core::export::Exporter::new(
         reg,
@@ -1591,9 +1601,7 @@ fn c19_export_race<H: Harness>(h: &H, cfg: &Config) -> Outcome {
     ));
     let ex: PxRef<'_, '_, H> = ex.into_ref();
     let hook = pin!(Subscriber::<_, H::P>::new(RmapHook(ex.ops())));
-    if cfg.twin == Some(crate::Twin::ExportHookedInRmap) {
-        hook.as_ref().register(sp.asp())?;
-    }
+    rmap_hook_if_twin(cfg, hook.as_ref(), &sp)?;
     // The thread's window, step by step: reclaim clears the primary entry and frees the
     // page; a map request arriving after the entry was cleared must be refused (or the
     // mapping revoked before the free).
@@ -1651,11 +1659,7 @@ fn c19_export_race<H: Harness>(h: &H, cfg: &Config) -> Outcome {
 
 fn c20_export_unmapped_revoked<H: Harness>(h: &H, cfg: &Config) -> Outcome {
     need(h, Cap::Reclaim)?;
-    let Some(reg) = h.export_registry() else {
-        return Err(Fail::NotApplicable(
-            "no page-free hook for exporters on this platform",
-        ));
-    };
+    let reg = registry(h)?;
     let sp = Space::with_pages(h, PAGES)?;
     let ex = pin!(notifier_core::export::Exporter::new(
         reg,
@@ -1663,9 +1667,7 @@ fn c20_export_unmapped_revoked<H: Harness>(h: &H, cfg: &Config) -> Outcome {
     ));
     let ex: PxRef<'_, '_, H> = ex.into_ref();
     let hook = pin!(Subscriber::<_, H::P>::new(RmapHook(ex.ops())));
-    if cfg.twin == Some(crate::Twin::ExportHookedInRmap) {
-        hook.as_ref().register(sp.asp())?;
-    }
+    rmap_hook_if_twin(cfg, hook.as_ref(), &sp)?;
     // Exported, never mapped by any importer: still revoked when freed.
     for slot in 0..4 {
         PageExporter::export(ex, slot, addr::<H>(slot))?;
@@ -1704,11 +1706,7 @@ fn c20_export_unmapped_revoked<H: Harness>(h: &H, cfg: &Config) -> Outcome {
 fn c21_unexport_barrier<H: Harness>(h: &H, cfg: &Config) -> Outcome {
     need(h, Cap::Reclaim)?;
     need(h, Cap::Concurrency)?;
-    let Some(reg) = h.export_registry() else {
-        return Err(Fail::NotApplicable(
-            "no page-free hook for exporters on this platform",
-        ));
-    };
+    let reg = registry(h)?;
     let sp = Space::with_pages(h, PAGES)?;
     let err = FirstError::<H::P>::new();
     let stop = AtomicBool::new(false);
