@@ -16,7 +16,7 @@ use crate::consumers::{
     EXPORT_SLOTS, IMPORTERS,
 };
 use crate::harness::{Cap, Harness, Mm};
-use crate::{fail, Config, Fail, Msg, Outcome};
+use crate::{fail, Config, Fail, Outcome};
 
 macro_rules! ensure {
     ($c:expr, $($a:tt)*) => {
@@ -132,8 +132,9 @@ fn addr<H: Harness>(i: usize) -> usize {
     BASE + i * page::<H>()
 }
 
-/// The first error a concurrent task hit (tasks cannot return one).
-struct FirstError<P: Platform>(SpinLock<P, Option<Msg>>);
+/// The first error a concurrent task hit (tasks cannot return one). A capability the
+/// backend lacks stays "not applicable", as it would outside a task.
+struct FirstError<P: Platform>(SpinLock<P, Option<Fail>>);
 
 impl<P: Platform> FirstError<P> {
     fn new() -> Self {
@@ -142,19 +143,12 @@ impl<P: Platform> FirstError<P> {
     fn set(&self, e: Fail) {
         let mut g = self.0.lock();
         if g.is_none() {
-            *g = Some(match e {
-                Fail::Failed(m) => m,
-                Fail::NotApplicable(r) => {
-                    let mut m = Msg::new();
-                    let _ = m.try_push_str(r);
-                    m
-                }
-            });
+            *g = Some(e);
         }
     }
     fn check(&self) -> Outcome {
-        match *self.0.lock() {
-            Some(m) => Err(Fail::Failed(m)),
+        match self.0.lock().take() {
+            Some(e) => Err(e),
             None => Ok(()),
         }
     }
