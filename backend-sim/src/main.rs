@@ -27,8 +27,9 @@ use backend_sim::{event_index, Mode, SimConfig, SimEvent, SimHarness, SimPlatfor
 use notifier_conformance::consumers::{
     DeviceTlb, Exporter, Kvm, Mirror, PageExporter, RmapHook, TwoPass, EXPORT_SLOTS, IMPORTERS,
 };
+use notifier_conformance::subscribe::CoreInterval;
 use notifier_conformance::Twin;
-use notifier_core::{Event, IntervalSubscriber, Subscriber};
+use notifier_core::{Event, Subscriber};
 
 const BASE: usize = 0x4000_0000;
 
@@ -360,10 +361,10 @@ fn run(a: &Args, progress: &AtomicU64) -> Result<(Report, backend_sim::SimStats)
     let exp = pin!(Subscriber::<_, SimPlatform>::new(Exporter::new(
         &h, mm, false, twin
     )));
-    let mir = pin!(IntervalSubscriber::new(Mirror::new(&h, mm, twin)));
+    let mir = pin!(CoreInterval::new(Mirror::new(&h, mm, twin)));
     let clock = AtomicU32::new(0);
-    let tp0 = pin!(IntervalSubscriber::new(TwoPass::new(&h, mm, &clock, twin)));
-    let tp1 = pin!(IntervalSubscriber::new(TwoPass::new(&h, mm, &clock, twin)));
+    let tp0 = pin!(CoreInterval::new(TwoPass::new(&h, mm, &clock, twin)));
+    let tp1 = pin!(CoreInterval::new(TwoPass::new(&h, mm, &clock, twin)));
     let reg =
         |ok: Result<(), notifier_core::Error>, what: &str| ok.map_err(|e| format!("{what}: {e}"));
     if sc.kvm {
@@ -517,7 +518,7 @@ fn run(a: &Args, progress: &AtomicU64) -> Result<(Report, backend_sim::SimStats)
                     let _ = s.run(addr, false);
                     let _ = s.as_ref().unregister();
                 }
-                let m = pin!(IntervalSubscriber::new(Mirror::new(&h, mm, None)));
+                let m = pin!(CoreInterval::new(Mirror::new(&h, mm, None)));
                 if m.as_ref()
                     .insert(h.address_space(mm), addr, 2 * PAGE_SIZE)
                     .is_ok()

@@ -41,3 +41,50 @@ fn deterministic_seeds() {
 fn threads() {
     run_on(&SimHarness::threads());
 }
+
+/// A mode that subscribes to the core but claims none of the core-only features, as a
+/// reference mode on a platform's own notifier does: the cases and checks that need
+/// them must say "not applicable" with the mode's reason, and the rest still pass.
+struct CoreOnlyTheCommonPart;
+
+impl notifier_conformance::Notifiers<SimHarness> for CoreOnlyTheCommonPart {
+    const NAME: &'static str = "core, common features only";
+    type Sub<T: notifier_core::SubscriberOps> =
+        notifier_core::Subscriber<T, backend_sim::SimPlatform>;
+    type Iv<T: notifier_conformance::subscribe::IvOps> =
+        notifier_conformance::subscribe::CoreInterval<T, backend_sim::SimPlatform>;
+    fn lacks(_f: notifier_conformance::subscribe::Feature) -> Option<&'static str> {
+        Some("not in this mode")
+    }
+}
+
+#[test]
+fn a_mode_without_the_core_only_features() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let h = SimHarness::deterministic(1);
+    let mut out = String::new();
+    let sum = notifier_conformance::run_with::<_, CoreOnlyTheCommonPart>(
+        &h,
+        &Config::default(),
+        &mut out,
+    );
+    println!("{out}");
+    assert!(
+        out.starts_with(
+            "notifier conformance suite on sim (deterministic), subscribed to: core, common features only"
+        ),
+        "{out}"
+    );
+    assert_eq!(sum.failed, 0, "{out}");
+    let skipped: Vec<&str> = out
+        .lines()
+        .filter(|l| l.ends_with("not applicable: not in this mode"))
+        .map(|l| &l[..4])
+        .collect();
+    assert_eq!(
+        skipped,
+        ["C-05", "C-14", "C-16", "C-17", "C-18", "C-19", "C-20", "C-21"],
+        "{out}"
+    );
+    assert_eq!(sum.skipped as usize, skipped.len(), "{out}");
+}

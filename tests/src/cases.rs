@@ -7,8 +7,7 @@ use core::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 
 use notifier_core::sync::SpinLock;
 use notifier_core::{
-    AddressSpace, Error, Event, IntervalSubscriber, Platform, Range, Shared, SharedOps, Subscriber,
-    SubscriberOps,
+    AddressSpace, Error, Event, Platform, Range, Shared, SharedOps, Subscriber, SubscriberOps,
 };
 
 use crate::consumers::{
@@ -16,6 +15,9 @@ use crate::consumers::{
     EXPORT_SLOTS, IMPORTERS,
 };
 use crate::harness::{Cap, Harness, Mm};
+use crate::subscribe::{
+    CoreInterval, Feature, IntervalSubscription, IvOps, Notifiers, Seq, Subscription,
+};
 use crate::{fail, Config, Fail, Outcome};
 
 macro_rules! ensure {
@@ -29,44 +31,58 @@ macro_rules! ensure {
 type Case<H> = fn(&H, &Config) -> Outcome;
 
 /// A pinned, registered recorder.
-type RecRef<'a, P> = core::pin::Pin<&'a Subscriber<Recorder<P>, P>>;
+type RecRef<'a, H, S> = core::pin::Pin<&'a <S as Notifiers<H>>::Sub<Recorder<<H as Harness>::P>>>;
+
+/// A list subscription of mode `S` around `ops`, not registered yet.
+fn sub<H: Harness, S: Notifiers<H>, T: SubscriberOps>(ops: T) -> S::Sub<T> {
+    <S::Sub<T> as Subscription<H, T>>::new(ops)
+}
+
+/// An interval subscription of mode `S` around `ops`, not inserted yet.
+fn ivsub<H: Harness, S: Notifiers<H>, T: IvOps>(ops: T) -> S::Iv<T> {
+    <S::Iv<T> as IntervalSubscription<H, T>>::new(ops)
+}
 
 /// Every case: id, name, function.
-pub(crate) fn all<H: Harness>() -> [(&'static str, &'static str, Case<H>); 21] {
+pub(crate) fn all<H: Harness, S: Notifiers<H>>() -> [(&'static str, &'static str, Case<H>); 21] {
     [
-        ("C-01", "register", c01_register::<H>),
-        ("C-02", "no_half_pairs", c02_no_half_pairs::<H>),
+        ("C-01", "register", c01_register::<H, S>),
+        ("C-02", "no_half_pairs", c02_no_half_pairs::<H, S>),
         (
             "C-03",
             "unregister_is_a_barrier",
-            c03_unregister_barrier::<H>,
+            c03_unregister_barrier::<H, S>,
         ),
-        ("C-04", "release_exactly_once", c04_release_once::<H>),
-        ("C-05", "get_put_synchronize", c05_get_put::<H>),
-        ("C-06", "coverage", c06_coverage::<H>),
-        ("C-07", "pairing", c07_pairing::<H>),
-        ("C-08", "non_blocking", c08_non_blocking::<H>),
-        ("C-09", "no_stale_translation", c09_no_stale::<H>),
-        ("C-10", "page_lifetime", c10_page_lifetime::<H>),
-        ("C-11", "overlap_only", c11_overlap_only::<H>),
-        ("C-12", "read_begin_read_retry", c12_sequence::<H>),
-        ("C-13", "deferred_insert_remove", c13_deferred::<H>),
-        ("C-14", "two_pass", c14_two_pass::<H>),
-        ("C-15", "young", c15_young::<H>),
-        ("C-16", "errors", c16_errors::<H>),
-        ("C-17", "many", c17_many::<H>),
+        ("C-04", "release_exactly_once", c04_release_once::<H, S>),
+        ("C-05", "get_put_synchronize", c05_get_put::<H, S>),
+        ("C-06", "coverage", c06_coverage::<H, S>),
+        ("C-07", "pairing", c07_pairing::<H, S>),
+        ("C-08", "non_blocking", c08_non_blocking::<H, S>),
+        ("C-09", "no_stale_translation", c09_no_stale::<H, S>),
+        ("C-10", "page_lifetime", c10_page_lifetime::<H, S>),
+        ("C-11", "overlap_only", c11_overlap_only::<H, S>),
+        ("C-12", "read_begin_read_retry", c12_sequence::<H, S>),
+        ("C-13", "deferred_insert_remove", c13_deferred::<H, S>),
+        ("C-14", "two_pass", c14_two_pass::<H, S>),
+        ("C-15", "young", c15_young::<H, S>),
+        ("C-16", "errors", c16_errors::<H, S>),
+        ("C-17", "many", c17_many::<H, S>),
         (
             "C-18",
             "export_page_not_freed_while_mapped",
-            c18_export_not_freed::<H>,
+            c18_export_not_freed::<H, S>,
         ),
-        ("C-19", "export_remote_map_race", c19_export_race::<H>),
+        ("C-19", "export_remote_map_race", c19_export_race::<H, S>),
         (
             "C-20",
             "export_unmapped_pages_revoked",
-            c20_export_unmapped_revoked::<H>,
+            c20_export_unmapped_revoked::<H, S>,
         ),
-        ("C-21", "unexport_is_a_barrier", c21_unexport_barrier::<H>),
+        (
+            "C-21",
+            "unexport_is_a_barrier",
+            c21_unexport_barrier::<H, S>,
+        ),
     ]
 }
 
@@ -75,6 +91,20 @@ fn need<H: Harness>(h: &H, cap: Cap) -> Outcome {
         Some(r) => Err(Fail::NotApplicable(r)),
         None => Ok(()),
     }
+}
+
+/// Not applicable unless the mode has `f`.
+fn need_mode<H: Harness, S: Notifiers<H>>(f: Feature) -> Outcome {
+    match S::lacks(f) {
+        Some(r) => Err(Fail::NotApplicable(r)),
+        None => Ok(()),
+    }
+}
+
+/// Whether the suite's own calls on the backend's `AddressSpace` reach the consumers:
+/// the backend allows them and the consumers subscribe to the core.
+fn direct<H: Harness, S: Notifiers<H>>(h: &H) -> bool {
+    h.lacks(Cap::DirectCalls).is_none() && S::lacks(Feature::DirectCalls).is_none()
 }
 
 fn page<H: Harness>() -> usize {
@@ -158,10 +188,10 @@ impl<P: Platform> FirstError<P> {
 // Registration and lifetime
 // ---------------------------------------------------------------------------------
 
-fn c01_register<H: Harness>(h: &H, _cfg: &Config) -> Outcome {
+fn c01_register<H: Harness, S: Notifiers<H>>(h: &H, _cfg: &Config) -> Outcome {
     let mut sp = Space::with_pages(h, PAGES)?;
-    let rec = pin!(Subscriber::<_, H::P>::new(Recorder::<H::P>::default()));
-    rec.as_ref().register(sp.asp())?;
+    let rec = pin!(sub::<H, S, _>(Recorder::<H::P>::default()));
+    rec.as_ref().register(h, sp.mm)?;
     // Every later invalidation reaches it.
     h.unmap(sp.mm, addr::<H>(0), page::<H>())?;
     let (s, e, _) = rec.counts();
@@ -169,11 +199,15 @@ fn c01_register<H: Harness>(h: &H, _cfg: &Config) -> Outcome {
         s >= 1 && e >= 1,
         "munmap after register: {s} starts, {e} ends"
     );
-    // Twice: refused, and the registration still works.
-    ensure!(
-        rec.as_ref().register(sp.asp()) == Err(Error::AlreadyRegistered),
-        "second register not refused with AlreadyRegistered"
-    );
+    // Twice: refused, and the registration still works (misuse has a typed error only
+    // in the core; Linux's C would corrupt its list).
+    let misuse = S::lacks(Feature::MisuseErrors).is_none();
+    if misuse {
+        ensure!(
+            rec.as_ref().register(h, sp.mm) == Err(Error::AlreadyRegistered),
+            "second register not refused with AlreadyRegistered"
+        );
+    }
     h.unmap(sp.mm, addr::<H>(1), page::<H>())?;
     ensure!(
         rec.counts().0 >= 2,
@@ -182,12 +216,14 @@ fn c01_register<H: Harness>(h: &H, _cfg: &Config) -> Outcome {
     rec.as_ref().unregister()?;
     // After teardown: Dead.
     sp.teardown();
-    let late = pin!(Subscriber::<_, H::P>::new(Recorder::<H::P>::default()));
-    let r = late.as_ref().register(sp.asp());
-    ensure!(
-        r == Err(Error::Dead),
-        "register on a torn-down space: {r:?}, not Dead"
-    );
+    if misuse {
+        let late = pin!(sub::<H, S, _>(Recorder::<H::P>::default()));
+        let r = late.as_ref().register(h, sp.mm);
+        ensure!(
+            r == Err(Error::Dead),
+            "register on a torn-down space: {r:?}, not Dead"
+        );
+    }
     ensure!(
         rec.breaches() == 0,
         "recorder saw {} pairing breaches",
@@ -196,7 +232,7 @@ fn c01_register<H: Harness>(h: &H, _cfg: &Config) -> Outcome {
     Ok(())
 }
 
-fn c02_no_half_pairs<H: Harness>(h: &H, cfg: &Config) -> Outcome {
+fn c02_no_half_pairs<H: Harness, S: Notifiers<H>>(h: &H, cfg: &Config) -> Outcome {
     need(h, Cap::Concurrency)?;
     let sp = Space::with_pages(h, PAGES)?;
     let err = FirstError::<H::P>::new();
@@ -217,8 +253,8 @@ fn c02_no_half_pairs<H: Harness>(h: &H, cfg: &Config) -> Outcome {
     };
     let churn = || {
         for _ in 0..cfg.rounds.max(8) / 4 {
-            let rec = pin!(Subscriber::<_, H::P>::new(Recorder::<H::P>::default()));
-            if let Err(e) = rec.as_ref().register(sp.asp()) {
+            let rec = pin!(sub::<H, S, _>(Recorder::<H::P>::default()));
+            if let Err(e) = rec.as_ref().register(h, sp.mm) {
                 err.set(e.into());
                 break;
             }
@@ -245,7 +281,7 @@ fn c02_no_half_pairs<H: Harness>(h: &H, cfg: &Config) -> Outcome {
     err.check()
 }
 
-fn c03_unregister_barrier<H: Harness>(h: &H, cfg: &Config) -> Outcome {
+fn c03_unregister_barrier<H: Harness, S: Notifiers<H>>(h: &H, cfg: &Config) -> Outcome {
     need(h, Cap::Concurrency)?;
     let sp = Space::with_pages(h, PAGES)?;
     let err = FirstError::<H::P>::new();
@@ -273,8 +309,8 @@ fn c03_unregister_barrier<H: Harness>(h: &H, cfg: &Config) -> Outcome {
     };
     let churn = || {
         for _ in 0..cfg.rounds.max(8) / 4 {
-            let rec = pin!(Subscriber::<_, H::P>::new(Recorder::<H::P>::default()));
-            if let Err(e) = rec.as_ref().register(sp.asp()) {
+            let rec = pin!(sub::<H, S, _>(Recorder::<H::P>::default()));
+            if let Err(e) = rec.as_ref().register(h, sp.mm) {
                 err.set(e.into());
                 break;
             }
@@ -304,15 +340,15 @@ fn c03_unregister_barrier<H: Harness>(h: &H, cfg: &Config) -> Outcome {
     err.check()
 }
 
-fn c04_release_once<H: Harness>(h: &H, cfg: &Config) -> Outcome {
+fn c04_release_once<H: Harness, S: Notifiers<H>>(h: &H, cfg: &Config) -> Outcome {
     // Teardown releases every subscriber once; a later unregister does not again; the
     // shadow MMU drops everything, so nothing reaches the freed pages.
     {
         let mut sp = Space::with_pages(h, PAGES)?;
-        let kvm = pin!(Subscriber::<_, H::P>::new(Kvm::new(h, sp.mm, cfg.twin)));
-        kvm.as_ref().register(sp.asp())?;
-        let ivs = pin!(IntervalSubscriber::new(Mirror::new(h, sp.mm, cfg.twin)));
-        ivs.as_ref().insert(sp.asp(), BASE, PAGES * page::<H>())?;
+        let kvm = pin!(sub::<H, S, _>(Kvm::new(h, sp.mm, cfg.twin)));
+        kvm.as_ref().register(h, sp.mm)?;
+        let ivs = pin!(ivsub::<H, S, _>(Mirror::new(h, sp.mm, cfg.twin)));
+        ivs.as_ref().insert(h, sp.mm, BASE, PAGES * page::<H>())?;
         for i in 0..PAGES {
             kvm.run(addr::<H>(i), false)?;
             ivs.run(ivs.interval(), addr::<H>(i))?;
@@ -349,8 +385,8 @@ fn c04_release_once<H: Harness>(h: &H, cfg: &Config) -> Outcome {
     // From unregister first: once, and not again at teardown.
     {
         let mut sp = Space::with_pages(h, 2)?;
-        let rec = pin!(Subscriber::<_, H::P>::new(Recorder::<H::P>::default()));
-        rec.as_ref().register(sp.asp())?;
+        let rec = pin!(sub::<H, S, _>(Recorder::<H::P>::default()));
+        rec.as_ref().register(h, sp.mm)?;
         rec.as_ref().unregister()?;
         sp.teardown();
         ensure!(
@@ -363,8 +399,8 @@ fn c04_release_once<H: Harness>(h: &H, cfg: &Config) -> Outcome {
     if h.lacks(Cap::Concurrency).is_none() {
         for _ in 0..cfg.rounds.max(4) / 4 {
             let mut sp = Space::with_pages(h, 2)?;
-            let rec = pin!(Subscriber::<_, H::P>::new(Recorder::<H::P>::default()));
-            rec.as_ref().register(sp.asp())?;
+            let rec = pin!(sub::<H, S, _>(Recorder::<H::P>::default()));
+            rec.as_ref().register(h, sp.mm)?;
             let err = FirstError::<H::P>::new();
             let mm = sp.mm;
             let a = || h.teardown(mm);
@@ -440,7 +476,8 @@ impl<P: Platform> SharedOps<P> for SharedKind<P> {
     }
 }
 
-fn c05_get_put<H: Harness>(h: &H, _cfg: &Config) -> Outcome {
+fn c05_get_put<H: Harness, S: Notifiers<H>>(h: &H, _cfg: &Config) -> Outcome {
+    need_mode::<H, S>(Feature::SharedGetPut)?;
     let sp = Space::with_pages(h, 2)?;
     let allocs = SHARED_ALLOCS.load(Ordering::Relaxed);
     let frees = SHARED_FREES.load(Ordering::Relaxed);
@@ -487,13 +524,13 @@ fn saw<P: Platform>(rec: &Recorder<P>, a: usize, len: usize, events: &[Event]) -
     })
 }
 
-fn c06_coverage<H: Harness>(h: &H, cfg: &Config) -> Outcome {
+fn c06_coverage<H: Harness, S: Notifiers<H>>(h: &H, cfg: &Config) -> Outcome {
     let pg = page::<H>();
     let sp = Space::with_pages(h, PAGES)?;
-    let rec = pin!(Subscriber::<_, H::P>::new(Recorder::<H::P>::default()));
-    rec.as_ref().register(sp.asp())?;
-    let kvm = pin!(Subscriber::<_, H::P>::new(Kvm::new(h, sp.mm, cfg.twin)));
-    kvm.as_ref().register(sp.asp())?;
+    let rec = pin!(sub::<H, S, _>(Recorder::<H::P>::default()));
+    rec.as_ref().register(h, sp.mm)?;
+    let kvm = pin!(sub::<H, S, _>(Kvm::new(h, sp.mm, cfg.twin)));
+    kvm.as_ref().register(h, sp.mm)?;
     let warm = |i: usize| -> Outcome {
         kvm.run(addr::<H>(i), false)?;
         Ok(())
@@ -542,11 +579,11 @@ fn c06_coverage<H: Harness>(h: &H, cfg: &Config) -> Outcome {
         ensure!(n >= 1, "reclaim evicted nothing in three passes");
         Ok(())
     })?;
-    let child_rec = pin!(Subscriber::<_, H::P>::new(Recorder::<H::P>::default()));
+    let child_rec = pin!(sub::<H, S, _>(Recorder::<H::P>::default()));
     step("cow break", 4, &[Event::Clear, Event::Unmap], &|| {
         need(h, Cap::Cow)?;
         let child = h.fork(sp.mm)?;
-        child_rec.as_ref().register(h.address_space(child))?;
+        child_rec.as_ref().register(h, child)?;
         // The parent writes: its copy-on-write is broken.
         let r = h.touch(sp.mm, addr::<H>(4), true);
         h.teardown(child);
@@ -565,12 +602,12 @@ fn c06_coverage<H: Harness>(h: &H, cfg: &Config) -> Outcome {
     Ok(())
 }
 
-fn c07_pairing<H: Harness>(h: &H, cfg: &Config) -> Outcome {
+fn c07_pairing<H: Harness, S: Notifiers<H>>(h: &H, cfg: &Config) -> Outcome {
     let pg = page::<H>();
     let sp = Space::with_pages(h, PAGES)?;
-    let rec = pin!(Subscriber::<_, H::P>::new(Recorder::<H::P>::default()));
-    rec.as_ref().register(sp.asp())?;
-    if h.lacks(Cap::DirectCalls).is_none() {
+    let rec = pin!(sub::<H, S, _>(Recorder::<H::P>::default()));
+    rec.as_ref().register(h, sp.mm)?;
+    if direct::<H, S>(h) {
         // Nested on one thread.
         let outer = Range::new(BASE, BASE + 4 * pg, Event::Unmap);
         let inner = Range::new(BASE + pg, BASE + 2 * pg, Event::ProtectionPage);
@@ -635,7 +672,7 @@ fn c07_pairing<H: Harness>(h: &H, cfg: &Config) -> Outcome {
     Ok(())
 }
 
-fn c08_non_blocking<H: Harness>(h: &H, cfg: &Config) -> Outcome {
+fn c08_non_blocking<H: Harness, S: Notifiers<H>>(h: &H, cfg: &Config) -> Outcome {
     need(h, Cap::NonBlockingUnmap)?;
     let pg = page::<H>();
     let sp = Space::with_pages(h, PAGES)?;
@@ -643,17 +680,17 @@ fn c08_non_blocking<H: Harness>(h: &H, cfg: &Config) -> Outcome {
     let sleeps = h.sleep_violations();
     // Registered first, so called after the refuser (the list is newest first) in a
     // core; whatever the order, the rule is the same.
-    let before = pin!(Subscriber::<_, H::P>::new(Recorder::<H::P>::default()));
-    before.as_ref().register(sp.asp())?;
-    let refuser = pin!(Subscriber::<_, H::P>::new(Recorder::<H::P>::default()));
+    let before = pin!(sub::<H, S, _>(Recorder::<H::P>::default()));
+    before.as_ref().register(h, sp.mm)?;
+    let refuser = pin!(sub::<H, S, _>(Recorder::<H::P>::default()));
     refuser.refuse_non_blocking.store(true, Ordering::Relaxed);
-    refuser.as_ref().register(sp.asp())?;
-    let after = pin!(Subscriber::<_, H::P>::new(Recorder::<H::P>::default()));
-    after.as_ref().register(sp.asp())?;
-    let kvm = pin!(Subscriber::<_, H::P>::new(Kvm::new(h, sp.mm, cfg.twin)));
-    kvm.as_ref().register(sp.asp())?;
-    let ivs = pin!(IntervalSubscriber::new(Mirror::new(h, sp.mm, None)));
-    ivs.as_ref().insert(sp.asp(), BASE, PAGES * pg)?;
+    refuser.as_ref().register(h, sp.mm)?;
+    let after = pin!(sub::<H, S, _>(Recorder::<H::P>::default()));
+    after.as_ref().register(h, sp.mm)?;
+    let kvm = pin!(sub::<H, S, _>(Kvm::new(h, sp.mm, cfg.twin)));
+    kvm.as_ref().register(h, sp.mm)?;
+    let ivs = pin!(ivsub::<H, S, _>(Mirror::new(h, sp.mm, None)));
+    ivs.as_ref().insert(h, sp.mm, BASE, PAGES * pg)?;
     let seq = ivs.interval().read_begin()?;
 
     let r = h.reap(sp.mm, addr::<H>(0), pg);
@@ -745,15 +782,13 @@ fn unmap_and_migrate<H: Harness>(
     stop.store(true, Ordering::Relaxed);
 }
 
-fn c09_no_stale<H: Harness>(h: &H, cfg: &Config) -> Outcome {
+fn c09_no_stale<H: Harness, S: Notifiers<H>>(h: &H, cfg: &Config) -> Outcome {
     need(h, Cap::Concurrency)?;
     let sp = Space::with_pages(h, PAGES)?;
-    let kvm = pin!(Subscriber::<_, H::P>::new(Kvm::new(h, sp.mm, cfg.twin)));
-    kvm.as_ref().register(sp.asp())?;
-    let exp = pin!(Subscriber::<_, H::P>::new(Exporter::new(
-        h, sp.mm, false, cfg.twin
-    )));
-    exp.as_ref().register(sp.asp())?;
+    let kvm = pin!(sub::<H, S, _>(Kvm::new(h, sp.mm, cfg.twin)));
+    kvm.as_ref().register(h, sp.mm)?;
+    let exp = pin!(sub::<H, S, _>(Exporter::new(h, sp.mm, false, cfg.twin)));
+    exp.as_ref().register(h, sp.mm)?;
     let err = FirstError::<H::P>::new();
     let stop = AtomicBool::new(false);
     let primary = || unmap_and_migrate(h, &sp, cfg, 3, &err, &stop);
@@ -805,14 +840,12 @@ fn c09_no_stale<H: Harness>(h: &H, cfg: &Config) -> Outcome {
     Ok(())
 }
 
-fn c10_page_lifetime<H: Harness>(h: &H, cfg: &Config) -> Outcome {
+fn c10_page_lifetime<H: Harness, S: Notifiers<H>>(h: &H, cfg: &Config) -> Outcome {
     let pg = page::<H>();
     let sp = Space::with_pages(h, PAGES)?;
     // A device TLB flushed only through invalidate_secondary_tlbs.
-    let dev = pin!(Subscriber::<_, H::P>::new(DeviceTlb::new(
-        h, sp.mm, cfg.twin
-    )));
-    dev.as_ref().register(sp.asp())?;
+    let dev = pin!(sub::<H, S, _>(DeviceTlb::new(h, sp.mm, cfg.twin)));
+    dev.as_ref().register(h, sp.mm)?;
     for i in 0..PAGES {
         ensure!(
             dev.fill(addr::<H>(i)).is_some(),
@@ -834,10 +867,8 @@ fn c10_page_lifetime<H: Harness>(h: &H, cfg: &Config) -> Outcome {
     ensure!(v == 0, "the device TLB reached {v} freed pages");
     // An exporter that pins the pages it exports may revoke after `end`.
     if h.lacks(Cap::FrameRefs).is_none() {
-        let exp = pin!(Subscriber::<_, H::P>::new(Exporter::new(
-            h, sp.mm, true, None
-        )));
-        exp.as_ref().register(sp.asp())?;
+        let exp = pin!(sub::<H, S, _>(Exporter::new(h, sp.mm, true, None)));
+        exp.as_ref().register(h, sp.mm)?;
         for i in 3..PAGES {
             exp.request_map(0, addr::<H>(i))?;
         }
@@ -858,20 +889,20 @@ fn c10_page_lifetime<H: Harness>(h: &H, cfg: &Config) -> Outcome {
 // Interval subscribers
 // ---------------------------------------------------------------------------------
 
-fn c11_overlap_only<H: Harness>(h: &H, _cfg: &Config) -> Outcome {
+fn c11_overlap_only<H: Harness, S: Notifiers<H>>(h: &H, _cfg: &Config) -> Outcome {
     let pg = page::<H>();
     let sp = Space::with_pages(h, PAGES)?;
     // Intervals of two pages at 0, 2, 4, 6, and one over everything.
-    let m0 = pin!(IntervalSubscriber::new(Mirror::new(h, sp.mm, None)));
-    let m1 = pin!(IntervalSubscriber::new(Mirror::new(h, sp.mm, None)));
-    let m2 = pin!(IntervalSubscriber::new(Mirror::new(h, sp.mm, None)));
-    let m3 = pin!(IntervalSubscriber::new(Mirror::new(h, sp.mm, None)));
-    let all = pin!(IntervalSubscriber::new(Mirror::new(h, sp.mm, None)));
+    let m0 = pin!(ivsub::<H, S, _>(Mirror::new(h, sp.mm, None)));
+    let m1 = pin!(ivsub::<H, S, _>(Mirror::new(h, sp.mm, None)));
+    let m2 = pin!(ivsub::<H, S, _>(Mirror::new(h, sp.mm, None)));
+    let m3 = pin!(ivsub::<H, S, _>(Mirror::new(h, sp.mm, None)));
+    let all = pin!(ivsub::<H, S, _>(Mirror::new(h, sp.mm, None)));
     let ms = [m0.as_ref(), m1.as_ref(), m2.as_ref(), m3.as_ref()];
     for (i, m) in ms.iter().enumerate() {
-        m.insert(sp.asp(), addr::<H>(2 * i), 2 * pg)?;
+        m.insert(h, sp.mm, addr::<H>(2 * i), 2 * pg)?;
     }
-    all.as_ref().insert(sp.asp(), BASE, PAGES * pg)?;
+    all.as_ref().insert(h, sp.mm, BASE, PAGES * pg)?;
     // Unmap pages 3 and 4: overlaps intervals 1 and 2 only.
     h.unmap(sp.mm, addr::<H>(3), 2 * pg)?;
     let got: [u32; 4] = core::array::from_fn(|i| ms[i].invalidations.load(Ordering::Relaxed));
@@ -890,11 +921,11 @@ fn c11_overlap_only<H: Harness>(h: &H, _cfg: &Config) -> Outcome {
     Ok(())
 }
 
-fn c12_sequence<H: Harness>(h: &H, cfg: &Config) -> Outcome {
+fn c12_sequence<H: Harness, S: Notifiers<H>>(h: &H, cfg: &Config) -> Outcome {
     let pg = page::<H>();
     let sp = Space::with_pages(h, PAGES)?;
-    let m = pin!(IntervalSubscriber::new(Mirror::new(h, sp.mm, cfg.twin)));
-    m.as_ref().insert(sp.asp(), BASE, PAGES * pg)?;
+    let m = pin!(ivsub::<H, S, _>(Mirror::new(h, sp.mm, cfg.twin)));
+    m.as_ref().insert(h, sp.mm, BASE, PAGES * pg)?;
     // Sequential: an invalidation between read_begin and read_retry is seen; one
     // outside the interval is not.
     let seq = m.interval().read_begin()?;
@@ -946,24 +977,24 @@ fn c12_sequence<H: Harness>(h: &H, cfg: &Config) -> Outcome {
     Ok(())
 }
 
-fn c13_deferred<H: Harness>(h: &H, cfg: &Config) -> Outcome {
+fn c13_deferred<H: Harness, S: Notifiers<H>>(h: &H, cfg: &Config) -> Outcome {
     let pg = page::<H>();
     let sp = Space::with_pages(h, PAGES)?;
     // The first insertion (outside any invalidation): later ones never wait.
-    let anchor = pin!(IntervalSubscriber::new(Mirror::new(h, sp.mm, None)));
-    anchor.as_ref().insert(sp.asp(), BASE, pg)?;
-    if h.lacks(Cap::DirectCalls).is_none() {
-        let a = pin!(IntervalSubscriber::new(Mirror::new(h, sp.mm, None)));
-        a.as_ref().insert(sp.asp(), BASE, PAGES * pg)?;
+    let anchor = pin!(ivsub::<H, S, _>(Mirror::new(h, sp.mm, None)));
+    anchor.as_ref().insert(h, sp.mm, BASE, pg)?;
+    if direct::<H, S>(h) {
+        let a = pin!(ivsub::<H, S, _>(Mirror::new(h, sp.mm, None)));
+        a.as_ref().insert(h, sp.mm, BASE, PAGES * pg)?;
         let inv = sp
             .asp()
             .invalidate_range_start(Range::new(BASE, BASE + pg, Event::Unmap))?;
         // Inserted while in flight: deferred; its reads must wait or retry.
-        let b = pin!(IntervalSubscriber::new(Mirror::new(h, sp.mm, None)));
-        b.as_ref().insert(sp.asp(), BASE, PAGES * pg)?;
+        let b = pin!(ivsub::<H, S, _>(Mirror::new(h, sp.mm, None)));
+        b.as_ref().insert(h, sp.mm, BASE, PAGES * pg)?;
         // Inserted and removed while in flight: never called.
-        let c = pin!(IntervalSubscriber::new(Mirror::new(h, sp.mm, None)));
-        c.as_ref().insert(sp.asp(), BASE, pg)?;
+        let c = pin!(ivsub::<H, S, _>(Mirror::new(h, sp.mm, None)));
+        c.as_ref().insert(h, sp.mm, BASE, pg)?;
         c.as_ref().remove()?;
         inv.end();
         h.unmap(sp.mm, addr::<H>(1), pg)?;
@@ -996,9 +1027,9 @@ fn c13_deferred<H: Harness>(h: &H, cfg: &Config) -> Outcome {
         };
         let churn = || {
             for i in 0..cfg.rounds.max(8) as usize / 4 {
-                let m = pin!(IntervalSubscriber::new(Mirror::new(h, sp.mm, None)));
+                let m = pin!(ivsub::<H, S, _>(Mirror::new(h, sp.mm, None)));
                 let a = addr::<H>(i % PAGES);
-                if let Err(e) = m.as_ref().insert(sp.asp(), a, 2 * pg) {
+                if let Err(e) = m.as_ref().insert(h, sp.mm, a, 2 * pg) {
                     err.set(e.into());
                     break;
                 }
@@ -1025,22 +1056,17 @@ fn c13_deferred<H: Harness>(h: &H, cfg: &Config) -> Outcome {
     Ok(())
 }
 
-fn c14_two_pass<H: Harness>(h: &H, cfg: &Config) -> Outcome {
+fn c14_two_pass<H: Harness, S: Notifiers<H>>(h: &H, cfg: &Config) -> Outcome {
+    need_mode::<H, S>(Feature::TwoPass)?;
     let pg = page::<H>();
     let sp = Space::with_pages(h, PAGES)?;
     let clock = AtomicU32::new(0);
-    let d0 = pin!(IntervalSubscriber::new(TwoPass::new(
-        h, sp.mm, &clock, cfg.twin
-    )));
-    let d1 = pin!(IntervalSubscriber::new(TwoPass::new(
-        h, sp.mm, &clock, cfg.twin
-    )));
-    let d2 = pin!(IntervalSubscriber::new(TwoPass::new(
-        h, sp.mm, &clock, cfg.twin
-    )));
+    let d0 = pin!(ivsub::<H, S, _>(TwoPass::new(h, sp.mm, &clock, cfg.twin)));
+    let d1 = pin!(ivsub::<H, S, _>(TwoPass::new(h, sp.mm, &clock, cfg.twin)));
+    let d2 = pin!(ivsub::<H, S, _>(TwoPass::new(h, sp.mm, &clock, cfg.twin)));
     let ds = [d0.as_ref(), d1.as_ref(), d2.as_ref()];
     for d in ds {
-        d.insert(sp.asp(), BASE, PAGES * pg)?;
+        d.insert(h, sp.mm, BASE, PAGES * pg)?;
     }
     for d in ds {
         for i in 0..PAGES {
@@ -1081,19 +1107,19 @@ fn c14_two_pass<H: Harness>(h: &H, cfg: &Config) -> Outcome {
 // Ageing
 // ---------------------------------------------------------------------------------
 
-fn c15_young<H: Harness>(h: &H, cfg: &Config) -> Outcome {
+fn c15_young<H: Harness, S: Notifiers<H>>(h: &H, cfg: &Config) -> Outcome {
     let pg = page::<H>();
-    if h.lacks(Cap::DirectCalls).is_none() {
+    if direct::<H, S>(h) {
         let sp = Space::with_pages(h, 2)?;
-        let r0 = pin!(Subscriber::<_, H::P>::new(Recorder::<H::P>::default()));
-        let r1 = pin!(Subscriber::<_, H::P>::new(Recorder::<H::P>::default()));
-        let r2 = pin!(Subscriber::<_, H::P>::new(Recorder::<H::P>::default()));
+        let r0 = pin!(sub::<H, S, _>(Recorder::<H::P>::default()));
+        let r1 = pin!(sub::<H, S, _>(Recorder::<H::P>::default()));
+        let r2 = pin!(sub::<H, S, _>(Recorder::<H::P>::default()));
         let r = [r0.into_ref(), r1.into_ref(), r2.into_ref()];
         for s in &r {
-            s.register(sp.asp())?;
+            s.register(h, sp.mm)?;
         }
         r[1].young.store(true, Ordering::Relaxed);
-        let calls = |r: &[RecRef<'_, H::P>; 3]| -> u32 {
+        let calls = |r: &[RecRef<'_, H, S>; 3]| -> u32 {
             r.iter()
                 .map(|s| s.young_calls.load(Ordering::Relaxed))
                 .sum()
@@ -1141,8 +1167,8 @@ fn c15_young<H: Harness>(h: &H, cfg: &Config) -> Outcome {
         // Through reclaim: the page the shadow MMU keeps using survives, the idle one
         // goes.
         let sp = Space::with_pages(h, 2)?;
-        let kvm = pin!(Subscriber::<_, H::P>::new(Kvm::new(h, sp.mm, cfg.twin)));
-        kvm.as_ref().register(sp.asp())?;
+        let kvm = pin!(sub::<H, S, _>(Kvm::new(h, sp.mm, cfg.twin)));
+        kvm.as_ref().register(h, sp.mm)?;
         kvm.run(addr::<H>(0), false)?;
         for _ in 0..4 {
             kvm.run(addr::<H>(0), false)?;
@@ -1173,7 +1199,7 @@ fn c15_young<H: Harness>(h: &H, cfg: &Config) -> Outcome {
 /// invalidation during which they are set (the case clears them before either goes).
 struct Reentrant<P: Platform> {
     me: SpinLock<P, *const Subscriber<Reentrant<P>, P>>,
-    iv: SpinLock<P, *const IntervalSubscriber<IvCounter, P>>,
+    iv: SpinLock<P, *const CoreInterval<IvCounter, P>>,
     got: SpinLock<P, [Option<Result<(), Error>>; 2]>,
 }
 
@@ -1201,12 +1227,13 @@ impl<P: Platform> SubscriberOps for Reentrant<P> {
     }
 }
 
-fn c16_errors<H: Harness>(h: &H, _cfg: &Config) -> Outcome {
+fn c16_errors<H: Harness, S: Notifiers<H>>(h: &H, _cfg: &Config) -> Outcome {
+    need_mode::<H, S>(Feature::MisuseErrors)?;
     let pg = page::<H>();
     let sp = Space::with_pages(h, 2)?;
     let rec = pin!(Subscriber::<_, H::P>::new(Recorder::<H::P>::default()));
     rec.as_ref().register(sp.asp())?;
-    let m = pin!(IntervalSubscriber::new(Mirror::new(h, sp.mm, None)));
+    let m = pin!(CoreInterval::new(Mirror::new(h, sp.mm, None)));
     m.as_ref().insert(sp.asp(), BASE, 2 * pg)?;
     let before = (
         rec.log.lock().total,
@@ -1251,7 +1278,7 @@ fn c16_errors<H: Harness>(h: &H, _cfg: &Config) -> Outcome {
         );
     }
     // Interval of length zero, overflowing interval, unknown handles.
-    let z = pin!(IntervalSubscriber::new(Mirror::new(h, sp.mm, None)));
+    let z = pin!(CoreInterval::new(Mirror::new(h, sp.mm, None)));
     let got = z.as_ref().insert(sp.asp(), BASE, 0);
     ensure!(
         got == Err(Error::ZeroLength),
@@ -1281,7 +1308,7 @@ fn c16_errors<H: Harness>(h: &H, _cfg: &Config) -> Outcome {
         "double insert: {got:?}"
     );
     // Unregister from inside its own callback: refused, and it stays registered.
-    let other = pin!(IntervalSubscriber::new(IvCounter(
+    let other = pin!(CoreInterval::new(IvCounter(
         AtomicU32::new(0),
         AtomicU32::new(0)
     )));
@@ -1358,10 +1385,10 @@ impl SubscriberOps for Counter {
 /// Counts invalidations (`.0`); `.1` is what the reference model expects.
 struct IvCounter(AtomicU32, AtomicU32);
 
-impl<P: Platform> notifier_core::IntervalOps<P> for IvCounter {
+impl IvOps for IvCounter {
     fn invalidate(
         &self,
-        iv: &notifier_core::Interval<P>,
+        iv: &dyn Seq,
         _r: &Range,
         cur_seq: u64,
     ) -> Result<(), notifier_core::WouldBlock> {
@@ -1382,8 +1409,9 @@ impl Rng {
     }
 }
 
-fn c17_many<H: Harness>(h: &H, cfg: &Config) -> Outcome {
+fn c17_many<H: Harness, S: Notifiers<H>>(h: &H, cfg: &Config) -> Outcome {
     need(h, Cap::DirectCalls)?;
+    need_mode::<H, S>(Feature::DirectCalls)?;
     let Some((base, arena_len)) = h.arena() else {
         return Err(Fail::NotApplicable("no arena for thousands of subscribers"));
     };
@@ -1392,9 +1420,9 @@ fn c17_many<H: Harness>(h: &H, cfg: &Config) -> Outcome {
     let nl = cfg.many_list;
     let ni = cfg.many_intervals;
     let ls = core::mem::size_of::<Subscriber<Counter, H::P>>();
-    let is = core::mem::size_of::<IntervalSubscriber<IvCounter, H::P>>();
+    let is = core::mem::size_of::<CoreInterval<IvCounter, H::P>>();
     let la = core::mem::align_of::<Subscriber<Counter, H::P>>();
-    let ia = core::mem::align_of::<IntervalSubscriber<IvCounter, H::P>>();
+    let ia = core::mem::align_of::<CoreInterval<IvCounter, H::P>>();
     let start_l = base.align_offset(la);
     let lists_end = start_l + nl * ls;
     let start_i = lists_end + base.wrapping_add(lists_end).align_offset(ia);
@@ -1409,14 +1437,12 @@ fn c17_many<H: Harness>(h: &H, cfg: &Config) -> Outcome {
     // written before use, pinned (never moved) and dropped in place before returning.
     let (lists, ivs) = unsafe {
         let l = base.add(start_l).cast::<Subscriber<Counter, H::P>>();
-        let i = base
-            .add(start_i)
-            .cast::<IntervalSubscriber<IvCounter, H::P>>();
+        let i = base.add(start_i).cast::<CoreInterval<IvCounter, H::P>>();
         for k in 0..nl {
             l.add(k).write(Subscriber::new(Counter(AtomicU32::new(0))));
         }
         for k in 0..ni {
-            i.add(k).write(IntervalSubscriber::new(IvCounter(
+            i.add(k).write(CoreInterval::new(IvCounter(
                 AtomicU32::new(0),
                 AtomicU32::new(0),
             )));
@@ -1499,7 +1525,7 @@ fn c17_many<H: Harness>(h: &H, cfg: &Config) -> Outcome {
             core::ptr::drop_in_place(s as *const _ as *mut Subscriber<Counter, H::P>);
         }
         for s in ivs {
-            core::ptr::drop_in_place(s as *const _ as *mut IntervalSubscriber<IvCounter, H::P>);
+            core::ptr::drop_in_place(s as *const _ as *mut CoreInterval<IvCounter, H::P>);
         }
     }
     result
@@ -1544,9 +1570,10 @@ fn reclaim_some<H: Harness>(h: &H, mm: Mm, pages: usize, passes: usize) -> Resul
     Ok(n)
 }
 
-fn c18_export_not_freed<H: Harness>(h: &H, cfg: &Config) -> Outcome {
+fn c18_export_not_freed<H: Harness, S: Notifiers<H>>(h: &H, cfg: &Config) -> Outcome {
     need(h, Cap::Reclaim)?;
     let reg = registry(h)?;
+    need_mode::<H, S>(Feature::Export)?;
     let sp = Space::with_pages(h, PAGES)?;
     let ex = pin!(notifier_core::export::Exporter::new(
         reg,
@@ -1585,9 +1612,10 @@ fn c18_export_not_freed<H: Harness>(h: &H, cfg: &Config) -> Outcome {
     Ok(())
 }
 
-fn c19_export_race<H: Harness>(h: &H, cfg: &Config) -> Outcome {
+fn c19_export_race<H: Harness, S: Notifiers<H>>(h: &H, cfg: &Config) -> Outcome {
     need(h, Cap::Reclaim)?;
     let reg = registry(h)?;
+    need_mode::<H, S>(Feature::Export)?;
     let sp = Space::with_pages(h, PAGES)?;
     let ex = pin!(notifier_core::export::Exporter::new(
         reg,
@@ -1651,9 +1679,10 @@ fn c19_export_race<H: Harness>(h: &H, cfg: &Config) -> Outcome {
     Ok(())
 }
 
-fn c20_export_unmapped_revoked<H: Harness>(h: &H, cfg: &Config) -> Outcome {
+fn c20_export_unmapped_revoked<H: Harness, S: Notifiers<H>>(h: &H, cfg: &Config) -> Outcome {
     need(h, Cap::Reclaim)?;
     let reg = registry(h)?;
+    need_mode::<H, S>(Feature::Export)?;
     let sp = Space::with_pages(h, PAGES)?;
     let ex = pin!(notifier_core::export::Exporter::new(
         reg,
@@ -1697,10 +1726,11 @@ fn c20_export_unmapped_revoked<H: Harness>(h: &H, cfg: &Config) -> Outcome {
     Ok(())
 }
 
-fn c21_unexport_barrier<H: Harness>(h: &H, cfg: &Config) -> Outcome {
+fn c21_unexport_barrier<H: Harness, S: Notifiers<H>>(h: &H, cfg: &Config) -> Outcome {
     need(h, Cap::Reclaim)?;
     need(h, Cap::Concurrency)?;
     let reg = registry(h)?;
+    need_mode::<H, S>(Feature::Export)?;
     let sp = Space::with_pages(h, PAGES)?;
     let err = FirstError::<H::P>::new();
     let stop = AtomicBool::new(false);

@@ -9,9 +9,10 @@ use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use arrayvec::ArrayVec;
 use notifier_core::sync::SpinLock;
-use notifier_core::{Interval, IntervalOps, Range, SubscriberOps, WouldBlock};
+use notifier_core::{Range, SubscriberOps, WouldBlock};
 
 use crate::harness::{Frame, Harness, HarnessError, Mm, Pte};
+use crate::subscribe::{IvOps, Seq};
 use crate::Twin;
 
 /// How often a fault path retries before it reports a livelock.
@@ -616,7 +617,7 @@ impl<'h, H: Harness> Mirror<'h, H> {
     }
 
     /// Fault `addr` into the device page table.
-    pub fn fault(&self, iv: &Interval<H::P>, addr: usize) -> Result<Pte, FaultError> {
+    pub fn fault(&self, iv: &dyn Seq, addr: usize) -> Result<Pte, FaultError> {
         let ignore = self.twin == Some(Twin::MirrorIgnoresSeq);
         for _ in 0..MAX_RETRIES {
             let seq = iv
@@ -643,7 +644,7 @@ impl<'h, H: Harness> Mirror<'h, H> {
     }
 
     /// Access, faulting on a miss.
-    pub fn run(&self, iv: &Interval<H::P>, addr: usize) -> Result<Frame, FaultError> {
+    pub fn run(&self, iv: &dyn Seq, addr: usize) -> Result<Frame, FaultError> {
         match self.access(addr) {
             Some(f) => Ok(f),
             None => self.fault(iv, addr).map(|p| p.frame),
@@ -651,8 +652,8 @@ impl<'h, H: Harness> Mirror<'h, H> {
     }
 }
 
-impl<H: Harness> IntervalOps<H::P> for Mirror<'_, H> {
-    fn invalidate(&self, iv: &Interval<H::P>, r: &Range, cur_seq: u64) -> Result<(), WouldBlock> {
+impl<H: Harness> IvOps for Mirror<'_, H> {
+    fn invalidate(&self, iv: &dyn Seq, r: &Range, cur_seq: u64) -> Result<(), WouldBlock> {
         if self.gone.load(Ordering::Relaxed) {
             self.violations.fetch_add(1, Ordering::Relaxed);
         }
@@ -711,7 +712,7 @@ impl<'h, H: Harness> TwoPass<'h, H> {
     }
 
     /// Fault `addr` into the device page table.
-    pub fn fault(&self, iv: &Interval<H::P>, addr: usize) -> Result<Pte, FaultError> {
+    pub fn fault(&self, iv: &dyn Seq, addr: usize) -> Result<Pte, FaultError> {
         for _ in 0..MAX_RETRIES {
             let seq = iv
                 .read_begin()
@@ -740,21 +741,16 @@ impl<'h, H: Harness> TwoPass<'h, H> {
     }
 }
 
-impl<H: Harness> IntervalOps<H::P> for TwoPass<'_, H> {
+impl<H: Harness> IvOps for TwoPass<'_, H> {
     const TWO_PASS: bool = true;
 
-    fn invalidate(&self, iv: &Interval<H::P>, r: &Range, cur_seq: u64) -> Result<(), WouldBlock> {
+    fn invalidate(&self, iv: &dyn Seq, r: &Range, cur_seq: u64) -> Result<(), WouldBlock> {
         self.invalidate_start(iv, r, cur_seq)?;
         self.invalidate_finish(iv, r, cur_seq);
         Ok(())
     }
 
-    fn invalidate_start(
-        &self,
-        iv: &Interval<H::P>,
-        r: &Range,
-        cur_seq: u64,
-    ) -> Result<(), WouldBlock> {
+    fn invalidate_start(&self, iv: &dyn Seq, r: &Range, cur_seq: u64) -> Result<(), WouldBlock> {
         self.started_at.store(
             self.clock.fetch_add(1, Ordering::Relaxed) + 1,
             Ordering::Relaxed,
@@ -768,7 +764,7 @@ impl<H: Harness> IntervalOps<H::P> for TwoPass<'_, H> {
         Ok(())
     }
 
-    fn invalidate_finish(&self, _iv: &Interval<H::P>, _r: &Range, _cur_seq: u64) {
+    fn invalidate_finish(&self, _iv: &dyn Seq, _r: &Range, _cur_seq: u64) {
         self.finished_at.store(
             self.clock.fetch_add(1, Ordering::Relaxed) + 1,
             Ordering::Relaxed,
