@@ -8,16 +8,19 @@
 //!   the notifier module and runs its in-kernel tests under QEMU.
 //! * `hermit` ([`hermit`]): builds (or reuses) a patched Hermit kernel, the loader and the
 //!   test image, and runs it on 2 CPUs under QEMU.
+//! * `suite-table` ([`suite_table`]): the conformance suite's results on the simulator,
+//!   Linux (core and reference mode) and Hermit, case by case.
 
 use std::process::ExitCode;
 
 mod bench_report;
 mod hermit;
 mod kmod;
+mod suite_table;
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: cargo xtask <bench-report|kmod|hermit> [options]   (--help after a command for more)"
+        "usage: cargo xtask <bench-report|kmod|hermit|suite-table> [options]   (--help after a command for more)"
     );
     ExitCode::from(2)
 }
@@ -32,6 +35,7 @@ fn main() -> ExitCode {
         "bench-report" => bench_report::main(&rest),
         "kmod" => kmod::main(&rest),
         "hermit" => hermit::main(&rest),
+        "suite-table" => suite_table::main(&rest),
         "-h" | "--help" | "help" => {
             usage();
             ExitCode::SUCCESS
