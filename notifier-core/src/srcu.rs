@@ -65,7 +65,7 @@ pub unsafe trait SleepableRcu: Sync + 'static {
     /// # Safety
     ///
     /// `head` stays valid and is not queued again until `func` has been called with it.
-    unsafe fn call(&self, head: NonNull<RcuHead>, func: unsafe fn(NonNull<RcuHead>));
+    unsafe fn call(&self, head: NonNull<RcuHead>, func: RcuFn);
 
     /// Wait until every callback queued before this call has run. May sleep.
     fn barrier(&self);
@@ -73,6 +73,10 @@ pub unsafe trait SleepableRcu: Sync + 'static {
 
 /// The link a deferred free is queued by (Linux: `struct rcu_head`): two words,
 /// embedded in the object to free.
+///
+/// It is laid out as Linux's `struct callback_head` (a next pointer, then a C function
+/// pointer taking the head), and [`RcuFn`] has the C calling convention, so a kernel
+/// platform can hand both straight to its native `call_srcu`.
 ///
 /// # Invariants
 ///
@@ -84,8 +88,17 @@ pub struct RcuHead {
     func: UnsafeCell<Option<RcuFn>>,
 }
 
-/// What a deferred callback is.
-pub type RcuFn = unsafe fn(NonNull<RcuHead>);
+/// What a deferred callback is: a C function taking the head (Linux: `rcu_callback_t`),
+/// so that a native SRCU can call it. A panic inside it aborts.
+pub type RcuFn = unsafe extern "C" fn(NonNull<RcuHead>);
+
+// `struct callback_head`: two pointers.
+#[cfg(not(loom))]
+const _: () = assert!(
+    core::mem::size_of::<RcuHead>() == 2 * core::mem::size_of::<usize>()
+        && core::mem::align_of::<RcuHead>() == core::mem::align_of::<usize>()
+        && core::mem::offset_of!(RcuHead, func) == core::mem::size_of::<usize>()
+);
 
 // SAFETY: `func` is accessed by one thread at a time, ordered by the release/acquire
 // pair on the deferred list (type invariant).
@@ -357,7 +370,7 @@ unsafe impl<P: Platform> SleepableRcu for Srcu<P> {
         self.run_list(ready);
     }
 
-    unsafe fn call(&self, head: NonNull<RcuHead>, func: unsafe fn(NonNull<RcuHead>)) {
+    unsafe fn call(&self, head: NonNull<RcuHead>, func: RcuFn) {
         // SAFETY: the caller keeps `head` valid until `func` runs.
         let h = unsafe { head.as_ref() };
         // SAFETY: the head is not queued (caller's contract), so nobody else reads

@@ -672,7 +672,7 @@ impl<T: SharedOps<P>, P: Platform> Shared<T, P> {
         unsafe { P::rcu().call(head, Self::free_rcu) };
     }
 
-    unsafe fn free_rcu(head: NonNull<RcuHead>) {
+    unsafe extern "C" fn free_rcu(head: NonNull<RcuHead>) {
         let off = core::mem::offset_of!(Self, rcu);
         // SAFETY: `head` is the `rcu` field of a `Self` (queued by `v_free`).
         let this = unsafe { NonNull::new_unchecked(head.as_ptr().byte_sub(off).cast::<Self>()) };
