@@ -20,9 +20,13 @@
 //!    (`backend-hermit/image`, linked against that `libhermit.a`), built with nightly
 //!    into target directories in the cache.
 //! 7. QEMU (software emulation, 2 CPUs, `-kernel loader -initrd image`) with a
-//!    timeout: a guest page fault hangs it. The run passes only if the image printed
-//!    its `N passed, N failed` line with no failure, nothing fatal was logged, and QEMU
-//!    exited with Hermit's success code (3).
+//!    timeout: a guest page fault hangs it. The image runs its smoke checks, then the
+//!    conformance suite (`notifier-conformance` on `HermitHarness`; `--smoke-only`
+//!    leaves it out). The run passes only if the smoke checks and the suite each
+//!    printed their `N passed, N failed` line with no failure, no case said `FAILED`,
+//!    nothing fatal was logged, and QEMU exited with Hermit's success code (3).
+//! 8. The suite's lines, from its header to its closing line exactly as the suite
+//!    printed them, are saved to `target/hermit/suite.txt` (also when the run fails).
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -55,24 +59,31 @@ const SYMBOL_PREFIX: &str = "_hermit_kernel_";
 /// The symbol the project's patch adds; the post-processed archive must export it.
 const HOOK_SYMBOL: &str = "sys_mmu_notifier_register";
 const BACKPORTS_SOURCES: &str = "/etc/apt/sources.list.d/bookworm-backports.sources";
+/// Where the suite's lines are saved, relative to the workspace root.
+const SUITE_OUT: &str = "target/hermit/suite.txt";
+/// The suite's header line starts with this (`notifier_conformance::run`).
+const SUITE_HEADER: &str = "notifier conformance suite on ";
+/// QEMU's default timeout: the suite takes a few minutes under software emulation.
+const DEFAULT_TIMEOUT: u64 = 900;
 
 struct Options {
     install: bool,
     kernel_only: bool,
-    suite: bool,
+    smoke_only: bool,
     timeout: Duration,
     cache: PathBuf,
 }
 
 fn usage() {
     eprintln!(
-        "usage: cargo xtask hermit [--timeout SECS] [--no-install] [--kernel-only] [--suite]\n\
+        "usage: cargo xtask hermit [--timeout SECS] [--no-install] [--kernel-only] [--smoke-only]\n\
          \n\
          Fetches hermit-kernel {KERNEL_VERSION}, applies backend-hermit's notifier patch,\n\
          builds and post-processes it into libhermit.a, builds the multiboot loader and\n\
-         the test image, boots it on 2 CPUs under QEMU and checks its output.\n\
+         the test image, boots it on 2 CPUs under QEMU and checks its output: the smoke\n\
+         checks, then the conformance suite (its lines are saved to {SUITE_OUT}).\n\
          --kernel-only stops after libhermit.a (and checks the archive's exports);\n\
-         --suite also runs the conformance suite in the image (work in progress).\n\
+         --smoke-only builds the image without the suite.\n\
          Cache: $NOTIFIER_HERMIT_CACHE or /var/cache/notifier-hermit."
     );
 }
@@ -81,8 +92,8 @@ pub fn main(args: &[String]) -> ExitCode {
     let mut opts = Options {
         install: true,
         kernel_only: false,
-        suite: false,
-        timeout: Duration::from_secs(300),
+        smoke_only: false,
+        timeout: Duration::from_secs(DEFAULT_TIMEOUT),
         cache: std::env::var_os("NOTIFIER_HERMIT_CACHE")
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from("/var/cache/notifier-hermit")),
@@ -99,7 +110,7 @@ pub fn main(args: &[String]) -> ExitCode {
             },
             "--no-install" => opts.install = false,
             "--kernel-only" => opts.kernel_only = true,
-            "--suite" => opts.suite = true,
+            "--smoke-only" => opts.smoke_only = true,
             "-h" | "--help" => {
                 usage();
                 return ExitCode::SUCCESS;
@@ -162,15 +173,24 @@ fn run(opts: &Options) -> Result<()> {
     }
     step("building the loader and the test image");
     let loader = build_loader(&root, &opts.cache)?;
-    let image = build_image(&root, &opts.cache, &tree, opts.suite)?;
+    let image = build_image(&root, &opts.cache, &tree, !opts.smoke_only)?;
     step(&format!(
         "booting under QEMU (2 CPUs, software emulation, timeout {} s)",
         opts.timeout.as_secs()
     ));
     let log = opts.cache.join("serial.log");
-    let status = run_qemu(&loader, &image, &log, opts.timeout)?;
+    let status = run_qemu(
+        &loader,
+        &image,
+        &log,
+        opts.timeout,
+        (!opts.smoke_only).then_some(root.as_path()),
+    )?;
     let text = fs::read_to_string(&log).map_err(|e| format!("{}: {e}", log.display()))?;
-    check_log(&text, status)?;
+    if !opts.smoke_only {
+        save_suite(&root, &text)?;
+    }
+    check_log(&text, status, !opts.smoke_only)?;
     println!("hermit: done in {:.0} s", t0.elapsed().as_secs_f64());
     Ok(())
 }
@@ -235,8 +255,17 @@ fn build_image(root: &Path, cache: &Path, kernel: &Path, suite: bool) -> Result<
 
 /// Boots `image` with `loader`; the serial console goes to `log`. Returns QEMU's exit
 /// code (Hermit's exit port: 3 for success), or an error on timeout.
-fn run_qemu(loader: &Path, image: &Path, log: &Path, timeout: Duration) -> Result<i32> {
+fn run_qemu(
+    loader: &Path,
+    image: &Path,
+    log: &Path,
+    timeout: Duration,
+    save_on_timeout: Option<&Path>,
+) -> Result<i32> {
     let out = fs::File::create(log).map_err(|e| format!("{}: {e}", log.display()))?;
+    // QEMU's own messages go elsewhere: the log holds only what the guest printed.
+    let qemu_err = log.with_extension("qemu-stderr");
+    let err = fs::File::create(&qemu_err).map_err(|e| format!("{}: {e}", qemu_err.display()))?;
     let mut child = Command::new("qemu-system-x86_64")
         .args([
             "-display",
@@ -262,8 +291,8 @@ fn run_qemu(loader: &Path, image: &Path, log: &Path, timeout: Duration) -> Resul
         .arg("-initrd")
         .arg(image)
         .stdin(Stdio::null())
-        .stdout(out.try_clone().map_err(|e| e.to_string())?)
-        .stderr(out)
+        .stdout(out)
+        .stderr(err)
         .spawn()
         .map_err(|e| format!("qemu-system-x86_64: {e}"))?;
     let start = Instant::now();
@@ -276,6 +305,9 @@ fn run_qemu(loader: &Path, image: &Path, log: &Path, timeout: Duration) -> Resul
             let _ = child.wait();
             let text = fs::read_to_string(log).unwrap_or_default();
             print_image_lines(&text);
+            if let Some(root) = save_on_timeout {
+                save_suite(root, &text)?;
+            }
             return Err(format!(
                 "QEMU timed out after {} s (a guest page fault hangs it; log: {})",
                 timeout.as_secs(),
@@ -306,20 +338,33 @@ fn print_image_lines(text: &str) {
 /// Lines that fail the run whatever the image said.
 const FATAL: &[&str] = &["Page fault", "PANIC", "panicked", "ERROR"];
 
-fn check_log(text: &str, status: i32) -> Result<()> {
+fn check_log(text: &str, status: i32, suite: bool) -> Result<()> {
     print_image_lines(text);
     if let Some(l) = text.lines().find(|l| FATAL.iter().any(|f| l.contains(f))) {
         return Err(format!("the guest reported: {l}"));
     }
-    // The smoke checks and (with --suite) the conformance suite each close with a line.
+    if let Some(l) = text.lines().find(|l| l.contains("FAILED")) {
+        return Err(format!("a check failed: {l}"));
+    }
+    // The smoke checks and the conformance suite each close with a line.
     let (mut passed, mut failed, mut closings) = (0, 0, 0);
     for (p, f) in text.lines().filter_map(parse_closing) {
         passed += p;
         failed += f;
         closings += 1;
     }
-    if closings == 0 {
-        return Err("no `N passed, N failed` line from the image".into());
+    let want = if suite { 2 } else { 1 };
+    if closings < want {
+        return Err(format!(
+            "{closings} of {want} `N passed, N failed` lines from the image{}",
+            if suite && !text.contains(SUITE_HEADER) {
+                " (the suite did not start)"
+            } else if suite {
+                " (the suite did not reach its closing line)"
+            } else {
+                ""
+            }
+        ));
     }
     if failed != 0 {
         return Err(format!("{failed} failed in the Hermit image"));
@@ -333,6 +378,61 @@ fn check_log(text: &str, status: i32) -> Result<()> {
             "QEMU exited with {status}, not Hermit's success (3)"
         ));
     }
+    Ok(())
+}
+
+/// Where a kernel log record (`[core][ESC[..mLEVEL ESC[0m] …`) starts in `line`.
+fn kernel_log_at(line: &str) -> Option<usize> {
+    line.match_indices('[').map(|(i, _)| i).find(|&i| {
+        let rest = &line[i + 1..];
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        digits > 0 && rest[digits..].starts_with("][\u{1b}[")
+    })
+}
+
+/// The suite's lines as it printed them: from its header to its closing line (or the
+/// end of the log if it did not get there), leaving out the kernel's own log records,
+/// which may come in between (or start inside a suite line: what precedes them is the
+/// suite's).
+fn suite_lines(text: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut started = false;
+    for l in text.lines() {
+        let kernel = kernel_log_at(l);
+        let own = &l[..kernel.unwrap_or(l.len())];
+        if !started {
+            if !own.starts_with(SUITE_HEADER) {
+                continue;
+            }
+            started = true;
+        }
+        if kernel.is_some() && own.is_empty() {
+            continue;
+        }
+        out.push(own);
+        if kernel.is_none() && parse_closing(own).is_some() {
+            break;
+        }
+    }
+    out
+}
+
+fn save_suite(root: &Path, text: &str) -> Result<()> {
+    let lines = suite_lines(text);
+    let path = root.join(SUITE_OUT);
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    let mut body = lines.join("\n");
+    if !lines.is_empty() {
+        body.push('\n');
+    }
+    fs::write(&path, body).map_err(|e| format!("{}: {e}", path.display()))?;
+    println!(
+        "hermit: {} suite lines saved to {}",
+        lines.len(),
+        path.display()
+    );
     Ok(())
 }
 

@@ -12,10 +12,16 @@
 //! * unmap: `sys_mmu_unmap_pages` (the patch), page by page, freeing the frames;
 //! * lookup: `sys_mmu_translate` (the patch);
 //! * the oracle: a table of the frames this harness saw allocated, with a generation
-//!   bumped when the kernel freed them (right after the unmap returns).
+//!   bumped when the kernel freed them (right after the unmap returns);
+//! * a lock per window page, held by map, unmap and touch (Linux serialises changes of
+//!   one page with its page-table lock; Hermit's kernel does not, and two tasks
+//!   unmapping the same page would both free its frame, a double free that panics the
+//!   kernel's frame allocator, while a touch racing an unmap would write to an
+//!   unmapped page). It is held across the kernel's notifier calls, as Linux holds
+//!   `mmap_lock` across them.
 
 use core::ptr::NonNull;
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use backend_hermit::sys;
 use backend_hermit::{HermitPlatform as P, KernelMm};
@@ -46,6 +52,38 @@ pub struct HermitHarness {
     cur: SpinMutex<usize, backend_hermit::Yield>,
     frames: SpinMutex<[FrameEntry; FRAMES], backend_hermit::Yield>,
     next_gen: AtomicU64,
+    /// One lock per window page (see the module documentation).
+    page_locks: [AtomicBool; WINDOW / PAGE],
+}
+
+/// Window pages `[first, first + n)` locked in ascending order (so two tasks locking
+/// overlapping ranges cannot deadlock); unlocked when dropped.
+struct PagesLocked<'a> {
+    locks: &'a [AtomicBool],
+}
+
+impl<'a> PagesLocked<'a> {
+    fn new(all: &'a [AtomicBool], first: usize, n: usize) -> Self {
+        let locks = &all[first..first + n];
+        for l in locks {
+            while l
+                .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+                .is_err()
+            {
+                // Held by a task that may be on this core: let it run.
+                P::yield_now();
+            }
+        }
+        PagesLocked { locks }
+    }
+}
+
+impl Drop for PagesLocked<'_> {
+    fn drop(&mut self) {
+        for l in self.locks.iter().rev() {
+            l.store(false, Ordering::Release);
+        }
+    }
 }
 
 fn reserve(len: usize, prot: u32) -> Option<usize> {
@@ -76,7 +114,13 @@ impl HermitHarness {
                 }; FRAMES],
             ),
             next_gen: AtomicU64::new(1),
+            page_locks: [const { AtomicBool::new(false) }; WINDOW / PAGE],
         })
+    }
+
+    /// Lock the window pages of `[real, real + len)` (a range inside the window).
+    fn lock_pages(&self, real: usize, len: usize) -> PagesLocked<'_> {
+        PagesLocked::new(&self.page_locks, (real - self.window) / PAGE, len / PAGE)
     }
 
     fn real(&self, addr: usize, len: usize) -> Result<usize, HarnessError> {
@@ -126,6 +170,7 @@ impl HermitHarness {
     }
 
     fn unmap_real(&self, real: usize, len: usize) -> Result<(), HarnessError> {
+        let _locked = self.lock_pages(real, len);
         let mut pfns = [0u64; WINDOW / PAGE];
         let n = len / PAGE;
         for (i, p) in pfns.iter_mut().enumerate().take(n) {
@@ -231,6 +276,7 @@ impl Harness for HermitHarness {
 
     fn map(&self, _mm: Mm, addr: usize, len: usize) -> Result<(), HarnessError> {
         let real = self.real(addr, len)?;
+        let _locked = self.lock_pages(real, len);
         for off in (0..len).step_by(PAGE) {
             // SAFETY: a page of the reserved window; mapping it is what the suite asked.
             if unsafe { sys_mprotect((real + off) as *mut u8, PAGE, PROT_READ | PROT_WRITE) } != 0 {
@@ -245,6 +291,7 @@ impl Harness for HermitHarness {
 
     fn touch(&self, mm: Mm, addr: usize, write: bool) -> Result<Pte, HarnessError> {
         let real = self.real(addr, PAGE)?;
+        let _locked = self.lock_pages(real, PAGE);
         let Some(pte) = self.lookup(mm, addr) else {
             return Err(HarnessError::Failed("not mapped"));
         };
@@ -338,6 +385,20 @@ impl Harness for HermitHarness {
     }
 }
 
+/// The core task `i` of a batch runs on. Hermit never preempts a task for another of
+/// the same priority, so tasks that share a core take turns only where one yields.
+/// The suite's first task is the primary MMU, whose progress ends every case
+/// (it sets the others' `stop`), while the other tasks may loop without a scheduling
+/// point once their translations are cached (C-09's shadow MMU and remote importers
+/// hit in their tables and never yield). So the first task gets a core of its own and
+/// the others share the remaining ones; with one core, all share it.
+fn core_for(i: usize, cpus: usize) -> usize {
+    match (i, cpus) {
+        (_, 0 | 1) | (0, _) => 0,
+        _ => 1 + (i - 1) % (cpus - 1),
+    }
+}
+
 impl HermitHarness {
     fn run_batch(&self, tasks: &[&(dyn Fn() + Sync)]) {
         let cpus = P::processors().max(1);
@@ -350,7 +411,7 @@ impl HermitHarness {
                     t as *const &(dyn Fn() + Sync) as usize,
                     8,
                     0x20000,
-                    (i % cpus) as isize,
+                    core_for(i, cpus) as isize,
                 )
             };
         }

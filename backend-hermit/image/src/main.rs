@@ -158,6 +158,17 @@ impl SubscriberOps for Probe {
 }
 
 static MM: spin::Once<KernelMm> = spin::Once::new();
+
+/// The suite's configuration in the image: QEMU emulates both CPUs in software, so the
+/// concurrent cases run fewer rounds than on the host.
+#[cfg(feature = "suite")]
+const SUITE_CONFIG: notifier_conformance::Config = notifier_conformance::Config {
+    twin: None,
+    only: None,
+    rounds: 50,
+    many_list: 2_000,
+    many_intervals: 20_000,
+};
 static PROBE_OUT: AtomicUsize = AtomicUsize::new(0);
 
 struct Tally {
@@ -324,10 +335,13 @@ extern "C" fn runtime_entry(_argc: i32, _argv: *const *const u8, _env: *const *c
     #[cfg(feature = "suite")]
     match harness::HermitHarness::new() {
         Some(h) => {
-            let cfg = notifier_conformance::Config {
-                rounds: 50,
-                ..Default::default()
-            };
+            let cfg = SUITE_CONFIG;
+            say!(
+                "suite config: rounds {}, many_list {}, many_intervals {}",
+                cfg.rounds,
+                cfg.many_list,
+                cfg.many_intervals
+            );
             let sum = notifier_conformance::run(&h, &cfg, &mut Console);
             failed += sum.failed;
         }
