@@ -28,9 +28,22 @@
 
 /* ---- Platform primitives (platform.rs) ---- */
 
+/* Sleepable calls made inside a non_block_start/end region (the suite's C-08 count). */
+static atomic_t nk_sleeps_in_non_block = ATOMIC_INIT(0);
+
 void nk_might_sleep(void)
 {
+#ifdef CONFIG_DEBUG_ATOMIC_SLEEP
+	/* The kernel's own check below splats too ("BUG: sleeping function ..."). */
+	if (current->non_block_count)
+		atomic_inc(&nk_sleeps_in_non_block);
+#endif
 	might_sleep();
+}
+
+unsigned int nk_sleep_violations(void)
+{
+	return atomic_read(&nk_sleeps_in_non_block);
 }
 
 /* With CONFIG_DEBUG_ATOMIC_SLEEP, a might_sleep() inside this region splats. */

@@ -9,6 +9,8 @@
 //!   core's `AddressSpace` of that mm, and [`mm::MmNotifier`], the handle Rust code
 //!   registers core subscribers through.
 //! * `smoke`: the in-kernel tests, run when the module loads and unloads.
+//! * `harness`: the conformance suite (`tests/`) on real address spaces, run when the
+//!   module loads, after the smoke tests.
 
 use kernel::prelude::*;
 
@@ -16,6 +18,7 @@ use kernel::prelude::*;
 mod layout {
     include!("layout_offsets.rs");
 }
+mod harness;
 pub mod mm;
 pub mod platform;
 mod smoke;
@@ -31,6 +34,26 @@ module! {
 extern "C" {
     fn nk_init() -> kernel::ffi::c_int;
     fn nk_exit();
+    fn nk_h_init() -> kernel::ffi::c_int;
+    fn nk_h_exit();
+}
+
+/// The conformance suite, after the smoke tests. Its lines (`suite: ...`) and closing
+/// line are what `cargo xtask kmod` checks; a failure to run it at all is reported
+/// here and shows as a missing closing line.
+fn conformance_suite() {
+    // SAFETY: called once, from module init.
+    let r = unsafe { nk_h_init() };
+    if r != 0 {
+        pr_err!("suite-error: /proc/nk_harness: error {}\n", r);
+        return;
+    }
+    match harness::run() {
+        Ok(failed) => pr_info!("suite-done: {} case(s) failed\n", failed),
+        Err(e) => pr_err!("suite-error: the suite did not run: {:?}\n", e),
+    }
+    // SAFETY: paired with `nk_h_init`; every helper process was killed by the suite.
+    unsafe { nk_h_exit() };
 }
 
 struct NotifierKmod {
@@ -45,9 +68,12 @@ impl kernel::Module for NotifierKmod {
             return Err(Error::from_errno(r));
         }
         match smoke::run_at_init() {
-            Ok(at_exit) => Ok(NotifierKmod {
-                at_exit: Some(at_exit),
-            }),
+            Ok(at_exit) => {
+                conformance_suite();
+                Ok(NotifierKmod {
+                    at_exit: Some(at_exit),
+                })
+            }
             Err(e) => {
                 // SAFETY: paired with `nk_init` above; nothing of ours is left.
                 unsafe { nk_exit() };

@@ -50,6 +50,7 @@ struct nk_ref;
 
 /* Implemented in C (helpers.c), called from Rust. */
 void nk_might_sleep(void);
+unsigned int nk_sleep_violations(void);
 void nk_non_block_start(void);
 void nk_non_block_end(void);
 unsigned int nk_cpu(void);
@@ -76,5 +77,29 @@ struct nk_ref *nk_ref_register(struct mm_struct *mm, unsigned long start, unsign
 void nk_ref_read(struct nk_ref *r, struct nk_ref_counts *out);
 void nk_ref_unregister(struct nk_ref *r);
 int nk_run_on_mm(struct mm_struct *mm, void (*fn)(void *), void **args, int n);
+
+/* The conformance harness (harness_linux.c, used by harness.rs). */
+int nk_h_init(void);
+void nk_h_exit(void);
+int nk_h_spawn(void);
+struct mm_struct *nk_h_mm(int i);
+int nk_h_fork(int i);
+void nk_h_teardown(int i);
+void nk_h_forget(int i);
+long nk_h_map(int i, unsigned long addr, unsigned long len);
+long nk_h_unmap(int i, unsigned long addr, unsigned long len);
+long nk_h_protect(int i, unsigned long addr, unsigned long len, bool writable);
+long nk_h_reclaim(int i, unsigned long addr, unsigned long len);
+long nk_h_pte(int i, unsigned long addr, int mode, u64 *pfn, u64 *gen, bool *writable);
+long nk_h_migrate(int i, unsigned long addr);
+bool nk_h_can_migrate(void);
+bool nk_h_frame_live(u64 pfn, u64 gen);
+bool nk_h_get_frame(u64 pfn, u64 gen);
+void nk_h_put_frame(u64 pfn, u64 gen);
+int nk_h_run_tasks(void (*fn)(void *), void **args, int n);
+int nk_h_run_kthread(void (*fn)(void *), void *arg);
+void nk_h_yield(void);
+void *nk_h_vmalloc(unsigned long size);
+void nk_h_vfree(void *p);
 
 #endif

@@ -1,18 +1,29 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * A user process for the in-kernel tests (static, in the initramfs): it maps and
- * faults in pages at a fixed address, says so, waits for SIGUSR1 from the module, then
- * changes their protection (mprotect), marks them idle through idle page tracking
- * (the kernel then clears their accessed bits, calling clear_young), swaps them out
- * (MADV_PAGEOUT, swap is on a RAM disk), reads them back, and exits. The module watches all of it through its
- * notifier on this process's mm.
+ * A user process for the in-kernel tests (static, in the initramfs).
+ *
+ * Without arguments (smoke.rs): it maps and faults in pages at a fixed address, says
+ * so, waits for SIGUSR1 from the module, then changes their protection (mprotect),
+ * marks them idle through idle page tracking (the kernel then clears their accessed
+ * bits, calling clear_young), swaps them out (MADV_PAGEOUT, swap is on a RAM disk),
+ * reads them back, and exits. The module watches all of it through its notifier on
+ * this process's mm.
+ *
+ * `nkhelper serve` (harness.c starts it with call_usermodehelper): one address space
+ * of the conformance suite. The module maps, faults and unmaps in it from kthreads;
+ * what only the process itself can do it asks for through /proc/nk_harness
+ * (nkproto.h): mprotect, a reclaim pass, fork. It exits when the module kills it.
  */
+#include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <string.h>
 #include <sys/mman.h>
 #include <unistd.h>
+
+#include "nkproto.h"
 
 #define BASE ((void *)0x200000000UL) /* smoke.rs: HELPER_BASE */
 #define PAGES 4
@@ -48,13 +59,125 @@ static int age(char *p)
 	return 0;
 }
 
-int main(void)
+/* One reclaim pass (NK_OP_RECLAIM): evict the pages still idle since the last pass. */
+static long long reclaim(uintptr_t addr, uintptr_t len)
+{
+	int pm = open("/proc/self/pagemap", O_RDONLY);
+	int idle = open("/sys/kernel/mm/page_idle/bitmap", O_RDWR);
+	long long evicted = 0;
+	uintptr_t a;
+
+	if (pm < 0 || idle < 0) {
+		evicted = -errno;
+		goto out;
+	}
+	for (a = addr; a < addr + len; a += PAGE) {
+		uint64_t ent, pfn, word = 0, bit;
+
+		if (pread(pm, &ent, 8, a / PAGE * 8) != 8) {
+			evicted = -EIO;
+			break;
+		}
+		pfn = ent & ((1ULL << 55) - 1);
+		if (!(ent >> 63) || !pfn)
+			continue; /* not present: nothing to age or evict */
+		bit = 1ULL << (pfn % 64);
+		/*
+		 * Reading the bit re-checks an idle page: the kernel clears the accessed
+		 * bits of its mappings and asks the notifiers (clear_young); a use by the
+		 * primary or a secondary MMU since it was marked clears the idle flag.
+		 * The read is short when the chunk runs past the last frame.
+		 */
+		if (pread(idle, &word, 8, pfn / 64 * 8) < 0) {
+			evicted = -errno;
+			break;
+		}
+		if (word & bit) {
+			if (madvise((void *)a, PAGE, MADV_PAGEOUT)) {
+				evicted = -errno;
+				break;
+			}
+			if (pread(pm, &ent, 8, a / PAGE * 8) != 8) {
+				evicted = -EIO;
+				break;
+			}
+			if (!(ent >> 63))
+				evicted++;
+		} else if (pwrite(idle, &bit, 8, pfn / 64 * 8) < 0) {
+			evicted = -errno;
+			break;
+		}
+	}
+out:
+	if (pm >= 0)
+		close(pm);
+	if (idle >= 0)
+		close(idle);
+	return evicted;
+}
+
+/* `nkhelper serve`: carry out the module's commands until killed. */
+static int serve(void)
+{
+	int fd = open("/proc/" NK_PROC_NAME, O_RDWR);
+
+	/* Forked children are reaped by the kernel: their exit is all that matters. */
+	signal(SIGCHLD, SIG_IGN);
+	if (fd < 0) {
+		perror("nkhelper: /proc/" NK_PROC_NAME);
+		return 1;
+	}
+	for (;;) {
+		struct nk_cmd c;
+		long long r;
+		ssize_t n = read(fd, &c, sizeof(c));
+
+		if (n != sizeof(c)) {
+			if (n < 0 && errno == EINTR)
+				continue;
+			perror("nkhelper: read command");
+			return 1;
+		}
+		switch (c.op) {
+		case NK_OP_PROTECT:
+			r = mprotect((void *)(uintptr_t)c.addr, c.len,
+				     c.arg ? PROT_READ | PROT_WRITE : PROT_READ) ? -errno : 0;
+			break;
+		case NK_OP_RECLAIM:
+			r = reclaim(c.addr, c.len);
+			break;
+		case NK_OP_FORK:
+			r = fork();
+			if (r == 0) {
+				/* The child: the module adopts it by its pid. Its own open file. */
+				close(fd);
+				fd = open("/proc/" NK_PROC_NAME, O_RDWR);
+				if (fd < 0)
+					return 1;
+				continue;
+			}
+			if (r < 0)
+				r = -errno;
+			break;
+		default:
+			r = -EINVAL;
+		}
+		if (write(fd, &r, sizeof(r)) != sizeof(r)) {
+			perror("nkhelper: write result");
+			return 1;
+		}
+	}
+}
+
+int main(int argc, char **argv)
 {
 	sigset_t set;
 	int sig, i;
 	char *p, *q;
 	FILE *f;
 
+	if (argc > 1 && !strcmp(argv[1], "serve"))
+		return serve();
 	sigemptyset(&set);
 	sigaddset(&set, SIGUSR1);
 	sigprocmask(SIG_BLOCK, &set, NULL);

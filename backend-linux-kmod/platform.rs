@@ -22,6 +22,7 @@ use notifier_core::{Bug, Platform, RawLock};
 
 extern "C" {
     fn nk_might_sleep();
+    fn nk_sleep_violations() -> kernel::ffi::c_uint;
     fn nk_non_block_start();
     fn nk_non_block_end();
     fn nk_cpu() -> kernel::ffi::c_uint;
@@ -48,6 +49,13 @@ impl Kernel {
     pub fn bugs() -> usize {
         REFUSED_WHILE_BLOCKABLE.load(Ordering::Relaxed) + DROP_IN_CALLBACK.load(Ordering::Relaxed)
     }
+}
+
+/// How many times something that may sleep was called inside a non-blockable region
+/// (`might_sleep` between `non_block_start` and `non_block_end`) so far.
+pub fn sleep_violations() -> usize {
+    // SAFETY: no precondition; reads a counter.
+    unsafe { nk_sleep_violations() as usize }
 }
 
 /// A `spinlock_t`.

@@ -15,9 +15,11 @@
 //! 4. An initramfs (busybox-static, a RAM-disk swap, the module, and `nkhelper`, the
 //!    user process the module watches, built static with clang) and a QEMU boot
 //!    (software emulation only), with a timeout.
-//! 5. The serial log is checked: the module's per-case lines and its
-//!    `N passed, N failed` closing line are printed; the run fails on a failed case, a
-//!    missing closing line, a panic, an oops, a lockdep or KASAN report, or the timeout.
+//! 5. The serial log is checked: the module runs its smoke tests and then the
+//!    conformance suite (`tests/`, on real address spaces); both sets of per-case
+//!    lines and both closing lines are printed, and the suite's own lines are saved to
+//!    `target/kmod/suite.txt`. The run fails on a failed case, a missing closing line,
+//!    a panic, an oops, a lockdep or KASAN report, or the timeout.
 
 use std::fmt::Write as _;
 use std::fs;
@@ -177,6 +179,10 @@ fn run(opts: &Options) -> Result<()> {
     step(&format!("QEMU finished: {status} ({:.0?})", t0.elapsed()));
     let text = fs::read(&log).map_err(|e| format!("{}: {e}", log.display()))?;
     let text = String::from_utf8_lossy(&text);
+    let suite = out.join("suite.txt");
+    let mut lines = suite_lines(&text).join("\n");
+    lines.push('\n');
+    fs::write(&suite, lines).map_err(|e| format!("{}: {e}", suite.display()))?;
     check_log(&text, &status)
 }
 
@@ -499,6 +505,8 @@ fn build_module(root: &Path, kdir: &Path, bindgen_dir: &Path) -> Result<PathBuf>
     let (core_src, core_ed) = crate_source(&meta, "notifier-core")?;
     let (cfg_if_src, cfg_if_ed) = crate_source(&meta, "cfg-if")?;
     let (ic_src, ic_ed) = crate_source(&meta, "intrusive-collections")?;
+    let (av_src, av_ed) = crate_source(&meta, "arrayvec")?;
+    let (suite_src, suite_ed) = crate_source(&meta, "notifier-conformance")?;
 
     // Built in a scratch copy of the module's own files, so the clone stays clean.
     let src = root.join("backend-linux-kmod");
@@ -509,7 +517,7 @@ fn build_module(root: &Path, kdir: &Path, bindgen_dir: &Path) -> Result<PathBuf>
         let e = e.map_err(|e| e.to_string())?;
         let name = e.file_name();
         let n = name.to_string_lossy();
-        if n == "Kbuild" || n.ends_with(".rs") || n.ends_with(".c") || n.ends_with(".h") {
+        if n == "Kbuild" || [".rs", ".c", ".h", ".S"].iter().any(|x| n.ends_with(x)) {
             fs::copy(e.path(), build.join(&name)).map_err(|e| format!("{n}: {e}"))?;
         }
     }
@@ -521,6 +529,10 @@ fn build_module(root: &Path, kdir: &Path, bindgen_dir: &Path) -> Result<PathBuf>
         .arg(format!("CFG_IF_EDITION={cfg_if_ed}"))
         .arg(format!("INTRUSIVE_SRC={}", ic_src.display()))
         .arg(format!("INTRUSIVE_EDITION={ic_ed}"))
+        .arg(format!("ARRAYVEC_SRC={}", av_src.display()))
+        .arg(format!("ARRAYVEC_EDITION={av_ed}"))
+        .arg(format!("CONFORMANCE_SRC={}", suite_src.display()))
+        .arg(format!("CONFORMANCE_EDITION={suite_ed}"))
         .arg("modules");
     sh(&mut c)?;
     let ko = build.join(format!("{MODULE}.ko"));
@@ -657,17 +669,31 @@ fn boot(kdir: &Path, initramfs: &Path, log: &Path, timeout: Duration) -> Result<
     }
 }
 
-/// Echo the module's lines, then judge the whole log.
+/// The prefix of the conformance suite's lines in the module's output.
+const SUITE: &str = "suite: ";
+
+/// The lines the conformance suite printed, without the printk prefixes.
+fn suite_lines(text: &str) -> Vec<&str> {
+    let prefix = format!("{MODULE}: {SUITE}");
+    text.lines()
+        .filter_map(|l| l.trim_end_matches('\r').strip_prefix(prefix.as_str()))
+        .collect()
+}
+
+/// Echo the module's lines, then judge the whole log: the smoke tests' closing line
+/// and the conformance suite's must both be there, with no failure.
 fn check_log(text: &str, status: &str) -> Result<()> {
     let prefix = format!("{MODULE}: ");
-    let mut closing = None;
+    let mut smoke = None;
+    let mut suite = None;
     println!("--- {MODULE} (serial log: target/kmod/serial.log)");
     for line in text.lines() {
         let line = line.trim_end_matches('\r');
         if let Some(rest) = line.strip_prefix(&prefix) {
             println!("{rest}");
-            if let Some(c) = parse_closing(rest) {
-                closing = Some(c);
+            match rest.strip_prefix(SUITE) {
+                Some(l) => suite = parse_closing(l).or(suite),
+                None => smoke = parse_closing(rest).or(smoke),
             }
         } else if line.starts_with("kmod-init:") || line.starts_with("nkhelper:") {
             println!("{line}");
@@ -691,11 +717,24 @@ fn check_log(text: &str, status: &str) -> Result<()> {
     if !text.contains("kmod-init: done") {
         errs.push("the init script did not finish".into());
     }
-    match closing {
-        None => errs.push("no `N passed, N failed` closing line from the module".into()),
-        Some((_, failed)) if failed > 0 => errs.push(format!("{failed} case(s) failed")),
-        Some((0, _)) => errs.push("the module ran no case".into()),
-        Some(_) => {}
+    for (what, closing) in [("smoke tests", smoke), ("conformance suite", suite)] {
+        match closing {
+            None => errs.push(format!(
+                "no `N passed, N failed` closing line from the {what}"
+            )),
+            Some((_, failed)) if failed > 0 => {
+                errs.push(format!("{failed} case(s) of the {what} failed"))
+            }
+            Some((0, _)) => errs.push(format!("the {what} passed no case")),
+            Some(_) => {}
+        }
+    }
+    let failed: Vec<&str> = suite_lines(text)
+        .into_iter()
+        .filter(|l| l.contains(" ... FAILED"))
+        .collect();
+    if !failed.is_empty() {
+        errs.push(format!("suite cases failed:\n  {}", failed.join("\n  ")));
     }
     if errs.is_empty() {
         Ok(())
@@ -730,7 +769,9 @@ mod tests {
 
     #[test]
     fn log_verdicts() {
-        let good = "notifier_kmod: ok a\nnotifier_kmod: 1 passed, 0 failed\nkmod-init: done\n";
+        let good = "notifier_kmod: ok a\nnotifier_kmod: suite: C-01 register ... ok\n\
+                    notifier_kmod: suite: 1 passed, 0 failed, 1 skipped\n\
+                    notifier_kmod: 1 passed, 0 failed\nkmod-init: done\n";
         assert!(check_log(good, "exited").is_ok());
         let lockdep = format!("WARNING: possible circular locking dependency detected\n{good}");
         assert!(check_log(&lockdep, "exited").is_err());
@@ -738,6 +779,15 @@ mod tests {
         let failed = "notifier_kmod: 1 passed, 1 failed\nkmod-init: done\n";
         assert!(check_log(failed, "exited").is_err());
         assert!(check_log("kmod-init: done\n", "exited").is_err());
+        // The smoke tests alone are not enough; a failed suite case fails the run.
+        let no_suite = "notifier_kmod: 1 passed, 0 failed\nkmod-init: done\n";
+        assert!(check_log(no_suite, "exited").is_err());
+        let suite_failed = good.replace("1 passed, 0 failed, 1 skipped", "0 passed, 1 failed");
+        assert!(check_log(&suite_failed, "exited").is_err());
+        assert_eq!(
+            suite_lines(good),
+            ["C-01 register ... ok", "1 passed, 0 failed, 1 skipped"]
+        );
     }
 
     #[test]
