@@ -1,14 +1,18 @@
-//! [`KernelMm`]: the unikernel's one address space, fed by the kernel's page-table hook.
+//! [`KernelMm`]: an address space of the unikernel, fed by the kernel's page-table hook.
 //!
-//! The patched kernel calls the hook twice per change, from the task that changes the
-//! entries and with nothing else of its own in between: `PHASE_START` before present
-//! entries change, `PHASE_END` after every core's TLB was flushed. The core's
+//! The patched kernel calls one hook, three times per change, from the task that
+//! changes the entries and with nothing else of its own in between: `PHASE_START`
+//! before present entries change, `PHASE_TLB` right after every core's TLB was flushed,
+//! `PHASE_END` after that. The kernel takes one hook; this module registers its own
+//! dispatcher while at least one [`KernelMm`] is attached, and hands each change to
+//! every attached one (a `KernelMm` with a window sees only changes inside it, so a
+//! test harness can run several address spaces in Hermit's one). The core's
 //! [`Invalidation`] returned by the start is parked in a slot keyed by (task, range)
 //! until the end finds it, so `end` gets exactly the range and event of its start
 //! (C-07).
 
-use core::cell::UnsafeCell;
 use core::ffi::c_void;
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
 
 use notifier_core::{AddressSpace, Error, Event, Invalidation, Range};
 use spin::mutex::SpinMutex;
@@ -18,6 +22,8 @@ use crate::sys;
 
 /// Invalidations in flight at once (one per task changing page tables at a time).
 const SLOTS: usize = 32;
+/// Address spaces attached at once.
+const ATTACHED: usize = 8;
 
 struct Pending {
     task: usize,
@@ -36,6 +42,10 @@ unsafe impl Send for Pending {}
 pub enum AttachError {
     /// Another hook is registered with the kernel (`-EBUSY`).
     Busy,
+    /// This address space is attached already.
+    AlreadyAttached,
+    /// As many address spaces as this backend dispatches to are attached.
+    Full,
     /// The kernel refused with this error number.
     Kernel(i32),
 }
@@ -47,16 +57,66 @@ pub struct KernelMm {
     /// reported, moved to start at `seen start` (a test harness's view); `None`: all
     /// changes, at their own addresses.
     window: Option<(usize, usize, usize)>,
-    hook: UnsafeCell<sys::Hook>,
     slots: [SpinMutex<Option<Pending>, Yield>; SLOTS],
 }
 
-// SAFETY: `hook` is written only in `attach`, before the kernel learns its address,
-// and read only by the kernel afterwards; everything else is `Sync`.
-unsafe impl Sync for KernelMm {}
-// SAFETY: the only non-`Send` field is the hook's raw `ctx`, which points at the
-// `KernelMm` itself and is used by the kernel only while it is attached.
-unsafe impl Send for KernelMm {}
+/// What a start did for one address space.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Started {
+    /// Not its business (outside its window), or nothing to bracket: no end follows.
+    Nothing,
+    /// Started: an invalidation is parked until the end.
+    Parked,
+    /// Refused (non-blockable only): the kernel must leave the entries untouched.
+    Refused,
+}
+
+/// One entry of the dispatch table.
+struct Attached {
+    mm: AtomicPtr<KernelMm>,
+    /// Set by `detach`: no new start reaches this address space.
+    closing: AtomicBool,
+    /// Invalidations started on this address space and not ended yet.
+    in_flight: AtomicUsize,
+    /// Dispatcher calls using `mm` right now (so `detach` knows when none can).
+    users: AtomicUsize,
+}
+
+impl Attached {
+    /// `f` on the attached address space, if any, counted in `users`.
+    fn with<R>(&self, f: impl FnOnce(&'static KernelMm) -> R) -> Option<R> {
+        self.users.fetch_add(1, Ordering::SeqCst);
+        let p = self.mm.load(Ordering::SeqCst);
+        // SAFETY: `detach` nulls `mm` and then waits until `users` is zero before it
+        // returns (and the `KernelMm` may be freed), so a pointer read here while
+        // counted in `users` stays valid until the count is dropped below.
+        let r = (!p.is_null()).then(|| f(unsafe { &*p }));
+        self.users.fetch_sub(1, Ordering::SeqCst);
+        r
+    }
+}
+
+static TABLE: [Attached; ATTACHED] = [const {
+    Attached {
+        mm: AtomicPtr::new(core::ptr::null_mut()),
+        closing: AtomicBool::new(false),
+        in_flight: AtomicUsize::new(0),
+        users: AtomicUsize::new(0),
+    }
+}; ATTACHED];
+
+/// How many address spaces are attached; held while attaching and detaching, and
+/// while registering the dispatcher with the kernel or unregistering it.
+static REGISTRY: SpinMutex<usize, Yield> = SpinMutex::new(0);
+
+/// The hook registered with the kernel (its `ctx` is unused).
+struct KernelHook(sys::Hook);
+// SAFETY: never written; the kernel only reads it, and its `ctx` is null.
+unsafe impl Sync for KernelHook {}
+static HOOK: KernelHook = KernelHook(sys::Hook {
+    func: dispatch,
+    ctx: core::ptr::null_mut(),
+});
 
 impl core::fmt::Debug for KernelMm {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
@@ -78,10 +138,6 @@ impl KernelMm {
         KernelMm {
             space: AddressSpace::new(),
             window: None,
-            hook: UnsafeCell::new(sys::Hook {
-                func: on_change,
-                ctx: core::ptr::null_mut(),
-            }),
             slots: [const { SpinMutex::new(None) }; SLOTS],
         }
     }
@@ -101,42 +157,75 @@ impl KernelMm {
         &self.space
     }
 
-    /// Register with the kernel: from now on every change of present page-table
-    /// entries is bracketed on [`address_space`](Self::address_space).
+    /// Attach to the kernel's hook: from now on every change of present page-table
+    /// entries (inside the window, if any) is bracketed on
+    /// [`address_space`](Self::address_space).
     pub fn attach(&'static self) -> Result<(), AttachError> {
-        // SAFETY: nobody else reads `hook` before the kernel gets its address below
-        // (a second `attach` gets `-EBUSY` and writes the same values).
-        unsafe { (*self.hook.get()).ctx = self as *const KernelMm as *mut c_void };
-        // SAFETY: `hook` lives as long as `self`, which is `'static`.
-        match unsafe { sys::sys_mmu_notifier_register(self.hook.get()) } {
-            0 => Ok(()),
-            -16 => Err(AttachError::Busy),
-            e => Err(AttachError::Kernel(e)),
+        let me = self as *const KernelMm as *mut KernelMm;
+        let mut n = REGISTRY.lock();
+        if TABLE.iter().any(|a| a.mm.load(Ordering::SeqCst) == me) {
+            return Err(AttachError::AlreadyAttached);
+        }
+        let Some(slot) = TABLE.iter().find(|a| a.mm.load(Ordering::SeqCst).is_null()) else {
+            return Err(AttachError::Full);
+        };
+        if *n == 0 {
+            let hook = &HOOK.0 as *const sys::Hook as *mut sys::Hook;
+            // SAFETY: `HOOK` is a static, valid for as long as the kernel uses it.
+            match unsafe { sys::sys_mmu_notifier_register(hook) } {
+                0 => {}
+                -16 => return Err(AttachError::Busy),
+                e => return Err(AttachError::Kernel(e)),
+            }
+        }
+        slot.closing.store(false, Ordering::SeqCst);
+        slot.mm.store(me, Ordering::SeqCst);
+        *n += 1;
+        Ok(())
+    }
+
+    /// Teardown: every subscriber's `release` (C-04), then detach from the kernel's
+    /// hook. When it returns, no callback for this address space runs or will run (the
+    /// last detach also unregisters the dispatcher, which waits for every call of it).
+    pub fn detach(&'static self) {
+        self.space.release();
+        let me = self as *const KernelMm as *mut KernelMm;
+        let Some(slot) = TABLE.iter().find(|a| a.mm.load(Ordering::SeqCst) == me) else {
+            return;
+        };
+        // No new start reaches it; the started ones end (their end still reaches it).
+        slot.closing.store(true, Ordering::SeqCst);
+        while slot.in_flight.load(Ordering::SeqCst) != 0 {
+            P::yield_now();
+        }
+        let mut n = REGISTRY.lock();
+        slot.mm.store(core::ptr::null_mut(), Ordering::SeqCst);
+        while slot.users.load(Ordering::SeqCst) != 0 {
+            P::yield_now();
+        }
+        *n -= 1;
+        if *n == 0 {
+            // SAFETY: null unregisters; always valid.
+            unsafe { sys::sys_mmu_notifier_register(core::ptr::null_mut()) };
         }
     }
 
-    /// Teardown: every subscriber's `release` (C-04), then unregister from the kernel,
-    /// which waits until no call of the hook is running.
-    pub fn detach(&'static self) {
-        self.space.release();
-        // SAFETY: null unregisters; always valid.
-        unsafe { sys::sys_mmu_notifier_register(core::ptr::null_mut()) };
+    /// `[start, end)` as this address space sees it, or `None` if outside its window.
+    fn seen(&self, start: usize, end: usize) -> Option<(usize, usize)> {
+        match self.window {
+            None => Some((start, end)),
+            Some((lo, hi, seen)) => (end > lo && start < hi)
+                .then(|| (start.max(lo) - lo + seen, end.min(hi) - lo + seen)),
+        }
     }
 
-    fn start(&'static self, start: usize, end: usize, event: u32, blockable: bool) -> i32 {
+    fn start(&'static self, start: usize, end: usize, event: u32, blockable: bool) -> Started {
         let event = match event {
             sys::EVENT_UNMAP => Event::Unmap,
             _ => Event::ProtectionVma,
         };
-        let (seen_start, seen_end) = match self.window {
-            None => (start, end),
-            Some((lo, hi, seen)) => {
-                if end <= lo || start >= hi {
-                    // Outside the window: nothing to tell, nothing to end.
-                    return 0;
-                }
-                (start.max(lo) - lo + seen, end.min(hi) - lo + seen)
-            }
+        let Some((seen_start, seen_end)) = self.seen(start, end) else {
+            return Started::Nothing;
         };
         let mut range = Range::new(seen_start, seen_end, event);
         if !blockable {
@@ -145,10 +234,10 @@ impl KernelMm {
         let inv = match self.space.invalidate_range_start(range) {
             Ok(inv) => inv,
             // Refused (C-08): the kernel leaves the entries untouched.
-            Err(Error::WouldBlock) => return 1,
+            Err(Error::WouldBlock) => return Started::Refused,
             // Nothing to bracket (a range the core rejects, e.g. the top page): let the
             // kernel go on; there is no end to call.
-            Err(_) => return 0,
+            Err(_) => return Started::Nothing,
         };
         let task = P::current_task_id();
         let mut pending = Some(Pending {
@@ -162,20 +251,28 @@ impl KernelMm {
                 if let Some(mut s) = slot.try_lock() {
                     if s.is_none() {
                         *s = pending.take();
-                        return 0;
+                        return Started::Parked;
                     }
                 }
             }
             if !blockable {
                 // No slot and no way to wait: end what was started and refuse.
                 drop(pending);
-                return 1;
+                return Started::Refused;
             }
             P::yield_now();
         }
     }
 
-    fn end(&self, start: usize, end: usize) {
+    fn tlb_flushed(&self, start: usize, end: usize) {
+        if let Some((s, e)) = self.seen(start, end) {
+            // Errors are bad ranges, which the start refused already.
+            let _ = self.space.invalidate_secondary_tlbs(s, e);
+        }
+    }
+
+    /// Ends this task's invalidation of `[start, end)`; false if there is none.
+    fn end(&self, start: usize, end: usize) -> bool {
         let task = P::current_task_id();
         for slot in &self.slots {
             let mut s = slot.lock();
@@ -187,27 +284,70 @@ impl KernelMm {
                 if let Some(p) = p {
                     p.inv.end();
                 }
-                return;
+                return true;
             }
         }
+        false
     }
 }
 
-/// The function the kernel calls (see [`sys::HookFn`]).
-unsafe extern "C" fn on_change(
-    ctx: *mut c_void,
+/// The function the kernel calls (see [`sys::HookFn`]): hands the change to every
+/// attached address space.
+unsafe extern "C" fn dispatch(
+    _ctx: *mut c_void,
     phase: u32,
     start: usize,
     end: usize,
     event: u32,
     blockable: bool,
 ) -> i32 {
-    // SAFETY: `ctx` is the `&'static KernelMm` that `attach` registered.
-    let mm: &'static KernelMm = unsafe { &*(ctx as *const KernelMm) };
     match phase {
-        sys::PHASE_START => mm.start(start, end, event, blockable),
+        sys::PHASE_START => {
+            for (i, a) in TABLE.iter().enumerate() {
+                // Counted before `closing` is read: `detach` either sees this start
+                // and waits for its end, or this start sees `closing`.
+                a.in_flight.fetch_add(1, Ordering::SeqCst);
+                let r = a
+                    .with(|mm| {
+                        if a.closing.load(Ordering::SeqCst) {
+                            Started::Nothing
+                        } else {
+                            mm.start(start, end, event, blockable)
+                        }
+                    })
+                    .unwrap_or(Started::Nothing);
+                match r {
+                    Started::Parked => {}
+                    Started::Nothing => {
+                        a.in_flight.fetch_sub(1, Ordering::SeqCst);
+                    }
+                    Started::Refused => {
+                        a.in_flight.fetch_sub(1, Ordering::SeqCst);
+                        // The kernel changes nothing and calls no end: end the ones
+                        // this change started on the other address spaces.
+                        for b in &TABLE[..i] {
+                            if b.with(|mm| mm.end(start, end)) == Some(true) {
+                                b.in_flight.fetch_sub(1, Ordering::SeqCst);
+                            }
+                        }
+                        return 1;
+                    }
+                }
+            }
+            0
+        }
+        sys::PHASE_TLB => {
+            for a in &TABLE {
+                a.with(|mm| mm.tlb_flushed(start, end));
+            }
+            0
+        }
         _ => {
-            mm.end(start, end);
+            for a in &TABLE {
+                if a.with(|mm| mm.end(start, end)) == Some(true) {
+                    a.in_flight.fetch_sub(1, Ordering::SeqCst);
+                }
+            }
             0
         }
     }

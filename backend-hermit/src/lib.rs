@@ -6,7 +6,8 @@
 //! outside the CPU (a device, a remote node, a software TLB) can keep a stale one.
 //! The project's kernel patch (`kernel/mmu-notifier.patch`, applied by
 //! `cargo xtask hermit`) adds one syscall, `sys_mmu_notifier_register`, and calls the
-//! registered hook before present entries change and after every core's TLB was flushed.
+//! registered hook before present entries change, right after every core's TLB was
+//! flushed, and after that.
 //!
 //! This crate is what the application links:
 //!
@@ -15,8 +16,10 @@
 //!   waits for another task (Hermit has no time slicing: a task that spins without
 //!   yielding never lets the awaited one run on its core), a `spin` mutex whose relax
 //!   strategy yields as the writer-side lock, and `sys_alloc`/`sys_dealloc`.
-//! * [`KernelMm`]: the one [`AddressSpace`] of the unikernel, hooked to the kernel with
-//!   [`KernelMm::attach`]; [`KernelMm::detach`] releases it (teardown).
+//! * [`KernelMm`]: an [`AddressSpace`] fed by the kernel's hook, attached with
+//!   [`KernelMm::attach`]; [`KernelMm::detach`] releases it (teardown). The unikernel
+//!   has one address space; several `KernelMm`s may be attached at once, each seeing
+//!   all of it or only a window of it (what the test harness uses).
 //!
 //! ```ignore
 //! static MM: KernelMm = KernelMm::new();

@@ -11,6 +11,8 @@ pub const EVENT_PROTECT: u32 = 1;
 pub const PHASE_START: u32 = 0;
 /// After the entries changed and every core's TLB was flushed.
 pub const PHASE_END: u32 = 1;
+/// Right after every core's TLB was flushed, before `PHASE_END` (result ignored).
+pub const PHASE_TLB: u32 = 2;
 
 /// The hook the kernel calls: `(ctx, phase, start, end, event, blockable)`; a non-zero
 /// result from a non-blockable start makes the kernel leave the entries untouched.

@@ -4,8 +4,8 @@
 //! maps at its own addresses. So each suite address space is a [`KernelMm`] with a
 //! *window*: a virtual range reserved once with `sys_mmap` (no pages), whose changes
 //! are reported to the suite at the suite's addresses; changes elsewhere (thread
-//! stacks, the kernel heap) are not part of it. One suite address space exists at a
-//! time (Hermit has one hook), which is all the suite needs without fork.
+//! stacks, the kernel heap) are not part of it. [`SPACES`] windows exist, so that many
+//! suite address spaces live at once (C-12 uses two).
 //!
 //! * map: `sys_mprotect` page by page on the reserved range (Hermit maps and populates
 //!   a page there, eagerly);
@@ -21,7 +21,7 @@
 //!   `mmap_lock` across them.
 
 use core::ptr::NonNull;
-use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use backend_hermit::sys;
 use backend_hermit::{HermitPlatform as P, KernelMm};
@@ -34,6 +34,8 @@ use crate::{sys_join, sys_mmap, sys_mprotect, sys_spawn2, PAGE, PROT_READ, PROT_
 /// Where the suite maps (its `BASE`), and how much of it the window covers.
 const SEEN: usize = 0x4000_0000;
 const WINDOW: usize = 1 << 21;
+/// Suite address spaces alive at once (one window each).
+const SPACES: usize = 4;
 const ARENA: usize = 16 << 20;
 const FRAMES: usize = 2048;
 
@@ -44,16 +46,28 @@ struct FrameEntry {
     live: bool,
 }
 
+/// One window: reserved virtual memory a suite address space sees at `SEEN`.
+struct Window {
+    base: usize,
+    /// The `KernelMm` (in kernel memory) using it, or 0.
+    km: AtomicUsize,
+    /// One lock per page (see the module documentation).
+    locks: [AtomicBool; WINDOW / PAGE],
+}
+
 /// The Hermit harness.
 pub struct HermitHarness {
-    window: usize,
+    windows: [Window; SPACES],
     arena: usize,
-    /// The suite's current address space (`KernelMm` in kernel memory), or null.
-    cur: SpinMutex<usize, backend_hermit::Yield>,
     frames: SpinMutex<[FrameEntry; FRAMES], backend_hermit::Yield>,
     next_gen: AtomicU64,
-    /// One lock per window page (see the module documentation).
-    page_locks: [AtomicBool; WINDOW / PAGE],
+}
+
+impl Window {
+    /// Lock the pages of `[real, real + len)` (a range inside this window).
+    fn lock(&self, real: usize, len: usize) -> PagesLocked<'_> {
+        PagesLocked::new(&self.locks, (real - self.base) / PAGE, len / PAGE)
+    }
 }
 
 /// Window pages `[first, first + n)` locked in ascending order (so two tasks locking
@@ -100,12 +114,19 @@ fn translate(real: usize) -> Option<u64> {
 }
 
 impl HermitHarness {
-    /// Reserves the window and the arena.
+    /// Reserves the windows and the arena.
     pub fn new() -> Option<Self> {
+        let mut bases = [0usize; SPACES];
+        for b in &mut bases {
+            *b = reserve(WINDOW, 0)?;
+        }
         Some(HermitHarness {
-            window: reserve(WINDOW, 0)?,
+            windows: bases.map(|base| Window {
+                base,
+                km: AtomicUsize::new(0),
+                locks: [const { AtomicBool::new(false) }; WINDOW / PAGE],
+            }),
             arena: reserve(ARENA, PROT_READ | PROT_WRITE)?,
-            cur: SpinMutex::new(0),
             frames: SpinMutex::new(
                 [FrameEntry {
                     pfn: 0,
@@ -114,16 +135,19 @@ impl HermitHarness {
                 }; FRAMES],
             ),
             next_gen: AtomicU64::new(1),
-            page_locks: [const { AtomicBool::new(false) }; WINDOW / PAGE],
         })
     }
 
-    /// Lock the window pages of `[real, real + len)` (a range inside the window).
-    fn lock_pages(&self, real: usize, len: usize) -> PagesLocked<'_> {
-        PagesLocked::new(&self.page_locks, (real - self.window) / PAGE, len / PAGE)
+    /// The window of `mm`.
+    fn window(&self, mm: Mm) -> Result<&Window, HarnessError> {
+        self.windows
+            .iter()
+            .find(|w| w.km.load(Ordering::Acquire) == mm)
+            .ok_or(HarnessError::Failed("unknown address space"))
     }
 
-    fn real(&self, addr: usize, len: usize) -> Result<usize, HarnessError> {
+    /// `[addr, addr + len)` of `mm`: its window and the real address of `addr`.
+    fn real(&self, mm: Mm, addr: usize, len: usize) -> Result<(&Window, usize), HarnessError> {
         if addr < SEEN
             || addr + len > SEEN + WINDOW
             || !addr.is_multiple_of(PAGE)
@@ -131,7 +155,8 @@ impl HermitHarness {
         {
             return Err(HarnessError::Failed("outside the harness window"));
         }
-        Ok(self.window + (addr - SEEN))
+        let w = self.window(mm)?;
+        Ok((w, w.base + (addr - SEEN)))
     }
 
     fn km(&self, mm: Mm) -> &'static KernelMm {
@@ -169,8 +194,8 @@ impl HermitHarness {
         }
     }
 
-    fn unmap_real(&self, real: usize, len: usize) -> Result<(), HarnessError> {
-        let _locked = self.lock_pages(real, len);
+    fn unmap_real(&self, w: &Window, real: usize, len: usize) -> Result<(), HarnessError> {
+        let _locked = w.lock(real, len);
         let mut pfns = [0u64; WINDOW / PAGE];
         let n = len / PAGE;
         for (i, p) in pfns.iter_mut().enumerate().take(n) {
@@ -178,7 +203,7 @@ impl HermitHarness {
         }
         // SAFETY: the range is inside this harness's reserved window.
         let r = unsafe { sys::sys_mmu_unmap_pages(real as *mut u8, len) };
-        // The kernel freed each page's frame right after its unmap ended.
+        // The kernel freed the frames right after the invalidation ended.
         for (i, &p) in pfns.iter().enumerate().take(n) {
             if p != u64::MAX && translate(real + i * PAGE).is_none() {
                 self.died(p);
@@ -222,20 +247,24 @@ impl Harness for HermitHarness {
     }
 
     fn create_mm(&self) -> Result<Mm, HarnessError> {
-        let mut cur = self.cur.lock();
-        if *cur != 0 {
-            return Err(HarnessError::Failed(
-                "Hermit has one hook: one address space at a time",
-            ));
-        }
+        // 1 marks a window taken while its `KernelMm` is made.
+        let w = self
+            .windows
+            .iter()
+            .find(|w| {
+                w.km.compare_exchange(0, 1, Ordering::AcqRel, Ordering::Relaxed)
+                    .is_ok()
+            })
+            .ok_or(HarnessError::Failed("every harness window is in use"))?;
         let layout = core::alloc::Layout::new::<KernelMm>();
         // SAFETY: a non-zero size and a power-of-two alignment.
         let p = unsafe { sys::sys_alloc(layout.size(), layout.align()) } as *mut KernelMm;
         if p.is_null() {
+            w.km.store(0, Ordering::Release);
             return Err(HarnessError::Failed("out of kernel memory"));
         }
         // SAFETY: `p` is fresh memory for one `KernelMm`.
-        unsafe { p.write(KernelMm::with_window(self.window, WINDOW, SEEN)) };
+        unsafe { p.write(KernelMm::with_window(w.base, WINDOW, SEEN)) };
         // SAFETY: initialised above; lives until `destroy_mm`.
         let km: &'static KernelMm = unsafe { &*p };
         if km.attach().is_err() {
@@ -244,9 +273,10 @@ impl Harness for HermitHarness {
                 p.drop_in_place();
                 sys::sys_dealloc(p.cast(), layout.size(), layout.align());
             }
+            w.km.store(0, Ordering::Release);
             return Err(HarnessError::Failed("the kernel refused the hook"));
         }
-        *cur = p as usize;
+        w.km.store(p as usize, Ordering::Release);
         Ok(p as usize)
     }
 
@@ -256,11 +286,12 @@ impl Harness for HermitHarness {
 
     fn teardown(&self, mm: Mm) {
         self.km(mm).detach();
-        let _ = self.unmap_real(self.window, WINDOW);
+        if let Ok(w) = self.window(mm) {
+            let _ = self.unmap_real(w, w.base, WINDOW);
+        }
     }
 
     fn destroy_mm(&self, mm: Mm) {
-        let mut cur = self.cur.lock();
         let p = mm as *mut KernelMm;
         let layout = core::alloc::Layout::new::<KernelMm>();
         // SAFETY: torn down (detached: the kernel no longer calls it) and the suite's
@@ -269,14 +300,14 @@ impl Harness for HermitHarness {
             p.drop_in_place();
             sys::sys_dealloc(p.cast(), layout.size(), layout.align());
         }
-        if *cur == mm {
-            *cur = 0;
+        if let Ok(w) = self.window(mm) {
+            w.km.store(0, Ordering::Release);
         }
     }
 
-    fn map(&self, _mm: Mm, addr: usize, len: usize) -> Result<(), HarnessError> {
-        let real = self.real(addr, len)?;
-        let _locked = self.lock_pages(real, len);
+    fn map(&self, mm: Mm, addr: usize, len: usize) -> Result<(), HarnessError> {
+        let (w, real) = self.real(mm, addr, len)?;
+        let _locked = w.lock(real, len);
         for off in (0..len).step_by(PAGE) {
             // SAFETY: a page of the reserved window; mapping it is what the suite asked.
             if unsafe { sys_mprotect((real + off) as *mut u8, PAGE, PROT_READ | PROT_WRITE) } != 0 {
@@ -290,8 +321,8 @@ impl Harness for HermitHarness {
     }
 
     fn touch(&self, mm: Mm, addr: usize, write: bool) -> Result<Pte, HarnessError> {
-        let real = self.real(addr, PAGE)?;
-        let _locked = self.lock_pages(real, PAGE);
+        let (w, real) = self.real(mm, addr, PAGE)?;
+        let _locked = w.lock(real, PAGE);
         let Some(pte) = self.lookup(mm, addr) else {
             return Err(HarnessError::Failed("not mapped"));
         };
@@ -302,8 +333,8 @@ impl Harness for HermitHarness {
         Ok(pte)
     }
 
-    fn lookup(&self, _mm: Mm, addr: usize) -> Option<Pte> {
-        let real = self.real(addr, PAGE).ok()?;
+    fn lookup(&self, mm: Mm, addr: usize) -> Option<Pte> {
+        let (_, real) = self.real(mm, addr, PAGE).ok()?;
         let pfn = translate(real)?;
         Some(Pte {
             frame: Frame {
@@ -314,9 +345,9 @@ impl Harness for HermitHarness {
         })
     }
 
-    fn unmap(&self, _mm: Mm, addr: usize, len: usize) -> Result<(), HarnessError> {
-        let real = self.real(addr, len)?;
-        self.unmap_real(real, len)
+    fn unmap(&self, mm: Mm, addr: usize, len: usize) -> Result<(), HarnessError> {
+        let (w, real) = self.real(mm, addr, len)?;
+        self.unmap_real(w, real, len)
     }
 
     fn protect(&self, _: Mm, _: usize, _: usize, _: bool) -> Result<(), HarnessError> {
