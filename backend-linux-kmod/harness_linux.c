@@ -239,6 +239,8 @@ static int nk_adopt(struct task_struct *task, struct mm_struct *mm)
 	return i;
 }
 
+static int nk_ready(int i);
+
 static int nk_umh_init(struct subprocess_info *info, struct cred *new)
 {
 	struct task_struct **task = info->data;
@@ -276,7 +278,7 @@ int nk_h_spawn(void)
 		put_task_struct(task);
 		return -ESRCH;
 	}
-	return nk_adopt(task, mm);
+	return nk_ready(nk_adopt(task, mm));
 }
 
 /* The mm_struct of slot `i` (valid until nk_h_forget), or NULL. */
@@ -287,9 +289,29 @@ struct mm_struct *nk_h_mm(int i)
 	return s ? s->mm_struct : NULL;
 }
 
+/*
+ * Slot `i` (or an error, passed on) once its process answers: quiet from then on.
+ * A process that does not answer is killed and forgotten.
+ */
+static int nk_ready(int i)
+{
+	s64 r;
+
+	if (i < 0)
+		return i;
+	r = nk_call(i, NK_OP_PING, 0, 0, 0);
+	if (r) {
+		nk_h_forget(i);
+		return r < 0 ? r : -EPROTO;
+	}
+	return i;
+}
+
 /* Fork slot `i`'s process: the child is a new address space. Slot or -errno. */
 int nk_h_fork(int i)
 {
+	int child;
+
 	struct task_struct *task;
 	struct mm_struct *mm;
 	struct pid *pid;
@@ -309,7 +331,13 @@ int nk_h_fork(int i)
 		put_task_struct(task);
 		return -ESRCH;
 	}
-	return nk_adopt(task, mm);
+	child = nk_ready(nk_adopt(task, mm));
+	/* The parent broke copy-on-write on its own stack answering: wait for that too. */
+	if (child >= 0 && nk_call(i, NK_OP_PING, 0, 0, 0)) {
+		nk_h_forget(child);
+		return -EPROTO;
+	}
+	return child;
 }
 
 /*
@@ -424,18 +452,24 @@ static long nk_drain_local(void *unused)
 	return 0;
 }
 
-long nk_h_reclaim(int i, unsigned long addr, unsigned long len)
+/* What lru_add_drain_all does (not exported): every CPU's LRU batches drained. */
+static void nk_drain_all(void)
 {
 	int cpu;
 
-	/*
-	 * Freshly faulted pages wait in per-CPU batches before they reach the LRU, and
-	 * both idle tracking and MADV_PAGEOUT only see pages on the LRU.
-	 */
 	cpus_read_lock();
 	for_each_online_cpu(cpu)
 		work_on_cpu(cpu, nk_drain_local, NULL);
 	cpus_read_unlock();
+}
+
+long nk_h_reclaim(int i, unsigned long addr, unsigned long len)
+{
+	/*
+	 * Freshly faulted pages wait in per-CPU batches before they reach the LRU, and
+	 * both idle tracking and MADV_PAGEOUT only see pages on the LRU.
+	 */
+	nk_drain_all();
 	return nk_call(i, NK_OP_RECLAIM, addr, len, 0);
 }
 
@@ -529,17 +563,38 @@ static struct folio *nk_frame_get(u64 pfn, u64 gen)
 	return folio;
 }
 
+/*
+ * The oracle, without taking a reference: a reference, even a speculative one, makes
+ * a concurrent migration fail (migrate_vma refuses pages with unexpected references),
+ * and the suite asks this on every secondary access. The page may be freed under us,
+ * so its content is read unchecked by KASAN (READ_ONCE_NOCHECK; the direct map stays
+ * mapped), and the reference count is read again after the tag: a page freed between
+ * the two reads is not reported live. A page freed and reallocated between them, the
+ * new allocation not yet tagged, is a window this check cannot close.
+ */
 bool nk_h_frame_live(u64 pfn, u64 gen)
 {
 	struct folio *folio;
+	struct page *page;
+	struct nk_tag *t;
+	u64 key, g;
 
 	if (gen == NK_GEN_ZERO)
 		return is_zero_pfn(pfn); /* the shared zero page is never freed */
-	folio = nk_frame_get(pfn, gen);
-	if (!folio)
+	if (!pfn_valid(pfn))
 		return false;
-	folio_put(folio);
-	return true;
+	page = pfn_to_page(pfn);
+	if (page_ref_count(page) <= 0)
+		return false;
+	folio = page_folio(page);
+	if (folio_test_slab(folio) || folio_test_large(folio) || !folio_test_anon(folio))
+		return false;
+	t = nk_tag_of(page_address(page));
+	key = READ_ONCE_NOCHECK(t->key);
+	smp_rmb();
+	g = READ_ONCE_NOCHECK(t->gen);
+	smp_rmb();
+	return key == (NK_TAG_MAGIC ^ pfn) && g == gen && page_ref_count(page) > 0;
 }
 
 bool nk_h_get_frame(u64 pfn, u64 gen)
@@ -642,6 +697,12 @@ long nk_h_migrate(int i, unsigned long addr)
 	if (!s || !s->mm)
 		return -ESRCH;
 	mm = s->mm;
+	/*
+	 * A page waiting in a per-CPU batch (a fresh fault's LRU addition, or the
+	 * activation a get_user_pages touch queues) holds a reference that makes the
+	 * migration fail; migrate_pages() drains them all first as well.
+	 */
+	nk_drain_all();
 	mmap_read_lock(mm);
 	args.vma = find_vma(mm, addr);
 	if (!args.vma || args.vma->vm_start > addr) {

@@ -93,16 +93,27 @@ static long long reclaim(uintptr_t addr, uintptr_t len)
 			break;
 		}
 		if (word & bit) {
-			if (madvise((void *)a, PAGE, MADV_PAGEOUT)) {
-				evicted = -errno;
-				break;
+			int tries;
+
+			/*
+			 * Best effort in the kernel: a page briefly held elsewhere (a per-CPU
+			 * LRU batch, a reference in flight) stays. Try a few times.
+			 */
+			for (tries = 0; tries < 4; tries++) {
+				if (madvise((void *)a, PAGE, MADV_PAGEOUT)) {
+					evicted = -errno;
+					goto out;
+				}
+				if (pread(pm, &ent, 8, a / PAGE * 8) != 8) {
+					evicted = -EIO;
+					goto out;
+				}
+				if (!(ent >> 63)) {
+					evicted++;
+					break;
+				}
+				usleep(1000);
 			}
-			if (pread(pm, &ent, 8, a / PAGE * 8) != 8) {
-				evicted = -EIO;
-				break;
-			}
-			if (!(ent >> 63))
-				evicted++;
 		} else if (pwrite(idle, &bit, 8, pfn / 64 * 8) < 0) {
 			evicted = -errno;
 			break;
@@ -158,6 +169,9 @@ static int serve(void)
 			}
 			if (r < 0)
 				r = -errno;
+			break;
+		case NK_OP_PING:
+			r = 0;
 			break;
 		default:
 			r = -EINVAL;

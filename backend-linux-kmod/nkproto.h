@@ -23,6 +23,12 @@ enum nk_op {
 	NK_OP_RECLAIM = 2,
 	/* fork(): the child serves the module too. Returns its pid, or -errno. */
 	NK_OP_FORK = 3,
+	/*
+	 * Answer 0. Once a helper answered, it is in its command loop and changes its
+	 * address space no more on its own (start-up mprotects, a fork's copy-on-write
+	 * breaks of its stack are behind it).
+	 */
+	NK_OP_PING = 4,
 };
 
 struct nk_cmd {
