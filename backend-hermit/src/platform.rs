@@ -67,8 +67,9 @@ static SLEEP_VIOLATIONS: AtomicUsize = AtomicUsize::new(0);
 static BUGS: AtomicUsize = AtomicUsize::new(0);
 
 fn task_id() -> usize {
-    // SAFETY: `sys_getpid` takes no argument and may be called from any task.
-    unsafe { sys::sys_getpid() as usize }
+    // SAFETY: no argument; callable from any task. (Not `sys_getpid`: it is always 0
+    // in Hermit, which made every task look like the same one to the core.)
+    unsafe { sys::sys_mmu_task_id() as usize }
 }
 
 impl HermitPlatform {
@@ -124,7 +125,8 @@ impl Platform for HermitPlatform {
         };
         // SAFETY: `word` is a live `AtomicU32`, which has the layout of a `u32`; the
         // kernel only reads it atomically and uses its address as the key.
-        let r = unsafe { sys::sys_futex_wait(word.as_ptr(), expected, &timeout, 0) };
+        let r =
+            unsafe { sys::sys_futex_wait(word.as_ptr(), expected, &timeout, sys::FUTEX_RELATIVE) };
         if r != 0 {
             // Not slept (value changed, timeout, or an error): let others run anyway,
             // so that a caller's retry loop never starves the task it waits for.

@@ -29,6 +29,10 @@ pub struct Hook {
     pub ctx: *mut c_void,
 }
 
+/// `sys_futex_wait` flag: the timeout is relative to now (without it, Hermit reads it
+/// as an absolute time since boot).
+pub const FUTEX_RELATIVE: u32 = 1;
+
 /// `struct timespec` as Hermit's futex takes it.
 #[repr(C)]
 #[derive(Debug)]
@@ -51,8 +55,9 @@ extern "C" {
     pub fn sys_futex_wake(address: *mut u32, count: i32) -> i32;
     /// Let another task of this core run.
     pub fn sys_yield();
-    /// The id of the running task.
-    pub fn sys_getpid() -> u32;
+    /// The id of the running task (the project's patch: Hermit's `sys_getpid` is
+    /// always 0). Ids are not reused.
+    pub fn sys_mmu_task_id() -> i32;
     /// How many processors the kernel started.
     pub fn sys_get_processor_count() -> usize;
     /// The kernel's allocator.

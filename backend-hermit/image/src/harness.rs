@@ -13,7 +13,7 @@
 //! * lookup: `sys_mmu_translate` (the patch);
 //! * the oracle: a table of the frames this harness saw allocated, with a generation
 //!   bumped when the kernel freed them (right after the unmap returns);
-//! * a lock per window page, held by map, unmap and touch (Linux serialises changes of
+//! * a lock per window page, held by map, unmap, touch and lookup (Linux serialises changes of
 //!   one page with its page-table lock; Hermit's kernel does not, and two tasks
 //!   unmapping the same page would both free its frame, a double free that panics the
 //!   kernel's frame allocator, while a touch racing an unmap would write to an
@@ -194,6 +194,18 @@ impl HermitHarness {
         }
     }
 
+    /// The entry of window page `real`; the caller holds the page's lock.
+    fn entry(&self, real: usize) -> Option<Pte> {
+        let pfn = translate(real)?;
+        Some(Pte {
+            frame: Frame {
+                pfn,
+                gen: self.gen_of(pfn),
+            },
+            writable: true,
+        })
+    }
+
     fn unmap_real(&self, w: &Window, real: usize, len: usize) -> Result<(), HarnessError> {
         let _locked = w.lock(real, len);
         let mut pfns = [0u64; WINDOW / PAGE];
@@ -323,7 +335,7 @@ impl Harness for HermitHarness {
     fn touch(&self, mm: Mm, addr: usize, write: bool) -> Result<Pte, HarnessError> {
         let (w, real) = self.real(mm, addr, PAGE)?;
         let _locked = w.lock(real, PAGE);
-        let Some(pte) = self.lookup(mm, addr) else {
+        let Some(pte) = self.entry(real) else {
             return Err(HarnessError::Failed("not mapped"));
         };
         if write {
@@ -334,15 +346,11 @@ impl Harness for HermitHarness {
     }
 
     fn lookup(&self, mm: Mm, addr: usize) -> Option<Pte> {
-        let (_, real) = self.real(mm, addr, PAGE).ok()?;
-        let pfn = translate(real)?;
-        Some(Pte {
-            frame: Frame {
-                pfn,
-                gen: self.gen_of(pfn),
-            },
-            writable: true,
-        })
+        let (w, real) = self.real(mm, addr, PAGE).ok()?;
+        // Under the page's lock: a map in progress has the entry in the page table
+        // before the oracle knows its frame was born.
+        let _locked = w.lock(real, PAGE);
+        self.entry(real)
     }
 
     fn unmap(&self, mm: Mm, addr: usize, len: usize) -> Result<(), HarnessError> {
