@@ -83,7 +83,8 @@ fn usage() {
          the test image, boots it on 2 CPUs under QEMU and checks its output: the smoke\n\
          checks, then the conformance suite (its lines are saved to {SUITE_OUT}).\n\
          --kernel-only stops after libhermit.a (and checks the archive's exports);\n\
-         --smoke-only builds the image without the suite.\n\
+         --smoke-only builds the image without the suite (--suite, the default, is\n\
+         still accepted).\n\
          Cache: $NOTIFIER_HERMIT_CACHE or /var/cache/notifier-hermit."
     );
 }
@@ -111,6 +112,8 @@ pub fn main(args: &[String]) -> ExitCode {
             "--no-install" => opts.install = false,
             "--kernel-only" => opts.kernel_only = true,
             "--smoke-only" => opts.smoke_only = true,
+            // The suite used to be opt-in; it is the default now.
+            "--suite" => opts.smoke_only = false,
             "-h" | "--help" => {
                 usage();
                 return ExitCode::SUCCESS;
