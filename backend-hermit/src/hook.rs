@@ -105,6 +105,16 @@ static TABLE: [Attached; ATTACHED] = [const {
     }
 }; ATTACHED];
 
+/// Changes the kernel reported with interrupts off (not blockable).
+static NON_BLOCKABLE_STARTS: AtomicUsize = AtomicUsize::new(0);
+
+/// How many page-table changes reached the hook with interrupts off (a start that may
+/// not sleep) since boot. The patch leaves none in Hermit's own paths; an application
+/// that sees this grow changes page tables from a context that cannot sleep.
+pub fn non_blockable_starts() -> usize {
+    NON_BLOCKABLE_STARTS.load(Ordering::Relaxed)
+}
+
 /// How many address spaces are attached; held while attaching and detaching, and
 /// while registering the dispatcher with the kernel or unregistering it.
 static REGISTRY: SpinMutex<usize, Yield> = SpinMutex::new(0);
@@ -303,6 +313,9 @@ unsafe extern "C" fn dispatch(
 ) -> i32 {
     match phase {
         sys::PHASE_START => {
+            if !blockable {
+                NON_BLOCKABLE_STARTS.fetch_add(1, Ordering::Relaxed);
+            }
             for (i, a) in TABLE.iter().enumerate() {
                 // Counted before `closing` is read: `detach` either sees this start
                 // and waits for its end, or this start sees `closing`.

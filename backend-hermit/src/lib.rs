@@ -36,7 +36,7 @@ mod hook;
 mod platform;
 pub mod sys;
 
-pub use hook::{AttachError, KernelMm};
+pub use hook::{non_blockable_starts, AttachError, KernelMm};
 pub use platform::{HermitPlatform, HermitRawLock, Yield};
 
 /// Re-exported so that a user names one crate.

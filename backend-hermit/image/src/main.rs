@@ -354,6 +354,10 @@ extern "C" fn runtime_entry(_argc: i32, _argv: *const *const u8, _env: *const *c
             failed += 1;
         }
     }
+    say!(
+        "hook starts with interrupts off: {}",
+        backend_hermit::non_blockable_starts()
+    );
     // SAFETY: ends the image.
     unsafe { sys_exit(if failed == 0 { 0 } else { 1 }) }
 }
