@@ -9,7 +9,7 @@ use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use arrayvec::ArrayVec;
 use notifier_core::sync::SpinLock;
-use notifier_core::{Range, SubscriberOps, WouldBlock};
+use notifier_core::{Event, Range, SubscriberOps, WouldBlock};
 
 use crate::harness::{Frame, Harness, HarnessError, Mm, Pte};
 use crate::subscribe::{IvOps, Seq};
@@ -591,6 +591,8 @@ pub struct Mirror<'h, H: Harness> {
     pub invalidations: AtomicU32,
     /// The last event seen.
     pub last_event: SpinLock<H::P, Option<Range>>,
+    /// The first `Release` invalidation seen.
+    pub release_seen: SpinLock<H::P, Option<Range>>,
     /// Fault retries.
     pub retries: AtomicU32,
     /// Set when the test frees the mirror: a callback after that is a violation.
@@ -610,6 +612,7 @@ impl<'h, H: Harness> Mirror<'h, H> {
             violations: AtomicU32::new(0),
             invalidations: AtomicU32::new(0),
             last_event: SpinLock::new(None),
+            release_seen: SpinLock::new(None),
             retries: AtomicU32::new(0),
             gone: AtomicBool::new(false),
             faults: AtomicU32::new(0),
@@ -659,6 +662,9 @@ impl<H: Harness> IvOps for Mirror<'_, H> {
         }
         self.invalidations.fetch_add(1, Ordering::Relaxed);
         *self.last_event.lock() = Some(*r);
+        if r.event == Event::Release {
+            self.release_seen.lock().get_or_insert(*r);
+        }
         let mut pt = self.pt.lock();
         iv.set_seq(cur_seq);
         check_live(self.h, &mut pt, (r.start, r.end), &self.violations);
