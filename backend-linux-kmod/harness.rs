@@ -35,7 +35,7 @@ use kernel::bindings;
 use kernel::ffi::{c_int, c_long, c_ulong, c_void};
 use kernel::prelude::*;
 use notifier_conformance::harness::{Cap, Frame, Harness, HarnessError, Mm as MmId, Pte};
-use notifier_conformance::Config;
+use notifier_conformance::{Config, Twin};
 use notifier_core::AddressSpace;
 
 use crate::mm::{Mm, MmNotifier};
@@ -72,6 +72,7 @@ extern "C" {
     fn nk_h_yield();
     fn nk_h_vmalloc(size: c_ulong) -> *mut c_void;
     fn nk_h_vfree(p: *mut c_void);
+    fn nk_h_suite_twin() -> *const kernel::ffi::c_char;
 }
 
 /// Address spaces at once (`NK_SLOTS` of `harness_linux.c`).
@@ -446,9 +447,25 @@ impl Write for PrintkLines {
 
 /// The configuration of the in-kernel run: the suite's defaults (200 rounds, 2 000
 /// list and 20 000 interval subscribers), which the software-emulated guest runs in
-/// seconds.
-fn config() -> Config {
-    Config::default()
+/// seconds, with the broken consumer the `suite_twin` parameter names, if any.
+fn config() -> Result<Config> {
+    // SAFETY: a NUL-terminated module parameter, never changed after load (0444).
+    let name = unsafe { core::ffi::CStr::from_ptr(nk_h_suite_twin().cast()) };
+    let name = name.to_str().map_err(|_| EINVAL)?;
+    let twin = match name {
+        "" => None,
+        n => match Twin::from_name(n) {
+            Some(t) => Some(t),
+            None => {
+                pr_err!("suite-error: no broken consumer called {}\n", n);
+                return Err(EINVAL);
+            }
+        },
+    };
+    Ok(Config {
+        twin,
+        ..Config::default()
+    })
 }
 
 struct SuiteRun {
@@ -459,8 +476,23 @@ struct SuiteRun {
 unsafe extern "C" fn suite_main(arg: *mut c_void) {
     // SAFETY: `arg` is the `SuiteRun` of `run`, alive until this kthread returns.
     let run = unsafe { &mut *arg.cast::<SuiteRun>() };
+    let Ok(cfg) = config() else { return };
     let h = KernelHarness::new();
-    let cfg = config();
+    if let Some(t) = cfg.twin {
+        // For the xtask: the cases that must fail, and only those.
+        let mut line = PrintkLines {
+            buf: [0; 512],
+            len: 0,
+        };
+        let _ = write!(line, "{} catches", t.name());
+        for id in t.catches() {
+            let _ = write!(line, " {id}");
+        }
+        pr_info!(
+            "suite-twin: {}\n",
+            core::str::from_utf8(&line.buf[..line.len]).unwrap_or("")
+        );
+    }
     pr_info!(
         "suite-config: rounds {}, many_list {}, many_intervals {}, arena {} KiB\n",
         cfg.rounds,

@@ -25,6 +25,7 @@
 #include <linux/highmem.h>
 #include <linux/kthread.h>
 #include <linux/migrate.h>
+#include <linux/moduleparam.h>
 #include <linux/mm.h>
 #include <linux/mman.h>
 #include <linux/mmu_context.h>
@@ -46,6 +47,16 @@
 #include <linux/workqueue.h>
 #include "nk.h"
 #include "nkproto.h"
+
+/* Run the suite with a broken consumer (`cargo xtask kmod --broken NAME`). */
+static char *suite_twin = "";
+module_param(suite_twin, charp, 0444);
+MODULE_PARM_DESC(suite_twin, "run the conformance suite with this broken consumer (twin)");
+
+const char *nk_h_suite_twin(void)
+{
+	return suite_twin ? suite_twin : "";
+}
 
 #define NK_SLOTS 32
 /* How long a helper may take to answer one command. */
@@ -838,9 +849,15 @@ int nk_h_run_kthread(void (*fn)(void *), void *arg)
 	return 0;
 }
 
+/*
+ * The suite's scheduling point: a short sleep, not just yield(), so that the task on
+ * the other CPU makes progress inside the windows the suite opens on purpose (a fault
+ * between reading the primary entry and installing it). With yield() alone those
+ * windows are a few instructions wide and a broken consumer may go unnoticed.
+ */
 void nk_h_yield(void)
 {
-	yield();
+	usleep_range(10, 50);
 }
 
 void *nk_h_vmalloc(unsigned long size)

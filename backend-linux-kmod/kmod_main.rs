@@ -38,6 +38,17 @@ extern "C" {
     fn nk_h_exit();
 }
 
+/// Monotonic milliseconds.
+fn now_ms() -> i64 {
+    let mut ts = kernel::bindings::timespec64 {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is valid for writes.
+    unsafe { kernel::bindings::ktime_get_ts64(&mut ts) };
+    ts.tv_sec * 1000 + ts.tv_nsec as i64 / 1_000_000
+}
+
 /// The conformance suite, after the smoke tests. Its lines (`suite: ...`) and closing
 /// line are what `cargo xtask kmod` checks; a failure to run it at all is reported
 /// here and shows as a missing closing line.
@@ -48,8 +59,13 @@ fn conformance_suite() {
         pr_err!("suite-error: /proc/nk_harness: error {}\n", r);
         return;
     }
+    let t0 = now_ms();
     match harness::run() {
-        Ok(failed) => pr_info!("suite-done: {} case(s) failed\n", failed),
+        Ok(failed) => pr_info!(
+            "suite-done: {} case(s) failed, {} ms\n",
+            failed,
+            now_ms() - t0
+        ),
         Err(e) => pr_err!("suite-error: the suite did not run: {:?}\n", e),
     }
     // SAFETY: paired with `nk_h_init`; every helper process was killed by the suite.

@@ -80,6 +80,7 @@ int nk_run_on_mm(struct mm_struct *mm, void (*fn)(void *), void **args, int n);
 
 /* The conformance harness (harness_linux.c, used by harness.rs). */
 int nk_h_init(void);
+const char *nk_h_suite_twin(void);
 void nk_h_exit(void);
 int nk_h_spawn(void);
 struct mm_struct *nk_h_mm(int i);

@@ -30,6 +30,8 @@
 #define PAGE 4096
 /* Enough pages to push ours out of the per-CPU LRU batch onto the LRU. */
 #define FILLER 256
+/* include/uapi/linux/kernel-page-flags.h */
+#define KPF_IDLE 25
 
 /* Mark the page at `p` idle: its frame from pagemap, its bit in page_idle/bitmap. */
 static int age(char *p)
@@ -64,15 +66,16 @@ static long long reclaim(uintptr_t addr, uintptr_t len)
 {
 	int pm = open("/proc/self/pagemap", O_RDONLY);
 	int idle = open("/sys/kernel/mm/page_idle/bitmap", O_RDWR);
+	int kpf = open("/proc/kpageflags", O_RDONLY);
 	long long evicted = 0;
 	uintptr_t a;
 
-	if (pm < 0 || idle < 0) {
+	if (pm < 0 || idle < 0 || kpf < 0) {
 		evicted = -errno;
 		goto out;
 	}
 	for (a = addr; a < addr + len; a += PAGE) {
-		uint64_t ent, pfn, word = 0, bit;
+		uint64_t ent, pfn, word = 0, flags = 0, bit;
 
 		if (pread(pm, &ent, 8, a / PAGE * 8) != 8) {
 			evicted = -EIO;
@@ -86,13 +89,16 @@ static long long reclaim(uintptr_t addr, uintptr_t len)
 		 * Reading the bit re-checks an idle page: the kernel clears the accessed
 		 * bits of its mappings and asks the notifiers (clear_young); a use by the
 		 * primary or a secondary MMU since it was marked clears the idle flag.
-		 * The read is short when the chunk runs past the last frame.
+		 * The read returns nothing for the last, partial chunk of frames (the
+		 * check is still done), so the verdict is the idle flag itself, from
+		 * /proc/kpageflags.
 		 */
-		if (pread(idle, &word, 8, pfn / 64 * 8) < 0) {
+		if (pread(idle, &word, 8, pfn / 64 * 8) < 0 ||
+		    pread(kpf, &flags, 8, pfn * 8) != 8) {
 			evicted = -errno;
 			break;
 		}
-		if (word & bit) {
+		if (flags & (1ULL << KPF_IDLE)) {
 			int tries;
 
 			/*
@@ -124,6 +130,8 @@ out:
 		close(pm);
 	if (idle >= 0)
 		close(idle);
+	if (kpf >= 0)
+		close(kpf);
 	return evicted;
 }
 

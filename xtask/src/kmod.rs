@@ -94,16 +94,22 @@ const FATAL: &[&str] = &[
 struct Options {
     timeout: Duration,
     install: bool,
+    /// Run the suite with this broken consumer (`--broken NAME`): the run passes only
+    /// if exactly the cases that must catch it fail.
+    broken: Option<String>,
     cache: PathBuf,
 }
 
 fn usage() {
     eprintln!(
-        "usage: cargo xtask kmod [--timeout SECS] [--no-install]\n\
+        "usage: cargo xtask kmod [--timeout SECS] [--no-install] [--broken NAME]\n\
          \n\
          Builds (or reuses) a Linux 6.12 kernel with Rust, lockdep and KASAN, builds\n\
          backend-linux-kmod against it, boots it under QEMU and checks the module's\n\
-         in-kernel tests. Cache: $NOTIFIER_KMOD_CACHE or /var/cache/notifier-kmod."
+         in-kernel tests and the conformance suite. --broken NAME runs the suite with\n\
+         that broken consumer (a twin, e.g. kvm-ignores-seq): the run then passes only\n\
+         if exactly the cases that must catch it fail. Cache: $NOTIFIER_KMOD_CACHE or\n\
+         /var/cache/notifier-kmod."
     );
 }
 
@@ -111,6 +117,7 @@ pub fn main(args: &[String]) -> ExitCode {
     let mut opts = Options {
         timeout: Duration::from_secs(600),
         install: true,
+        broken: None,
         cache: std::env::var_os("NOTIFIER_KMOD_CACHE")
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from("/var/cache/notifier-kmod")),
@@ -126,6 +133,17 @@ pub fn main(args: &[String]) -> ExitCode {
                 }
             },
             "--no-install" => opts.install = false,
+            "--broken" => match it.next() {
+                Some(n)
+                    if !n.is_empty() && n.bytes().all(|b| b.is_ascii_lowercase() || b == b'-') =>
+                {
+                    opts.broken = Some(n.clone())
+                }
+                _ => {
+                    usage();
+                    return ExitCode::from(2);
+                }
+            },
             "-h" | "--help" => {
                 usage();
                 return ExitCode::SUCCESS;
@@ -173,7 +191,7 @@ fn run(opts: &Options) -> Result<()> {
     let helper = out.join("nkhelper");
     build_helper(&root, &helper)?;
     let initramfs = out.join("initramfs.cpio");
-    build_initramfs(&ko, &helper, &initramfs)?;
+    build_initramfs(&ko, &helper, &initramfs, opts.broken.as_deref())?;
     let log = out.join("serial.log");
     let status = boot(&kdir, &initramfs, &log, opts.timeout)?;
     step(&format!("QEMU finished: {status} ({:.0?})", t0.elapsed()));
@@ -183,7 +201,7 @@ fn run(opts: &Options) -> Result<()> {
     let mut lines = suite_lines(&text).join("\n");
     lines.push('\n');
     fs::write(&suite, lines).map_err(|e| format!("{}: {e}", suite.display()))?;
-    check_log(&text, &status)
+    check_log(&text, &status, opts.broken.is_some())
 }
 
 fn step(msg: &str) {
@@ -591,7 +609,7 @@ pid=$!
 n=0
 while [ ! -e /tmp/nkhelper.ready ] && [ $n -lt 30 ]; do sleep 1; n=$((n + 1)); done
 echo 'kmod-init: insmod'
-insmod /notifier_kmod.ko helper_pid=$pid || echo 'kmod-init: insmod failed'
+insmod /notifier_kmod.ko helper_pid=$pid SUITE_ARGS || echo 'kmod-init: insmod failed'
 echo 'kmod-init: rmmod'
 rmmod notifier_kmod || echo 'kmod-init: rmmod failed'
 echo 'kmod-init: done'
@@ -606,7 +624,7 @@ fn build_helper(root: &Path, out: &Path) -> Result<()> {
         .arg(root.join("backend-linux-kmod/nkhelper.c")))
 }
 
-fn build_initramfs(ko: &Path, helper: &Path, out: &Path) -> Result<()> {
+fn build_initramfs(ko: &Path, helper: &Path, out: &Path, broken: Option<&str>) -> Result<()> {
     let busybox = fs::read("/bin/busybox").map_err(|e| format!("/bin/busybox: {e}"))?;
     let module = fs::read(ko).map_err(|e| format!("{}: {e}", ko.display()))?;
     let helper = fs::read(helper).map_err(|e| format!("{}: {e}", helper.display()))?;
@@ -626,7 +644,13 @@ fn build_initramfs(ko: &Path, helper: &Path, out: &Path) -> Result<()> {
     ] {
         add(&mut c, &format!("bin/{applet}"), 0o120777, b"busybox");
     }
-    add(&mut c, "init", 0o100755, INIT.as_bytes());
+    let args = broken.map_or(String::new(), |b| format!("suite_twin={b}"));
+    add(
+        &mut c,
+        "init",
+        0o100755,
+        INIT.replace("SUITE_ARGS", &args).as_bytes(),
+    );
     add(&mut c, &format!("{MODULE}.ko"), 0o100644, &module);
     cpio_entry(&mut c, 0, "TRAILER!!!", 0, b"");
     fs::write(out, c).map_err(|e| format!("{}: {e}", out.display()))
@@ -681,8 +705,10 @@ fn suite_lines(text: &str) -> Vec<&str> {
 }
 
 /// Echo the module's lines, then judge the whole log: the smoke tests' closing line
-/// and the conformance suite's must both be there, with no failure.
-fn check_log(text: &str, status: &str) -> Result<()> {
+/// and the conformance suite's must both be there, with no failure; with a broken
+/// consumer (`broken`), exactly the cases the module names as its catchers
+/// (`suite-twin: NAME catches C-xx ...`) must fail.
+fn check_log(text: &str, status: &str, broken: bool) -> Result<()> {
     let prefix = format!("{MODULE}: ");
     let mut smoke = None;
     let mut suite = None;
@@ -722,7 +748,7 @@ fn check_log(text: &str, status: &str) -> Result<()> {
             None => errs.push(format!(
                 "no `N passed, N failed` closing line from the {what}"
             )),
-            Some((_, failed)) if failed > 0 => {
+            Some((_, failed)) if failed > 0 && !(broken && what == "conformance suite") => {
                 errs.push(format!("{failed} case(s) of the {what} failed"))
             }
             Some((0, _)) => errs.push(format!("the {what} passed no case")),
@@ -733,7 +759,23 @@ fn check_log(text: &str, status: &str) -> Result<()> {
         .into_iter()
         .filter(|l| l.contains(" ... FAILED"))
         .collect();
-    if !failed.is_empty() {
+    if broken {
+        let prefix = format!("{MODULE}: suite-twin: ");
+        let want: Option<Vec<&str>> = text.lines().find_map(|l| {
+            let rest = l.trim_end_matches('\r').strip_prefix(prefix.as_str())?;
+            Some(rest.split_once(" catches ")?.1.split(' ').collect())
+        });
+        let got: Vec<&str> = failed.iter().filter_map(|l| l.split(' ').next()).collect();
+        match want {
+            None => {
+                errs.push("the module did not name the cases the broken consumer must fail".into())
+            }
+            Some(w) if w != got => errs.push(format!(
+                "the broken consumer must fail exactly {w:?}, failed: {got:?}"
+            )),
+            Some(w) => println!("--- the broken consumer was caught by exactly {w:?}"),
+        }
+    } else if !failed.is_empty() {
         errs.push(format!("suite cases failed:\n  {}", failed.join("\n  ")));
     }
     if errs.is_empty() {
@@ -772,18 +814,30 @@ mod tests {
         let good = "notifier_kmod: ok a\nnotifier_kmod: suite: C-01 register ... ok\n\
                     notifier_kmod: suite: 1 passed, 0 failed, 1 skipped\n\
                     notifier_kmod: 1 passed, 0 failed\nkmod-init: done\n";
-        assert!(check_log(good, "exited").is_ok());
+        assert!(check_log(good, "exited", false).is_ok());
         let lockdep = format!("WARNING: possible circular locking dependency detected\n{good}");
-        assert!(check_log(&lockdep, "exited").is_err());
-        assert!(check_log(good, "TIMEOUT after 1s").is_err());
+        assert!(check_log(&lockdep, "exited", false).is_err());
+        assert!(check_log(good, "TIMEOUT after 1s", false).is_err());
         let failed = "notifier_kmod: 1 passed, 1 failed\nkmod-init: done\n";
-        assert!(check_log(failed, "exited").is_err());
-        assert!(check_log("kmod-init: done\n", "exited").is_err());
+        assert!(check_log(failed, "exited", false).is_err());
+        assert!(check_log("kmod-init: done\n", "exited", false).is_err());
         // The smoke tests alone are not enough; a failed suite case fails the run.
         let no_suite = "notifier_kmod: 1 passed, 0 failed\nkmod-init: done\n";
-        assert!(check_log(no_suite, "exited").is_err());
+        assert!(check_log(no_suite, "exited", false).is_err());
         let suite_failed = good.replace("1 passed, 0 failed, 1 skipped", "0 passed, 1 failed");
-        assert!(check_log(&suite_failed, "exited").is_err());
+        assert!(check_log(&suite_failed, "exited", false).is_err());
+        // With a broken consumer: exactly its catchers fail, no more, no fewer.
+        let caught = "notifier_kmod: suite-twin: kvm-ignores-seq catches C-09\n\
+                      notifier_kmod: suite: C-09 no_stale_translation ... FAILED: stale\n\
+                      notifier_kmod: suite: 15 passed, 1 failed\n\
+                      notifier_kmod: 1 passed, 0 failed\nkmod-init: done\n";
+        assert!(check_log(caught, "exited", true).is_ok());
+        assert!(check_log(caught, "exited", false).is_err());
+        let missed = caught.replace(
+            "C-09 no_stale_translation ... FAILED: stale",
+            "C-09 x ... ok",
+        );
+        assert!(check_log(&missed, "exited", true).is_err());
         assert_eq!(
             suite_lines(good),
             ["C-01 register ... ok", "1 passed, 0 failed, 1 skipped"]
