@@ -688,6 +688,13 @@ long nk_h_pte(int i, unsigned long addr, int mode, u64 *pfn, u64 *gen, bool *wri
 	}
 out:
 	mmap_read_unlock(mm);
+	/*
+	 * A fresh page waits in this CPU's LRU-addition batch, and a page get_user_pages
+	 * marked accessed may wait in its activation batch, each holding a reference: an
+	 * unmap would then leave the page allocated until the batch drains, and a stale
+	 * translation to it would look live to the oracle. Drain them now.
+	 */
+	nk_drain_local(NULL);
 	return ret;
 }
 
@@ -857,7 +864,7 @@ int nk_h_run_kthread(void (*fn)(void *), void *arg)
  */
 void nk_h_yield(void)
 {
-	usleep_range(10, 50);
+	usleep_range(100, 300);
 }
 
 void *nk_h_vmalloc(unsigned long size)
