@@ -66,8 +66,11 @@ extern "C" {
     fn nk_h_frame_live(pfn: u64, gen: u64) -> bool;
     fn nk_h_get_frame(pfn: u64, gen: u64) -> bool;
     fn nk_h_put_frame(pfn: u64, gen: u64);
-    fn nk_h_run_tasks(f: unsafe extern "C" fn(*mut c_void), args: *mut *mut c_void, n: c_int)
-        -> c_int;
+    fn nk_h_run_tasks(
+        f: unsafe extern "C" fn(*mut c_void),
+        args: *mut *mut c_void,
+        n: c_int,
+    ) -> c_int;
     fn nk_h_run_kthread(f: unsafe extern "C" fn(*mut c_void), arg: *mut c_void) -> c_int;
     fn nk_h_yield();
     fn nk_h_vmalloc(size: c_ulong) -> *mut c_void;
@@ -310,8 +313,7 @@ impl Harness for KernelHarness {
         writable: bool,
     ) -> Result<(), HarnessError> {
         // SAFETY: harness_linux.c checks the slot.
-        match unsafe { nk_h_protect(Self::slot(mm), addr as c_ulong, len as c_ulong, writable) }
-        {
+        match unsafe { nk_h_protect(Self::slot(mm), addr as c_ulong, len as c_ulong, writable) } {
             0 => Ok(()),
             e => Err(failed("mprotect (helper process)", e)),
         }
@@ -416,17 +418,35 @@ impl Harness for KernelHarness {
     }
 }
 
-/// The suite's output, one printk per line, each marked `suite: ` so that the xtask
-/// can tell it from the smoke tests' lines.
+impl crate::reference::KernelMms for KernelHarness {
+    fn kernel_mm(&self, mm: MmId) -> *mut bindings::mm_struct {
+        // SAFETY: the suite passes handles of live slots only; harness_linux.c holds a
+        // user reference on the slot's mm from creation until teardown.
+        unsafe { nk_h_mm(Self::slot(mm)) }
+    }
+}
+
+/// The suite's output, one printk per line, each marked with `prefix` (`suite: `, or
+/// `suite-ref: ` in reference mode) so that the xtask can tell it from the smoke
+/// tests' lines.
 struct PrintkLines {
+    prefix: &'static str,
     buf: [u8; 512],
     len: usize,
 }
 
 impl PrintkLines {
+    fn new(prefix: &'static str) -> Self {
+        PrintkLines {
+            prefix,
+            buf: [0; 512],
+            len: 0,
+        }
+    }
+
     fn flush(&mut self) {
         let s = core::str::from_utf8(&self.buf[..self.len]).unwrap_or("<non-UTF-8 line>");
-        pr_info!("suite: {}\n", s);
+        pr_info!("{}{}\n", self.prefix, s);
         self.len = 0;
     }
 }
@@ -480,10 +500,7 @@ unsafe extern "C" fn suite_main(arg: *mut c_void) {
     let h = KernelHarness::new();
     if let Some(t) = cfg.twin {
         // For the xtask: the cases that must fail, and only those.
-        let mut line = PrintkLines {
-            buf: [0; 512],
-            len: 0,
-        };
+        let mut line = PrintkLines::new("");
         let _ = write!(line, "{} catches", t.name());
         for id in t.catches() {
             let _ = write!(line, " {id}");
@@ -500,16 +517,24 @@ unsafe extern "C" fn suite_main(arg: *mut c_void) {
         cfg.many_intervals,
         h.arena.map_or(0, |(_, n)| n >> 10)
     );
-    let mut out = PrintkLines {
-        buf: [0; 512],
-        len: 0,
-    };
+    let mut out = PrintkLines::new("suite: ");
     let sum = notifier_conformance::run(&h, &cfg, &mut out);
     if out.len > 0 {
         out.flush();
     }
+    // Reference mode: the same consumers registered straight with Linux's own
+    // notifier (not with a broken consumer: its teeth are the core mode's).
+    let mut ref_failed = 0;
+    if cfg.twin.is_none() {
+        let mut out = PrintkLines::new("suite-ref: ");
+        let sum = notifier_conformance::run_with::<_, crate::reference::LinuxC>(&h, &cfg, &mut out);
+        if out.len > 0 {
+            out.flush();
+        }
+        ref_failed = sum.failed;
+    }
     drop(h);
-    run.failed = sum.failed;
+    run.failed = sum.failed + ref_failed;
     run.done.store(true, Ordering::Release);
 }
 

@@ -19,6 +19,7 @@ mod layout {
     include!("layout_offsets.rs");
 }
 mod harness;
+mod reference;
 pub mod mm;
 pub mod platform;
 mod smoke;

@@ -128,7 +128,8 @@ impl MmState {
     }
 }
 
-fn event(e: bindings::mmu_notifier_event) -> Option<Event> {
+/// Linux's event code as the core's; `None` for a code newer than this module.
+pub(crate) fn event(e: bindings::mmu_notifier_event) -> Option<Event> {
     Some(match e {
         bindings::mmu_notifier_event_MMU_NOTIFY_UNMAP => Event::Unmap,
         bindings::mmu_notifier_event_MMU_NOTIFY_CLEAR => Event::Clear,

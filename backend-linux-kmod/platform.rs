@@ -5,10 +5,10 @@
 //! `non_block_start`/`end` for the sleep checks (which splat under
 //! `CONFIG_DEBUG_ATOMIC_SLEEP`), the CPU number for the reader slots, `kmalloc`.
 //!
-//! The sleepable RCU is the core's portable [`Srcu`], built on those primitives: the
-//! core's `SleepableRcu::call` takes a Rust callback on the core's own `RcuHead`,
-//! which `call_srcu` cannot queue (see the README: a core change would let this be the
-//! kernel's SRCU).
+//! The sleepable RCU is the kernel's own SRCU ([`KernelSrcu`]: `srcu_read_lock`,
+//! `synchronize_srcu`, `call_srcu`, `srcu_barrier` on one static domain of the
+//! module): the core's `RcuHead` is laid out as `struct callback_head` and its
+//! callbacks are C functions, so they are queued as they are.
 
 use core::alloc::Layout;
 use core::ptr::NonNull;
@@ -17,7 +17,7 @@ use core::sync::atomic::{AtomicUsize, Ordering};
 use kernel::bindings;
 use kernel::types::Opaque;
 use notifier_core::primitive::AtomicU32;
-use notifier_core::srcu::Srcu;
+use notifier_core::srcu::{RcuFn, RcuHead, SleepableRcu};
 use notifier_core::{Bug, Platform, RawLock};
 
 extern "C" {
@@ -35,12 +35,73 @@ extern "C" {
     fn nk_spin_unlock(lock: *mut bindings::spinlock_t);
     fn nk_kmalloc(size: usize) -> *mut kernel::ffi::c_void;
     fn nk_kfree(p: *mut kernel::ffi::c_void);
+    fn nk_srcu_read_lock() -> kernel::ffi::c_int;
+    fn nk_srcu_read_unlock(idx: kernel::ffi::c_int);
+    fn nk_synchronize_srcu();
+    fn nk_call_srcu(head: *mut bindings::callback_head, func: RcuFn);
+    fn nk_srcu_barrier();
 }
 
 /// The Linux platform.
 pub struct Kernel;
 
-static RCU: Srcu<Kernel> = Srcu::new();
+static RCU: KernelSrcu = KernelSrcu;
+
+/// The module's SRCU domain (`DEFINE_STATIC_SRCU(nk_srcu)` in `srcu.c`).
+pub struct KernelSrcu;
+
+/// A read-side section of [`KernelSrcu`]: `srcu_read_unlock` when dropped, on the task
+/// that entered (hence `!Send`).
+pub struct KernelSrcuGuard {
+    idx: kernel::ffi::c_int,
+    _not_send: core::marker::PhantomData<*mut ()>,
+}
+
+impl Drop for KernelSrcuGuard {
+    fn drop(&mut self) {
+        // SAFETY: `idx` came from the matching `srcu_read_lock` on this task.
+        unsafe { nk_srcu_read_unlock(self.idx) }
+    }
+}
+
+// The core's deferred-free link is handed to `call_srcu` as a `struct callback_head`.
+const _: () = assert!(
+    core::mem::size_of::<RcuHead>() == core::mem::size_of::<bindings::callback_head>()
+        && core::mem::align_of::<RcuHead>() == core::mem::align_of::<bindings::callback_head>(),
+    "layout mismatch: RcuHead and struct callback_head"
+);
+
+// SAFETY: the kernel's SRCU: `synchronize_srcu` waits for every read-side section that
+// began before it, `call_srcu` runs its callback after a grace period, `srcu_barrier`
+// waits for the callbacks queued before it.
+unsafe impl SleepableRcu for KernelSrcu {
+    type Guard<'a> = KernelSrcuGuard;
+
+    fn read_lock(&self) -> KernelSrcuGuard {
+        KernelSrcuGuard {
+            // SAFETY: no precondition; never sleeps.
+            idx: unsafe { nk_srcu_read_lock() },
+            _not_send: core::marker::PhantomData,
+        }
+    }
+
+    fn synchronize(&self) {
+        // SAFETY: sleepable context (the core calls this from registration paths only).
+        unsafe { nk_synchronize_srcu() }
+    }
+
+    unsafe fn call(&self, head: NonNull<RcuHead>, func: RcuFn) {
+        // SAFETY: `head` stays valid and unqueued until `func` ran (caller's contract);
+        // it has the layout of a `callback_head` (asserted above) and `func` the C
+        // signature of an `rcu_callback_t`.
+        unsafe { nk_call_srcu(head.as_ptr().cast(), func) }
+    }
+
+    fn barrier(&self) {
+        // SAFETY: sleepable context (module teardown, `synchronize`).
+        unsafe { nk_srcu_barrier() }
+    }
+}
 static REFUSED_WHILE_BLOCKABLE: AtomicUsize = AtomicUsize::new(0);
 static DROP_IN_CALLBACK: AtomicUsize = AtomicUsize::new(0);
 
@@ -105,12 +166,12 @@ fn kmalloc_size(layout: Layout) -> usize {
 
 impl Platform for Kernel {
     type RawLock = KernelLock;
-    type Rcu = Srcu<Kernel>;
+    type Rcu = KernelSrcu;
 
     /// x86-64 user addresses stay below 2^56 even with 5-level paging.
     const ADDRESS_LIMIT: usize = 1 << 56;
 
-    fn rcu() -> &'static Srcu<Kernel> {
+    fn rcu() -> &'static KernelSrcu {
         &RCU
     }
 
