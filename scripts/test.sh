@@ -3,7 +3,7 @@
 # every check in order and stops at the first failure. CI runs exactly this
 # (.ci/run). Set NOTIFIER_SKIP to a space-separated list of stage names to skip
 # stages locally (CI never sets it):
-#   fmt clippy none test loom miri fuzz tsan cli kmod hermit
+#   fmt clippy none test loom miri fuzz tsan cli kmod hermit table
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -108,6 +108,15 @@ fi
 if ! skip hermit; then
   stage "Hermit unikernel under QEMU (kernel cached in /var/cache/notifier-hermit)"
   cargo xtask hermit
+fi
+
+if ! skip table; then
+  stage "the suite case by case: simulator, Linux (core and reference mode), Hermit"
+  # The kernel stages saved their suite lines; what they ran must be there.
+  need=host
+  skip kmod || need="$need,kmod,kmod-reference"
+  skip hermit || need="$need,hermit"
+  cargo xtask suite-table --require "$need"
 fi
 
 echo
