@@ -59,7 +59,15 @@ struct Window {
 pub struct HermitHarness {
     windows: [Window; SPACES],
     arena: usize,
-    frames: SpinMutex<[FrameEntry; FRAMES], backend_hermit::Yield>,
+    /// The oracle's table. Its lock spins without yielding, unlike every other wait
+    /// here: it is taken under a page lock (lookup), and a task that yielded there
+    /// while holding the page lock could hand its core to a task that loops without
+    /// a scheduling point (C-09's remote importers do, while their translations hit),
+    /// which then never gives it back, while the primary MMU on the other core waits
+    /// for that page lock and so never invalidates the importers' translations (a
+    /// livelock seen once in C-09). Its holders neither block nor yield, and Hermit
+    /// does not preempt them, so waiting for one is waiting for another core.
+    frames: SpinMutex<[FrameEntry; FRAMES], spin::relax::Spin>,
     next_gen: AtomicU64,
 }
 
