@@ -801,7 +801,7 @@ pub enum Seen {
 /// The log of a [`Recorder`].
 pub struct RecLog {
     /// The first events.
-    pub seen: ArrayVec<Seen, 128>,
+    pub seen: ArrayVec<Seen, 64>,
     /// Starts without their end yet.
     pub open: ArrayVec<Range, 16>,
     /// Contract breaches observed (end without start, mismatched end, …).
