@@ -160,9 +160,10 @@ impl SubscriberOps for Probe {
 static MM: spin::Once<KernelMm> = spin::Once::new();
 
 /// The suite's configuration in the image. The concurrent cases run 50 times the
-/// default rounds: under QEMU's software emulation the whole suite still takes about a
-/// minute, and more rounds find rarer interleavings (at 1 000 rounds a harness race
-/// showed up that 200 did not). The scale case keeps the default sizes.
+/// default rounds: under QEMU's software emulation the whole suite still takes seconds
+/// (about 12 s on an idle machine, a few minutes under heavy load), and more rounds
+/// find rarer interleavings (at 1 000 rounds a harness race showed up that 200 did
+/// not). The scale case keeps the default sizes.
 #[cfg(feature = "suite")]
 const SUITE_CONFIG: notifier_conformance::Config = notifier_conformance::Config {
     twin: None,
