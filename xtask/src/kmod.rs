@@ -238,7 +238,7 @@ fn known_differences(text: &str) -> Vec<&str> {
 fn case_result(line: &str) -> Option<(&str, &str, &str)> {
     let (head, result) = line.split_once(" ... ")?;
     let id = head.split_whitespace().next()?;
-    let kind = if result == "ok" {
+    let kind = if result == "ok" || result.starts_with("ok (") {
         "ok"
     } else if result.starts_with("FAILED") {
         "FAILED"

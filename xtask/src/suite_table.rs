@@ -97,7 +97,7 @@ fn parse(text: &str) -> Run {
             if !id.starts_with("C-") {
                 continue;
             }
-            let res = if result == "ok" {
+            let res = if result == "ok" || result.starts_with("ok (") {
                 Res::Ok
             } else if let Some(why) = result.strip_prefix("FAILED: ") {
                 Res::Failed(why.to_string())
