@@ -58,7 +58,8 @@ const COLUMNS: [Column; 4] = [
 /// One case's result in one run.
 #[derive(Clone, PartialEq, Eq)]
 enum Res {
-    Ok,
+    /// Passed; with what ran when the backend could make only part of the case.
+    Ok(Option<String>),
     Failed(String),
     NotApplicable(String),
 }
@@ -66,7 +67,8 @@ enum Res {
 impl Res {
     fn short(&self) -> &'static str {
         match self {
-            Res::Ok => "ok",
+            Res::Ok(None) => "ok",
+            Res::Ok(Some(_)) => "ok, in part",
             Res::Failed(_) => "FAILED",
             Res::NotApplicable(_) => "n/a",
         }
@@ -97,8 +99,10 @@ fn parse(text: &str) -> Run {
             if !id.starts_with("C-") {
                 continue;
             }
-            let res = if result == "ok" || result.starts_with("ok (") {
-                Res::Ok
+            let res = if result == "ok" {
+                Res::Ok(None)
+            } else if let Some(part) = result.strip_prefix("ok (") {
+                Res::Ok(Some(part.trim_end_matches(')').to_string()))
             } else if let Some(why) = result.strip_prefix("FAILED: ") {
                 Res::Failed(why.to_string())
             } else if let Some(why) = result.strip_prefix("not applicable: ") {
@@ -267,8 +271,8 @@ pub fn main(args: &[String]) -> ExitCode {
                 Some((_, got)) if !got.same_kind(want) => {
                     differences += 1;
                     let why = match got {
-                        Res::Failed(w) | Res::NotApplicable(w) => w.as_str(),
-                        Res::Ok => "",
+                        Res::Failed(w) | Res::NotApplicable(w) | Res::Ok(Some(w)) => w.as_str(),
+                        Res::Ok(None) => "",
                     };
                     let _ = writeln!(
                         md,
