@@ -14,6 +14,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 
+use crate::util::workspace_root;
 use serde_json::Value;
 
 const BEGIN_ANALYSIS: &str = "<!-- BEGIN ANALYSIS (hand-written, kept by the generator) -->";
@@ -60,13 +61,6 @@ pub fn main(args: &[String]) -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("xtask lives in the workspace")
-        .to_path_buf()
 }
 
 fn target_dir(root: &Path) -> PathBuf {

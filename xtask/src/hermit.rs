@@ -28,6 +28,7 @@
 //! 8. The suite's lines, from its header to its closing line exactly as the suite
 //!    printed them, are saved to `target/hermit/suite.txt` (also when the run fails).
 
+use crate::util::{finish, output, sh, workspace_root, Result};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
@@ -125,19 +126,11 @@ pub fn main(args: &[String]) -> ExitCode {
             }
         }
     }
-    match run(&opts) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("xtask hermit: FAILED: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    finish("hermit", run(&opts))
 }
 
-type Result<T> = std::result::Result<T, String>;
-
 fn run(opts: &Options) -> Result<()> {
-    let root = workspace_root()?;
+    let root = workspace_root();
     let t0 = Instant::now();
     if opts.install {
         step("prerequisites");
@@ -464,38 +457,10 @@ fn step(what: &str) {
     println!("=== hermit: {what}");
 }
 
-fn workspace_root() -> Result<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"));
-    dir.parent()
-        .map(Path::to_path_buf)
-        .ok_or_else(|| "no workspace root".into())
-}
-
 fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
         (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
     })
-}
-
-fn sh(cmd: &mut Command) -> Result<()> {
-    let status = cmd.status().map_err(|e| format!("{cmd:?}: {e}"))?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(format!("{cmd:?} exited with {status}"))
-    }
-}
-
-fn output(cmd: &mut Command) -> Result<String> {
-    let out = cmd.output().map_err(|e| format!("{cmd:?}: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "{cmd:?} exited with {}: {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    String::from_utf8(out.stdout).map_err(|e| format!("{cmd:?}: {e}"))
 }
 
 fn install() -> Result<()> {

@@ -28,6 +28,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::suite_table::{case_line, known_ids, Res, KNOWN_DIFFERENCES};
+use crate::util::{finish, output, sh, workspace_root, Result};
+
 /// The Debian package that carries the kernel source.
 const SOURCE_PACKAGE: &str = "linux-source-6.12";
 /// The tarball it installs.
@@ -155,20 +158,12 @@ pub fn main(args: &[String]) -> ExitCode {
             }
         }
     }
-    match run(&opts) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("xtask kmod: FAILED: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    finish("kmod", run(&opts))
 }
-
-type Result<T> = std::result::Result<T, String>;
 
 fn run(opts: &Options) -> Result<()> {
     let t0 = Instant::now();
-    let root = workspace_root()?;
+    let root = workspace_root();
     if opts.install {
         ensure_packages()?;
         ensure_rust_src()?;
@@ -213,54 +208,11 @@ fn run(opts: &Options) -> Result<()> {
     }
     let known = fs::read_to_string(root.join(KNOWN_DIFFERENCES))
         .map_err(|e| format!("{KNOWN_DIFFERENCES}: {e}"))?;
-    check_log(
-        &text,
-        &status,
-        opts.broken.is_some(),
-        &known_differences(&known),
-    )
-}
-
-/// Where the cases in which Linux's own notifier is known to differ from the contract
-/// are listed, each with the reason (`C-NN why`).
-const KNOWN_DIFFERENCES: &str = "backend-linux-kmod/reference-differences.txt";
-
-/// The case ids of a known-differences file (`#` starts a comment).
-fn known_differences(text: &str) -> Vec<&str> {
-    text.lines()
-        .map(str::trim)
-        .filter(|l| l.starts_with("C-"))
-        .filter_map(|l| l.split_whitespace().next())
-        .collect()
-}
-
-/// A suite line's case id and result kind (`ok`, `FAILED`, `n/a`).
-fn case_result(line: &str) -> Option<(&str, &str, &str)> {
-    let (head, result) = line.split_once(" ... ")?;
-    let id = head.split_whitespace().next()?;
-    let kind = if result == "ok" || result.starts_with("ok (") {
-        "ok"
-    } else if result.starts_with("FAILED") {
-        "FAILED"
-    } else {
-        "not applicable"
-    };
-    Some((id, head, kind))
+    check_log(&text, &status, opts.broken.is_some(), &known_ids(&known))
 }
 
 fn step(msg: &str) {
     eprintln!("xtask kmod: {msg}");
-}
-
-/// Run `cmd`, echoing it; fail with its name on a non-zero exit.
-fn sh(cmd: &mut Command) -> Result<()> {
-    eprintln!("+ {cmd:?}");
-    let st = cmd.status().map_err(|e| format!("{cmd:?}: {e}"))?;
-    if st.success() {
-        Ok(())
-    } else {
-        Err(format!("{cmd:?} exited with {st}"))
-    }
 }
 
 /// Run `cmd` with its output in `log`; on failure print the log's tail.
@@ -282,26 +234,6 @@ fn sh_logged(cmd: &mut Command, log: &Path) -> Result<()> {
         eprintln!("{l}");
     }
     Err(format!("{cmd:?} exited with {st} (log: {})", log.display()))
-}
-
-/// Run `cmd` and return its standard output.
-fn output(cmd: &mut Command) -> Result<String> {
-    let o = cmd
-        .stderr(Stdio::inherit())
-        .output()
-        .map_err(|e| format!("{cmd:?}: {e}"))?;
-    if !o.status.success() {
-        return Err(format!("{cmd:?} exited with {}", o.status));
-    }
-    Ok(String::from_utf8_lossy(&o.stdout).into_owned())
-}
-
-fn workspace_root() -> Result<PathBuf> {
-    // xtask/ is one level below the workspace root.
-    let here = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    here.parent()
-        .map(Path::to_path_buf)
-        .ok_or_else(|| "no workspace root".to_string())
 }
 
 fn installed(pkg: &str) -> bool {
@@ -800,8 +732,8 @@ fn check_log(text: &str, status: &str, broken: bool, known: &[&str]) -> Result<(
     let ref_lines = suite_lines(text, SUITE_REF);
     let known_failed = ref_lines
         .iter()
-        .filter_map(|l| case_result(l))
-        .filter(|(id, _, kind)| *kind == "FAILED" && known.contains(id))
+        .filter_map(|l| case_line(l))
+        .filter(|(id, _, res)| matches!(res, Res::Failed(_)) && known.contains(id))
         .count();
     let mut runs = vec![("smoke tests", smoke, 0), ("conformance suite", suite, 0)];
     if !broken {
@@ -830,7 +762,7 @@ fn check_log(text: &str, status: &str, broken: bool, known: &[&str]) -> Result<(
                 .iter()
                 .copied()
                 .filter(|_| !broken)
-                .filter(|l| case_result(l).is_none_or(|(id, _, _)| !known.contains(&id))),
+                .filter(|l| case_line(l).is_none_or(|(id, _, _)| !known.contains(&id))),
         )
         .filter(|l| l.contains(" ... FAILED"))
         .collect();
@@ -856,18 +788,23 @@ fn check_log(text: &str, status: &str, broken: bool, known: &[&str]) -> Result<(
     // The two modes side by side: every case whose result differs, by name.
     let core: Vec<_> = suite_lines(text, SUITE)
         .into_iter()
-        .filter_map(case_result)
+        .filter_map(case_line)
         .collect();
-    for (id, head, kind) in ref_lines.iter().filter_map(|l| case_result(l)) {
-        if let Some((_, _, core_kind)) = core.iter().find(|(c, _, _)| *c == id) {
-            if *core_kind != kind {
-                let note = if kind == "FAILED" && known.contains(&id) {
-                    format!(" (a known difference of Linux: {KNOWN_DIFFERENCES})")
-                } else {
-                    String::new()
-                };
-                println!("modes differ: {head}: core {core_kind}, reference {kind}{note}");
-            }
+    for (id, name, res) in ref_lines.iter().filter_map(|l| case_line(l)) {
+        let Some((_, _, core_res)) = core.iter().find(|(c, _, _)| *c == id) else {
+            continue;
+        };
+        if core_res.short() != res.short() {
+            let note = if matches!(res, Res::Failed(_)) && known.contains(&id) {
+                format!(" (a known difference of Linux: {KNOWN_DIFFERENCES})")
+            } else {
+                String::new()
+            };
+            println!(
+                "modes differ: {id} {name}: core {}, reference {}{note}",
+                core_res.short(),
+                res.short()
+            );
         }
     }
     if errs.is_empty() {
@@ -944,10 +881,7 @@ mod tests {
             .replace("ref: 1 passed, 0 failed", "ref: 1 passed, 1 failed");
         assert!(check_log(&ref_c01, "exited", false, &["C-01"]).is_ok());
         assert!(check_log(&ref_c01, "exited", false, &["C-02"]).is_err());
-        assert_eq!(
-            known_differences("# c\nC-02 why\n\nC-04 x\n"),
-            ["C-02", "C-04"]
-        );
+        assert_eq!(known_ids("# c\nC-02 why\n\nC-04 x\n"), ["C-02", "C-04"]);
         let no_ref = good.replace("suite-ref: 1 passed, 0 failed\n", "");
         assert!(check_log(&no_ref, "exited", false, &[]).is_err());
         assert_eq!(

@@ -17,6 +17,7 @@ mod bench_report;
 mod hermit;
 mod kmod;
 mod suite_table;
+mod util;
 
 fn usage() -> ExitCode {
     eprintln!(

@@ -13,9 +13,10 @@
 //! the cases `backend-linux-kmod/reference-differences.txt` lists, where Linux's own
 //! notifier is known to give less than the contract; those are marked, not fatal.
 
+use crate::util::workspace_root;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, ExitCode};
 
 /// A run's column: its name and where its output is.
@@ -45,7 +46,7 @@ const COLUMNS: [Column; 4] = [
         key: "kmod-reference",
         title: "Linux (reference: its C notifier)",
         file: "target/kmod/suite-reference.txt",
-        known: Some("backend-linux-kmod/reference-differences.txt"),
+        known: Some(KNOWN_DIFFERENCES),
     },
     Column {
         key: "hermit",
@@ -57,7 +58,7 @@ const COLUMNS: [Column; 4] = [
 
 /// One case's result in one run.
 #[derive(Clone, PartialEq, Eq)]
-enum Res {
+pub(crate) enum Res {
     /// Passed; with what ran when the backend could make only part of the case.
     Ok(Option<String>),
     Failed(String),
@@ -65,7 +66,7 @@ enum Res {
 }
 
 impl Res {
-    fn short(&self) -> &'static str {
+    pub(crate) fn short(&self) -> &'static str {
         match self {
             Res::Ok(None) => "ok",
             Res::Ok(Some(_)) => "ok, in part",
@@ -84,55 +85,54 @@ struct Run {
     closing: Option<String>,
 }
 
-/// Parse the suite's lines (`C-NN name ... ok|FAILED: why|not applicable: why`, then
-/// `N passed, N failed[, N skipped]`).
+/// One case line of the suite (`C-NN name ... ok|ok (part)|FAILED: why|not applicable:
+/// why`) as its id, name and result; `None` for any other line.
+pub(crate) fn case_line(line: &str) -> Option<(&str, &str, Res)> {
+    let (head, result) = line.trim_end().split_once(" ... ")?;
+    let mut w = head.split_whitespace();
+    let (id, name) = (w.next()?, w.next()?);
+    if !id.starts_with("C-") {
+        return None;
+    }
+    let res = if result == "ok" {
+        Res::Ok(None)
+    } else if let Some(part) = result.strip_prefix("ok (") {
+        Res::Ok(Some(part.trim_end_matches(')').to_string()))
+    } else if let Some(why) = result.strip_prefix("FAILED: ") {
+        Res::Failed(why.to_string())
+    } else if let Some(why) = result.strip_prefix("not applicable: ") {
+        Res::NotApplicable(why.to_string())
+    } else {
+        Res::Failed(format!("unreadable result `{result}`"))
+    };
+    Some((id, name, res))
+}
+
+/// Parse the suite's lines (case lines, then `N passed, N failed[, N skipped]`).
 fn parse(text: &str) -> Run {
     let mut cases = BTreeMap::new();
     let mut closing = None;
     for line in text.lines() {
-        let line = line.trim_end();
-        if let Some((head, result)) = line.split_once(" ... ") {
-            let mut w = head.split_whitespace();
-            let (Some(id), Some(name)) = (w.next(), w.next()) else {
-                continue;
-            };
-            if !id.starts_with("C-") {
-                continue;
-            }
-            let res = if result == "ok" {
-                Res::Ok(None)
-            } else if let Some(part) = result.strip_prefix("ok (") {
-                Res::Ok(Some(part.trim_end_matches(')').to_string()))
-            } else if let Some(why) = result.strip_prefix("FAILED: ") {
-                Res::Failed(why.to_string())
-            } else if let Some(why) = result.strip_prefix("not applicable: ") {
-                Res::NotApplicable(why.to_string())
-            } else {
-                Res::Failed(format!("unreadable result `{result}`"))
-            };
+        if let Some((id, name, res)) = case_line(line) {
             cases.insert(id.to_string(), (name.to_string(), res));
         } else if line.contains(" passed, ") && line.contains(" failed") {
-            closing = Some(line.to_string());
+            closing = Some(line.trim_end().to_string());
         }
     }
     Run { cases, closing }
 }
 
-/// The case ids listed in a known-differences file (`C-NN why`; `#` comments).
-fn known_ids(root: &Path, file: &str) -> Vec<String> {
-    std::fs::read_to_string(root.join(file))
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| l.starts_with("C-"))
-        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
-        .collect()
-}
+/// Where the cases in which Linux's own notifier is known to give less than the
+/// contract are listed, each with the reason (`C-NN why`; `#` starts a comment).
+pub(crate) const KNOWN_DIFFERENCES: &str = "backend-linux-kmod/reference-differences.txt";
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("xtask lives in the workspace")
-        .to_path_buf()
+/// The case ids a known-differences file lists.
+pub(crate) fn known_ids(text: &str) -> Vec<&str> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("C-"))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect()
 }
 
 /// Run the suite on the simulator and save its output where the table reads it.
@@ -194,7 +194,7 @@ pub fn main(args: &[String]) -> ExitCode {
         eprintln!("suite-table: no run called `{bad}`");
         return ExitCode::from(2);
     }
-    let root = root();
+    let root = workspace_root();
     if let Err(e) = host_run(&root) {
         eprintln!("suite-table: {e}");
         return ExitCode::FAILURE;
@@ -290,10 +290,14 @@ pub fn main(args: &[String]) -> ExitCode {
     }
     for (c, run) in &runs {
         let Some(run) = run else { continue };
-        let known = c.known.map(|f| known_ids(&root, f)).unwrap_or_default();
+        let known_text = c
+            .known
+            .and_then(|f| std::fs::read_to_string(root.join(f)).ok())
+            .unwrap_or_default();
+        let known = known_ids(&known_text);
         for (id, (name, res)) in &run.cases {
             if let Res::Failed(why) = res {
-                if known.iter().any(|k| k == id) {
+                if known.contains(&id.as_str()) {
                     let _ = writeln!(
                         md,
                         "- FAILED on {} as known ({}): {id} {name}: {why}",

@@ -1,0 +1,50 @@
+//! What every xtask command uses: the workspace root and running commands.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+
+/// An xtask error: a message for the user.
+pub type Result<T> = std::result::Result<T, String>;
+
+/// The workspace root (`xtask/` is one level below it).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+/// Run `cmd`, echoing it; fail with its name on a non-zero exit.
+pub fn sh(cmd: &mut Command) -> Result<()> {
+    eprintln!("+ {cmd:?}");
+    let st = cmd.status().map_err(|e| format!("{cmd:?}: {e}"))?;
+    if st.success() {
+        Ok(())
+    } else {
+        Err(format!("{cmd:?} exited with {st}"))
+    }
+}
+
+/// Run `cmd` and return its standard output (its standard error goes to ours).
+pub fn output(cmd: &mut Command) -> Result<String> {
+    let o = cmd
+        .stderr(Stdio::inherit())
+        .output()
+        .map_err(|e| format!("{cmd:?}: {e}"))?;
+    if !o.status.success() {
+        return Err(format!("{cmd:?} exited with {}", o.status));
+    }
+    Ok(String::from_utf8_lossy(&o.stdout).into_owned())
+}
+
+/// The exit status of command `name` (`kmod`, `hermit`) that ended with `r`: success,
+/// or the error printed as `xtask NAME: FAILED: …` and failure.
+pub fn finish(name: &str, r: Result<()>) -> ExitCode {
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask {name}: FAILED: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
