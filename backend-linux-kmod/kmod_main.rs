@@ -108,7 +108,7 @@ impl Drop for NotifierKmod {
         }
         // SAFETY: every forwarder handle is dropped (put) above.
         unsafe { nk_exit() };
-        notifier_core::synchronize::<platform::Kernel>();
+        let _ = notifier_core::synchronize::<platform::Kernel>();
         smoke::finish_after_exit();
     }
 }

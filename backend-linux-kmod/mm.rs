@@ -203,7 +203,10 @@ pub(crate) unsafe extern "C" fn nk_rust_mm_free(m: *mut NkMmHead) {
 #[no_mangle]
 pub(crate) unsafe extern "C" fn nk_rust_release(m: *mut NkMmHead) {
     // SAFETY: caller's contract.
-    unsafe { MmState::from_head(m) }.space.release();
+    if let Err(e) = unsafe { MmState::from_head(m) }.space.release() {
+        // Linux calls release from exit_mmap, never from inside a callback: report it.
+        forward_error("release", e);
+    }
 }
 
 /// `invalidate_range_start`: 0, or `-EAGAIN` when a non-blockable start is refused.

@@ -198,7 +198,11 @@ impl KernelMm {
     /// hook. When it returns, no callback for this address space runs or will run (the
     /// last detach also unregisters the dispatcher, which waits for every call of it).
     pub fn detach(&'static self) {
-        self.space.release();
+        // Refused only from inside a callback or while this task holds an
+        // invalidation, which the kernel's teardown never does: nothing to release then.
+        if self.space.release().is_err() {
+            return;
+        }
         let me = self as *const KernelMm as *mut KernelMm;
         let Some(slot) = TABLE.iter().find(|a| a.mm.load(Ordering::SeqCst) == me) else {
             return;

@@ -554,7 +554,9 @@ impl Machine {
     /// A machine with `frames` physical frames and `swap` swap slots.
     pub(crate) fn new(frames: usize, swap: usize) -> Self {
         let dead = AddressSpace::new();
-        dead.release();
+        // A fresh address space: teardown cannot be refused (no callback, no
+        // invalidation held by this thread).
+        let _ = dead.release();
         Machine {
             mms: (0..MM_CHUNKS).map(|_| OnceLock::new()).collect(),
             next_mm: AtomicUsize::new(0),
@@ -1359,7 +1361,11 @@ impl Machine {
         {
             return;
         }
-        m.asp.release();
+        if m.asp.release().is_err() {
+            // Refused: the caller runs inside a callback or holds an invalidation.
+            bump(&self.stats.reentrant_calls, 1);
+            return;
+        }
         self.emit(SimEvent::Released { mm });
         let Some(_mmap) = m.mmap.lock() else {
             bump(&self.stats.reentrant_calls, 1);

@@ -21,11 +21,19 @@ pub enum Error {
     NotRegistered,
     /// The handle belongs to another address space (C-16).
     WrongAddressSpace,
-    /// `unregister`, `remove`, `register`, `insert` or `get` was called from inside one of
-    /// this address space's callbacks on the same thread. Those calls wait for the
-    /// callbacks in flight, the caller's own included, so they would never return; the
-    /// core refuses instead (C-16).
+    /// `unregister`, `remove`, `register`, `insert`, `get`, teardown, `synchronize` or an
+    /// export barrier was called from inside a notifier callback (of any address space)
+    /// on the same task, or `read_begin` from inside a callback while its interval is
+    /// being invalidated. Those calls wait for callbacks or invalidations in flight, the
+    /// caller's own included, so they would never return; the core refuses instead
+    /// (C-16).
     InCallback,
+    /// The calling task holds an [`Invalidation`](crate::Invalidation) it has not ended,
+    /// and the call would wait for the invalidations in flight, its own included
+    /// (`register`, the first `insert`, `get`, teardown, `read_begin` of an interval that
+    /// invalidation is changing); the core refuses instead of hanging (C-16). A leaked
+    /// invalidation (`mem::forget`) stays held by its task.
+    InvalidationHeld,
     /// A non-blockable invalidation was refused by a subscriber (C-08). The core has
     /// already unwound it: the primary MMU must leave its page tables untouched and must
     /// not call `end`.
@@ -53,6 +61,7 @@ impl fmt::Display for Error {
             Error::NotRegistered => "subscriber not registered",
             Error::WrongAddressSpace => "subscriber registered on another address space",
             Error::InCallback => "called from inside a notifier callback",
+            Error::InvalidationHeld => "the calling task holds an invalidation it has not ended",
             Error::WouldBlock => "non-blockable invalidation refused by a subscriber",
             Error::EmptyRange => "empty range",
             Error::InvertedRange => "range start after its end",

@@ -37,8 +37,9 @@ use intrusive_collections::linked_list::AtomicLink;
 use intrusive_collections::{intrusive_adapter, UnsafeRef};
 
 use crate::primitive::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+use crate::srcu::SleepableRcu;
 use crate::subscriptions::{Inner, Subscriptions};
-use crate::{AddressSpace, Bug, Error, Event, Platform, Range, WouldBlock};
+use crate::{task, AddressSpace, Bug, Error, Event, Platform, Range, WouldBlock};
 
 /// The callbacks of an interval subscriber (Linux: `struct mmu_interval_notifier_ops`).
 pub trait IntervalOps<P: Platform>: Sync {
@@ -140,20 +141,32 @@ impl<P: Platform> Interval<P> {
         self.last.load(Ordering::Relaxed)
     }
 
-    fn subscriptions(&self) -> Option<&Subscriptions<P>> {
-        let p = self.owner.load(Ordering::Acquire).map_addr(|a| a & !BUSY);
-        // SAFETY: an inserted interval holds a reference on its subscriptions.
-        unsafe { p.as_ref() }
-    }
-
     /// Begin a read of the primary page tables for this interval (Linux:
     /// `mmu_interval_read_begin`): returns the sequence to check with
     /// [`read_retry`](Self::read_retry), after waiting while an invalidation that
     /// touched this interval is still in flight (C-12). May sleep.
     ///
-    /// Errors: [`Error::NotRegistered`] if the interval is not inserted.
+    /// Errors: [`Error::NotRegistered`] if the interval is not inserted;
+    /// [`Error::InCallback`] or [`Error::InvalidationHeld`] if it would have to wait
+    /// while the caller is inside a callback or holds an invalidation, which may be the
+    /// very one it would wait for (C-16).
     pub fn read_begin(&self) -> Result<u64, Error> {
-        let subs = self.subscriptions().ok_or(Error::NotRegistered)?;
+        // `remove` on another thread may drop the last reference on the subscriptions
+        // (the address space may be gone already) while we look at them: take our own,
+        // inside a read-side section, which keeps the memory valid until then (C-22).
+        let pinned = {
+            let _rcu = P::rcu().read_lock();
+            let p = self.owner.load(Ordering::Acquire).map_addr(|a| a & !BUSY);
+            // SAFETY: the subscriptions are freed a grace period after their last
+            // reference went, and we are inside a read-side section.
+            match NonNull::new(p) {
+                // SAFETY: as above.
+                Some(s) if unsafe { s.as_ref() }.try_get_ref() => SubsRef(s),
+                _ => return Err(Error::NotRegistered),
+            }
+        };
+        // SAFETY: `pinned` holds a reference until the end of this function.
+        let subs = unsafe { pinned.0.as_ref() };
         let (seq, invalidating) = {
             let _inner = subs.lock.lock();
             // Pairs with the store in `set_seq`.
@@ -163,6 +176,9 @@ impl<P: Platform> Interval<P> {
         // `set_seq` is always given an odd `cur_seq` and the idle sequence is even, so
         // this sleep ends once the invalidation in flight is over, even if `seq` wraps.
         if invalidating {
+            // C-16: from inside a callback (its own `invalidate`, say) or while this
+            // task holds an invalidation, the one in flight may be the caller's own.
+            task::may_wait::<P>()?;
             P::might_sleep();
             subs.wq
                 .wait_until::<P>(|| subs.invalidate_seq.load(Ordering::Acquire) != seq);
@@ -196,7 +212,7 @@ impl<P: Platform> Interval<P> {
 
     /// Whether the interval is inserted in an address space.
     pub fn is_inserted(&self) -> bool {
-        self.subscriptions().is_some()
+        self.owner.load(Ordering::Acquire).addr() & !BUSY != 0
     }
 
     // ---- the tree: a treap keyed by (start, address), augmented with max `last` ----
@@ -374,6 +390,17 @@ impl<P: Platform> Interval<P> {
     }
 }
 
+/// A counted reference on subscriptions, dropped at the end of a scope.
+struct SubsRef<P: Platform>(NonNull<Subscriptions<P>>);
+
+impl<P: Platform> Drop for SubsRef<P> {
+    fn drop(&mut self) {
+        // SAFETY: the reference taken by `try_get_ref`, dropped once, through the
+        // pointer loaded from `owner`.
+        unsafe { Subscriptions::put_ref(self.0) };
+    }
+}
+
 /// Whether the tree has an interval meeting `[first, last]`. Lock held.
 fn tree_overlaps<P: Platform>(inner: &Inner<P>, first: usize, last: usize) -> bool {
     let mut found = false;
@@ -413,7 +440,7 @@ pub(crate) fn itree_invalidate<P: Platform>(
         let inner = subs.lock.lock();
         inner.itree
     };
-    let _mark = subs.enter_callbacks();
+    let _mark = task::CallbackMark::<P>::new();
     let mut failed: Option<*const Interval<P>> = None;
     let mut two_pass = false;
     let mut first_pass = |n: NonNull<Interval<P>>| {
@@ -647,9 +674,10 @@ impl<T: IntervalOps<P>, P: Platform> IntervalSubscriber<T, P> {
                 Ordering::Acquire,
             )
             .map_err(|_| Error::AlreadyRegistered)?;
-        let subs = match mm.subscriptions_or_create() {
-            Ok(s) if s.in_callback() => Err(Error::InCallback),
-            r => r,
+        let subs = if task::in_callback::<P>() {
+            Err(Error::InCallback)
+        } else {
+            mm.subscriptions_or_create()
         };
         let subs = match subs {
             Ok(s) => s,
@@ -658,7 +686,15 @@ impl<T: IntervalOps<P>, P: Platform> IntervalSubscriber<T, P> {
                 return Err(e);
             }
         };
-        let first;
+        // Until the tree is armed, an insertion waits for invalidations that skipped it;
+        // one this task holds would be waited for by itself (C-16).
+        let must_wait = !subs.itree_armed.load(Ordering::Acquire);
+        if must_wait {
+            if let Err(e) = task::may_wait::<P>() {
+                iv.owner.store(ptr::null_mut(), Ordering::Release);
+                return Err(e);
+            }
+        }
         {
             let mut inner = subs.lock.lock();
             if inner.dead {
@@ -674,7 +710,6 @@ impl<T: IntervalOps<P>, P: Platform> IntervalSubscriber<T, P> {
             iv.start.store(start, Ordering::Relaxed);
             iv.last.store(end - 1, Ordering::Relaxed);
             subs.intervals.fetch_add(1, Ordering::Relaxed);
-            first = !subs.has_itree.load(Ordering::Relaxed);
             subs.has_itree.store(true, Ordering::Relaxed);
             let p = self.raw();
             let seq = subs.invalidate_seq.load(Ordering::Relaxed);
@@ -706,14 +741,18 @@ impl<T: IntervalOps<P>, P: Platform> IntervalSubscriber<T, P> {
                 iv.in_tree.store(true, Ordering::Relaxed);
             }
         }
-        // The first insertion on this address space: an invalidation that started
-        // before `has_itree` was set skipped the tree without counting itself in
-        // `active_invalidate_ranges`, so nothing above saw it. Wait for it, so that no
-        // invalidation this interval missed is still changing page tables once we
-        // return (Linux gets the same from `mm_take_all_locks` in the registration the
-        // first insertion does). Later insertions never wait.
-        if first {
-            subs.inflight.synchronize::<P>();
+        // An invalidation that started before `has_itree` was set skipped the tree
+        // without counting itself in `active_invalidate_ranges`, so nothing above saw
+        // it. Wait for it, so that no invalidation this interval missed is still
+        // changing page tables once we return (Linux gets the same from
+        // `mm_take_all_locks` in the registration the first insertion does). Not only
+        // the insertion that set `has_itree` waits: one that comes just after it and
+        // finds the flag set must wait for the same invalidations (C-09). Once a grace
+        // period has passed since the flag was set, the tree is armed and insertions
+        // no longer wait.
+        if must_wait {
+            subs.synchronize_inflight();
+            subs.itree_armed.store(true, Ordering::Release);
         }
         let cur = iv.owner.load(Ordering::Acquire);
         iv.owner
@@ -744,17 +783,30 @@ impl<T: IntervalOps<P>, P: Platform> IntervalSubscriber<T, P> {
                 Err(now) => cur = now,
             }
         }
-        // SAFETY: an inserted interval holds a reference on its subscriptions.
-        let subs = unsafe { &*cur };
-        if subs.in_callback() {
+        let Some(subs) = NonNull::new(cur) else {
+            return Err(Error::NotRegistered);
+        };
+        if task::in_callback::<P>() {
             iv.owner.store(cur, Ordering::Release);
             return Err(Error::InCallback);
         }
-        self.remove_claimed(subs);
+        if let Err(e) = self.remove_claimed(subs, true) {
+            iv.owner.store(cur, Ordering::Release);
+            return Err(e);
+        }
         Ok(())
     }
 
-    fn remove_claimed(&self, subs: &Subscriptions<P>) {
+    /// With `refuse_self_wait`, refuses (changing nothing) when the removal would have
+    /// to wait while this task holds an invalidation, which may be the one it waits for.
+    fn remove_claimed(
+        &self,
+        subs_ptr: NonNull<Subscriptions<P>>,
+        refuse_self_wait: bool,
+    ) -> Result<(), Error> {
+        // SAFETY: the interval's reference keeps the subscriptions alive until
+        // `put_ref` below; `subs` is not used after it.
+        let subs = unsafe { subs_ptr.as_ref() };
         let iv = &self.interval;
         let p = self.raw();
         let mut wait_for = None;
@@ -769,6 +821,9 @@ impl<T: IntervalOps<P>, P: Platform> IntervalSubscriber<T, P> {
                     unsafe { inner.deferred.cursor_mut_from_ptr(p).remove() };
                     subs.intervals.fetch_sub(1, Ordering::Relaxed);
                 } else {
+                    if refuse_self_wait {
+                        task::may_wait::<P>()?;
+                    }
                     if !iv.deferred.is_linked() {
                         // SAFETY: pinned, valid until the deferred removal is applied,
                         // which we wait for below.
@@ -790,8 +845,10 @@ impl<T: IntervalOps<P>, P: Platform> IntervalSubscriber<T, P> {
                 .wait_until::<P>(|| subs.invalidate_seq.load(Ordering::Acquire) != seq);
         }
         iv.owner.store(ptr::null_mut(), Ordering::Release);
-        // SAFETY: the reference taken at insert, dropped once.
-        unsafe { Subscriptions::put_ref(NonNull::from(subs)) };
+        // SAFETY: the reference taken at insert, dropped once, through the pointer
+        // loaded from `owner`.
+        unsafe { Subscriptions::put_ref(subs_ptr) };
+        Ok(())
     }
 }
 
@@ -804,11 +861,17 @@ impl<T: IntervalOps<P>, P: Platform> Deref for IntervalSubscriber<T, P> {
 
 impl<T: IntervalOps<P>, P: Platform> Drop for IntervalSubscriber<T, P> {
     fn drop(&mut self) {
-        if let Some(subs) = self.interval.subscriptions() {
-            if subs.in_callback() {
+        let p = self
+            .interval
+            .owner
+            .load(Ordering::Acquire)
+            .map_addr(|a| a & !BUSY);
+        if let Some(subs) = NonNull::new(p) {
+            if task::busy::<P>() {
                 P::report_bug(Bug::DropInCallback);
             }
-            self.remove_claimed(subs);
+            // The memory goes after this: wait even if that may never end.
+            let _ = self.remove_claimed(subs, false);
         }
     }
 }

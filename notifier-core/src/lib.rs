@@ -120,6 +120,7 @@ pub mod srcu;
 mod subscriber;
 mod subscriptions;
 pub mod sync;
+pub mod task;
 mod young;
 
 #[cfg(all(feature = "std", not(loom)))]

@@ -12,6 +12,7 @@ use core::ptr::NonNull;
 
 use crate::primitive::{fence, AtomicU32, Ordering};
 use crate::srcu::SleepableRcu;
+use crate::task::TaskState;
 use crate::Bug;
 
 /// A lock for short writer-side critical sections that never sleep inside (Linux:
@@ -66,6 +67,27 @@ pub trait Platform: Sized + Send + Sync + 'static {
 
     /// A non-zero id of the running thread or task, unique among live ones.
     fn current_task() -> usize;
+
+    /// Run `f` on the running task's [`TaskState`]: the core's record of whether the
+    /// task is inside a callback or holds an invalidation, which lets it refuse calls
+    /// that would wait for the caller itself (C-16). Only the task itself ever touches
+    /// its state.
+    ///
+    /// The default keeps states in [`TaskTable`](crate::task::TaskTable), a fixed table
+    /// of [`TASK_TABLE_ENTRIES`](crate::task::TASK_TABLE_ENTRIES) keyed by
+    /// [`current_task`](Self::current_task) and shared by every platform of the image
+    /// that uses the default; a platform with per-task storage (a thread-local, a field
+    /// of its task structure) should keep one `TaskState` per task there instead: it is
+    /// faster and has no capacity limit.
+    #[cfg(not(loom))]
+    #[inline]
+    fn with_task_state<R>(f: impl FnOnce(&TaskState) -> R) -> R {
+        crate::task::DEFAULT_TABLE.with(Self::current_task(), f)
+    }
+
+    /// Run `f` on the running task's [`TaskState`] (see the non-loom docs).
+    #[cfg(loom)]
+    fn with_task_state<R>(f: impl FnOnce(&TaskState) -> R) -> R;
 
     /// Sleep while `word` holds `expected`. May return spuriously.
     fn wait(word: &AtomicU32, expected: u32);

@@ -16,6 +16,17 @@ cfg_if::cfg_if! {
     }
 }
 
+/// Orders a sequentially consistent read-modify-write before a later sequentially
+/// consistent load of another location, as the C++20 memory model already does for
+/// two `SeqCst` operations (they are both in the single total order). loom does not
+/// model `SeqCst` accesses, only `SeqCst` fences, so under loom this is that fence;
+/// elsewhere it is nothing.
+#[inline]
+pub(crate) fn seqcst_rmw_then_load() {
+    #[cfg(loom)]
+    fence(Ordering::SeqCst);
+}
+
 /// Spin-loop hint; under loom a yield so that the model checker can schedule the thread
 /// the spinner waits for.
 #[inline]

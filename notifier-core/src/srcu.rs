@@ -160,10 +160,21 @@ pub struct Readers {
     gp: SleepMutex,
 }
 
+/// What [`Readers::poll`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Poll {
+    /// Every section entered before the cookie has exited.
+    Done,
+    /// Some such section is still inside.
+    NotYet,
+    /// Another thread holds the grace-period mutex.
+    Busy,
+}
+
 /// Token of a read-side section entered with [`Readers::enter`]; pass it to
 /// [`Readers::exit`]. Unlike an RCU guard it may be sent to another thread (an
 /// invalidation can end elsewhere).
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy)]
 #[must_use]
 pub(crate) struct ReadToken(usize);
 
@@ -203,7 +214,10 @@ impl Readers {
         // C: order the section's reads before the increment.
         P::reader_barrier();
         let slot = &self.slots[P::slot() % SLOTS];
-        slot.unlock[token.0].fetch_add(1, Ordering::Release);
+        // SeqCst (on x86 the same locked add as Release): a load the exiting reader
+        // makes afterwards is ordered after it, which the zombie sweep's handshake
+        // relies on (`Subscriptions::sweep_zombies`).
+        slot.unlock[token.0].fetch_add(1, Ordering::SeqCst);
     }
 
     fn idle<P: Platform>(&self, idx: usize) -> bool {
@@ -233,6 +247,48 @@ impl Readers {
                 P::relax();
             }
         }
+    }
+
+    /// A cookie for [`poll`](Self::poll): once `poll(cookie)` is true, every section
+    /// entered before this call has exited.
+    pub(crate) fn cookie<P: Platform>(&self) -> usize {
+        // A': the caller's updates before the counters are read by any later check.
+        P::writer_barrier();
+        self.completed.load(Ordering::Acquire).wrapping_add(2)
+    }
+
+    /// A non-blocking step of a grace period (never sleeps, never spins): flips the
+    /// index when the inactive one is idle, at most twice. True once two flips have
+    /// happened since `cookie` was taken: each flip waits for the readers of the index
+    /// it reuses, so after two every reader that entered before the cookie has left
+    /// (Linux: `poll_state_synchronize_srcu`). False when another thread holds the
+    /// grace-period mutex: that thread makes the progress.
+    pub(crate) fn poll<P: Platform>(&self, cookie: usize) -> Poll {
+        for _ in 0..2 {
+            if (self.completed.load(Ordering::Acquire).wrapping_sub(cookie) as isize) >= 0 {
+                return Poll::Done;
+            }
+            let Some(_gp) = self.gp.try_lock::<P>() else {
+                return Poll::Busy;
+            };
+            P::writer_barrier();
+            let c = self.completed.load(Ordering::Relaxed);
+            if !self.idle::<P>((c & 1) ^ 1) {
+                return Poll::NotYet;
+            }
+            self.completed.store(c.wrapping_add(1), Ordering::Release);
+            P::writer_barrier();
+        }
+        if (self.completed.load(Ordering::Acquire).wrapping_sub(cookie) as isize) >= 0 {
+            Poll::Done
+        } else {
+            Poll::NotYet
+        }
+    }
+
+    /// Whether nobody holds the grace-period mutex right now.
+    pub(crate) fn gp_free(&self) -> bool {
+        self.gp.is_free()
     }
 
     /// Wait until every section entered before this call has exited. May sleep.

@@ -30,6 +30,7 @@ static OTHER_BUGS: AtomicUsize = AtomicUsize::new(0);
 std::thread_local! {
     static TASK: usize = NEXT_TASK.fetch_add(1, Ordering::Relaxed);
     static NON_BLOCK: Cell<usize> = const { Cell::new(0) };
+    static TASK_STATE: crate::task::TaskState = const { crate::task::TaskState::new() };
 }
 
 const BUCKETS: usize = 64;
@@ -118,6 +119,12 @@ impl Platform for StdPlatform {
     #[inline]
     fn current_task() -> usize {
         TASK.with(|t| *t)
+    }
+
+    /// A thread-local: no table, no limit on threads.
+    #[inline]
+    fn with_task_state<R>(f: impl FnOnce(&crate::task::TaskState) -> R) -> R {
+        TASK_STATE.with(f)
     }
 
     fn wait(word: &AtomicU32, expected: u32) {

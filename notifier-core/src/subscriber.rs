@@ -10,7 +10,8 @@ use core::ptr::{self, NonNull};
 
 use crate::primitive::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 use crate::srcu::{RcuHead, SleepableRcu};
-use crate::subscriptions::{gen_after, Subscriptions};
+use crate::subscriptions::Subscriptions;
+use crate::task;
 use crate::{AddressSpace, Error, Platform, Range, WouldBlock};
 
 /// The callbacks of a secondary MMU (Linux: `struct mmu_notifier_ops`). Every method
@@ -21,7 +22,15 @@ use crate::{AddressSpace, Error, Platform, Range, WouldBlock};
 /// run in a region where sleeping is a bug ([`Platform::non_block_start`]).
 pub trait SubscriberOps: Sync {
     /// The address space is torn down, or the subscriber unregisters, whichever comes
-    /// first: called exactly once (C-04). Drop every translation; no callback follows.
+    /// first: called exactly once (C-04). Drop every translation.
+    ///
+    /// Which callbacks can still come: `release` runs while the subscriber is still
+    /// visible, so that it never holds translations without being told of changes
+    /// (C-03). Invalidations, secondary-TLB flushes and ageing calls that begin before
+    /// `unregister` (or teardown) hides the subscriber, right after `release` returns,
+    /// still call it, concurrently with `release` or after it; every such start gets
+    /// its end. None begins once the subscriber is hidden, and none runs any more once
+    /// `unregister` (or teardown) has returned.
     fn release(&self) {}
 
     /// Entries of `range` are about to change: zap secondary translations of it and
@@ -69,10 +78,30 @@ pub(crate) struct VTable<P: Platform> {
     free: Option<unsafe fn(NonNull<Node<P>>)>,
 }
 
-/// Tag bits of [`Node::owner`].
+/// Tag bits of [`Node::owner`] (the subscriptions are aligned to a cache line).
 const RELEASED: usize = 1;
 const BUSY: usize = 2;
-const FLAGS: usize = RELEASED | BUSY;
+/// The last `put` hid the node while invalidations were in flight: it stays linked
+/// until they have ended (so that they deliver their `end`), then a sweep unlinks it.
+pub(crate) const ZOMBIE: usize = 4;
+const FLAGS: usize = RELEASED | BUSY | ZOMBIE;
+
+/// [`Node::state`]: two bits of kind, 62 bits of generation. Generations are 62-bit and
+/// only grow, so they never wrap in practice (2^62 registrations), and they are
+/// compared only while a node is being registered or unregistered: a registered node
+/// is `LIVE`, visible to every invalidation whatever its generation (C-01, C-22).
+const KIND_SHIFT: u32 = 62;
+const GEN_MASK: u64 = (1 << KIND_SHIFT) - 1;
+const UNLINKED: u64 = 0;
+/// Linked at generation `g`, waiting for the invalidations that started before `g`:
+/// visible to invalidations that started at `g` or later.
+const REGISTERING: u64 = 1 << KIND_SHIFT;
+/// Visible to every invalidation.
+const LIVE: u64 = 2 << KIND_SHIFT;
+/// Hidden at generation `g` (unregister, last put, teardown): visible only to
+/// invalidations that started before `g`, which still deliver their ends.
+const HIDDEN: u64 = 3 << KIND_SHIFT;
+const KIND_MASK: u64 = 3 << KIND_SHIFT;
 
 /// The part of a subscriber the core owns: 32 bytes on 64-bit targets.
 ///
@@ -80,17 +109,21 @@ const FLAGS: usize = RELEASED | BUSY;
 ///
 /// - `owner` is null while unregistered; otherwise it points to the [`Subscriptions`]
 ///   the node holds a reference on, tagged with `RELEASED` once `release` has been
-///   claimed (it is never called twice) and `BUSY` while a registration or
-///   unregistration of this node is in progress.
-/// - `gens` holds the registration generation in its high half and the unregistration
-///   generation in its low half; both are equal while the node is live. Written under
-///   the subscriptions lock before the generation counter is published.
+///   claimed (it is never called twice), `BUSY` while a registration or unregistration
+///   of this node is in progress, and `ZOMBIE` while a hidden shared node waits to be
+///   swept.
+/// - `state` is `UNLINKED` while the node is not on a list, else `REGISTERING(g)`,
+///   `LIVE` or `HIDDEN(g)`; it changes only under the subscriptions lock, except
+///   `REGISTERING -> LIVE`, a compare-and-swap by the registering thread.
 /// - `next` is written under the subscriptions lock; readers follow it under RCU.
+/// - A node that an invalidation started stays on the list until that invalidation has
+///   ended: unregister, teardown and the zombie sweep unlink only after a grace period
+///   of `Subscriptions::inflight` that began after the node was hidden.
 #[repr(C)]
 pub(crate) struct Node<P: Platform> {
     pub(crate) next: AtomicPtr<Node<P>>,
     vtable: &'static VTable<P>,
-    gens: AtomicU64,
+    state: AtomicU64,
     owner: AtomicPtr<Subscriptions<P>>,
 }
 
@@ -99,33 +132,84 @@ impl<P: Platform> Node<P> {
         Node {
             next: AtomicPtr::new(ptr::null_mut()),
             vtable,
-            gens: AtomicU64::new(0),
+            state: AtomicU64::new(UNLINKED),
             owner: AtomicPtr::new(ptr::null_mut()),
         }
     }
 
-    pub(crate) fn reg_gen(&self) -> u32 {
-        (self.gens.load(Ordering::Relaxed) >> 32) as u32
-    }
-
-    /// Whether an invalidation that started at generation `g` calls this node: it was
-    /// registered at or before `g`, not unregistered at or before `g`, not released.
+    /// Whether an invalidation that started at generation `g` calls this node. The
+    /// answer is the same at its start and at its end (C-02): it depends only on `g`
+    /// and on transitions that wait for that invalidation before they matter.
     #[inline]
-    pub(crate) fn visible(&self, g: u32) -> bool {
-        let gens = self.gens.load(Ordering::Relaxed);
-        let reg = (gens >> 32) as u32;
-        let unreg = gens as u32;
-        !gen_after(reg, g)
-            && (unreg == reg || gen_after(unreg, g))
-            && self.owner.load(Ordering::Relaxed).addr() & RELEASED == 0
+    pub(crate) fn visible(&self, g: u64) -> bool {
+        let st = self.state.load(Ordering::Relaxed);
+        let gen = st & GEN_MASK;
+        match st & KIND_MASK {
+            LIVE => true,
+            REGISTERING => g >= gen,
+            HIDDEN => g < gen,
+            _ => false,
+        }
     }
 
-    /// Whether the node is registered, not unregistering and not released.
+    /// Whether ageing and `invalidate_secondary_tlbs` call the node: linked and not
+    /// hidden. Also while and after `release` runs, until unregister or teardown hides
+    /// it: a subscriber is told of every change until it has dropped its translations
+    /// (C-03), and may be told a little longer (documented on `release`).
     #[inline]
     pub(crate) fn live(&self) -> bool {
-        let gens = self.gens.load(Ordering::Relaxed);
-        (gens >> 32) as u32 == gens as u32
-            && self.owner.load(Ordering::Relaxed).addr() & RELEASED == 0
+        let kind = self.state.load(Ordering::Relaxed) & KIND_MASK;
+        kind == LIVE || kind == REGISTERING
+    }
+
+    /// Hide the node from invalidations that start from now on. Lock held.
+    pub(crate) fn hide_locked(&self, subs: &Subscriptions<P>) -> bool {
+        let st = self.state.load(Ordering::Relaxed);
+        let kind = st & KIND_MASK;
+        if kind != LIVE && kind != REGISTERING {
+            return false;
+        }
+        let gen = subs.next_gen();
+        self.state.store(HIDDEN | gen, Ordering::Relaxed);
+        subs.publish_gen(gen);
+        true
+    }
+
+    /// A node being registered becomes `LIVE`. Only after a grace period of in-flight
+    /// invalidations that began after its generation was published: the registering
+    /// thread's own, or teardown's.
+    pub(crate) fn settle_registering(&self) {
+        let st = self.state.load(Ordering::Relaxed);
+        if st & KIND_MASK == REGISTERING {
+            let _ = self
+                .state
+                .compare_exchange(st, LIVE, Ordering::Relaxed, Ordering::Relaxed);
+        }
+    }
+
+    /// The node is off the list (teardown unlinks every node at once). Lock held.
+    pub(crate) fn mark_unlinked(&self) {
+        self.state.store(UNLINKED, Ordering::Relaxed);
+    }
+
+    /// Clear the `ZOMBIE` tag; whether it was set. Lock held.
+    pub(crate) fn clear_zombie(&self) -> bool {
+        let cur = self.owner.load(Ordering::Relaxed);
+        if cur.addr() & ZOMBIE == 0 {
+            return false;
+        }
+        self.clear_flags(ZOMBIE);
+        true
+    }
+
+    /// The generation at which the node was hidden, if it is.
+    pub(crate) fn hidden_at(&self) -> Option<u64> {
+        let st = self.state.load(Ordering::Relaxed);
+        (st & KIND_MASK == HIDDEN).then_some(st & GEN_MASK)
+    }
+
+    pub(crate) fn owner_flags(&self) -> usize {
+        self.owner.load(Ordering::Relaxed).addr() & FLAGS
     }
 
     /// Claim the one call of `release` (C-04). True for exactly one caller.
@@ -199,49 +283,62 @@ impl<P: Platform> Node<P> {
     fn register_on(this: NodeRef<'_, P>, mm: &AddressSpace<P>) -> Result<(), Error> {
         let me = this.as_ptr();
         let this = &*this;
+        let fail = |e| {
+            this.owner.store(ptr::null_mut(), Ordering::Release);
+            Err(e)
+        };
+        // C-16: registration waits for invalidations in flight; from inside a callback
+        // or while holding an invalidation that wait could be for the caller itself.
+        if let Err(e) = task::may_wait::<P>() {
+            return fail(e);
+        }
         let subs = match mm.subscriptions_or_create() {
             Ok(s) => s,
-            Err(e) => {
-                this.owner.store(ptr::null_mut(), Ordering::Release);
-                return Err(e);
-            }
+            Err(e) => return fail(e),
         };
-        if subs.in_callback() {
-            this.owner.store(ptr::null_mut(), Ordering::Release);
-            return Err(Error::InCallback);
-        }
-        {
+        let gen = {
             let inner = subs.lock.lock();
             if inner.dead {
                 drop(inner);
-                this.owner.store(ptr::null_mut(), Ordering::Release);
-                return Err(Error::Dead);
+                return fail(Error::Dead);
             }
             subs.get_ref();
             this.owner.store(
                 (subs as *const Subscriptions<P> as *mut Subscriptions<P>).map_addr(|a| a | BUSY),
                 Ordering::Release,
             );
-            let gen = subs.gen.load(Ordering::Relaxed).wrapping_add(1);
-            this.gens
-                .store((u64::from(gen) << 32) | u64::from(gen), Ordering::Relaxed);
+            let gen = subs.next_gen();
+            this.state.store(REGISTERING | gen, Ordering::Relaxed);
             this.next
                 .store(subs.head.load(Ordering::Relaxed), Ordering::Relaxed);
             subs.head.store(me, Ordering::Release);
-            // INVARIANT: the generation is published after the node it names is linked,
-            // so an invalidation that reads it finds the node.
-            subs.gen.store(gen, Ordering::Release);
-        }
+            // INVARIANT: the generation is published after the node it names is linked:
+            // an invalidation that reads it finds the node; one that reads an older
+            // one skips the node at its start and at its end.
+            subs.publish_gen(gen);
+            gen
+        };
         // C-02: invalidations that started before the node became visible skip it; wait
         // until they have ended, so that a translation it establishes from now on is
         // never one such an invalidation is about to remove.
-        subs.inflight.synchronize::<P>();
+        subs.synchronize_inflight();
+        // Every invalidation still in flight started at `gen` or later: the node is
+        // visible to all of them, as it is to every later one. Teardown may have hidden
+        // it meanwhile; then it stays hidden.
+        let _ = this.state.compare_exchange(
+            REGISTERING | gen,
+            LIVE,
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+        // (`settle_registering` without the lock is fine for this one CAS: it fails if
+        // teardown settled or hid the node meanwhile.)
         this.clear_flags(BUSY);
         Ok(())
     }
 
     /// Claim the node for unregistration; returns its subscriptions.
-    fn claim_for_unregister(&self) -> Result<&Subscriptions<P>, Error> {
+    fn claim_for_unregister(&self) -> Result<NonNull<Subscriptions<P>>, Error> {
         let mut cur = self.owner.load(Ordering::Acquire);
         loop {
             if cur.addr() & !FLAGS == 0 || cur.addr() & BUSY != 0 {
@@ -257,18 +354,16 @@ impl<P: Platform> Node<P> {
                 Err(now) => cur = now,
             }
         }
-        let subs = cur.map_addr(|a| a & !FLAGS);
-        // SAFETY: the node holds a reference on its subscriptions (invariant).
-        let subs = unsafe { &*subs };
-        if subs.in_callback() {
+        if let Err(e) = task::may_wait::<P>() {
             self.clear_flags(BUSY);
-            return Err(Error::InCallback);
+            return Err(e);
         }
-        Ok(subs)
+        // Non-null: checked above. The node holds a reference on it (invariant).
+        NonNull::new(cur.map_addr(|a| a & !FLAGS)).ok_or(Error::NotRegistered)
     }
 
     /// Unlink `self` from the list if it is there. Caller holds the lock.
-    fn unlink_locked(&self, subs: &Subscriptions<P>) -> bool {
+    pub(crate) fn unlink_locked(&self, subs: &Subscriptions<P>) -> bool {
         let me = self as *const Node<P> as *mut Node<P>;
         let mut link = &subs.head;
         loop {
@@ -280,6 +375,7 @@ impl<P: Platform> Node<P> {
                 // Readers already past `link` keep following `self.next`, which stays
                 // intact until the grace period the caller waits for.
                 link.store(self.next.load(Ordering::Relaxed), Ordering::Release);
+                self.state.store(UNLINKED, Ordering::Relaxed);
                 return true;
             }
             // SAFETY: linked nodes stay valid while linked; we hold the lock.
@@ -287,47 +383,35 @@ impl<P: Platform> Node<P> {
         }
     }
 
-    fn is_linked_locked(&self, subs: &Subscriptions<P>) -> bool {
-        let me = self as *const Node<P> as *mut Node<P>;
-        let mut cur = subs.head.load(Ordering::Relaxed);
-        while !cur.is_null() {
-            if cur == me {
-                return true;
-            }
-            // SAFETY: linked nodes stay valid while linked; we hold the lock.
-            cur = unsafe { (*cur).next.load(Ordering::Relaxed) };
-        }
-        false
-    }
-
     /// The unregistration barrier (C-03) after a successful claim.
-    fn unregister_claimed(this: NodeRef<'_, P>, subs: &Subscriptions<P>) {
+    fn unregister_claimed(this: NodeRef<'_, P>, subs_ptr: NonNull<Subscriptions<P>>) {
         P::might_sleep();
-        // 1. New invalidations stop calling the node.
-        let marked = {
-            let _inner = subs.lock.lock();
-            if this.is_linked_locked(subs) {
-                let gen = subs.gen.load(Ordering::Relaxed).wrapping_add(1);
-                let reg = this.gens.load(Ordering::Relaxed) & !0xffff_ffff;
-                this.gens.store(reg | u64::from(gen), Ordering::Relaxed);
-                subs.gen.store(gen, Ordering::Release);
-                true
-            } else {
-                false
-            }
-        };
-        // 2. Invalidations that did call its start deliver their end first (C-02).
-        if marked {
-            subs.inflight.synchronize::<P>();
-        }
-        // 3. Release exactly once, unless teardown already did (C-04). Inside a read
-        //    section, so that a concurrent teardown waits for it to return.
+        // SAFETY: the node's reference keeps the subscriptions alive until `put_ref`
+        // below; `subs` is not used after it.
+        let subs = unsafe { subs_ptr.as_ref() };
+        // 1. Release first, while the node is still visible to every invalidation,
+        //    secondary-TLB flush and ageing call (C-03): until `release` has dropped
+        //    the subscriber's translations, it must keep hearing about changes. Exactly
+        //    once, unless teardown already did (C-04); inside a read section, so that a
+        //    concurrent teardown waits for it to return.
         {
             let _rcu = P::rcu().read_lock();
             if this.claim_release() {
-                let _mark = subs.enter_callbacks();
+                let _mark = task::CallbackMark::<P>::new();
                 this.call_release();
             }
+        }
+        // 2. New invalidations stop calling the node (teardown may have hidden it
+        //    already).
+        let linked = {
+            let _inner = subs.lock.lock();
+            this.hide_locked(subs);
+            this.state.load(Ordering::Relaxed) != UNLINKED
+        };
+        // 3. Invalidations that did call its start deliver their end first (C-02),
+        //    whoever hid it.
+        if linked {
+            subs.synchronize_inflight();
         }
         // 4. Unlink, 5. wait until no callback runs any more (C-03).
         {
@@ -336,8 +420,9 @@ impl<P: Platform> Node<P> {
         }
         P::rcu().synchronize();
         this.owner.store(ptr::null_mut(), Ordering::Release);
-        // SAFETY: the reference taken at registration, dropped once.
-        unsafe { Subscriptions::put_ref(NonNull::from(subs)) };
+        // SAFETY: the reference taken at registration, dropped once, through the
+        // pointer loaded from `owner`.
+        unsafe { Subscriptions::put_ref(subs_ptr) };
     }
 }
 
@@ -436,6 +521,19 @@ impl<'a, P: Platform> NodeRef<'a, P> {
     pub(crate) fn call_test_young(&self, addr: usize) -> bool {
         // SAFETY: see above.
         unsafe { (self.vtable.test_young)(self.ptr, addr) }
+    }
+
+    /// Queue the deferred free of a shared subscriber whose last user is gone.
+    ///
+    /// # Safety
+    ///
+    /// The node is unlinked and is a shared subscriber's; its free is queued once.
+    pub(crate) unsafe fn queue_free(&self) {
+        if let Some(free) = self.vtable.free {
+            // SAFETY: the vtable's `free` belongs to this node's type; the pointer has
+            // the provenance of the whole shared subscriber (type invariant).
+            unsafe { free(self.ptr) };
+        }
     }
 }
 
@@ -602,13 +700,11 @@ impl<T: SubscriberOps, P: Platform> Deref for Subscriber<T, P> {
 impl<T: SubscriberOps, P: Platform> Drop for Subscriber<T, P> {
     fn drop(&mut self) {
         // `&mut self`: no concurrent register/unregister of this node is possible.
-        let subs = self.node.subscriptions_ptr();
-        // SAFETY: a registered node holds a reference on its subscriptions.
-        if let Some(subs) = unsafe { subs.as_ref() } {
-            // Dropping from inside one of the address space's callbacks would wait for
-            // that callback forever; it is reported and waited for anyway, because the
-            // memory must not go while callbacks may reach it.
-            if subs.in_callback() {
+        if let Some(subs) = NonNull::new(self.node.subscriptions_ptr()) {
+            // Dropping from inside a callback (or while holding an invalidation) would
+            // wait for that callback forever; it is reported and waited for anyway,
+            // because the memory must not go while callbacks may reach it.
+            if task::busy::<P>() {
                 P::report_bug(crate::Bug::DropInCallback);
             }
             self.node.set_flags(BUSY);
@@ -623,7 +719,15 @@ impl<T: SubscriberOps, P: Platform> Drop for Subscriber<T, P> {
 /// Implemented by the callback type; `alloc` creates one when
 /// [`AddressSpace::get`] finds none, `free` destroys it after the last
 /// [`SharedRef`] is put and a grace period has passed.
-pub trait SharedOps<P: Platform>: SubscriberOps + Sized + 'static {
+///
+/// # Safety
+///
+/// The core trusts `alloc`'s pointer: an implementation must return either `None` or a
+/// pointer to a valid, pinned, unregistered [`Shared<Self, P>`] (made with
+/// [`Shared::new`]) that nobody else uses and that stays valid until the core passes
+/// it to [`free`](Self::free); `free` must accept exactly such pointers. A safe trait
+/// could not promise this, which is why the trait is `unsafe` (C-22).
+pub unsafe trait SharedOps<P: Platform>: SubscriberOps + Sized + 'static {
     /// Create the shared subscriber for `mm` (it is registered by the core).
     fn alloc(mm: &AddressSpace<P>) -> Option<NonNull<Shared<Self, P>>>;
 
@@ -736,6 +840,10 @@ impl<T: SharedOps<P>, P: Platform> Drop for SharedRef<T, P> {
         let shared = unsafe { self.ptr.as_ref() };
         let node = &shared.sub.node;
         let subs = node.subscriptions_ptr();
+        // Once our user is given back, another thread may sweep, free the node and drop
+        // its reference on the subscriptions: this read-side section keeps both valid
+        // until we are done (their frees wait for a grace period).
+        let _rcu = P::rcu().read_lock();
         // SAFETY: a registered node holds a reference on its subscriptions.
         let Some(subs) = (unsafe { subs.as_ref() }) else {
             return;
@@ -745,20 +853,26 @@ impl<T: SharedOps<P>, P: Platform> Drop for SharedRef<T, P> {
             if shared.users.fetch_sub(1, Ordering::Relaxed) != 1 {
                 return;
             }
-            // Last user: stop new invalidations from calling it and unlink it. No
-            // `release` (Linux's put does not call it either), no waiting: the memory
-            // goes after a grace period.
-            let gen = subs.gen.load(Ordering::Relaxed).wrapping_add(1);
-            let reg = node.gens.load(Ordering::Relaxed) & !0xffff_ffff;
-            node.gens.store(reg | u64::from(gen), Ordering::Relaxed);
-            subs.gen.store(gen, Ordering::Release);
-            node.unlink_locked(subs);
+            // Last user: no `release` (Linux's put does not call it either), no
+            // waiting. New invalidations stop calling it; those in flight that started
+            // it must still reach it for their end (C-02), so it stays linked as a
+            // zombie until they have ended, and its memory goes a grace period after
+            // it is unlinked.
+            if node.state.load(Ordering::Relaxed) != UNLINKED {
+                node.hide_locked(subs);
+                node.set_flags(ZOMBIE);
+                subs.add_zombie_locked();
+            } else {
+                // Teardown unlinked it already (after its in-flight invalidations).
+                drop(_inner);
+                // SAFETY: the node is unlinked and its free is queued only here.
+                unsafe { NodeRef::<P>::new(self.ptr.cast()).queue_free() };
+                return;
+            }
         }
-        if let Some(free) = node.vtable.free {
-            // SAFETY: the vtable's `free` belongs to this node's type; the pointer has
-            // the provenance of the whole shared subscriber.
-            unsafe { free(self.ptr.cast()) };
-        }
+        // Unlinks it now if no invalidation is in flight, else the end of the last
+        // one does.
+        subs.sweep_zombies();
     }
 }
 
@@ -770,10 +884,8 @@ impl<P: Platform> AddressSpace<P> {
     /// returns `None`. May sleep.
     pub fn get<T: SharedOps<P>>(&self) -> Result<SharedRef<T, P>, Error> {
         P::might_sleep();
+        task::may_wait::<P>()?;
         let subs = self.subscriptions_or_create()?;
-        if subs.in_callback() {
-            return Err(Error::InCallback);
-        }
         let _get = subs.get_lock.lock::<P>();
         {
             let inner = subs.lock.lock();
@@ -827,7 +939,20 @@ impl<P: Platform> AddressSpace<P> {
 /// Wait until every deferred free queued so far (by the last `put` of shared
 /// subscribers) has run, so that a module may unload (Linux:
 /// `mmu_notifier_synchronize`) (C-05). May sleep.
-pub fn synchronize<P: Platform>() {
+///
+/// Errors: [`Error::InCallback`] from inside a notifier callback and
+/// [`Error::InvalidationHeld`] while the calling task holds an invalidation: the wait
+/// would include the caller itself (C-16).
+pub fn synchronize<P: Platform>() -> Result<(), Error> {
     P::might_sleep();
-    P::rcu().barrier();
+    task::may_wait::<P>()?;
+    // Shared subscribers whose last `put` came while invalidations were in flight are
+    // unlinked (and their frees queued) once those have ended.
+    loop {
+        P::rcu().barrier();
+        if crate::subscriptions::ZOMBIES.is_zero() {
+            return Ok(());
+        }
+        P::relax();
+    }
 }

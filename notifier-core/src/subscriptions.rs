@@ -12,16 +12,13 @@ use core::ptr::{self, NonNull};
 use intrusive_collections::LinkedList;
 
 use crate::interval::{DeferredAdapter, Interval};
-use crate::primitive::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use crate::primitive::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 use crate::range::validate_bounds;
-use crate::srcu::{ReadToken, Readers, SleepableRcu};
-use crate::subscriber::{Node, NodeRef};
+use crate::srcu::{Poll, RcuHead, ReadToken, Readers, SleepableRcu};
+use crate::subscriber::{Node, NodeRef, ZOMBIE};
 use crate::sync::{SleepMutex, SpinLock, WaitQueue};
+use crate::task;
 use crate::{Bug, Error, Event, Platform, Range};
-
-/// How many tasks may be recorded as "inside a callback" per address space at once;
-/// beyond that, the [`Error::InCallback`] check is not made for the extra tasks.
-const CALLERS: usize = if cfg!(loom) { 4 } else { 16 };
 
 /// Tag bit of [`AddressSpace`]'s pointer: the address space has been torn down.
 const TORN_DOWN: usize = 1;
@@ -49,15 +46,18 @@ pub(crate) struct Inner<P: Platform> {
 ///
 /// - `head` is an RCU list: nodes are linked at the head and unlinked under `lock`, and
 ///   freed (or reused) only after a grace period of `P::rcu()` (unregister, put).
-///   Because nodes are only ever linked at the head, registration generations decrease
-///   along the list.
-/// - `gen` is written under `lock` after the node it names is linked.
+///   Nodes are only ever linked at the head, so the list is ordered from the newest
+///   registration to the oldest.
+/// - `gen` only grows (62 bits: it never wraps), and changes only under `lock`, after
+///   the node state that names it is written and the node linked (`publish_gen`).
+/// - `zombies` counts the nodes on the list tagged `ZOMBIE`; it and `zombie_cookie`
+///   change only under `lock`.
 /// - The interval tree changes only under `lock`, and only while `invalidate_seq` is
 ///   even or no invalidation walks it; walkers walk it only while `invalidate_seq` is
 ///   odd and they are counted in `active_invalidate_ranges`.
 pub(crate) struct Subscriptions<P: Platform> {
     pub(crate) head: AtomicPtr<Node<P>>,
-    pub(crate) gen: AtomicU32,
+    pub(crate) gen: AtomicU64,
     /// Invalidations in flight between `start` and `end` (C-02): `start` enters,
     /// `end` exits; registration waits for a grace period of them.
     pub(crate) inflight: Readers,
@@ -70,11 +70,26 @@ pub(crate) struct Subscriptions<P: Platform> {
     /// from then on every invalidation counts itself in `active_invalidate_ranges`,
     /// so later insertions can see it under the lock instead of waiting for it.
     pub(crate) has_itree: AtomicBool,
+    /// Set once a grace period of `inflight` has passed since `has_itree` was set:
+    /// from then on no invalidation that skipped the tree is still in flight. Until
+    /// then every insertion waits for one (C-09: two first insertions racing).
+    pub(crate) itree_armed: AtomicBool,
+    /// Shared subscribers hidden by their last `put` while invalidations were in
+    /// flight, still linked so that those invalidations deliver their ends (C-02).
+    pub(crate) zombies: AtomicUsize,
+    /// `inflight` cookie after which every zombie may be unlinked.
+    zombie_cookie: AtomicUsize,
+    /// A sweep found the grace-period mutex taken: the holder looks again.
+    sweep_again: AtomicBool,
+    /// Set when the first teardown has finished (a second one waits for it, C-04).
+    pub(crate) torn_down: AtomicBool,
     pub(crate) wq: WaitQueue,
     /// Serialises `get` so that one kind has one shared subscriber.
     pub(crate) get_lock: SleepMutex,
-    callers: [AtomicUsize; CALLERS],
     refs: AtomicUsize,
+    /// Queues the free of the object after its last reference: a thread that loaded
+    /// an interval's pointer to it inside a read-side section may still look at it.
+    rcu: RcuHead,
     _p: PhantomData<P>,
 }
 
@@ -82,7 +97,7 @@ impl<P: Platform> Subscriptions<P> {
     fn new() -> Self {
         Subscriptions {
             head: AtomicPtr::new(ptr::null_mut()),
-            gen: AtomicU32::new(0),
+            gen: AtomicU64::new(0),
             inflight: Readers::new(),
             lock: SpinLock::new(Inner {
                 itree: ptr::null(),
@@ -94,10 +109,15 @@ impl<P: Platform> Subscriptions<P> {
             invalidate_seq: AtomicU64::new(2),
             intervals: AtomicUsize::new(0),
             has_itree: AtomicBool::new(false),
+            itree_armed: AtomicBool::new(false),
+            zombies: AtomicUsize::new(0),
+            zombie_cookie: AtomicUsize::new(0),
+            sweep_again: AtomicBool::new(false),
+            torn_down: AtomicBool::new(false),
             wq: WaitQueue::new(),
             get_lock: SleepMutex::new(),
-            callers: core::array::from_fn(|_| AtomicUsize::new(0)),
             refs: AtomicUsize::new(1),
+            rcu: RcuHead::new(),
             _p: PhantomData,
         }
     }
@@ -106,44 +126,189 @@ impl<P: Platform> Subscriptions<P> {
         self.refs.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Drop one reference; the last frees the object.
+    /// Take a reference unless the count already reached zero (the object is then
+    /// queued for freeing). The caller is inside a read-side section of `P::rcu()`,
+    /// which keeps the memory valid for the attempt.
+    pub(crate) fn try_get_ref(&self) -> bool {
+        let mut cur = self.refs.load(Ordering::Relaxed);
+        loop {
+            if cur == 0 {
+                return false;
+            }
+            match self.refs.compare_exchange_weak(
+                cur,
+                cur + 1,
+                Ordering::Acquire,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return true,
+                Err(now) => cur = now,
+            }
+        }
+    }
+
+    /// Drop one reference; the last queues the free of the object after a grace period
+    /// of `P::rcu()`.
     ///
     /// # Safety
     ///
-    /// The caller owns one reference and does not use `this` afterwards.
+    /// The caller owns one reference and does not use `this` afterwards. `this` carries
+    /// the provenance of the allocation (a pointer loaded from an owner field or the
+    /// address space, never one made from a shared reference), since the memory is
+    /// freed through it.
     pub(crate) unsafe fn put_ref(this: NonNull<Self>) {
-        // SAFETY: the caller's reference keeps the object alive until here.
-        let s = unsafe { this.as_ref() };
-        if s.refs.fetch_sub(1, Ordering::Release) == 1 {
+        // SAFETY: the caller's reference keeps the object alive until here; only the
+        // `refs` field is borrowed.
+        let refs = unsafe { &(*this.as_ptr()).refs };
+        if refs.fetch_sub(1, Ordering::Release) == 1 {
             crate::primitive::fence(Ordering::Acquire);
-            // SAFETY: that was the last reference: nobody else can reach the object; it
-            // was allocated by `P::alloc` with this layout in `subscriptions_or_create`.
+            // SAFETY: that was the last reference; the head is queued once, here.
+            let head = unsafe { NonNull::new_unchecked(ptr::addr_of_mut!((*this.as_ptr()).rcu)) };
+            // Under loom the free is immediate: a callback still queued when a model's
+            // execution ends would outlive the execution's objects. The deferral
+            // (which only `read_begin` needs) is checked by Miri instead
+            // (`tests/hardening.rs`, c22_read_begin_racing_remove_after_the_space_is_gone).
+            #[cfg(loom)]
+            // SAFETY: as above; nobody else holds a reference.
             unsafe {
-                ptr::drop_in_place(this.as_ptr());
-                P::dealloc(this.cast(), Layout::new::<Self>());
+                Self::free_rcu(head)
+            };
+            #[cfg(not(loom))]
+            // SAFETY: as above.
+            unsafe {
+                P::rcu().call(head, Self::free_rcu)
+            };
+        }
+    }
+
+    unsafe extern "C" fn free_rcu(head: NonNull<RcuHead>) {
+        let off = core::mem::offset_of!(Self, rcu);
+        // SAFETY: `head` is the `rcu` field of a `Subscriptions<P>` queued by `put_ref`,
+        // with the provenance of the whole allocation.
+        let this = unsafe { head.byte_sub(off).cast::<Self>() };
+        // SAFETY: a grace period has passed since the last reference went: nobody can
+        // reach the object; it was allocated by `P::alloc` with this layout in
+        // `subscriptions_or_create`.
+        unsafe {
+            ptr::drop_in_place(this.as_ptr());
+            P::dealloc(this.cast(), Layout::new::<Self>());
+        }
+    }
+
+    /// The next generation; the caller writes the node state (and links the node)
+    /// that names it, then publishes it with [`publish_gen`](Self::publish_gen). Lock
+    /// held.
+    pub(crate) fn next_gen(&self) -> u64 {
+        self.gen.load(Ordering::Relaxed) + 1
+    }
+
+    /// Publish generation `g` from [`next_gen`](Self::next_gen), after the node state
+    /// that names it: an invalidation that reads `g` (acquire) also sees that state and
+    /// the node's link, so it decides the same at its start and at its end. Lock held.
+    pub(crate) fn publish_gen(&self, g: u64) {
+        self.gen.store(g, Ordering::Release);
+    }
+
+    /// Make `node` (hidden under the lock, which the caller holds) a zombie: it stays
+    /// linked until the invalidations in flight now have ended.
+    pub(crate) fn add_zombie_locked(&self) {
+        ZOMBIES.add();
+        let cookie = self.inflight.cookie::<P>();
+        self.zombie_cookie.store(cookie, Ordering::Relaxed);
+        // SeqCst: the store half of the handshake with an ending invalidation (see
+        // `sweep_zombies`); the poll that follows begins with a full barrier.
+        self.zombies
+            .store(self.zombies.load(Ordering::Relaxed) + 1, Ordering::SeqCst);
+    }
+
+    /// Unlink the zombies once the invalidations that may have started them have
+    /// ended; never waits. Called after every invalidation's end while zombies exist,
+    /// and by the last `put` itself.
+    ///
+    /// Why no zombie is left behind: `put` counts the zombie, then checks the
+    /// in-flight counters (behind a full barrier); an invalidation's end increments
+    /// its counter (a sequentially consistent add), then reads `zombies`. Either the
+    /// put sees the exit, or the exit sees the zombie and sweeps. A sweep that finds
+    /// the grace-period mutex taken asks its holder to look again (`sweep_again`).
+    pub(crate) fn sweep_zombies(&self) {
+        loop {
+            if self.zombies.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            let cookie = self.zombie_cookie.load(Ordering::Relaxed);
+            match self.inflight.poll::<P>(cookie) {
+                Poll::Done => {
+                    let _inner = self.lock.lock();
+                    // Zombies made after the cookie was read carry a later cookie.
+                    if self.zombie_cookie.load(Ordering::Relaxed) == cookie {
+                        self.unlink_zombies_locked();
+                    }
+                }
+                // Another sweep (or a grace period) holds the mutex: ask it to look
+                // again, unless it has let go meanwhile (store, then load; the holder
+                // unlocks, then loads `sweep_again`: one of us sees the other).
+                Poll::Busy => {
+                    self.sweep_again.store(true, Ordering::SeqCst);
+                    crate::primitive::seqcst_rmw_then_load();
+                    if !self.inflight.gp_free() {
+                        return;
+                    }
+                }
+                // An invalidation that may have started a zombie is still in flight:
+                // its end sweeps, unless someone asked us to look again.
+                Poll::NotYet => {
+                    crate::primitive::seqcst_rmw_then_load();
+                    if !self.sweep_again.swap(false, Ordering::SeqCst) {
+                        return;
+                    }
+                }
             }
         }
     }
 
-    /// Record that the current task runs callbacks of this address space.
-    pub(crate) fn enter_callbacks(&self) -> CallerMark<'_> {
-        let me = P::current_task();
-        let start = me.wrapping_mul(0x9E37_79B9) % CALLERS;
-        for i in 0..CALLERS {
-            let s = &self.callers[(start + i) % CALLERS];
-            if s.compare_exchange(0, me, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-            {
-                return CallerMark(Some(s));
-            }
+    /// Unlink the zombies after a full grace period of `inflight` that began after
+    /// generation `upto` was read: invalidations that could see them have ended.
+    pub(crate) fn sweep_zombies_after_gp(&self, upto: u64) {
+        if self.zombies.load(Ordering::Relaxed) == 0 {
+            return;
         }
-        CallerMark(None)
+        let _inner = self.lock.lock();
+        self.unlink_zombies_locked_upto(upto);
     }
 
-    /// Whether the current task is inside one of this address space's callbacks.
-    pub(crate) fn in_callback(&self) -> bool {
-        let me = P::current_task();
-        self.callers.iter().any(|s| s.load(Ordering::Relaxed) == me)
+    fn unlink_zombies_locked(&self) {
+        self.unlink_zombies_locked_upto(u64::MAX);
+    }
+
+    fn unlink_zombies_locked_upto(&self, upto: u64) {
+        let mut cur = self.head.load(Ordering::Relaxed);
+        while let Some(p) = NonNull::new(cur) {
+            // SAFETY: linked nodes are valid while we hold the lock; a zombie is freed
+            // only after it is unlinked here and a grace period of `P::rcu()` passed.
+            let n = unsafe { NodeRef::new(p) };
+            cur = n.next.load(Ordering::Relaxed);
+            if n.owner_flags() & ZOMBIE != 0 && n.hidden_at().is_some_and(|h| h <= upto) {
+                n.unlink_locked(self);
+                n.clear_zombie();
+                self.zombies
+                    .store(self.zombies.load(Ordering::Relaxed) - 1, Ordering::Relaxed);
+                // SAFETY: unlinked; readers still on it are covered by the grace period
+                // the free waits for.
+                unsafe { n.queue_free() };
+                ZOMBIES.sub();
+            }
+        }
+    }
+
+    /// Wait for a grace period of the invalidations in flight, then unlink the zombies
+    /// it covers.
+    pub(crate) fn synchronize_inflight(&self) {
+        let upto = self.gen.load(Ordering::Acquire);
+        self.inflight.synchronize::<P>();
+        self.sweep_zombies_after_gp(upto);
+        // Zombies made during the grace period: a sweep that found its mutex taken
+        // left them to us.
+        self.sweep_zombies();
     }
 
     /// Walk the RCU list, calling `f` on every node. The caller holds a read-side
@@ -165,10 +330,10 @@ impl<P: Platform> Subscriptions<P> {
     }
 
     /// The list part of `start`: call every node visible at generation `g`.
-    fn hlist_start(&self, range: &Range, g: u32) -> Result<(), Error> {
+    fn hlist_start(&self, range: &Range, g: u64) -> Result<(), Error> {
         let rcu = P::rcu().read_lock();
-        let _mark = self.enter_callbacks();
-        let mut failed: Option<u32> = None;
+        let _mark = task::CallbackMark::<P>::new();
+        let mut failed: Option<*mut Node<P>> = None;
         self.for_each_node(|n| {
             if !n.visible(g) {
                 return true;
@@ -182,21 +347,22 @@ impl<P: Platform> Subscriptions<P> {
                     true
                 }
                 Err(_) => {
-                    failed = Some(n.reg_gen());
+                    failed = Some(n.as_ptr());
                     false
                 }
             }
         });
-        let Some(failed_gen) = failed else {
+        let Some(failed) = failed else {
             drop(rcu);
             return Ok(());
         };
         // C-08 unwinding: every node whose start succeeded gets its end. Those are the
-        // visible nodes before the refusing one; the list is ordered by decreasing
-        // registration generation (invariant), so they are exactly the visible nodes
-        // registered after it, even if some were unlinked meanwhile.
+        // visible nodes before the refusing one. Walking again from the head finds
+        // exactly them: nodes linked since are newer than `g` and invisible, and no
+        // node this invalidation started (nor the refusing one) is unlinked while it
+        // is in flight (`Node` invariant).
         self.for_each_node(|n| {
-            if !gen_after(n.reg_gen(), failed_gen) {
+            if n.as_ptr() == failed {
                 return false;
             }
             if n.visible(g) {
@@ -208,9 +374,9 @@ impl<P: Platform> Subscriptions<P> {
         Err(Error::WouldBlock)
     }
 
-    fn hlist_end(&self, range: &Range, g: u32) {
+    fn hlist_end(&self, range: &Range, g: u64) {
         let _rcu = P::rcu().read_lock();
-        let _mark = self.enter_callbacks();
+        let _mark = task::CallbackMark::<P>::new();
         self.for_each_node(|n| {
             if n.visible(g) {
                 n.call_end(range);
@@ -220,20 +386,27 @@ impl<P: Platform> Subscriptions<P> {
     }
 }
 
-/// `a` registered after `b` (wrapping generations; windows are tiny).
-#[inline]
-pub(crate) fn gen_after(a: u32, b: u32) -> bool {
-    (a.wrapping_sub(b) as i32) > 0
-}
+/// Zombies of every address space (of every platform in the image): `synchronize`
+/// waits until they are unlinked and their frees queued (C-05).
+pub(crate) static ZOMBIES: ZombieCount = ZombieCount(core::sync::atomic::AtomicUsize::new(0));
 
-/// Clears the "inside a callback" record on drop.
-pub(crate) struct CallerMark<'a>(Option<&'a AtomicUsize>);
+/// The global zombie count. Under loom it counts nothing: a static outside loom's
+/// model would carry state from one execution into the next (loom replays each
+/// schedule and needs every execution to start alike); the models end their
+/// invalidations before `synchronize`.
+pub(crate) struct ZombieCount(core::sync::atomic::AtomicUsize);
 
-impl Drop for CallerMark<'_> {
-    fn drop(&mut self) {
-        if let Some(s) = self.0 {
-            s.store(0, Ordering::Relaxed);
-        }
+impl ZombieCount {
+    pub(crate) fn add(&self) {
+        #[cfg(not(loom))]
+        self.0.fetch_add(1, core::sync::atomic::Ordering::SeqCst);
+    }
+    pub(crate) fn sub(&self) {
+        #[cfg(not(loom))]
+        self.0.fetch_sub(1, core::sync::atomic::Ordering::SeqCst);
+    }
+    pub(crate) fn is_zero(&self) -> bool {
+        cfg!(loom) || self.0.load(core::sync::atomic::Ordering::SeqCst) == 0
     }
 }
 
@@ -392,7 +565,11 @@ impl<P: Platform> AddressSpace<P> {
     pub fn invalidate_range_start(&self, range: Range) -> Result<Invalidation<'_, P>, Error> {
         validate_bounds::<P>(range.start, range.end)?;
         match self.subscriptions() {
-            None => Ok(Invalidation { range, inner: None }),
+            None => Ok(Invalidation {
+                range,
+                inner: None,
+                _not_send: PhantomData,
+            }),
             Some(s) => self.start_slow(s, range),
         }
     }
@@ -407,36 +584,39 @@ impl<P: Platform> AddressSpace<P> {
             P::might_sleep();
         }
         // Counted in flight before anything is read, so that a registration either sees
-        // this invalidation (and waits for its end) or is seen by it (C-02).
-        let token = s.inflight.enter::<P>();
+        // this invalidation (and waits for its end) or is seen by it (C-02). Until the
+        // start has succeeded, `guard` undoes the count if a callback panics.
+        let mut guard = InFlight {
+            subs: s,
+            itree: false,
+            token: s.inflight.enter::<P>(),
+            armed: true,
+        };
         let g = s.gen.load(Ordering::Acquire);
-        let mut itree = false;
         // Read after `enter` (its barrier pairs with the first insertion's grace
         // period): either this invalidation sees the tree, or the insertion waits for it.
         if s.has_itree.load(Ordering::Relaxed) {
-            itree = true;
+            guard.itree = true;
             if let Err(e) = crate::interval::itree_invalidate(s, &range) {
-                s.inflight.exit::<P>(token);
+                // Refused: `itree_invalidate` has ended its part already.
+                guard.itree = false;
                 return Err(e);
             }
         }
         if !s.head.load(Ordering::Relaxed).is_null() {
-            if let Err(e) = s.hlist_start(&range, g) {
-                if itree {
-                    crate::interval::itree_inv_end(s);
-                }
-                s.inflight.exit::<P>(token);
-                return Err(e);
-            }
+            s.hlist_start(&range, g)?;
         }
+        task::hold::<P>();
+        guard.armed = false;
         Ok(Invalidation {
             range,
             inner: Some(Started {
                 subs: s,
                 gen: g,
-                itree,
-                token,
+                itree: guard.itree,
+                token: guard.token,
             }),
+            _not_send: PhantomData,
         })
     }
 
@@ -465,7 +645,7 @@ impl<P: Platform> AddressSpace<P> {
             return Ok(());
         }
         let _rcu = P::rcu().read_lock();
-        let _mark = s.enter_callbacks();
+        let _mark = task::CallbackMark::<P>::new();
         P::non_block_start();
         s.for_each_node(|n| {
             if n.live() {
@@ -480,7 +660,13 @@ impl<P: Platform> AddressSpace<P> {
 
 impl<P: Platform> Drop for AddressSpace<P> {
     fn drop(&mut self) {
-        self.release();
+        // Refused only from inside a callback or while this task holds an invalidation
+        // (of another address space: one of this one borrows it). Teardown would wait
+        // for itself; the subscribers then stay registered, holding the subscriptions
+        // alive, until they unregister (and get `release` then).
+        if self.release().is_err() {
+            P::report_bug(crate::Bug::DropInCallback);
+        }
         let p = self
             .subs
             .load(Ordering::Acquire)
@@ -494,9 +680,34 @@ impl<P: Platform> Drop for AddressSpace<P> {
 
 pub(crate) struct Started<'a, P: Platform> {
     subs: &'a Subscriptions<P>,
-    gen: u32,
+    gen: u64,
     itree: bool,
     token: ReadToken,
+}
+
+/// An invalidation counted in flight whose start has not completed: if a callback
+/// panics, unwinding ends what was begun, so that registrations, `read_begin` and
+/// deferred interval changes never wait for it forever (C-16).
+struct InFlight<'a, P: Platform> {
+    subs: &'a Subscriptions<P>,
+    itree: bool,
+    token: ReadToken,
+    /// Cleared when the start succeeded and `Started` owns the count.
+    armed: bool,
+}
+
+impl<P: Platform> Drop for InFlight<'_, P> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        if self.itree {
+            crate::interval::itree_inv_end(self.subs);
+        }
+        self.subs.inflight.exit::<P>(self.token);
+        crate::primitive::seqcst_rmw_then_load();
+        self.subs.sweep_zombies();
+    }
 }
 
 /// An invalidation between its start and its end (returned by
@@ -506,10 +717,30 @@ pub(crate) struct Started<'a, P: Platform> {
 /// registrations wait. End it with [`end`](Self::end) once the page-table entries are
 /// changed and the TLB is flushed; pages may be freed after that (C-10). Dropping it
 /// ends it as well.
+///
+/// It is neither `Send` nor `Sync`, on purpose: the task that changes the page tables
+/// starts and ends the invalidation (as Linux brackets a change within one task), and
+/// the core counts it as held by that task, so that the task cannot call something
+/// that would wait for it (registration, teardown: [`Error::InvalidationHeld`]). A
+/// backend that parks it between two hooks of its kernel ends it from the task that
+/// started it.
+///
+/// Leaking it (`mem::forget`) is safe but leaves the range in flight for ever: the
+/// leaking task gets [`Error::InvalidationHeld`] from calls that would wait for it, and
+/// other tasks wait for it as for any invalidation still changing page tables.
+///
+/// ```compile_fail
+/// use notifier_core::std_platform::StdPlatform;
+/// use notifier_core::{AddressSpace, Event, Range};
+/// let mm = AddressSpace::<StdPlatform>::new();
+/// let inv = mm.invalidate_range_start(Range::new(0, 4096, Event::Unmap)).unwrap();
+/// std::thread::scope(|s| { s.spawn(move || inv.end()); }); // not Send
+/// ```
 #[must_use = "an invalidation must be ended after the page tables are changed"]
 pub struct Invalidation<'a, P: Platform> {
     range: Range,
     inner: Option<Started<'a, P>>,
+    _not_send: PhantomData<*mut ()>,
 }
 
 impl<P: Platform> Invalidation<'_, P> {
@@ -542,12 +773,17 @@ impl<P: Platform> Invalidation<'_, P> {
             P::might_sleep();
         }
         let s = st.subs;
+        // Ends the in-flight count and the tree's part even if an `end` callback
+        // panics.
+        let _guard = InFlight {
+            subs: s,
+            itree: st.itree,
+            token: st.token,
+            armed: true,
+        };
+        task::unhold::<P>();
         if !s.head.load(Ordering::Relaxed).is_null() {
             s.hlist_end(range, st.gen);
         }
-        if st.itree {
-            crate::interval::itree_inv_end(s);
-        }
-        s.inflight.exit::<P>(st.token);
     }
 }

@@ -108,6 +108,17 @@ impl SleepMutex {
         }
     }
 
+    /// Take the mutex if it is free; never waits.
+    pub(crate) fn try_lock<P: Platform>(&self) -> Option<SleepGuard<'_, P>> {
+        self.state
+            .compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed)
+            .ok()
+            .map(|_| SleepGuard {
+                m: self,
+                _p: PhantomData,
+            })
+    }
+
     pub(crate) fn lock<P: Platform>(&self) -> SleepGuard<'_, P> {
         if self
             .state
@@ -132,9 +143,17 @@ pub(crate) struct SleepGuard<'a, P: Platform> {
     _p: PhantomData<(P, *mut ())>,
 }
 
+impl SleepMutex {
+    /// Whether the mutex is free right now (sequentially consistent, paired with the
+    /// unlock: see `Subscriptions::sweep_zombies`).
+    pub(crate) fn is_free(&self) -> bool {
+        self.state.load(Ordering::SeqCst) == 0
+    }
+}
+
 impl<P: Platform> Drop for SleepGuard<'_, P> {
     fn drop(&mut self) {
-        if self.m.state.swap(0, Ordering::Release) == 2 {
+        if self.m.state.swap(0, Ordering::SeqCst) == 2 {
             P::wake_all(&self.m.state);
         }
     }

@@ -29,7 +29,7 @@ impl<P: Platform> AddressSpace<P> {
             return Ok(false);
         };
         let _rcu = crate::srcu::SleepableRcu::read_lock(P::rcu());
-        let _mark = s.enter_callbacks();
+        let _mark = crate::task::CallbackMark::<P>::new();
         P::non_block_start();
         let mut young = false;
         s.for_each_node(|n| {
@@ -54,7 +54,7 @@ impl<P: Platform> AddressSpace<P> {
             return Ok(false);
         };
         let _rcu = crate::srcu::SleepableRcu::read_lock(P::rcu());
-        let _mark = s.enter_callbacks();
+        let _mark = crate::task::CallbackMark::<P>::new();
         P::non_block_start();
         let mut young = false;
         s.for_each_node(|n| {

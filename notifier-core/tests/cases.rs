@@ -146,13 +146,13 @@ fn c01_register_twice_and_on_dead() {
     s.as_ref().register(&mm).unwrap();
     assert_eq!(s.as_ref().register(&mm), Err(Error::AlreadyRegistered));
     assert_eq!(s.as_ref().register(&mm2), Err(Error::AlreadyRegistered));
-    mm2.release();
+    mm2.release().unwrap();
     let t = pin!(Subscriber::<_, P>::new(Rec::default()));
     assert_eq!(t.as_ref().register(&mm2), Err(Error::Dead));
     assert!(!t.is_registered());
     // Dead without ever having had subscriptions too.
     let mm3 = AddressSpace::<P>::new();
-    mm3.release();
+    mm3.release().unwrap();
     assert_eq!(t.as_ref().register(&mm3), Err(Error::Dead));
     // The first registration is intact.
     unmap(&mm, 0, PG);
@@ -224,7 +224,10 @@ fn c02_no_half_pairs_under_churn() {
                 Ev::End(r) => {
                     assert_eq!(open.take(), Some(r), "end without its start");
                 }
-                Ev::Release => assert!(open.is_none(), "start without end before release"),
+                // `release` comes first in `unregister` (C-03: the subscriber keeps
+                // hearing about changes until it has dropped its translations), so an
+                // invalidation in flight may still end after it.
+                Ev::Release => {}
                 Ev::Tlbs(..) => {}
             }
         }
@@ -328,10 +331,10 @@ fn c04_release_once_at_teardown_not_again_at_unregister() {
     let mm = AddressSpace::<P>::new();
     let s = pin!(Subscriber::<_, P>::new(Rec::default()));
     s.as_ref().register(&mm).unwrap();
-    mm.release();
+    mm.release().unwrap();
     assert_eq!(s.releases(), 1);
     assert!(s.is_released());
-    mm.release(); // again: nothing
+    mm.release().unwrap(); // again: nothing
     unmap(&mm, 0, PG); // after release: no callback
     s.as_ref().unregister().unwrap();
     assert_eq!(s.log(), vec![Ev::Release]);
@@ -343,7 +346,7 @@ fn c04_release_once_from_unregister() {
     let s = pin!(Subscriber::<_, P>::new(Rec::default()));
     s.as_ref().register(&mm).unwrap();
     s.as_ref().unregister().unwrap();
-    mm.release();
+    mm.release().unwrap();
     assert_eq!(s.log(), vec![Ev::Release]);
 }
 
@@ -362,7 +365,7 @@ fn c04_release_racing_unregister_exactly_once() {
             let (mm, b) = (mm.clone(), b.clone());
             thread::spawn(move || {
                 b.wait();
-                mm.release();
+                mm.release().unwrap();
             })
         };
         b.wait();
@@ -403,7 +406,7 @@ fn c04_teardown_waits_for_release_from_unregister() {
     while !s.entered.load(Ordering::SeqCst) {
         thread::yield_now();
     }
-    mm.release();
+    mm.release().unwrap();
     assert!(
         s.done.load(Ordering::SeqCst),
         "teardown returned while release was running"
@@ -416,7 +419,7 @@ fn c04_interval_subscribers_get_release_event() {
     let mm = AddressSpace::<P>::new();
     let m = pin!(IntervalSubscriber::new(Mirror::default()));
     m.as_ref().insert(&mm, 16 * PG, 4 * PG).unwrap();
-    mm.release();
+    mm.release().unwrap();
     let seen = m.seen.lock().unwrap().clone();
     assert_eq!(seen.len(), 1);
     assert_eq!(seen[0].event, Event::Release);
@@ -438,7 +441,9 @@ impl SubscriberOps for Kvm {
         Ok(())
     }
 }
-impl SharedOps<P> for Kvm {
+// SAFETY: `alloc` returns a fresh, leaked `Box<Shared<..>>` or `None`; `free` takes
+// back exactly those boxes.
+unsafe impl SharedOps<P> for Kvm {
     fn alloc(_mm: &AddressSpace<P>) -> Option<NonNull<Shared<Self, P>>> {
         ALLOCS.fetch_add(1, Ordering::SeqCst);
         Some(NonNull::from(Box::leak(Box::new(Shared::new(
@@ -469,14 +474,14 @@ fn c05_get_put_synchronize() {
     a.put();
     // Deferred: the callbacks may still be reachable by readers; after synchronize the
     // free has run.
-    notifier_core::synchronize::<P>();
+    notifier_core::synchronize::<P>().unwrap();
     assert_eq!(FREES.load(Ordering::SeqCst) - f0, 1);
     // A new get creates a new one.
     let c: SharedRef<Kvm, P> = mm.get().unwrap();
     assert_eq!(ALLOCS.load(Ordering::SeqCst) - a0, 2);
     assert_eq!(c.starts.load(Ordering::Relaxed), 0);
     drop(c);
-    notifier_core::synchronize::<P>();
+    notifier_core::synchronize::<P>().unwrap();
     assert_eq!(FREES.load(Ordering::SeqCst) - f0, 2);
 }
 

@@ -56,7 +56,7 @@ fn builder(preemptions: usize) -> Builder {
     let mut b = Builder::new();
     b.preemption_bound = Some(preemptions);
     // The core's grace-period waits spin (with yields); give them room.
-    b.max_branches = 100_000;
+    b.max_branches = 1_000_000;
     b
 }
 
@@ -340,7 +340,7 @@ fn c04_release_races_unregister() {
         let t = {
             let (mm, sub) = (mm.clone(), sub.clone());
             thread::spawn(move || {
-                mm.release();
+                mm.release().unwrap();
                 // Pages are freed after teardown returns.
                 sub.pages.free();
             })
@@ -568,7 +568,8 @@ impl SubscriberOps for Kind {
     }
 }
 
-impl SharedOps<P> for Kind {
+// SAFETY: `alloc` returns a fresh, leaked box or `None`; `free` takes back exactly those.
+unsafe impl SharedOps<P> for Kind {
     fn alloc(_mm: &AddressSpace<P>) -> Option<NonNull<Shared<Self, P>>> {
         ALLOCS.fetch_add(1, Ordering::Relaxed);
         Some(NonNull::from(Box::leak(Box::new(Shared::new(Kind)))))
@@ -627,14 +628,17 @@ fn c05_get_put_synchronize() {
         );
         mine.put();
         a.join().unwrap();
-        notifier_core::synchronize::<P>();
+        // A last `put` while C's invalidation is in flight leaves the subscriber
+        // linked until that invalidation has ended (its end must reach it, C-02);
+        // `synchronize` waits for that too, so join C first to keep the model small.
+        c.join().unwrap();
+        notifier_core::synchronize::<P>().unwrap();
         assert_eq!(ALLOCS.load(Ordering::Relaxed), 1);
         assert_eq!(
             FREES.load(Ordering::Relaxed),
             1,
             "C-05: free not run exactly once"
         );
-        c.join().unwrap();
     });
 }
 

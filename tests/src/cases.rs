@@ -482,7 +482,9 @@ struct SharedKind<P: Platform>(core::marker::PhantomData<P>);
 
 impl<P: Platform> SubscriberOps for SharedKind<P> {}
 
-impl<P: Platform> SharedOps<P> for SharedKind<P> {
+// SAFETY: `alloc` hands out an unused slot of the static pool as a fresh
+// `Shared<..>`, or `None`; `free` gives back exactly such slots.
+unsafe impl<P: Platform> SharedOps<P> for SharedKind<P> {
     fn alloc(_mm: &AddressSpace<P>) -> Option<core::ptr::NonNull<Shared<Self, P>>> {
         if core::mem::size_of::<Shared<Self, P>>() > SHARED_BYTES
             || core::mem::align_of::<Shared<Self, P>>() > 64
@@ -533,7 +535,7 @@ fn c05_get_put<H: Harness, S: Notifiers<H>>(h: &H, _cfg: &Config) -> Outcome {
         "freed while a user remains"
     );
     b.put();
-    notifier_core::synchronize::<H::P>();
+    notifier_core::synchronize::<H::P>()?;
     ensure!(
         SHARED_FREES.load(Ordering::Relaxed) == frees + 1,
         "synchronize returned before the deferred free ran"
@@ -542,7 +544,7 @@ fn c05_get_put<H: Harness, S: Notifiers<H>>(h: &H, _cfg: &Config) -> Outcome {
     let c = sp.asp().get::<SharedKind<H::P>>()?;
     ensure!(c.users() == 1, "fresh get has {} users", c.users());
     c.put();
-    notifier_core::synchronize::<H::P>();
+    notifier_core::synchronize::<H::P>()?;
     ensure!(
         SHARED_FREES.load(Ordering::Relaxed) == frees + 2,
         "second free missing"

@@ -57,6 +57,7 @@ loom::lazy_static! {
 
 loom::thread_local! {
     static TASK: usize = NEXT_TASK.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    static TASK_STATE: notifier_core::task::TaskState = notifier_core::task::TaskState::new();
 }
 
 impl Platform for LoomPlatform {
@@ -75,6 +76,10 @@ impl Platform for LoomPlatform {
 
     fn current_task() -> usize {
         TASK.with(|t| *t)
+    }
+
+    fn with_task_state<R>(f: impl FnOnce(&notifier_core::task::TaskState) -> R) -> R {
+        TASK_STATE.with(f)
     }
 
     fn wait(_word: &AtomicU32, _expected: u32) {

@@ -1,0 +1,191 @@
+//! Per-task bookkeeping: what the running task is doing inside the core, so that a call
+//! that would wait for the caller itself gets a typed error instead of a hang (C-16).
+//!
+//! Two numbers per task:
+//!
+//! - **callbacks**: how many notifier callbacks (of any address space) the task is
+//!   running right now. `register`, `unregister`, `insert`, `remove`, `get`, teardown,
+//!   [`synchronize`](crate::synchronize) and the export barriers all wait for callbacks
+//!   in flight, the caller's own included; from inside a callback they are refused with
+//!   [`Error::InCallback`](crate::Error::InCallback).
+//! - **held**: how many [`Invalidation`](crate::Invalidation)s the task has started and
+//!   not ended. Registration and the first interval insertion wait for the invalidations
+//!   in flight; while the task holds one they are refused with
+//!   [`Error::InvalidationHeld`](crate::Error::InvalidationHeld). A leaked invalidation
+//!   (`mem::forget`) stays held: the task that leaked it keeps getting the error, and
+//!   other tasks wait for it as for any invalidation still changing page tables.
+//!
+//! Only the task itself writes its numbers, so they are plain loads and stores, never a
+//! locked read-modify-write or a cache line shared with other CPUs. Where they live is
+//! the platform's choice ([`Platform::with_task_state`](crate::Platform::with_task_state)):
+//! thread-local storage on hosted platforms, a field of the task structure in a kernel,
+//! or, by default, [`TaskTable`], a fixed table keyed by
+//! [`Platform::current_task`](crate::Platform::current_task).
+
+use core::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+
+use crate::{Error, Platform};
+
+/// What the core records about one task (see the [module docs](self)).
+///
+/// Every field is written only by the task it describes; atomics make a shared table
+/// of them well defined, relaxed loads and stores are all that is needed.
+#[derive(Debug, Default)]
+pub struct TaskState {
+    callbacks: AtomicU32,
+    held: AtomicU32,
+}
+
+impl TaskState {
+    /// A task doing nothing inside the core.
+    pub const fn new() -> Self {
+        TaskState {
+            callbacks: AtomicU32::new(0),
+            held: AtomicU32::new(0),
+        }
+    }
+
+    fn is_idle(&self) -> bool {
+        self.callbacks.load(Ordering::Relaxed) == 0 && self.held.load(Ordering::Relaxed) == 0
+    }
+
+    fn add(c: &AtomicU32, d: i32) {
+        c.store(
+            c.load(Ordering::Relaxed).saturating_add_signed(d),
+            Ordering::Relaxed,
+        );
+    }
+}
+
+/// Entries of the default [`TaskTable`].
+pub const TASK_TABLE_ENTRIES: usize = 1024;
+
+/// The default home of [`TaskState`]s for platforms without per-task storage: an
+/// open-addressing table keyed by task id. A task owns an entry only while it is inside
+/// a callback or holds an invalidation, so the table holds the tasks doing that *at
+/// once*; a task that finds it full is not tracked (its checks are not made), which
+/// the platform should make impossible by sizing or by overriding
+/// [`Platform::with_task_state`](crate::Platform::with_task_state).
+pub struct TaskTable<const N: usize> {
+    tasks: [AtomicUsize; N],
+    states: [TaskState; N],
+}
+
+impl<const N: usize> TaskTable<N> {
+    /// An empty table.
+    pub const fn new() -> Self {
+        TaskTable {
+            tasks: [const { AtomicUsize::new(0) }; N],
+            states: [const { TaskState::new() }; N],
+        }
+    }
+
+    /// Run `f` on the state of task `task` (non-zero). A task owns an entry only while
+    /// its state is not idle: a query from an idle task claims nothing.
+    pub fn with<R>(&self, task: usize, f: impl FnOnce(&TaskState) -> R) -> R {
+        let start = task.wrapping_mul(0x9E37_79B9) % N;
+        for i in 0..N {
+            let k = (start + i) % N;
+            if self.tasks[k].load(Ordering::Relaxed) == task {
+                return self.run(k, f);
+            }
+        }
+        // Not present: the task is idle. Run `f` on a fresh state and keep the result
+        // only if it is no longer idle.
+        let fresh = TaskState::new();
+        let r = f(&fresh);
+        if fresh.is_idle() {
+            return r;
+        }
+        for i in 0..N {
+            let k = (start + i) % N;
+            if self.tasks[k]
+                .compare_exchange(0, task, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+            {
+                let s = &self.states[k];
+                s.callbacks
+                    .store(fresh.callbacks.load(Ordering::Relaxed), Ordering::Relaxed);
+                s.held
+                    .store(fresh.held.load(Ordering::Relaxed), Ordering::Relaxed);
+                return r;
+            }
+        }
+        // Full: untracked (documented above).
+        r
+    }
+
+    fn run<R>(&self, k: usize, f: impl FnOnce(&TaskState) -> R) -> R {
+        let s = &self.states[k];
+        let r = f(s);
+        if s.is_idle() {
+            self.tasks[k].store(0, Ordering::Relaxed);
+        }
+        r
+    }
+}
+
+impl<const N: usize> Default for TaskTable<N> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The table behind the default [`Platform::with_task_state`](crate::Platform::with_task_state).
+#[cfg(not(loom))]
+pub(crate) static DEFAULT_TABLE: TaskTable<TASK_TABLE_ENTRIES> = TaskTable::new();
+
+/// Refuse a call that waits for callbacks or invalidations in flight when the caller
+/// itself is inside a callback or holds an invalidation (C-16).
+pub(crate) fn may_wait<P: Platform>() -> Result<(), Error> {
+    P::with_task_state(|s| {
+        if s.callbacks.load(Ordering::Relaxed) != 0 {
+            Err(Error::InCallback)
+        } else if s.held.load(Ordering::Relaxed) != 0 {
+            Err(Error::InvalidationHeld)
+        } else {
+            Ok(())
+        }
+    })
+}
+
+/// Whether the caller runs inside a callback (of any address space).
+pub(crate) fn in_callback<P: Platform>() -> bool {
+    P::with_task_state(|s| s.callbacks.load(Ordering::Relaxed) != 0)
+}
+
+/// Whether the caller is inside a callback or holds an invalidation.
+pub(crate) fn busy<P: Platform>() -> bool {
+    P::with_task_state(|s| !s.is_idle())
+}
+
+/// Marks the running task as inside callbacks until dropped (also when a callback
+/// panics and unwinds). `!Send`: it describes the task that made it.
+pub(crate) struct CallbackMark<P: Platform>(core::marker::PhantomData<(P, *mut ())>);
+
+impl<P: Platform> CallbackMark<P> {
+    #[inline]
+    pub(crate) fn new() -> Self {
+        P::with_task_state(|s| TaskState::add(&s.callbacks, 1));
+        CallbackMark(core::marker::PhantomData)
+    }
+}
+
+impl<P: Platform> Drop for CallbackMark<P> {
+    #[inline]
+    fn drop(&mut self) {
+        P::with_task_state(|s| TaskState::add(&s.callbacks, -1));
+    }
+}
+
+/// Count one more invalidation held by the running task.
+#[inline]
+pub(crate) fn hold<P: Platform>() {
+    P::with_task_state(|s| TaskState::add(&s.held, 1));
+}
+
+/// Count one invalidation fewer held by the running task.
+#[inline]
+pub(crate) fn unhold<P: Platform>() {
+    P::with_task_state(|s| TaskState::add(&s.held, -1));
+}

@@ -1,0 +1,543 @@
+//! Tests for the bugs an independent review found (issue 13), named after the case each
+//! breaks. Every one failed on the core before the fix: a stale translation (a
+//! subscriber not told of a change it had to hear about), a half pair, undefined
+//! behaviour under Miri, or a hang (caught here by a watchdog, so a regression fails
+//! the test instead of stalling the run).
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Barrier, Mutex};
+use std::thread;
+use std::time::Duration;
+
+use notifier_core::std_platform::StdPlatform as P;
+use notifier_core::{
+    AddressSpace, Error, Event, Interval, IntervalOps, IntervalSubscriber, Range, Shared,
+    SharedOps, Subscriber, SubscriberOps, WouldBlock,
+};
+
+const PG: usize = 4096;
+
+/// Run `f` on its own thread; fail if it has not returned after a while (a hang).
+fn must_return<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    let secs = if cfg!(miri) { 600 } else { 20 };
+    rx.recv_timeout(Duration::from_secs(secs))
+        .unwrap_or_else(|_| panic!("{what}: did not return (a hang, C-16)"))
+}
+
+fn unmap(mm: &AddressSpace<P>, start: usize, end: usize) {
+    mm.invalidate_range_start(Range::new(start, end, Event::Unmap))
+        .unwrap()
+        .end();
+}
+
+/// Records what it is told.
+#[derive(Default)]
+struct Rec {
+    starts: AtomicUsize,
+    ends: AtomicUsize,
+    releases: AtomicUsize,
+    tlbs: AtomicUsize,
+    young: AtomicUsize,
+}
+
+impl SubscriberOps for Rec {
+    fn release(&self) {
+        self.releases.fetch_add(1, Ordering::SeqCst);
+    }
+    fn invalidate_range_start(&self, _r: &Range) -> Result<(), WouldBlock> {
+        self.starts.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+    fn invalidate_range_end(&self, _r: &Range) {
+        self.ends.fetch_add(1, Ordering::SeqCst);
+    }
+    fn invalidate_secondary_tlbs(&self, _s: usize, _e: usize) {
+        self.tlbs.fetch_add(1, Ordering::SeqCst);
+    }
+    fn clear_young(&self, _s: usize, _e: usize) -> bool {
+        self.young.fetch_add(1, Ordering::SeqCst);
+        false
+    }
+}
+
+struct Mirror;
+impl IntervalOps<P> for Mirror {
+    fn invalidate(&self, iv: &Interval<P>, _r: &Range, seq: u64) -> Result<(), WouldBlock> {
+        iv.set_seq(seq);
+        Ok(())
+    }
+}
+
+// ------------------------------------------------------------------ C-09, bug 1
+
+/// Two "first" interval insertions: the second one, which finds the tree already
+/// switched on, must also wait for the invalidation that started before the tree
+/// existed and skipped it; otherwise it returns while page tables are still changing
+/// and its `read_retry` never turns true.
+#[test]
+fn c09_second_first_insertion_waits_for_invalidation_that_skipped_the_tree() {
+    let mm = Arc::new(AddressSpace::<P>::new());
+    // The subscriptions exist (a list subscriber), but no interval tree yet.
+    let s = Box::pin(Subscriber::<_, P>::new(Rec::default()));
+    s.as_ref().register(&mm).unwrap();
+    let inv = mm
+        .invalidate_range_start(Range::new(0, 16 * PG, Event::Unmap))
+        .unwrap();
+    let returned = Arc::new(AtomicUsize::new(0));
+    let mut hs = Vec::new();
+    for i in 0..2 {
+        let (mm, returned) = (mm.clone(), returned.clone());
+        hs.push(thread::spawn(move || {
+            let m = Box::pin(IntervalSubscriber::new(Mirror));
+            m.as_ref().insert(&mm, i * PG, PG).unwrap();
+            returned.fetch_add(1, Ordering::SeqCst);
+            m.as_ref().remove().unwrap();
+        }));
+        thread::sleep(Duration::from_millis(50));
+    }
+    thread::sleep(Duration::from_millis(150));
+    assert_eq!(
+        returned.load(Ordering::SeqCst),
+        0,
+        "an insertion returned while an invalidation that skipped the tree was in flight"
+    );
+    inv.end();
+    for h in hs {
+        h.join().unwrap();
+    }
+    s.as_ref().unregister().unwrap();
+}
+
+// ------------------------------------------------------------------ C-03, bug 2
+
+/// A subscriber keeps hearing about every change until its `release` has run:
+/// `unregister` must not hide it first.
+#[test]
+fn c03_subscriber_is_told_until_release_has_run() {
+    struct Blocking {
+        rec: Rec,
+        in_release: AtomicBool,
+        go: Mutex<bool>,
+    }
+    impl SubscriberOps for Blocking {
+        fn release(&self) {
+            self.in_release.store(true, Ordering::SeqCst);
+            while !*self.go.lock().unwrap() {
+                thread::sleep(Duration::from_millis(1));
+            }
+            self.rec.release();
+        }
+        fn invalidate_range_start(&self, r: &Range) -> Result<(), WouldBlock> {
+            self.rec.invalidate_range_start(r)
+        }
+        fn invalidate_range_end(&self, r: &Range) {
+            self.rec.invalidate_range_end(r)
+        }
+        fn invalidate_secondary_tlbs(&self, s: usize, e: usize) {
+            self.rec.invalidate_secondary_tlbs(s, e)
+        }
+        fn clear_young(&self, s: usize, e: usize) -> bool {
+            self.rec.clear_young(s, e)
+        }
+    }
+    let mm = Arc::new(AddressSpace::<P>::new());
+    let s = Arc::new(Box::pin(Subscriber::<_, P>::new(Blocking {
+        rec: Rec::default(),
+        in_release: AtomicBool::new(false),
+        go: Mutex::new(false),
+    })));
+    s.as_ref().as_ref().register(&mm).unwrap();
+    let u = {
+        let s = s.clone();
+        thread::spawn(move || s.as_ref().as_ref().unregister().unwrap())
+    };
+    // Either release is running (new order) or unregister hid the subscriber and is
+    // waiting for something before calling it (old order): give it time to get there.
+    for _ in 0..200 {
+        if s.in_release.load(Ordering::SeqCst) {
+            break;
+        }
+        thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(s.rec.releases.load(Ordering::SeqCst), 0);
+    unmap(&mm, 0, PG);
+    mm.invalidate_secondary_tlbs(0, PG).unwrap();
+    mm.clear_young(0, PG).unwrap();
+    let (st, tl, yo) = (
+        s.rec.starts.load(Ordering::SeqCst),
+        s.rec.tlbs.load(Ordering::SeqCst),
+        s.rec.young.load(Ordering::SeqCst),
+    );
+    *s.go.lock().unwrap() = true;
+    u.join().unwrap();
+    assert_eq!(
+        (st, tl, yo),
+        (1, 1, 1),
+        "a change made before release had run did not reach the subscriber (starts, tlb flushes, ageing)"
+    );
+    assert_eq!(s.rec.ends.load(Ordering::SeqCst), 1);
+}
+
+// ------------------------------------------------------------------ C-16, bug 6
+
+#[test]
+fn c16_read_begin_inside_its_own_invalidate_is_refused() {
+    struct SelfReader {
+        got: Mutex<Option<Result<u64, Error>>>,
+    }
+    impl IntervalOps<P> for SelfReader {
+        fn invalidate(&self, iv: &Interval<P>, _r: &Range, seq: u64) -> Result<(), WouldBlock> {
+            iv.set_seq(seq);
+            *self.got.lock().unwrap() = Some(iv.read_begin());
+            Ok(())
+        }
+    }
+    let got = must_return("read_begin inside its own invalidate", || {
+        let mm = AddressSpace::<P>::new();
+        let m = Box::pin(IntervalSubscriber::new(SelfReader {
+            got: Mutex::new(None),
+        }));
+        m.as_ref().insert(&mm, 0, PG).unwrap();
+        unmap(&mm, 0, PG);
+        let got = m.got.lock().unwrap().take();
+        m.as_ref().remove().unwrap();
+        got
+    });
+    assert_eq!(got, Some(Err(Error::InCallback)));
+}
+
+/// From inside a callback of one address space, calls on *another* address space that
+/// wait for callbacks in flight must be refused too (the RCU domain is shared).
+#[test]
+fn c16_calls_on_another_space_from_inside_a_callback_are_refused() {
+    struct Caller {
+        other: Arc<AddressSpace<P>>,
+        victim: Arc<Pin<Box<Subscriber<Rec, P>>>>,
+        iv: Arc<Pin<Box<IntervalSubscriber<Mirror, P>>>>,
+        got: Mutex<Vec<Result<(), Error>>>,
+    }
+    impl SubscriberOps for Caller {
+        fn invalidate_range_start(&self, _r: &Range) -> Result<(), WouldBlock> {
+            let mut g = self.got.lock().unwrap();
+            g.push(self.victim.as_ref().as_ref().unregister());
+            g.push(self.iv.as_ref().as_ref().remove());
+            g.push(notifier_core::synchronize::<P>());
+            g.push(self.other.release());
+            let fresh = Box::pin(Subscriber::<_, P>::new(Rec::default()));
+            g.push(fresh.as_ref().register(&self.other));
+            Ok(())
+        }
+    }
+    let got = must_return(
+        "unregister/remove/synchronize/teardown/register from a callback",
+        || {
+            let other = Arc::new(AddressSpace::<P>::new());
+            let victim = Arc::new(Box::pin(Subscriber::<_, P>::new(Rec::default())));
+            victim.as_ref().as_ref().register(&other).unwrap();
+            let iv = Arc::new(Box::pin(IntervalSubscriber::new(Mirror)));
+            iv.as_ref().as_ref().insert(&other, 0, PG).unwrap();
+            let mm = AddressSpace::<P>::new();
+            let c = Box::pin(Subscriber::<_, P>::new(Caller {
+                other: other.clone(),
+                victim: victim.clone(),
+                iv: iv.clone(),
+                got: Mutex::new(Vec::new()),
+            }));
+            c.as_ref().register(&mm).unwrap();
+            unmap(&mm, 0, PG);
+            let got = std::mem::take(&mut *c.got.lock().unwrap());
+            c.as_ref().unregister().unwrap();
+            victim.as_ref().as_ref().unregister().unwrap();
+            iv.as_ref().as_ref().remove().unwrap();
+            got
+        },
+    );
+    assert_eq!(got, vec![Err(Error::InCallback); 5]);
+}
+
+/// More threads inside callbacks at once than any fixed table: each must still be
+/// recognised as inside a callback.
+#[test]
+fn c16_many_threads_inside_callbacks_are_all_refused() {
+    let threads = if cfg!(miri) { 3 } else { 24 };
+    struct Gate {
+        barrier: Barrier,
+        victims: Vec<Pin<Box<Subscriber<Rec, P>>>>,
+        next: AtomicUsize,
+        refused: AtomicUsize,
+    }
+    impl SubscriberOps for Gate {
+        fn invalidate_range_start(&self, _r: &Range) -> Result<(), WouldBlock> {
+            // Everyone is inside a callback at the same time.
+            self.barrier.wait();
+            let i = self.next.fetch_add(1, Ordering::SeqCst);
+            if self.victims[i].as_ref().unregister() == Err(Error::InCallback) {
+                self.refused.fetch_add(1, Ordering::SeqCst);
+            }
+            Ok(())
+        }
+    }
+    let refused = must_return(
+        "unregister from the 17th thread inside callbacks",
+        move || {
+            let other = AddressSpace::<P>::new();
+            let victims: Vec<_> = (0..threads)
+                .map(|_| {
+                    let v = Box::pin(Subscriber::<_, P>::new(Rec::default()));
+                    v.as_ref().register(&other).unwrap();
+                    v
+                })
+                .collect();
+            let mm = Arc::new(AddressSpace::<P>::new());
+            let g = Arc::new(Box::pin(Subscriber::<_, P>::new(Gate {
+                barrier: Barrier::new(threads),
+                victims,
+                next: AtomicUsize::new(0),
+                refused: AtomicUsize::new(0),
+            })));
+            g.as_ref().as_ref().register(&mm).unwrap();
+            let hs: Vec<_> = (0..threads)
+                .map(|i| {
+                    let mm = mm.clone();
+                    thread::spawn(move || unmap(&mm, i * PG, (i + 1) * PG))
+                })
+                .collect();
+            for h in hs {
+                h.join().unwrap();
+            }
+            let n = g.refused.load(Ordering::SeqCst);
+            g.as_ref().as_ref().unregister().unwrap();
+            n
+        },
+    );
+    assert_eq!(refused, threads);
+}
+
+#[test]
+fn c16_register_and_unregister_while_holding_an_invalidation_are_refused() {
+    let got = must_return("register/unregister while holding an invalidation", || {
+        let mm = AddressSpace::<P>::new();
+        let a = Box::pin(Subscriber::<_, P>::new(Rec::default()));
+        a.as_ref().register(&mm).unwrap();
+        let inv = mm
+            .invalidate_range_start(Range::new(0, PG, Event::Unmap))
+            .unwrap();
+        let b = Box::pin(Subscriber::<_, P>::new(Rec::default()));
+        let r1 = b.as_ref().register(&mm);
+        let r2 = a.as_ref().unregister();
+        let r3 = mm.release();
+        inv.end();
+        a.as_ref().unregister().unwrap();
+        (r1, r2, r3)
+    });
+    assert_eq!(
+        got,
+        (
+            Err(Error::InvalidationHeld),
+            Err(Error::InvalidationHeld),
+            Err(Error::InvalidationHeld)
+        )
+    );
+}
+
+/// A callback that panics leaves nothing in flight: later registrations return.
+#[test]
+fn c16_registration_after_a_callback_panicked_returns() {
+    struct Panics;
+    impl SubscriberOps for Panics {
+        fn invalidate_range_start(&self, _r: &Range) -> Result<(), WouldBlock> {
+            panic!("a subscriber's bug");
+        }
+    }
+    must_return("register after a callback panicked", || {
+        let mm = Arc::new(AddressSpace::<P>::new());
+        let p = Box::pin(Subscriber::<_, P>::new(Panics));
+        p.as_ref().register(&mm).unwrap();
+        let mm2 = mm.clone();
+        let r = thread::spawn(move || unmap(&mm2, 0, PG)).join();
+        assert!(r.is_err(), "the callback panicked");
+        let b = Box::pin(Subscriber::<_, P>::new(Rec::default()));
+        b.as_ref().register(&mm).unwrap();
+        b.as_ref().unregister().unwrap();
+        p.as_ref().unregister().unwrap();
+    });
+}
+
+/// A leaked invalidation stays held by its task: that task gets an error instead of
+/// waiting for itself.
+#[test]
+fn c16_registration_after_a_leaked_invalidation_returns() {
+    let got = must_return("register after mem::forget(invalidation)", || {
+        let mm: &'static AddressSpace<P> = Box::leak(Box::new(AddressSpace::new()));
+        let a = Box::pin(Subscriber::<_, P>::new(Rec::default()));
+        a.as_ref().register(mm).unwrap();
+        std::mem::forget(
+            mm.invalidate_range_start(Range::new(0, PG, Event::Unmap))
+                .unwrap(),
+        );
+        let b = Box::pin(Subscriber::<_, P>::new(Rec::default()));
+        let r = b.as_ref().register(mm);
+        // Both subscribers stay registered for ever with the leaked range in flight.
+        std::mem::forget(a);
+        std::mem::forget(b);
+        r
+    });
+    assert_eq!(got, Err(Error::InvalidationHeld));
+}
+
+// ------------------------------------------------------------------ C-02, C-04, bug 7
+
+static SHARED_LOG: Mutex<Vec<&'static str>> = Mutex::new(Vec::new());
+
+struct Logged;
+impl SubscriberOps for Logged {
+    fn invalidate_range_start(&self, _r: &Range) -> Result<(), WouldBlock> {
+        SHARED_LOG.lock().unwrap().push("start");
+        Ok(())
+    }
+    fn invalidate_range_end(&self, _r: &Range) {
+        SHARED_LOG.lock().unwrap().push("end");
+    }
+}
+// SAFETY: `alloc` returns a fresh leaked box; `free` takes back exactly those.
+unsafe impl SharedOps<P> for Logged {
+    fn alloc(_mm: &AddressSpace<P>) -> Option<std::ptr::NonNull<Shared<Self, P>>> {
+        Some(std::ptr::NonNull::from(Box::leak(Box::new(Shared::new(
+            Logged,
+        )))))
+    }
+    unsafe fn free(this: std::ptr::NonNull<Shared<Self, P>>) {
+        SHARED_LOG.lock().unwrap().push("free");
+        // SAFETY: from `alloc`, unregistered, not used again (the trait's contract).
+        drop(unsafe { Box::from_raw(this.as_ptr()) });
+    }
+}
+
+/// The last `put` between a start and its end: the end still comes, before the free.
+#[test]
+fn c02_last_put_between_start_and_end_still_gets_the_end() {
+    let mm = AddressSpace::<P>::new();
+    let r = mm.get::<Logged>().unwrap();
+    let inv = mm
+        .invalidate_range_start(Range::new(0, PG, Event::Unmap))
+        .unwrap();
+    r.put();
+    inv.end();
+    notifier_core::synchronize::<P>().unwrap();
+    assert_eq!(*SHARED_LOG.lock().unwrap(), vec!["start", "end", "free"]);
+}
+
+/// Teardown while an invalidation is in flight: the subscriber still gets the end of
+/// the start it got.
+#[test]
+fn c02_teardown_during_an_invalidation_still_delivers_its_end() {
+    let mm = Arc::new(AddressSpace::<P>::new());
+    let s = Box::pin(Subscriber::<_, P>::new(Rec::default()));
+    s.as_ref().register(&mm).unwrap();
+    let inv = mm
+        .invalidate_range_start(Range::new(0, PG, Event::Unmap))
+        .unwrap();
+    let t = {
+        let mm = mm.clone();
+        thread::spawn(move || mm.release())
+    };
+    thread::sleep(Duration::from_millis(100));
+    inv.end();
+    t.join().unwrap().unwrap();
+    assert_eq!(s.releases.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        (
+            s.starts.load(Ordering::SeqCst),
+            s.ends.load(Ordering::SeqCst)
+        ),
+        (1, 1),
+        "a start without its end across teardown"
+    );
+    // After teardown nothing reaches it.
+    unmap(&mm, 0, PG);
+    assert_eq!(s.starts.load(Ordering::SeqCst), 1);
+    s.as_ref().unregister().unwrap();
+}
+
+/// A second teardown returns only after the first one's callbacks have finished.
+#[test]
+fn c04_second_teardown_waits_for_the_first() {
+    struct SlowRelease {
+        entered: AtomicBool,
+        done: AtomicBool,
+    }
+    impl SubscriberOps for SlowRelease {
+        fn release(&self) {
+            self.entered.store(true, Ordering::SeqCst);
+            thread::sleep(Duration::from_millis(200));
+            self.done.store(true, Ordering::SeqCst);
+        }
+    }
+    let mm = Arc::new(AddressSpace::<P>::new());
+    let s = Arc::new(Box::pin(Subscriber::<_, P>::new(SlowRelease {
+        entered: AtomicBool::new(false),
+        done: AtomicBool::new(false),
+    })));
+    s.as_ref().as_ref().register(&mm).unwrap();
+    let t = {
+        let mm = mm.clone();
+        thread::spawn(move || mm.release())
+    };
+    while !s.entered.load(Ordering::SeqCst) {
+        thread::yield_now();
+    }
+    let _ = mm.release();
+    assert!(
+        s.done.load(Ordering::SeqCst),
+        "the second teardown returned while the first one's release was running"
+    );
+    let _ = t.join().unwrap();
+    s.as_ref().as_ref().unregister().unwrap();
+}
+
+// ------------------------------------------------------------------ C-22, bug 5
+
+/// The address space goes before its subscribers; they unregister afterwards. Under
+/// Miri this checks the last reference is freed through a pointer that may free it.
+#[test]
+fn c22_address_space_dropped_before_its_subscribers() {
+    let mm = Box::new(AddressSpace::<P>::new());
+    let s = Box::pin(Subscriber::<_, P>::new(Rec::default()));
+    s.as_ref().register(&mm).unwrap();
+    let m = Box::pin(IntervalSubscriber::new(Mirror));
+    m.as_ref().insert(&mm, 0, PG).unwrap();
+    unmap(&mm, 0, PG);
+    drop(mm);
+    assert_eq!(s.releases.load(Ordering::SeqCst), 1);
+    m.as_ref().remove().unwrap();
+    s.as_ref().unregister().unwrap();
+    notifier_core::synchronize::<P>().unwrap();
+}
+
+/// `read_begin` racing `remove` on another thread after the address space is gone.
+#[test]
+fn c22_read_begin_racing_remove_after_the_space_is_gone() {
+    let rounds = if cfg!(miri) { 3 } else { 200 };
+    for _ in 0..rounds {
+        let mm = Box::new(AddressSpace::<P>::new());
+        let m = Arc::new(Box::pin(IntervalSubscriber::new(Mirror)));
+        m.as_ref().as_ref().insert(&mm, 0, PG).unwrap();
+        drop(mm);
+        let r = {
+            let m = m.clone();
+            thread::spawn(move || {
+                for _ in 0..8 {
+                    let _ = m.interval().read_begin();
+                }
+            })
+        };
+        m.as_ref().as_ref().remove().unwrap();
+        r.join().unwrap();
+    }
+    notifier_core::synchronize::<P>().unwrap();
+}
