@@ -108,6 +108,10 @@
 #[cfg(any(test, feature = "std", loom))]
 extern crate std;
 
+/// Not part of the API: the atomics the core is built from (`core`'s, or loom's when
+/// model checking). Outside loom they are `core::sync::atomic`'s types, which is what a
+/// backend names in its [`Platform`].
+#[doc(hidden)]
 pub mod primitive;
 
 mod error;
