@@ -19,9 +19,9 @@ mod layout {
     include!("layout_offsets.rs");
 }
 mod harness;
-mod reference;
 pub mod mm;
 pub mod platform;
+mod reference;
 mod smoke;
 
 module! {

@@ -70,6 +70,8 @@ impl<H: KernelMms> Notifiers<H> for LinuxC {
             }
             Feature::TwoPass => "Linux 6.12 has no two-pass interval notifiers",
             Feature::Export => "no page-free hook for exporters on this platform",
+            // `Feature` may grow (`#[non_exhaustive]`); what this mode predates it lacks.
+            _ => "a core-only feature this mode does not know",
         })
     }
 }

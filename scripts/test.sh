@@ -3,7 +3,7 @@
 # every check in order and stops at the first failure. CI runs exactly this
 # (.ci/run). Set NOTIFIER_SKIP to a space-separated list of stage names to skip
 # stages locally (CI never sets it):
-#   fmt clippy none test loom miri fuzz tsan cli kmod hermit table
+#   fmt clippy hermit-clippy none msrv package doc test loom miri fuzz tsan cli kmod hermit table
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,6 +15,11 @@ stage "prerequisites"
 rustup component add clippy rustfmt rust-src >/dev/null
 rustup target add x86_64-unknown-none >/dev/null
 rustup component add miri rust-src --toolchain nightly >/dev/null
+# The Hermit workspace's loader is checked for x86_64-unknown-none with nightly.
+rustup target add x86_64-unknown-none --toolchain nightly >/dev/null
+# The declared MSRV (rust-version in Cargo.toml), for the msrv stage.
+MSRV=1.85
+skip msrv || rustup toolchain install "$MSRV" --profile minimal --target x86_64-unknown-none >/dev/null
 # liburcu (the benchmarks' C baseline) and a C compiler.
 bash benches/install-deps.sh
 
@@ -22,6 +27,9 @@ if ! skip fmt; then
   stage "fmt"
   cargo fmt --all --check
   rustfmt --edition 2021 --check fuzz/driver.rs fuzz/fuzz_targets/differential.rs
+  # The Hermit workspace and the Linux module's Rust files (built by Kbuild, not cargo).
+  cargo fmt --manifest-path backend-hermit/Cargo.toml --all --check
+  rustfmt --edition 2021 --check backend-linux-kmod/*.rs
 fi
 
 if ! skip clippy; then
@@ -30,9 +38,47 @@ if ! skip clippy; then
   cargo clippy -p notifier-core --no-default-features -- -D warnings
 fi
 
+if ! skip hermit-clippy; then
+  stage "clippy for the Hermit workspace (nightly; the image for x86_64-unknown-hermit, the loader for x86_64-unknown-none)"
+  # In backend-hermit/ with --locked, as `cargo xtask hermit` builds it.
+  (cd backend-hermit && export CARGO_TARGET_DIR=../target/hermit-clippy &&
+    cargo +nightly clippy --locked -p backend-hermit -p notifier-hermit-image \
+      --features notifier-hermit-image/suite --target x86_64-unknown-hermit \
+      -Zbuild-std=core,compiler_builtins -Zbuild-std-features=compiler-builtins-mem \
+      -- -D warnings &&
+    cargo +nightly clippy --locked -p notifier-hermit-loader --target x86_64-unknown-none \
+      -- -D warnings)
+fi
+
 if ! skip none; then
   stage "no_std build for x86_64-unknown-none (core and suite: no std, no alloc)"
   cargo build -p notifier-core -p notifier-conformance --target x86_64-unknown-none
+fi
+
+if ! skip msrv; then
+  stage "the declared MSRV ($MSRV): the crates that declare it, all targets, and the no_std build"
+  CARGO_TARGET_DIR=target/msrv cargo "+$MSRV" check -p notifier-core -p notifier-conformance \
+    -p backend-sim --all-targets
+  CARGO_TARGET_DIR=target/msrv cargo "+$MSRV" build -p notifier-core -p notifier-conformance \
+    --target x86_64-unknown-none
+fi
+
+if ! skip package; then
+  stage "cargo package of the publishable crates, and the packaged core's tests outside the repository"
+  cargo package -p notifier-core -p notifier-conformance --allow-dirty
+  pkg=$(mktemp -d)
+  version=$(sed -n 's/^version = "\(.*\)"/\1/p' notifier-core/Cargo.toml | head -1)
+  tar -xzf "target/package/notifier-core-$version.crate" -C "$pkg"
+  # Outside the workspace: no `fuzz/`, no path dev-dependency (the hosted platform is
+  # the `std` feature).
+  (cd "$pkg/notifier-core-$version" && CARGO_TARGET_DIR="$PWD/../target" cargo test --features std)
+  rm -rf "$pkg"
+fi
+
+if ! skip doc; then
+  stage "cargo doc with warnings denied (as docs.rs builds it: the std feature)"
+  RUSTDOCFLAGS="-D warnings" cargo doc --no-deps -p notifier-core -p notifier-conformance \
+    --features notifier-core/std
 fi
 
 if ! skip test; then

@@ -15,7 +15,7 @@
 //! * An [`ExportRegistry`] belongs to the platform (one per machine or per memory node).
 //!   Its state is kept here, not in a page flag: an exporter embeds one pinned
 //!   [`ExportedPage`] per page it exports (intrusive, so exporting allocates nothing),
-//!   and [`ExportRegistry::export`] links it into a fixed hash table keyed by frame.
+//!   and [`Exporter::export`] links it into a fixed hash table keyed by frame.
 //! * Importers map a page through the exporter, which calls
 //!   [`ExportedPage::map_remote`] (refused once the page is dying) and
 //!   [`ExportedPage::unmap_remote`] when the mapping goes.
@@ -25,7 +25,7 @@
 //!   before returning, and from then on map requests for that page are refused. If a
 //!   remote mapping is still counted afterwards, `before_free` says so and the page must
 //!   not be freed.
-//! * [`ExportRegistry::unexport`] is a barrier: when it returns, `revoke` of that page
+//! * [`Exporter::unexport`] is a barrier: when it returns, `revoke` of that page
 //!   is neither running nor will run.
 //!
 //! Readers of the table (the free path) run under the platform's sleepable RCU and take
@@ -49,7 +49,7 @@ pub trait ExportOps<P: Platform>: Sync {
     /// primary page table or not: revoke every remote mapping of it (each with
     /// [`ExportedPage::unmap_remote`]) and drop the exporter's own reference before
     /// returning. Called at most once per export, never after
-    /// [`ExportRegistry::unexport`] returned. Must not allocate.
+    /// [`Exporter::unexport`] returned. Must not allocate.
     fn revoke(&self, page: &ExportedPage<P>, pfn: u64);
 }
 

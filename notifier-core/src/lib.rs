@@ -98,8 +98,11 @@
 //!
 //! # Cases
 //!
-//! The contract's cases (C-01…C-17) are named in the documentation of the call that
-//! keeps each, and in the tests that check them.
+//! The contract's cases (C-01…C-23) are described in the repository's
+//! `docs/CONTRACT.md`, each with the tests that check it; a case id is also named in the
+//! documentation of the call that keeps it. Bringing the core to a new kernel (the
+//! [`Platform`], where the primary MMU calls the core, running the conformance suite)
+//! is `docs/PORTING.md`.
 
 #![no_std]
 #![deny(unsafe_op_in_unsafe_fn)]
@@ -108,6 +111,10 @@
 #[cfg(any(test, feature = "std", loom))]
 extern crate std;
 
+/// Not part of the API: the atomics the core is built from (`core`'s, or loom's when
+/// model checking). Outside loom they are `core::sync::atomic`'s types, which is what a
+/// backend names in its [`Platform`].
+#[doc(hidden)]
 pub mod primitive;
 
 mod error;

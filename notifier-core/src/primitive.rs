@@ -3,7 +3,7 @@
 //! without a line of duplicated logic (the crossbeam-epoch arrangement).
 //!
 //! Backends name these types in their [`Platform`](crate::Platform) implementation
-//! (`wait`/`wake_all` take an [`AtomicU32`]); outside loom they are exactly the `core`
+//! (`wait`/`wake_all` take an `AtomicU32`); outside loom they are exactly the `core`
 //! types.
 //!
 //! [loom]: https://docs.rs/loom

@@ -5,6 +5,7 @@ use crate::{Error, Platform};
 /// Why the primary MMU changes the page tables of a range (Linux: `enum mmu_notifier_event`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u8)]
+#[non_exhaustive]
 pub enum Event {
     /// Entries are removed: munmap, truncation, COW break, reclaim/swap-out.
     Unmap,
@@ -41,6 +42,7 @@ pub enum Event {
 /// assert!(r.overlaps(0x2fff, 0x2fff));
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub struct Range {
     /// First byte of the range.
     pub start: usize,

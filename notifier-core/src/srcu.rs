@@ -23,9 +23,9 @@
 //! orders our update before the check, so it sees the update (store buffering forbids
 //! both missing each other). This is the classic Linux SRCU (`srcu_readers_active_idx_check`).
 //!
-//! The counters are also used on their own ([`Readers`]) to track invalidations in
-//! flight on one address space: `start` enters, `end` leaves, possibly on another CPU,
-//! and registration waits for a "grace period" of them (C-02).
+//! The counters are also used on their own (the crate's internal `Readers`) to track
+//! invalidations in flight on one address space: `start` enters, `end` leaves, possibly
+//! on another CPU, and registration waits for a "grace period" of them (C-02).
 
 use core::cell::UnsafeCell;
 use core::marker::PhantomData;
@@ -154,7 +154,7 @@ impl Slot {
 /// For each index, the sum of `lock[idx]` over all slots minus the sum of
 /// `unlock[idx]` is the number of readers inside that entered with `idx` (wrapping).
 /// `completed` only grows, under `gp`.
-pub struct Readers {
+pub(crate) struct Readers {
     completed: AtomicUsize,
     slots: [Slot; SLOTS],
     gp: SleepMutex,

@@ -42,6 +42,7 @@ pub struct Pte {
 
 /// A primary-MMU capability a case may need; backends that lack one say why.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Cap {
     /// Changing protection of a mapped range (mprotect).
     Protect,
@@ -64,6 +65,7 @@ pub enum Cap {
 
 /// Why a harness operation did not happen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum HarnessError {
     /// The backend cannot do this at all; the reason is printed with the case.
     Unsupported(&'static str),

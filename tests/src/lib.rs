@@ -1,5 +1,5 @@
-//! The conformance suite: every case of the notifier contract (`CONTRACT.md`, C-01 to
-//! C-17), run by every backend unchanged against its real primary MMU.
+//! The conformance suite: every case of the notifier contract (`docs/CONTRACT.md` in
+//! the repository, C-01 to C-23), run by every backend unchanged against its real primary MMU.
 //!
 //! A backend implements [`Harness`] (create address spaces, map,
 //! fault, unmap, protect, migrate, fork and break copy-on-write, reclaim, tear down, run
@@ -18,10 +18,25 @@
 //! checks of what only the core has (typed misuse errors, direct calls, two-pass
 //! intervals, shared subscribers, the export registry) are then not applicable.
 //!
-//! Output: one line per case, `C-09 no_stale_translation ... ok` (or `ok (what ran)`
-//! when a backend could make only part of it, `FAILED: why`, or `not applicable: why`),
-//! then the closing line `N passed, N failed` (with `, N skipped` when a backend lacks a
-//! capability a case needs).
+//! Output: KTAP version 1, as KUnit prints it, so that kernel test tooling reads it:
+//!
+//! ```text
+//! KTAP version 1
+//! # notifier conformance suite on hermit
+//! # the cases: docs/CONTRACT.md
+//! 1..23
+//! ok 1 C-01 register
+//! ok 6 C-06 coverage # 1 of 5 operations; not on this backend: protect, cow, migrate, reclaim
+//! not ok 9 C-09 no_stale_translation # (why it failed)
+//! ok 18 C-18 export_page_not_freed_while_mapped # SKIP (why the backend cannot run it)
+//! 21 passed, 1 failed, 1 skipped
+//! ```
+//!
+//! One result line per case: `ok` (with what ran after `#` when a backend could make
+//! only part of the case), `not ok` with the reason after `#`, or `ok … # SKIP reason`
+//! when the case is not applicable on the backend. The last line, `N passed, N failed`
+//! (with `, N skipped` when a case was skipped), is not KTAP; CI reads it. The cases are
+//! described in the repository's `docs/CONTRACT.md`.
 //!
 //! The crate is `#![no_std]` and allocates nothing: it runs inside the Linux kernel and
 //! inside Hermit.
@@ -226,22 +241,26 @@ impl Write for Trunc<'_> {
 /// Result of one case.
 pub type Outcome = Result<(), Fail>;
 
-/// Run the suite on `h`, its consumers subscribed to the core, writing one line per
-/// case and the closing line to `out`.
+/// Run the suite on `h`, its consumers subscribed to the core, writing its results to
+/// `out` in KTAP (see the crate doc: one result line per case, then the closing line).
 pub fn run<H: Harness>(h: &H, cfg: &Config, out: &mut dyn Write) -> Summary {
     run_with::<H, Core>(h, cfg, out)
 }
 
 /// Run the suite on `h` with the consumers subscribed the way mode `S` says (a
-/// backend's reference mode: its platform's own notifier). Same lines as [`run`]; the
+/// backend's reference mode: its platform's own notifier). Same output as [`run`]; the
 /// header names the mode when it is not [`Core`].
 pub fn run_with<H: Harness, S: Notifiers<H>>(h: &H, cfg: &Config, out: &mut dyn Write) -> Summary {
     let mut sum = Summary::default();
     let core = <S as Notifiers<H>>::NAME == <Core as Notifiers<H>>::NAME;
+    let all = cases::all::<H, S>();
+    let chosen = |id: &str| cfg.only.is_none_or(|o| o == id);
+    let planned = all.iter().filter(|(id, _, _)| chosen(id)).count();
+    let _ = writeln!(out, "KTAP version 1");
     let _ = writeln!(
         out,
-        "notifier conformance suite on {}{}{}{}{}",
-        h.name(),
+        "# notifier conformance suite on {}{}{}{}{}",
+        OneLine(h.name()),
         if core { "" } else { ", subscribed to: " },
         if core { "" } else { S::NAME },
         if cfg.twin.is_some() {
@@ -251,35 +270,56 @@ pub fn run_with<H: Harness, S: Notifiers<H>>(h: &H, cfg: &Config, out: &mut dyn 
         },
         cfg.twin.map_or("", Twin::name)
     );
-    for (id, name, case) in cases::all::<H, S>() {
-        if cfg.only.is_some_and(|o| o != id) {
+    let _ = writeln!(out, "# the cases: docs/CONTRACT.md");
+    let _ = writeln!(out, "1..{planned}");
+    let mut n = 0;
+    for (id, name, case) in all {
+        if !chosen(id) {
             continue;
         }
-        let _ = write!(out, "{id} {name} ... ");
+        n += 1;
+        // KTAP: `ok N name`, `ok N name # SKIP reason`, `not ok N name # reason`; what
+        // follows `#` is kept on the one line (a message's line breaks become spaces).
         match case(h, cfg) {
             Ok(None) => {
                 sum.passed += 1;
-                let _ = writeln!(out, "ok");
+                let _ = writeln!(out, "ok {n} {id} {name}");
             }
             Ok(Some(note)) => {
                 sum.passed += 1;
-                let _ = writeln!(out, "ok ({note})");
+                let _ = writeln!(out, "ok {n} {id} {name} # {}", OneLine(&note));
             }
             Err(Fail::Failed(m)) => {
                 sum.failed += 1;
                 let _ = sum.failed_ids.try_push(id);
-                let _ = writeln!(out, "FAILED: {m}");
+                let _ = writeln!(out, "not ok {n} {id} {name} # {}", OneLine(&m));
             }
             Err(Fail::NotApplicable(r)) => {
                 sum.skipped += 1;
-                let _ = writeln!(out, "not applicable: {r}");
+                let _ = writeln!(out, "ok {n} {id} {name} # SKIP {}", OneLine(r));
             }
         }
     }
+    // Not a KTAP line (KTAP readers pass over it): the summary CI greps for.
     let _ = write!(out, "{} passed, {} failed", sum.passed, sum.failed);
     if sum.skipped > 0 {
         let _ = write!(out, ", {} skipped", sum.skipped);
     }
     let _ = writeln!(out);
     sum
+}
+
+/// Text written with its line breaks as spaces, so that it stays on its KTAP line.
+struct OneLine<'a>(&'a str);
+
+impl fmt::Display for OneLine<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, part) in self.0.split(['\n', '\r']).enumerate() {
+            if i > 0 {
+                f.write_char(' ')?;
+            }
+            f.write_str(part)?;
+        }
+        Ok(())
+    }
 }

@@ -98,6 +98,7 @@ pub trait IvOps: Sync {
 
 /// What only the core offers, which a mode may lack.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Feature {
     /// Typed errors for misuse: double registration, registration on a torn-down
     /// space, unknown handles, bad ranges, calls from inside a callback (C-01, C-16).

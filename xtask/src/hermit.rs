@@ -23,11 +23,13 @@
 //!    timeout: a guest page fault hangs it. The image runs its smoke checks, then the
 //!    conformance suite (`notifier-conformance` on `HermitHarness`; `--smoke-only`
 //!    leaves it out). The run passes only if the smoke checks and the suite each
-//!    printed their `N passed, N failed` line with no failure, no case said `FAILED`,
+//!    printed their `N passed, N failed` line with no failure, no check said `FAILED`
+//!    and the suite's KTAP reported every case it planned with no `not ok`,
 //!    nothing fatal was logged, and QEMU exited with Hermit's success code (3).
 //! 8. The suite's lines, from its header to its closing line exactly as the suite
 //!    printed them, are saved to `target/hermit/suite.txt` (also when the run fails).
 
+use crate::suite_table::{closing_line, ktap};
 use crate::util::{finish, output, sh, workspace_root, Result};
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -62,8 +64,8 @@ const HOOK_SYMBOL: &str = "sys_mmu_notifier_register";
 const BACKPORTS_SOURCES: &str = "/etc/apt/sources.list.d/bookworm-backports.sources";
 /// Where the suite's lines are saved, relative to the workspace root.
 const SUITE_OUT: &str = "target/hermit/suite.txt";
-/// The suite's header line starts with this (`notifier_conformance::run`).
-const SUITE_HEADER: &str = "notifier conformance suite on ";
+/// The suite's first line (`notifier_conformance::run` prints KTAP).
+const SUITE_HEADER: &str = "KTAP version 1";
 /// QEMU's default timeout: the suite takes a few minutes under software emulation.
 const DEFAULT_TIMEOUT: u64 = 900;
 
@@ -365,6 +367,24 @@ fn check_log(text: &str, status: i32, suite: bool) -> Result<()> {
     if failed != 0 {
         return Err(format!("{failed} failed in the Hermit image"));
     }
+    if suite {
+        // The suite's KTAP, read by the one reader the suite table uses too.
+        let k = ktap(suite_lines(text));
+        if !k.complete() {
+            return Err(format!(
+                "the suite planned {:?} cases and reported {}",
+                k.plan,
+                k.cases.len()
+            ));
+        }
+        if !k.failed().is_empty() || !k.problems.is_empty() {
+            return Err(format!(
+                "suite cases failed: {:?} {}",
+                k.failed(),
+                k.problems.join("; ")
+            ));
+        }
+    }
     if passed == 0 {
         return Err("the image ran no check".into());
     }
@@ -433,11 +453,8 @@ fn save_suite(root: &Path, text: &str) -> Result<()> {
 }
 
 /// `N passed, N failed` (optionally `, N skipped`) → (passed, failed).
-fn parse_closing(line: &str) -> Option<(u32, u32)> {
-    let mut parts = line.trim().split(", ");
-    let passed = parts.next()?.strip_suffix(" passed")?.parse().ok()?;
-    let failed = parts.next()?.strip_suffix(" failed")?.parse().ok()?;
-    Some((passed, failed))
+fn parse_closing(line: &str) -> Option<(usize, usize)> {
+    closing_line(line).map(|(p, f, _)| (p, f))
 }
 
 /// Removes kernel trees built from an older patch or recipe (about 200 MB each).
@@ -734,4 +751,51 @@ fn check_exports(lib: &Path) -> Result<()> {
         syms.iter().filter(|s| keep(s)).count()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A serial log as the image prints it: smoke checks, then the suite's KTAP with a
+    /// kernel log record in between.
+    const LOG: &str = "notifier-hermit image: start\n\
+                       attach ... ok\n\
+                       1 passed, 0 failed\n\
+                       suite config: rounds 1, many_list 1, many_intervals 1\n\
+                       KTAP version 1\n\
+                       # notifier conformance suite on hermit\n\
+                       1..2\n\
+                       ok 1 C-01 register\n\
+                       [1][\u{1b}[32mINFO \u{1b}[0m] a kernel record\n\
+                       ok 2 C-08 non_blocking # SKIP no unmap that cannot sleep\n\
+                       1 passed, 0 failed, 1 skipped\n\
+                       hook starts with interrupts off: 0\n";
+
+    #[test]
+    fn log_verdicts() {
+        assert_eq!(check_log(LOG, 3, true), Ok(()));
+        assert!(check_log(LOG, 1, true).is_err());
+        assert_eq!(
+            suite_lines(LOG),
+            [
+                "KTAP version 1",
+                "# notifier conformance suite on hermit",
+                "1..2",
+                "ok 1 C-01 register",
+                "ok 2 C-08 non_blocking # SKIP no unmap that cannot sleep",
+                "1 passed, 0 failed, 1 skipped",
+            ]
+        );
+        // A failed case, even if the closing line were to say otherwise.
+        let failed = LOG.replace("ok 1 C-01 register", "not ok 1 C-01 register # x");
+        assert!(check_log(&failed, 3, true).is_err());
+        // A case missing from the plan: the run did not finish.
+        let short = LOG.replace("ok 1 C-01 register\n", "");
+        assert!(check_log(&short, 3, true).is_err());
+        // The smoke checks alone pass only with `--smoke-only`.
+        let smoke = &LOG[..LOG.find("suite config").unwrap()];
+        assert_eq!(check_log(smoke, 3, false), Ok(()));
+        assert!(check_log(smoke, 3, true).is_err());
+    }
 }

@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::suite_table::{case_line, known_ids, Res, KNOWN_DIFFERENCES};
+use crate::suite_table::{closing_line, known_ids, ktap, Ktap, Res, KNOWN_DIFFERENCES};
 use crate::util::{finish, output, sh, workspace_root, Result};
 
 /// The Debian package that carries the kernel source.
@@ -691,24 +691,21 @@ fn suite_lines<'a>(text: &'a str, which: &str) -> Vec<&'a str> {
 fn check_log(text: &str, status: &str, broken: bool, known: &[&str]) -> Result<()> {
     let prefix = format!("{MODULE}: ");
     let mut smoke = None;
-    let mut suite = None;
-    let mut reference = None;
     println!("--- {MODULE} (serial log: target/kmod/serial.log)");
     for line in text.lines() {
         let line = line.trim_end_matches('\r');
         if let Some(rest) = line.strip_prefix(&prefix) {
             println!("{rest}");
-            if let Some(l) = rest.strip_prefix(SUITE) {
-                suite = parse_closing(l).or(suite);
-            } else if let Some(l) = rest.strip_prefix(SUITE_REF) {
-                reference = parse_closing(l).or(reference);
-            } else {
+            if !rest.starts_with(SUITE) && !rest.starts_with(SUITE_REF) {
                 smoke = parse_closing(rest).or(smoke);
             }
         } else if line.starts_with("kmod-init:") || line.starts_with("nkhelper:") {
             println!("{line}");
         }
     }
+    // The suite's KTAP in each mode, read by the one reader the suite table uses too.
+    let suite = ktap(suite_lines(text, SUITE));
+    let reference = ktap(suite_lines(text, SUITE_REF));
     let fatal: Vec<&str> = text
         .lines()
         .filter(|l| FATAL.iter().any(|f| l.contains(f)))
@@ -729,21 +726,38 @@ fn check_log(text: &str, status: &str, broken: bool, known: &[&str]) -> Result<(
     }
     // Reference mode may fail the cases where Linux is known to differ from the
     // contract (listed with the reason in KNOWN_DIFFERENCES); nothing else.
-    let ref_lines = suite_lines(text, SUITE_REF);
-    let known_failed = ref_lines
-        .iter()
-        .filter_map(|l| case_line(l))
-        .filter(|(id, _, res)| matches!(res, Res::Failed(_)) && known.contains(id))
+    let known_failed = reference
+        .failed()
+        .into_iter()
+        .filter(|id| known.contains(id))
         .count();
-    let mut runs = vec![("smoke tests", smoke, 0), ("conformance suite", suite, 0)];
+    let closing = |k: &Ktap| k.closing.and_then(parse_closing);
+    let mut runs = vec![("smoke tests", smoke, 0, None)];
+    runs.push(("conformance suite", closing(&suite), 0, Some(&suite)));
     if !broken {
         runs.push((
             "conformance suite in reference mode",
-            reference,
+            closing(&reference),
             known_failed,
+            Some(&reference),
         ));
     }
-    for (what, closing, allowed) in runs {
+    for (what, closing, allowed, k) in runs {
+        if let Some(k) = k {
+            if !k.version {
+                errs.push(format!("the {what} printed no `KTAP version 1` line"));
+            }
+            if k.closing.is_some() && !k.complete() {
+                errs.push(format!(
+                    "the {what} planned {:?} cases and reported {}",
+                    k.plan,
+                    k.cases.len()
+                ));
+            }
+            if !k.problems.is_empty() {
+                errs.push(format!("the {what}: {}", k.problems.join("; ")));
+            }
+        }
         match closing {
             None => errs.push(format!(
                 "no `N passed, N failed` closing line from the {what}"
@@ -755,24 +769,24 @@ fn check_log(text: &str, status: &str, broken: bool, known: &[&str]) -> Result<(
             Some(_) => {}
         }
     }
-    let failed: Vec<&str> = suite_lines(text, SUITE)
-        .into_iter()
-        .chain(
-            ref_lines
-                .iter()
-                .copied()
-                .filter(|_| !broken)
-                .filter(|l| case_line(l).is_none_or(|(id, _, _)| !known.contains(&id))),
-        )
-        .filter(|l| l.contains(" ... FAILED"))
-        .collect();
+    let failed_lines = |k: &Ktap, skip_known: bool| -> Vec<String> {
+        k.cases
+            .iter()
+            .filter(|(id, _, _)| !(skip_known && known.contains(id)))
+            .filter_map(|(id, name, res)| match res {
+                Res::Failed(why) => Some(format!("{id} {name}: {why}")),
+                _ => None,
+            })
+            .collect()
+    };
+    let mut failed = failed_lines(&suite, false);
     if broken {
         let prefix = format!("{MODULE}: suite-twin: ");
         let want: Option<Vec<&str>> = text.lines().find_map(|l| {
             let rest = l.trim_end_matches('\r').strip_prefix(prefix.as_str())?;
             Some(rest.split_once(" catches ")?.1.split(' ').collect())
         });
-        let got: Vec<&str> = failed.iter().filter_map(|l| l.split(' ').next()).collect();
+        let got = suite.failed();
         match want {
             None => {
                 errs.push("the module did not name the cases the broken consumer must fail".into())
@@ -782,20 +796,23 @@ fn check_log(text: &str, status: &str, broken: bool, known: &[&str]) -> Result<(
             )),
             Some(w) => println!("--- the broken consumer was caught by exactly {w:?}"),
         }
-    } else if !failed.is_empty() {
-        errs.push(format!("suite cases failed:\n  {}", failed.join("\n  ")));
+    } else {
+        failed.extend(
+            failed_lines(&reference, true)
+                .into_iter()
+                .map(|l| format!("reference: {l}")),
+        );
+        if !failed.is_empty() {
+            errs.push(format!("suite cases failed:\n  {}", failed.join("\n  ")));
+        }
     }
     // The two modes side by side: every case whose result differs, by name.
-    let core: Vec<_> = suite_lines(text, SUITE)
-        .into_iter()
-        .filter_map(case_line)
-        .collect();
-    for (id, name, res) in ref_lines.iter().filter_map(|l| case_line(l)) {
-        let Some((_, _, core_res)) = core.iter().find(|(c, _, _)| *c == id) else {
+    for (id, name, res) in &reference.cases {
+        let Some((_, _, core_res)) = suite.cases.iter().find(|(c, _, _)| c == id) else {
             continue;
         };
         if core_res.short() != res.short() {
-            let note = if matches!(res, Res::Failed(_)) && known.contains(&id) {
+            let note = if matches!(res, Res::Failed(_)) && known.contains(id) {
                 format!(" (a known difference of Linux: {KNOWN_DIFFERENCES})")
             } else {
                 String::new()
@@ -815,16 +832,9 @@ fn check_log(text: &str, status: &str, broken: bool, known: &[&str]) -> Result<(
     }
 }
 
-/// `N passed, N failed` (optionally `, N skipped`) alone on a line.
+/// `N passed, N failed` (optionally `, N skipped`) alone on a line, as (passed, failed).
 fn parse_closing(line: &str) -> Option<(usize, usize)> {
-    let mut parts = line.split(", ");
-    let p = parts.next()?.strip_suffix(" passed")?.parse().ok()?;
-    let f = parts.next()?.strip_suffix(" failed")?.parse().ok()?;
-    match parts.next() {
-        None => Some((p, f)),
-        Some(s) if s.strip_suffix(" skipped")?.parse::<usize>().is_ok() => Some((p, f)),
-        Some(_) => None,
-    }
+    closing_line(line).map(|(p, f, _)| (p, f))
 }
 
 #[cfg(test)]
@@ -838,60 +848,101 @@ mod tests {
         assert_eq!(parse_closing("ok 7 passed"), None);
     }
 
+    /// A log as the module prints it: smoke lines, then the suite's KTAP in each mode.
+    fn log(core: &[&str], reference: &[&str]) -> String {
+        let mut s = String::from("notifier_kmod: ok a\n");
+        for l in core {
+            s += &format!("notifier_kmod: suite: {l}\n");
+        }
+        for l in reference {
+            s += &format!("notifier_kmod: suite-ref: {l}\n");
+        }
+        s + "notifier_kmod: 1 passed, 0 failed\nkmod-init: done\n"
+    }
+
+    const GOOD: [&str; 6] = [
+        "KTAP version 1",
+        "# notifier conformance suite on linux",
+        "1..2",
+        "ok 1 C-01 register",
+        "ok 2 C-08 non_blocking # SKIP no OOM reaper",
+        "1 passed, 0 failed, 1 skipped",
+    ];
+    const GOOD_REF: [&str; 4] = [
+        "KTAP version 1",
+        "1..1",
+        "ok 1 C-01 register",
+        "1 passed, 0 failed",
+    ];
+
     #[test]
     fn log_verdicts() {
-        let good = "notifier_kmod: ok a\nnotifier_kmod: suite: C-01 register ... ok\n\
-                    notifier_kmod: suite: 1 passed, 0 failed, 1 skipped\n\
-                    notifier_kmod: suite-ref: C-01 register ... ok\n\
-                    notifier_kmod: suite-ref: 1 passed, 0 failed\n\
-                    notifier_kmod: 1 passed, 0 failed\nkmod-init: done\n";
-        assert!(check_log(good, "exited", false, &[]).is_ok());
+        let good = log(&GOOD, &GOOD_REF);
+        assert_eq!(check_log(&good, "exited", false, &[]), Ok(()));
         let lockdep = format!("WARNING: possible circular locking dependency detected\n{good}");
         assert!(check_log(&lockdep, "exited", false, &[]).is_err());
-        assert!(check_log(good, "TIMEOUT after 1s", false, &[]).is_err());
+        assert!(check_log(&good, "TIMEOUT after 1s", false, &[]).is_err());
         let failed = "notifier_kmod: 1 passed, 1 failed\nkmod-init: done\n";
         assert!(check_log(failed, "exited", false, &[]).is_err());
         assert!(check_log("kmod-init: done\n", "exited", false, &[]).is_err());
         // The smoke tests alone are not enough; a failed suite case fails the run.
         let no_suite = "notifier_kmod: 1 passed, 0 failed\nkmod-init: done\n";
         assert!(check_log(no_suite, "exited", false, &[]).is_err());
-        let suite_failed = good.replace("1 passed, 0 failed, 1 skipped", "0 passed, 1 failed");
+        let suite_failed = good.replace(
+            "ok 1 C-01 register\nnotifier_kmod: suite: ok 2",
+            "not ok 1 C-01 register # x\nnotifier_kmod: suite: ok 2",
+        );
+        assert_ne!(suite_failed, good);
         assert!(check_log(&suite_failed, "exited", false, &[]).is_err());
+        // A case line missing (the plan says 2), or a line without the KTAP header.
+        let short = good.replace(
+            "notifier_kmod: suite: ok 2 C-08 non_blocking # SKIP no OOM reaper\n",
+            "",
+        );
+        assert_ne!(short, good);
+        assert!(check_log(&short, "exited", false, &[]).is_err());
+        let no_header = good.replacen("notifier_kmod: suite: KTAP version 1\n", "", 1);
+        assert!(check_log(&no_header, "exited", false, &[]).is_err());
         // With a broken consumer: exactly its catchers fail, no more, no fewer.
         let caught = "notifier_kmod: suite-twin: kvm-ignores-seq catches C-09\n\
-                      notifier_kmod: suite: C-09 no_stale_translation ... FAILED: stale\n\
-                      notifier_kmod: suite: 15 passed, 1 failed\n\
+                      notifier_kmod: suite: KTAP version 1\n\
+                      notifier_kmod: suite: 1..2\n\
+                      notifier_kmod: suite: ok 1 C-01 register\n\
+                      notifier_kmod: suite: not ok 2 C-09 no_stale_translation # stale\n\
+                      notifier_kmod: suite: 1 passed, 1 failed\n\
                       notifier_kmod: 1 passed, 0 failed\nkmod-init: done\n";
-        assert!(check_log(caught, "exited", true, &[]).is_ok());
+        assert_eq!(check_log(caught, "exited", true, &[]), Ok(()));
         assert!(check_log(caught, "exited", false, &[]).is_err());
-        let missed = caught.replace(
-            "C-09 no_stale_translation ... FAILED: stale",
-            "C-09 x ... ok",
-        );
+        let missed = caught.replace("not ok 2 C-09 no_stale_translation # stale", "ok 2 C-09 x");
         assert!(check_log(&missed, "exited", true, &[]).is_err());
-        let ref_failed = good.replace("ref: 1 passed, 0 failed", "ref: 0 passed, 1 failed");
+        let ref_failed = log(
+            &GOOD,
+            &[
+                "KTAP version 1",
+                "1..1",
+                "not ok 1 C-01 register # x",
+                "0 passed, 1 failed",
+            ],
+        );
         assert!(check_log(&ref_failed, "exited", false, &[]).is_err());
         // A failure listed as a known difference of Linux is reported, not fatal; an
         // unlisted one still is.
-        let ref_c01 = good
-            .replace(
-                "ref: C-01 register ... ok",
-                "ref: C-01 register ... FAILED: x",
-            )
-            .replace("ref: 1 passed, 0 failed", "ref: 1 passed, 1 failed");
-        assert!(check_log(&ref_c01, "exited", false, &["C-01"]).is_ok());
+        let ref_c01 = log(
+            &GOOD,
+            &[
+                "KTAP version 1",
+                "1..1",
+                "not ok 1 C-01 register # x",
+                "1 passed, 1 failed",
+            ],
+        );
+        assert_eq!(check_log(&ref_c01, "exited", false, &["C-01"]), Ok(()));
         assert!(check_log(&ref_c01, "exited", false, &["C-02"]).is_err());
         assert_eq!(known_ids("# c\nC-02 why\n\nC-04 x\n"), ["C-02", "C-04"]);
-        let no_ref = good.replace("suite-ref: 1 passed, 0 failed\n", "");
+        let no_ref = log(&GOOD, &[]);
         assert!(check_log(&no_ref, "exited", false, &[]).is_err());
-        assert_eq!(
-            suite_lines(good, SUITE),
-            ["C-01 register ... ok", "1 passed, 0 failed, 1 skipped"]
-        );
-        assert_eq!(
-            suite_lines(good, SUITE_REF),
-            ["C-01 register ... ok", "1 passed, 0 failed"]
-        );
+        assert_eq!(suite_lines(&good, SUITE), GOOD);
+        assert_eq!(suite_lines(&good, SUITE_REF), GOOD_REF);
     }
 
     #[test]

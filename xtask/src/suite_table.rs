@@ -57,7 +57,7 @@ const COLUMNS: [Column; 4] = [
 ];
 
 /// One case's result in one run.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Res {
     /// Passed; with what ran when the backend could make only part of the case.
     Ok(Option<String>),
@@ -85,41 +85,126 @@ struct Run {
     closing: Option<String>,
 }
 
-/// One case line of the suite (`C-NN name ... ok|ok (part)|FAILED: why|not applicable:
-/// why`) as its id, name and result; `None` for any other line.
-pub(crate) fn case_line(line: &str) -> Option<(&str, &str, Res)> {
-    let (head, result) = line.trim_end().split_once(" ... ")?;
-    let mut w = head.split_whitespace();
-    let (id, name) = (w.next()?, w.next()?);
-    if !id.starts_with("C-") {
-        return None;
-    }
-    let res = if result == "ok" {
-        Res::Ok(None)
-    } else if let Some(part) = result.strip_prefix("ok (") {
-        Res::Ok(Some(part.trim_end_matches(')').to_string()))
-    } else if let Some(why) = result.strip_prefix("FAILED: ") {
-        Res::Failed(why.to_string())
-    } else if let Some(why) = result.strip_prefix("not applicable: ") {
-        Res::NotApplicable(why.to_string())
-    } else {
-        Res::Failed(format!("unreadable result `{result}`"))
-    };
-    Some((id, name, res))
+/// The suite's output as KTAP (version 1, as KUnit prints it) read back: the one reader
+/// of the suite's results, for the simulator, the Linux module's log and Hermit's.
+#[derive(Debug, Default)]
+pub(crate) struct Ktap<'a> {
+    /// The `KTAP version 1` line was there.
+    pub(crate) version: bool,
+    /// The plan (`1..N`): how many cases the run meant to report.
+    pub(crate) plan: Option<usize>,
+    /// Each result line's case id, name and result, in the order printed.
+    pub(crate) cases: Vec<(&'a str, &'a str, Res)>,
+    /// The closing line as printed (`N passed, N failed[, N skipped]`).
+    pub(crate) closing: Option<&'a str>,
+    /// Result lines out of order or unreadable (a broken or interleaved log).
+    pub(crate) problems: Vec<String>,
 }
 
-/// Parse the suite's lines (case lines, then `N passed, N failed[, N skipped]`).
-fn parse(text: &str) -> Run {
-    let mut cases = BTreeMap::new();
-    let mut closing = None;
-    for line in text.lines() {
-        if let Some((id, name, res)) = case_line(line) {
-            cases.insert(id.to_string(), (name.to_string(), res));
-        } else if line.contains(" passed, ") && line.contains(" failed") {
-            closing = Some(line.trim_end().to_string());
+impl Ktap<'_> {
+    /// Every planned case reported and the closing line printed.
+    pub(crate) fn complete(&self) -> bool {
+        self.closing.is_some() && self.plan.is_some_and(|p| p == self.cases.len())
+    }
+
+    /// The ids of the cases that failed, in order.
+    pub(crate) fn failed(&self) -> Vec<&str> {
+        self.cases
+            .iter()
+            .filter(|(_, _, r)| matches!(r, Res::Failed(_)))
+            .map(|(id, _, _)| *id)
+            .collect()
+    }
+}
+
+/// Read the suite's KTAP from `lines` (already stripped of any log prefix). Lines that
+/// are not the suite's (diagnostics `# …`, a kernel's own messages) are passed over.
+pub(crate) fn ktap<'a>(lines: impl IntoIterator<Item = &'a str>) -> Ktap<'a> {
+    let mut k = Ktap::default();
+    for line in lines {
+        let line = line.trim_end_matches(['\r', '\n']);
+        if line.trim() == "KTAP version 1" {
+            k.version = true;
+        } else if let Some(n) = line.strip_prefix("1..").and_then(|n| n.parse().ok()) {
+            k.plan = Some(n);
+        } else if let Some((n, id, name, res)) = result_line(line) {
+            if n != k.cases.len() + 1 {
+                k.problems
+                    .push(format!("result {n} ({id}) after {} results", k.cases.len()));
+            }
+            k.cases.push((id, name, res));
+        } else if closing_line(line).is_some() {
+            k.closing = Some(line.trim());
+        } else if line.starts_with("ok ") || line.starts_with("not ok ") {
+            k.problems.push(format!("unreadable result line `{line}`"));
         }
     }
-    Run { cases, closing }
+    k
+}
+
+/// One KTAP result line of the suite (`ok N C-NN name`, `ok N C-NN name # what ran`,
+/// `ok N C-NN name # SKIP why`, `not ok N C-NN name # why`) as its number, case id,
+/// name and result; `None` for any other line.
+pub(crate) fn result_line(line: &str) -> Option<(usize, &str, &str, Res)> {
+    let (ok, rest) = if let Some(r) = line.strip_prefix("ok ") {
+        (true, r)
+    } else {
+        (false, line.strip_prefix("not ok ")?)
+    };
+    let (head, directive) = match rest.split_once(" # ") {
+        Some((h, d)) => (h, Some(d.trim())),
+        None => (rest.strip_suffix(" #").unwrap_or(rest), None),
+    };
+    let mut w = head.split_whitespace();
+    let n = w.next()?.parse().ok()?;
+    let (id, name) = (w.next()?, w.next().unwrap_or(""));
+    if !id.starts_with("C-") || w.next().is_some() {
+        return None;
+    }
+    let skip = directive.and_then(|d| {
+        d.strip_prefix("SKIP")
+            .filter(|r| r.is_empty() || r.starts_with(' '))
+    });
+    let res = match (ok, skip, directive) {
+        (true, Some(why), _) => Res::NotApplicable(why.trim().to_string()),
+        (true, None, None) => Res::Ok(None),
+        (true, None, Some(part)) => Res::Ok(Some(part.to_string())),
+        (false, _, why) => Res::Failed(why.unwrap_or("").to_string()),
+    };
+    Some((n, id, name, res))
+}
+
+/// The closing line `N passed, N failed` (optionally `, N skipped`) as (passed, failed,
+/// skipped).
+pub(crate) fn closing_line(line: &str) -> Option<(usize, usize, usize)> {
+    let mut parts = line.trim().split(", ");
+    let p = parts.next()?.strip_suffix(" passed")?.parse().ok()?;
+    let f = parts.next()?.strip_suffix(" failed")?.parse().ok()?;
+    let s = match parts.next() {
+        None => 0,
+        Some(s) => s.strip_suffix(" skipped")?.parse().ok()?,
+    };
+    match parts.next() {
+        None => Some((p, f, s)),
+        Some(_) => None,
+    }
+}
+
+/// A saved run (one file: the suite's output alone) as the table's column reads it.
+fn parse(text: &str) -> Run {
+    let k = ktap(text.lines());
+    // A run that did not report every case it planned did not finish, whatever it
+    // printed last.
+    let finished = k.plan.is_none_or(|p| p == k.cases.len());
+    let cases = k
+        .cases
+        .into_iter()
+        .map(|(id, name, res)| (id.to_string(), (name.to_string(), res)))
+        .collect();
+    Run {
+        cases,
+        closing: k.closing.filter(|_| finished).map(str::to_string),
+    }
 }
 
 /// Where the cases in which Linux's own notifier is known to give less than the
@@ -325,5 +410,92 @@ pub fn main(args: &[String]) -> ExitCode {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn result_lines() {
+        assert_eq!(
+            result_line("ok 1 C-01 register"),
+            Some((1, "C-01", "register", Res::Ok(None)))
+        );
+        assert_eq!(
+            result_line("ok 6 C-06 coverage # 1 of 5 operations; not on this backend: cow"),
+            Some((
+                6,
+                "C-06",
+                "coverage",
+                Res::Ok(Some("1 of 5 operations; not on this backend: cow".into()))
+            ))
+        );
+        assert_eq!(
+            result_line("ok 8 C-08 non_blocking # SKIP no OOM reaper"),
+            Some((
+                8,
+                "C-08",
+                "non_blocking",
+                Res::NotApplicable("no OOM reaper".into())
+            ))
+        );
+        assert_eq!(
+            result_line("not ok 9 C-09 no_stale_translation # stale at 0x1000"),
+            Some((
+                9,
+                "C-09",
+                "no_stale_translation",
+                Res::Failed("stale at 0x1000".into())
+            ))
+        );
+        assert_eq!(
+            result_line("not ok 9 C-09 no_stale_translation"),
+            Some((
+                9,
+                "C-09",
+                "no_stale_translation",
+                Res::Failed(String::new())
+            ))
+        );
+        // Not the suite's: another test's KTAP, a diagnostic, the old format.
+        assert_eq!(result_line("ok 1 example_simple_test"), None);
+        assert_eq!(result_line("# ok 1 C-01 register"), None);
+        assert_eq!(result_line("C-01 register ... ok"), None);
+        assert_eq!(result_line("ok x C-01 register"), None);
+    }
+
+    #[test]
+    fn closing_lines() {
+        assert_eq!(closing_line("7 passed, 0 failed"), Some((7, 0, 0)));
+        assert_eq!(
+            closing_line("7 passed, 2 failed, 1 skipped"),
+            Some((7, 2, 1))
+        );
+        assert_eq!(closing_line("ok 7 passed"), None);
+        assert_eq!(closing_line("7 passed, 2 failed, 1 lost"), None);
+    }
+
+    #[test]
+    fn a_run() {
+        let text = "KTAP version 1\n# notifier conformance suite on sim\n1..3\n\
+                    ok 1 C-01 register\nnot ok 2 C-02 no_half_pairs # why\n\
+                    ok 3 C-05 get_put_synchronize # SKIP no\n1 passed, 1 failed, 1 skipped\n";
+        let k = ktap(text.lines());
+        assert!(k.version && k.complete() && k.problems.is_empty());
+        assert_eq!(k.plan, Some(3));
+        assert_eq!(k.failed(), ["C-02"]);
+        assert_eq!(k.closing, Some("1 passed, 1 failed, 1 skipped"));
+        let run = parse(text);
+        assert_eq!(run.cases.len(), 3);
+        assert!(run.closing.is_some());
+        // Fewer results than planned: not finished, whatever the last line says.
+        let short = text.replace("ok 1 C-01 register\n", "");
+        assert!(!ktap(short.lines()).complete());
+        assert!(parse(&short).closing.is_none());
+        // Out of order numbers are reported.
+        let twice = text.replace("ok 3 C-05", "ok 2 C-05");
+        assert_eq!(ktap(twice.lines()).problems.len(), 1);
     }
 }
