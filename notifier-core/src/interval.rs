@@ -92,7 +92,7 @@ const BUSY: usize = 2;
 /// - `owner` is null while not inserted, else the subscriptions the interval holds a
 ///   reference on (tagged `BUSY` during insert/remove).
 /// - The tree fields (`left`, `right`, `max_last`, `start`, `last`, `in_tree`) change
-///   only under the subscriptions lock, under the rules of [`Subscriptions`]; relaxed
+///   only under the subscriptions lock, under the rules of `Subscriptions`; relaxed
 ///   atomics make the lock-free walk of a frozen tree well defined.
 #[repr(C)]
 pub struct Interval<P: Platform> {

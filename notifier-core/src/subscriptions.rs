@@ -414,7 +414,7 @@ impl ZombieCount {
 /// (Linux: `mm->notifier_subscriptions`) and calls from wherever its primary MMU
 /// changes page tables.
 ///
-/// It is one pointer wide. The [`Subscriptions`] behind it are allocated on the first
+/// It is one pointer wide. The `Subscriptions` behind it are allocated on the first
 /// registration (with [`Platform::alloc`]) and published with release ordering; until
 /// then every invalidation is one load and a branch.
 ///

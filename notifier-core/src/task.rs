@@ -7,20 +7,20 @@
 //!   running right now. `register`, `unregister`, `insert`, `remove`, `get`, teardown,
 //!   [`synchronize`](crate::synchronize) and the export barriers all wait for callbacks
 //!   in flight, the caller's own included; from inside a callback they are refused with
-//!   [`Error::InCallback`](crate::Error::InCallback).
+//!   [`Error::InCallback`].
 //! - **held**: how many [`Invalidation`](crate::Invalidation)s the task has started and
 //!   not ended. Registration and the first interval insertion wait for the invalidations
 //!   in flight; while the task holds one they are refused with
-//!   [`Error::InvalidationHeld`](crate::Error::InvalidationHeld). A leaked invalidation
+//!   [`Error::InvalidationHeld`]. A leaked invalidation
 //!   (`mem::forget`) stays held: the task that leaked it keeps getting the error, and
 //!   other tasks wait for it as for any invalidation still changing page tables.
 //!
 //! Only the task itself writes its numbers, so they are plain loads and stores, never a
 //! locked read-modify-write or a cache line shared with other CPUs. Where they live is
-//! the platform's choice ([`Platform::with_task_state`](crate::Platform::with_task_state)):
+//! the platform's choice ([`Platform::with_task_state`]):
 //! thread-local storage on hosted platforms, a field of the task structure in a kernel,
 //! or, by default, [`TaskTable`], a fixed table keyed by
-//! [`Platform::current_task`](crate::Platform::current_task).
+//! [`Platform::current_task`].
 
 use core::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 
@@ -65,7 +65,7 @@ pub const TASK_TABLE_ENTRIES: usize = 1024;
 /// a callback or holds an invalidation, so the table holds the tasks doing that *at
 /// once*; a task that finds it full is not tracked (its checks are not made), which
 /// the platform should make impossible by sizing or by overriding
-/// [`Platform::with_task_state`](crate::Platform::with_task_state).
+/// [`Platform::with_task_state`].
 pub struct TaskTable<const N: usize> {
     tasks: [AtomicUsize; N],
     states: [TaskState; N],
@@ -131,7 +131,7 @@ impl<const N: usize> Default for TaskTable<N> {
     }
 }
 
-/// The table behind the default [`Platform::with_task_state`](crate::Platform::with_task_state).
+/// The table behind the default [`Platform::with_task_state`].
 #[cfg(not(loom))]
 pub(crate) static DEFAULT_TABLE: TaskTable<TASK_TABLE_ENTRIES> = TaskTable::new();
 
