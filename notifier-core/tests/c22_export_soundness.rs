@@ -8,12 +8,25 @@
 //! or an exported page borrows it) are compile-fail tests in `tests/ui/`.
 #![cfg(not(loom))]
 
+use std::mem;
 use std::pin::pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
 use std::thread;
 
 use notifier_core::export::{ExportOps, ExportRegistry, ExportedPage, Exporter};
 use notifier_core::std_platform::StdPlatform as P;
+use notifier_core::Bug;
+
+/// Memory leaked on purpose stays reachable from here, so that Miri's leak check (which
+/// ignores what statics reach) does not fail the run; nothing ever reads it.
+static LEAKED: [AtomicPtr<u8>; 4] = [const { AtomicPtr::new(std::ptr::null_mut()) }; 4];
+
+/// The platform counts bugs of these kinds in one counter: tests that read it take turns.
+static BUG_COUNTER: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn keep_reachable<T>(slot: usize, x: &T) {
+    LEAKED[slot].store(std::ptr::from_ref(x).cast_mut().cast(), Ordering::Relaxed);
+}
 
 #[derive(Default)]
 struct Count(AtomicUsize);
@@ -170,4 +183,44 @@ fn c22_exporter_dropped_while_its_revoke_runs() {
         drop(ex);
         exporter_dropped.store(true, Ordering::SeqCst);
     });
+}
+
+/// Leaking an exporter (`mem::forget` of its pinned box) is safe code: it ends the
+/// exporter's borrow of the registry, but its memory stays, so a free path may still
+/// revoke through it; a page it exported is dropped and taken out of the table; the
+/// registry is then dropped with nothing linked.
+#[test]
+fn c22_leaked_exporter_then_page_then_registry() {
+    let _turn = BUG_COUNTER.lock().unwrap_or_else(|e| e.into_inner());
+    let reg = ExportRegistry::<P>::new();
+    let page = Box::pin(ExportedPage::<P>::new());
+    let ex = Box::pin(Exporter::new(&reg, Count::default()));
+    ex.as_ref().export(page.as_ref(), 1).unwrap();
+    keep_reachable(0, &*ex);
+    mem::forget(ex);
+    page.map_remote().unwrap();
+    assert_eq!(reg.before_free(1), Ok(1));
+    assert_eq!(page.remote_maps(), 0);
+    drop(page);
+    let bugs = P::bugs(Bug::RegistryDroppedWithPages);
+    drop(reg);
+    assert_eq!(P::bugs(Bug::RegistryDroppedWithPages), bugs);
+}
+
+/// An exporter and its page both leaked, then the registry dropped: the registry's drop
+/// unlinks the leaked page (its memory is never freed) and reports the bug.
+#[test]
+fn c22_registry_dropped_with_leaked_pages() {
+    let _turn = BUG_COUNTER.lock().unwrap_or_else(|e| e.into_inner());
+    let reg = ExportRegistry::<P>::new();
+    let page = Box::pin(ExportedPage::<P>::new());
+    let ex = Box::pin(Exporter::new(&reg, Count::default()));
+    ex.as_ref().export(page.as_ref(), 2).unwrap();
+    keep_reachable(1, &*ex);
+    keep_reachable(2, &*page);
+    mem::forget(ex);
+    mem::forget(page);
+    let bugs = P::bugs(Bug::RegistryDroppedWithPages);
+    drop(reg);
+    assert!(P::bugs(Bug::RegistryDroppedWithPages) > bugs);
 }
