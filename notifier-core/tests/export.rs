@@ -163,3 +163,72 @@ fn dropping_an_exporter_or_a_page_unexports() {
     assert_eq!(reg.before_free(6), Ok(0));
     assert_eq!(ex.revoked.load(Ordering::SeqCst), 0);
 }
+
+/// A page taken out of the table by its exporter's drop, while the free path is still
+/// inside that page's `revoke`, is exported again (by another exporter, at another
+/// frame) only once the free path has left: relinking it earlier would send a free path
+/// walking its old bucket into the new one, past pages it must revoke.
+#[test]
+fn c21_reexport_waits_for_the_free_path() {
+    struct Slow<'a> {
+        entered: &'a AtomicBool,
+        reexported: &'a AtomicBool,
+        exported_under_us: AtomicBool,
+    }
+    impl ExportOps<P> for Slow<'_> {
+        fn revoke(&self, page: &ExportedPage<P>, _pfn: u64) {
+            self.entered.store(true, Ordering::SeqCst);
+            for _ in 0..if cfg!(miri) { 200 } else { 20_000 } {
+                if self.reexported.load(Ordering::SeqCst) {
+                    break;
+                }
+                thread::yield_now();
+            }
+            if page.is_exported() {
+                self.exported_under_us.store(true, Ordering::SeqCst);
+            }
+        }
+    }
+    // The test reads the record after the exporter is gone: export through a borrow.
+    impl ExportOps<P> for &Slow<'_> {
+        fn revoke(&self, page: &ExportedPage<P>, pfn: u64) {
+            (**self).revoke(page, pfn)
+        }
+    }
+    let entered = AtomicBool::new(false);
+    let reexported = AtomicBool::new(false);
+    let reg = ExportRegistry::<P>::new();
+    let page = pin!(ExportedPage::<P>::new());
+    let page = page.into_ref();
+    // Frames 5 and 3 hash to buckets 23 and 218: the exporter's drop takes frame 5's
+    // page out before frame 3's, so the witness leaving says the page has left.
+    let witness = pin!(ExportedPage::<P>::new());
+    let witness = witness.into_ref();
+    let other = pin!(Exporter::new(&reg, Xp::default()));
+    let other = other.into_ref();
+    let slow = Slow {
+        entered: &entered,
+        reexported: &reexported,
+        exported_under_us: AtomicBool::new(false),
+    };
+    thread::scope(|s| {
+        let ex = Box::pin(Exporter::new(&reg, &slow));
+        ex.as_ref().export(page, 5).unwrap();
+        ex.as_ref().export(witness, 3).unwrap();
+        s.spawn(|| reg.before_free(5));
+        while !entered.load(Ordering::SeqCst) {
+            thread::yield_now();
+        }
+        s.spawn(move || drop(ex));
+        while witness.is_exported() {
+            thread::yield_now();
+        }
+        other.export(page, 1).unwrap();
+        reexported.store(true, Ordering::SeqCst);
+    });
+    assert!(
+        !slow.exported_under_us.load(Ordering::SeqCst),
+        "the page was linked again while the free path was inside its revoke"
+    );
+    assert!(page.is_exported());
+}

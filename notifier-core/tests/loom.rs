@@ -759,9 +759,12 @@ impl notifier_core::export::ExportOps<P> for Xp {
 /// freed at once; and a page revoked is never mapped remotely again.
 fn c21_model(free_before_unexport: bool) {
     builder(2).check(move || {
-        let reg = Arc::new(notifier_core::export::ExportRegistry::<P>::new());
+        // The page crosses to a `'static` thread, and a page borrows its registry:
+        // the registry is leaked, as a kernel's would be a static.
+        let reg: &'static _ =
+            Box::leak(Box::new(notifier_core::export::ExportRegistry::<P>::new()));
         let ex = Arc::new(Box::pin(notifier_core::export::Exporter::new(
-            &reg,
+            reg,
             Xp {
                 mem: Memory::new(),
                 revoked: AtomicUsize::new(0),
@@ -774,7 +777,7 @@ fn c21_model(free_before_unexport: bool) {
             .unwrap();
         page.map_remote().unwrap();
         let t = {
-            let (reg, page) = (reg.clone(), page.clone());
+            let page = page.clone();
             thread::spawn(move || {
                 let r = reg.before_free(7);
                 if std::env::var("DBG").is_ok() {

@@ -1602,7 +1602,7 @@ fn c17_many<H: Harness, S: Notifiers<H>>(h: &H, cfg: &Config) -> Outcome {
 // ---------------------------------------------------------------------------------
 
 type PxRef<'a, 'h, H> =
-    core::pin::Pin<&'a notifier_core::export::Exporter<PageExporter<'h, H>, <H as Harness>::P>>;
+    core::pin::Pin<&'a notifier_core::export::Exporter<'h, PageExporter<'h, H>, <H as Harness>::P>>;
 
 /// The platform's export registry, or why the export cases do not apply.
 fn registry<H: Harness>(h: &H) -> Result<&notifier_core::export::ExportRegistry<H::P>, Fail> {

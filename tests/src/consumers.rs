@@ -960,7 +960,7 @@ pub struct PageExporter<'h, H: Harness> {
     h: &'h H,
     mm: Mm,
     twin: Option<Twin>,
-    pages: [notifier_core::export::ExportedPage<H::P>; EXPORT_SLOTS],
+    pages: [notifier_core::export::ExportedPage<'h, H::P>; EXPORT_SLOTS],
     st: SpinLock<H::P, PxState>,
     /// Stale remote accesses (must stay 0).
     pub violations: AtomicU32,
@@ -993,7 +993,7 @@ impl<'h, H: Harness> PageExporter<'h, H> {
     }
 
     /// The pinned page node of `slot` (the exporter is pinned inside its `Exporter`).
-    fn page(&self, slot: usize) -> core::pin::Pin<&notifier_core::export::ExportedPage<H::P>> {
+    fn page(&self, slot: usize) -> core::pin::Pin<&notifier_core::export::ExportedPage<'h, H::P>> {
         // SAFETY: `self` lives pinned inside an `Exporter` (the only way the suite uses
         // it), so its fields never move.
         unsafe { core::pin::Pin::new_unchecked(&self.pages[slot % EXPORT_SLOTS]) }
@@ -1002,7 +1002,7 @@ impl<'h, H: Harness> PageExporter<'h, H> {
     /// Export the page at `addr` as `slot`: fault it in, take the exporter's own
     /// reference, register the frame in the registry (the twin skips the registry).
     pub fn export(
-        this: core::pin::Pin<&notifier_core::export::Exporter<Self, H::P>>,
+        this: core::pin::Pin<&notifier_core::export::Exporter<'h, Self, H::P>>,
         slot: usize,
         addr: usize,
     ) -> Result<Frame, FaultError> {
@@ -1031,7 +1031,7 @@ impl<'h, H: Harness> PageExporter<'h, H> {
 
     /// Stop exporting `slot` (a barrier: no `revoke` of it runs after this).
     pub fn unexport(
-        this: core::pin::Pin<&notifier_core::export::Exporter<Self, H::P>>,
+        this: core::pin::Pin<&notifier_core::export::Exporter<'h, Self, H::P>>,
         slot: usize,
     ) -> bool {
         let me = this.ops();
@@ -1105,7 +1105,7 @@ impl<H: Harness> notifier_core::export::ExportOps<H::P> for PageExporter<'_, H> 
         if self.gone.load(Ordering::Relaxed) {
             self.violations.fetch_add(1, Ordering::Relaxed);
         }
-        let Some(slot) = self.pages.iter().position(|p| core::ptr::eq(p, page)) else {
+        let Some(slot) = self.pages.iter().position(|p| core::ptr::addr_eq(p, page)) else {
             return;
         };
         let mut st = self.st.lock();
