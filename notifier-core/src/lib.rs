@@ -120,6 +120,7 @@ pub mod primitive;
 mod error;
 pub mod export;
 pub mod interval;
+pub mod itree;
 mod platform;
 mod range;
 mod release;

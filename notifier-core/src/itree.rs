@@ -1,0 +1,683 @@
+//! The interval tree (C-23): an intrusive, allocation-free AVL tree of intervals
+//! `[start, last]` (inclusive), keyed by `(start, node address)` and augmented with the
+//! largest `last` of each subtree, so that the intervals meeting a range are found
+//! without visiting the others.
+//!
+//! # Why a balanced tree, and why AVL
+//!
+//! The shape of a treap whose priorities come from node addresses is decided by whoever
+//! chooses the addresses and the starts: safe code that pins its subscribers in an array
+//! and gives them starts in the order of their priorities builds a list, n deep. An AVL
+//! tree's height is bounded for every insertion and removal order:
+//! `h < 1.4405 · log2(n + 2) − 0.3277` (a red-black tree only guarantees
+//! `2 · log2(n + 1)`). The tree is walked on every invalidation and changed only at
+//! insert and remove, so the shallower tree is the better trade for the extra rotations
+//! AVL may do on removal. Every operation is O(log n) in the worst case.
+//!
+//! # Bounded stack
+//!
+//! Nothing here recurses. Each node keeps a `parent` link, so insertion and removal
+//! rebalance by climbing, and [`Tree::walk`] goes from one match to the next the way an
+//! in-order iterator does (Linux: `interval_tree_iter_next`): a few words of stack
+//! whatever the size or shape of the tree, so the callback gets all the rest.
+//! A node costs one [`Links`]: five words (40 bytes on 64-bit targets).
+//!
+//! # Concurrency: the frozen-tree rule
+//!
+//! The tree changes only through `&mut Tree`, which its owner keeps under its lock.
+//! Readers on other threads may walk it without the lock while it is *frozen*: no
+//! insertion or removal happens, and every node in it stays valid, until they are done
+//! (the core guarantees this with the odd `invalidate_seq` and the count of in-flight
+//! invalidations, deferring changes to the last `end`, C-13). [`Tree::freeze`] is the
+//! unsafe promise that this holds; the [`Frozen`] snapshot it returns can then be walked
+//! safely without the lock. Every field of [`Links`] is an atomic accessed with relaxed
+//! ordering, so that such a lock-free read is well defined; ordering between the writer
+//! and the readers comes from the lock and from the sequence, not from these fields.
+
+use core::marker::PhantomData;
+use core::ops::ControlFlow;
+use core::ptr::{self, NonNull};
+
+use crate::primitive::{AtomicPtr, AtomicUsize, Ordering::Relaxed};
+
+/// A type that can be a node of a [`Tree`]: it embeds a [`Links`] and says which
+/// interval it covers.
+///
+/// # Safety
+///
+/// - [`links`](Self::links) returns the same [`Links`], embedded in `self`, every time
+///   it is called on the same node.
+/// - [`start`](Self::start) and [`last`](Self::last) do not change while the node is in
+///   a tree (the tree's order and its `max_last` would become wrong: the walk would
+///   miss intervals; memory safety does not depend on it, correctness does).
+pub unsafe trait Node: Sized {
+    /// The node's tree links.
+    fn links(&self) -> &Links<Self>;
+    /// First value covered.
+    fn start(&self) -> usize;
+    /// Last value covered (inclusive); not below `start`.
+    fn last(&self) -> usize;
+}
+
+/// The tree's part of a node: embed one in the node type and return it from
+/// [`Node::links`]. Only this module reads or writes it.
+///
+/// # Invariants
+///
+/// While the node is in a tree: `left`, `right` and `parent` are null or nodes of the
+/// same tree (`parent` null only at the root), the in-order sequence of the tree is
+/// sorted by `(start, address)`, `height` is the number of nodes on the longest path
+/// down from this node, the heights of `left` and `right` differ by at most one, and
+/// `max_last` is the largest `last` of the subtree.
+pub struct Links<N> {
+    left: AtomicPtr<N>,
+    right: AtomicPtr<N>,
+    parent: AtomicPtr<N>,
+    max_last: AtomicUsize,
+    height: AtomicUsize,
+}
+
+impl<N> Links<N> {
+    /// Links of a node that is in no tree.
+    pub fn new() -> Self {
+        Links {
+            left: AtomicPtr::new(ptr::null_mut()),
+            right: AtomicPtr::new(ptr::null_mut()),
+            parent: AtomicPtr::new(ptr::null_mut()),
+            max_last: AtomicUsize::new(0),
+            height: AtomicUsize::new(0),
+        }
+    }
+}
+
+impl<N> Default for Links<N> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A pointer to a node of a tree that is valid for `'a` and whose links change only
+/// through this module.
+///
+/// # Invariants
+///
+/// `ptr` is a node of a tree that nobody mutates except this module's code holding the
+/// tree's `&mut` (or nobody at all, when frozen), and it stays valid for `'a`.
+struct Ref<'a, N: Node> {
+    ptr: NonNull<N>,
+    _life: PhantomData<&'a N>,
+}
+
+impl<N: Node> Clone for Ref<'_, N> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<N: Node> Copy for Ref<'_, N> {}
+impl<N: Node> PartialEq for Ref<'_, N> {
+    fn eq(&self, other: &Self) -> bool {
+        self.ptr == other.ptr
+    }
+}
+
+fn raw<N: Node>(r: Option<Ref<'_, N>>) -> *mut N {
+    r.map_or(ptr::null_mut(), |r| r.ptr.as_ptr())
+}
+
+impl<'a, N: Node> Ref<'a, N> {
+    /// # Safety
+    ///
+    /// `p` is a node satisfying the type invariant for `'a`.
+    unsafe fn new(ptr: NonNull<N>) -> Self {
+        // INVARIANT: the caller's promise.
+        Ref {
+            ptr,
+            _life: PhantomData,
+        }
+    }
+
+    /// # Safety
+    ///
+    /// `p` is null or a node satisfying the type invariant for `'a`.
+    unsafe fn from_raw(p: *mut N) -> Option<Self> {
+        // INVARIANT: the caller's promise.
+        NonNull::new(p).map(|ptr| Ref {
+            ptr,
+            _life: PhantomData,
+        })
+    }
+
+    fn node(self) -> &'a N {
+        // SAFETY: type invariant: the node is valid for `'a`, and it is only ever shared
+        // (the tree writes its links through atomics).
+        unsafe { self.ptr.as_ref() }
+    }
+
+    fn links(self) -> &'a Links<N> {
+        self.node().links()
+    }
+
+    /// Follow a link of this node.
+    fn follow(link: &AtomicPtr<N>) -> Option<Self> {
+        // SAFETY: `Links` invariant: a link of a node in a tree is null or a node of
+        // the same tree, which satisfies our type invariant as this node does.
+        unsafe { Self::from_raw(link.load(Relaxed)) }
+    }
+
+    fn left(self) -> Option<Self> {
+        Self::follow(&self.links().left)
+    }
+
+    fn right(self) -> Option<Self> {
+        Self::follow(&self.links().right)
+    }
+
+    fn parent(self) -> Option<Self> {
+        Self::follow(&self.links().parent)
+    }
+
+    fn set_left(self, c: Option<Self>) {
+        self.links().left.store(raw(c), Relaxed);
+    }
+
+    fn set_right(self, c: Option<Self>) {
+        self.links().right.store(raw(c), Relaxed);
+    }
+
+    fn set_parent(self, p: Option<Self>) {
+        self.links().parent.store(raw(p), Relaxed);
+    }
+
+    fn start(self) -> usize {
+        self.node().start()
+    }
+
+    fn last(self) -> usize {
+        self.node().last()
+    }
+
+    fn key(self) -> (usize, usize) {
+        (self.start(), self.ptr.as_ptr().addr())
+    }
+
+    fn max_last(self) -> usize {
+        self.links().max_last.load(Relaxed)
+    }
+
+    fn height(r: Option<Self>) -> usize {
+        r.map_or(0, |r| r.links().height.load(Relaxed))
+    }
+
+    /// Recompute `height` and `max_last` from the children's.
+    fn update(self) {
+        let (l, r) = (self.left(), self.right());
+        let h = 1 + Self::height(l).max(Self::height(r));
+        let mut m = self.last();
+        for c in [l, r].into_iter().flatten() {
+            m = m.max(c.max_last());
+        }
+        let links = self.links();
+        links.height.store(h, Relaxed);
+        links.max_last.store(m, Relaxed);
+    }
+}
+
+/// An interval tree: the root of an AVL tree of intrusive nodes `N`.
+///
+/// Changed only through `&mut Tree` (keep it under the lock of its owner); walked
+/// through `&Tree`, or without the lock through a [`Frozen`] snapshot.
+///
+/// # Invariants
+///
+/// `root` is null or a node whose parent is null; every node reachable from `root` is
+/// valid, satisfies the invariants of [`Links`], and is changed only by this tree's
+/// methods (the contract of [`insert`](Self::insert)).
+pub struct Tree<N: Node> {
+    root: *mut N,
+}
+
+// SAFETY: a `Tree` owns no node; through it a thread only reads nodes through `&N`
+// (and writes their `Links`, atomics, through `&mut Tree`), which `N: Sync` allows from
+// any thread.
+unsafe impl<N: Node + Sync> Send for Tree<N> {}
+// SAFETY: `&Tree` only reads: nodes through `&N` and their atomics.
+unsafe impl<N: Node + Sync> Sync for Tree<N> {}
+
+impl<N: Node> Default for Tree<N> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<N: Node> Tree<N> {
+    /// An empty tree.
+    pub const fn new() -> Self {
+        Tree {
+            root: ptr::null_mut(),
+        }
+    }
+
+    /// Whether the tree has no node.
+    pub fn is_empty(&self) -> bool {
+        self.root.is_null()
+    }
+
+    fn root<'a>(&self) -> Option<Ref<'a, N>> {
+        // SAFETY: type invariant: the root is a valid node of this tree, changed only by
+        // its `&mut` methods. The lifetime is not tied to `&self` so that the mutating
+        // methods can keep `Ref`s while they set `self.root`; no `Ref` outlives the
+        // method that made it.
+        unsafe { Ref::from_raw(self.root) }
+    }
+
+    /// Make `new` the child of `parent` that `old` was (or the root).
+    fn replace_child<'a>(
+        &mut self,
+        parent: Option<Ref<'a, N>>,
+        old: Ref<'a, N>,
+        new: Option<Ref<'a, N>>,
+    ) {
+        match parent {
+            None => self.root = raw(new),
+            Some(p) if p.left() == Some(old) => p.set_left(new),
+            Some(p) => p.set_right(new),
+        }
+    }
+
+    /// Rotate `x` down to the left; returns its right child, the subtree's new root.
+    fn rotate_left<'a>(&mut self, x: Ref<'a, N>) -> Ref<'a, N> {
+        let Some(y) = x.right() else {
+            unreachable!("rotate_left without a right child");
+        };
+        let p = x.parent();
+        let b = y.left();
+        x.set_right(b);
+        if let Some(b) = b {
+            b.set_parent(Some(x));
+        }
+        self.replace_child(p, x, Some(y));
+        y.set_parent(p);
+        y.set_left(Some(x));
+        x.set_parent(Some(y));
+        x.update();
+        y.update();
+        y
+    }
+
+    /// Rotate `x` down to the right; returns its left child, the subtree's new root.
+    fn rotate_right<'a>(&mut self, x: Ref<'a, N>) -> Ref<'a, N> {
+        let Some(y) = x.left() else {
+            unreachable!("rotate_right without a left child");
+        };
+        let p = x.parent();
+        let b = y.right();
+        x.set_left(b);
+        if let Some(b) = b {
+            b.set_parent(Some(x));
+        }
+        self.replace_child(p, x, Some(y));
+        y.set_parent(p);
+        y.set_right(Some(x));
+        x.set_parent(Some(y));
+        x.update();
+        y.update();
+        y
+    }
+
+    /// Restore the AVL balance at `x`, whose children are balanced and differ in height
+    /// by at most two; returns the subtree's root.
+    fn rebalance<'a>(&mut self, x: Ref<'a, N>) -> Ref<'a, N> {
+        let h = Ref::height;
+        let (l, r) = (x.left(), x.right());
+        if h(l) > h(r) + 1 {
+            let Some(l) = l else { unreachable!() };
+            if h(l.left()) < h(l.right()) {
+                self.rotate_left(l);
+            }
+            self.rotate_right(x)
+        } else if h(r) > h(l) + 1 {
+            let Some(r) = r else { unreachable!() };
+            if h(r.right()) < h(r.left()) {
+                self.rotate_right(r);
+            }
+            self.rotate_left(x)
+        } else {
+            x
+        }
+    }
+
+    /// Update and rebalance every node from `x` up to the root: O(log n).
+    ///
+    /// With `early`, stop at the first subtree whose height and `max_last` come out as
+    /// they were before: the nodes above depend only on those two values, so they are
+    /// still right. This needs every node above `x` to have been right before the
+    /// change (true for an insertion, or a removal that only replaced a node by its
+    /// child; not when a successor moved up into the removed node's place).
+    fn fix_up(&mut self, mut x: Option<Ref<'_, N>>, early: bool) {
+        while let Some(n) = x {
+            let before = (Ref::height(Some(n)), n.max_last());
+            n.update();
+            let top = self.rebalance(n);
+            if early && (Ref::height(Some(top)), top.max_last()) == before {
+                return;
+            }
+            x = top.parent();
+        }
+    }
+
+    /// Insert `n`: O(log n), no allocation, a few words of stack.
+    ///
+    /// # Safety
+    ///
+    /// - `n` is valid and in no tree, and stays valid, pinned and not accessed through
+    ///   `&mut` until it has been [removed](Self::remove) from this tree.
+    /// - No [`Frozen`] snapshot of this tree is in use (the frozen-tree rule).
+    pub unsafe fn insert(&mut self, n: NonNull<N>) {
+        // SAFETY: the caller's first promise; from here on `n` is a node of this tree,
+        // changed only by its methods.
+        let n = unsafe { Ref::new(n) };
+        let key = n.key();
+        let mut parent = None;
+        let mut go_left = false;
+        let mut cur = self.root();
+        while let Some(c) = cur {
+            parent = Some(c);
+            go_left = key < c.key();
+            cur = if go_left { c.left() } else { c.right() };
+        }
+        // INVARIANT: `n` becomes a leaf at the place its key sorts to.
+        n.set_left(None);
+        n.set_right(None);
+        n.set_parent(parent);
+        n.update();
+        match parent {
+            None => self.root = n.ptr.as_ptr(),
+            Some(p) if go_left => p.set_left(Some(n)),
+            Some(p) => p.set_right(Some(n)),
+        }
+        self.fix_up(parent, true);
+    }
+
+    /// Remove `n`: O(log n), no allocation, a few words of stack. Its links are cleared.
+    ///
+    /// # Safety
+    ///
+    /// - `n` is in this tree.
+    /// - No [`Frozen`] snapshot of this tree is in use (the frozen-tree rule).
+    pub unsafe fn remove(&mut self, n: NonNull<N>) {
+        // SAFETY: the caller's promise: `n` is a node of this tree.
+        let z = unsafe { Ref::new(n) };
+        debug_assert!(self.contains(z), "removing a node that is not in this tree");
+        let p = z.parent();
+        let (fix_from, early) = match (z.left(), z.right()) {
+            (None, c) | (c, None) => {
+                self.replace_child(p, z, c);
+                if let Some(c) = c {
+                    c.set_parent(p);
+                }
+                (p, true)
+            }
+            (Some(l), Some(r)) => {
+                // Put the in-order successor `s` (the leftmost node on the right) in
+                // `z`'s place.
+                let mut s = r;
+                while let Some(sl) = s.left() {
+                    s = sl;
+                }
+                let fix_from = if s == r {
+                    s
+                } else {
+                    let Some(sp) = s.parent() else { unreachable!() };
+                    let sr = s.right();
+                    sp.set_left(sr);
+                    if let Some(sr) = sr {
+                        sr.set_parent(Some(sp));
+                    }
+                    s.set_right(Some(r));
+                    r.set_parent(Some(s));
+                    sp
+                };
+                s.set_left(Some(l));
+                l.set_parent(Some(s));
+                self.replace_child(p, z, Some(s));
+                s.set_parent(p);
+                // `s` sits where `z` was with its own old height and `max_last`: climb
+                // all the way up.
+                (Some(fix_from), false)
+            }
+        };
+        z.set_left(None);
+        z.set_right(None);
+        z.set_parent(None);
+        z.links().height.store(0, Relaxed);
+        self.fix_up(fix_from, early);
+    }
+
+    /// Whether `n` hangs below this tree's root (O(log n); for debug assertions).
+    fn contains(&self, n: Ref<'_, N>) -> bool {
+        let mut top = n;
+        while let Some(p) = top.parent() {
+            top = p;
+        }
+        top.ptr.as_ptr() == self.root
+    }
+
+    /// Visit, in order of `(start, address)`, every node whose `[start, last]` meets
+    /// `[first, last]`, until `f` breaks. `first <= last`.
+    ///
+    /// Cost: O(log n) to find the first match, then at most one climb and one descent
+    /// per match: O(log n) when nothing matches, O(log n + k) when the k matches are
+    /// consecutive in start order, O(min(n, (k + 1) · log n)) in general (as for
+    /// Linux's `interval_tree`). Stack: a few words.
+    pub fn walk(
+        &self,
+        first: usize,
+        last: usize,
+        f: impl FnMut(NonNull<N>) -> ControlFlow<()>,
+    ) -> ControlFlow<()> {
+        walk(self.root(), first, last, f)
+    }
+
+    /// Whether some node meets `[first, last]`: O(log n).
+    pub fn overlaps(&self, first: usize, last: usize) -> bool {
+        walk(self.root(), first, last, |_| ControlFlow::Break(())).is_break()
+    }
+
+    /// A snapshot of the tree to walk without the lock.
+    ///
+    /// # Safety
+    ///
+    /// Until the returned [`Frozen`] is dropped (on whatever thread it is used), the
+    /// tree is frozen: no node is inserted or removed, and every node in it stays valid.
+    pub unsafe fn freeze(&self) -> Frozen<N> {
+        Frozen {
+            root: self.root,
+            _not_send: PhantomData,
+        }
+    }
+
+    /// The number of nodes on the longest path from the root down (0 when empty),
+    /// counted by following the links, not read from the nodes' heights. O(n), a few
+    /// words of stack; for tests and benchmarks.
+    pub fn depth(&self) -> usize {
+        let mut max = 0;
+        let _ = traverse(self.root(), |_, d| {
+            max = max.max(d);
+            Ok(())
+        });
+        max
+    }
+
+    /// Check every invariant of [`Links`] over the whole tree (parent links, order by
+    /// `(start, address)`, heights, AVL balance, `max_last`) and return the number of
+    /// nodes, or which invariant is broken. O(n), a few words of stack; for tests.
+    pub fn validate(&self) -> Result<usize, &'static str> {
+        if let Some(r) = self.root() {
+            if r.parent().is_some() {
+                return Err("the root has a parent");
+            }
+        }
+        let mut prev: Option<(usize, usize)> = None;
+        traverse(self.root(), |n, _| {
+            for c in [n.left(), n.right()].into_iter().flatten() {
+                if c.parent() != Some(n) {
+                    return Err("a child's parent link is wrong");
+                }
+            }
+            if prev.is_some_and(|p| p >= n.key()) {
+                return Err("in-order keys are not increasing");
+            }
+            prev = Some(n.key());
+            let (hl, hr) = (Ref::height(n.left()), Ref::height(n.right()));
+            if Ref::height(Some(n)) != 1 + hl.max(hr) {
+                return Err("a height is wrong");
+            }
+            if hl.abs_diff(hr) > 1 {
+                return Err("a node is out of balance");
+            }
+            let mut m = n.last();
+            for c in [n.left(), n.right()].into_iter().flatten() {
+                m = m.max(c.max_last());
+            }
+            if n.max_last() != m {
+                return Err("a max_last is wrong");
+            }
+            Ok(())
+        })
+    }
+}
+
+/// A snapshot of a frozen [`Tree`], to walk without its lock (see [`Tree::freeze`]).
+/// Not `Send`: it is walked by the thread that froze the tree.
+pub struct Frozen<N: Node> {
+    root: *mut N,
+    _not_send: PhantomData<*mut ()>,
+}
+
+impl<N: Node> Frozen<N> {
+    fn root<'a>(&'a self) -> Option<Ref<'a, N>> {
+        // SAFETY: the contract of `Tree::freeze`: the tree does not change and its nodes
+        // stay valid while `self` lives.
+        unsafe { Ref::from_raw(self.root) }
+    }
+
+    /// As [`Tree::walk`].
+    pub fn walk(
+        &self,
+        first: usize,
+        last: usize,
+        f: impl FnMut(NonNull<N>) -> ControlFlow<()>,
+    ) -> ControlFlow<()> {
+        walk(self.root(), first, last, f)
+    }
+
+    /// As [`Tree::overlaps`].
+    pub fn overlaps(&self, first: usize, last: usize) -> bool {
+        walk(self.root(), first, last, |_| ControlFlow::Break(())).is_break()
+    }
+}
+
+/// The leftmost node of the subtree `x` meeting `[first, last]`.
+fn subtree_first<'a, N: Node>(mut x: Ref<'a, N>, first: usize, last: usize) -> Option<Ref<'a, N>> {
+    loop {
+        if let Some(l) = x.left() {
+            if l.max_last() >= first {
+                // The left subtree has an interval ending at or after `first`; its
+                // leftmost one is the first candidate (the ones after it start later).
+                x = l;
+                continue;
+            }
+        }
+        if x.start() > last {
+            return None;
+        }
+        if x.last() >= first {
+            return Some(x);
+        }
+        match x.right() {
+            Some(r) if r.max_last() >= first => x = r,
+            _ => return None,
+        }
+    }
+}
+
+/// The next node after `x` in order meeting `[first, last]`.
+fn next_match<'a, N: Node>(mut x: Ref<'a, N>, first: usize, last: usize) -> Option<Ref<'a, N>> {
+    loop {
+        if let Some(r) = x.right() {
+            if r.max_last() >= first {
+                return subtree_first(r, first, last);
+            }
+        }
+        // Climb until we come up from a left child: that parent is next in order.
+        loop {
+            let p = x.parent()?;
+            let from_left = p.left() == Some(x);
+            x = p;
+            if from_left {
+                break;
+            }
+        }
+        if x.start() > last {
+            return None;
+        }
+        if x.last() >= first {
+            return Some(x);
+        }
+    }
+}
+
+fn walk<N: Node>(
+    root: Option<Ref<'_, N>>,
+    first: usize,
+    last: usize,
+    mut f: impl FnMut(NonNull<N>) -> ControlFlow<()>,
+) -> ControlFlow<()> {
+    debug_assert!(first <= last);
+    let mut cur = root.and_then(|r| subtree_first(r, first, last));
+    while let Some(x) = cur {
+        f(x.ptr)?;
+        cur = next_match(x, first, last);
+    }
+    ControlFlow::Continue(())
+}
+
+/// Visit every node in order with its depth (the root is at 1), following the parent
+/// links back up: no recursion, no stack of nodes. Stops at the first error.
+fn traverse<'a, N: Node>(
+    root: Option<Ref<'a, N>>,
+    mut f: impl FnMut(Ref<'a, N>, usize) -> Result<(), &'static str>,
+) -> Result<usize, &'static str> {
+    let mut count = 0;
+    let mut depth = 0;
+    let mut prev: Option<Ref<'a, N>> = None;
+    let mut cur = root;
+    while let Some(x) = cur {
+        let (l, r, p) = (x.left(), x.right(), x.parent());
+        let next = if prev == p {
+            // Arrived from above.
+            depth += 1;
+            if l.is_some() {
+                l
+            } else {
+                f(x, depth)?;
+                count += 1;
+                r.or(p)
+            }
+        } else if l.is_some() && prev == l {
+            // Back from the left subtree.
+            f(x, depth)?;
+            count += 1;
+            r.or(p)
+        } else {
+            // Back from the right subtree.
+            p
+        };
+        if next == p {
+            depth -= 1;
+        }
+        prev = Some(x);
+        cur = next;
+    }
+    Ok(count)
+}
