@@ -1392,3 +1392,108 @@ fn c03_window_detects_deaf_subscriber() {
         || c03_window_model(WindowOp::SecondaryTlbs, true),
     );
 }
+
+// --- C-02 at the edges: the last `put` and teardown between a start and its end ----
+
+loom::lazy_static! {
+    static ref PUT_STARTS: AtomicUsize = AtomicUsize::new(0);
+    static ref PUT_ENDS: AtomicUsize = AtomicUsize::new(0);
+}
+
+/// A shared subscriber kind that counts its starts and ends.
+struct PutKind;
+
+impl SubscriberOps for PutKind {
+    fn invalidate_range_start(&self, _r: &Range) -> Result<(), WouldBlock> {
+        PUT_STARTS.fetch_add(1, Ordering::AcqRel);
+        Ok(())
+    }
+    fn invalidate_range_end(&self, _r: &Range) {
+        PUT_ENDS.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+impl SharedOps<P> for PutKind {
+    fn alloc(_mm: &AddressSpace<P>) -> Option<NonNull<Shared<Self, P>>> {
+        Some(NonNull::from(Box::leak(Box::new(Shared::new(PutKind)))))
+    }
+
+    unsafe fn free(this: NonNull<Shared<Self, P>>) {
+        // SAFETY: from `alloc` (a leaked box), not used afterwards (trait contract).
+        drop(unsafe { Box::from_raw(this.as_ptr()) });
+    }
+}
+
+/// Thread B runs one invalidation while the main thread gives back the only reference
+/// on a shared subscriber. C-02: whatever ends the subscription, a start it saw gets
+/// its end (issue 13, item 7). With `leak` the primary MMU leaks its invalidation
+/// (`mem::forget`: no end is ever called), the twin.
+fn c02_last_put_model(leak: bool) {
+    builder(3).check(move || {
+        let mm = Arc::new(AddressSpace::<P>::new());
+        let r = mm.get::<PutKind>().unwrap();
+        let t = {
+            let mm = mm.clone();
+            thread::spawn(move || {
+                let inv = mm
+                    .invalidate_range_start(Range::new(0, PAGE, Event::Unmap))
+                    .unwrap();
+                if leak {
+                    std::mem::forget(inv);
+                } else {
+                    inv.end();
+                }
+            })
+        };
+        r.put();
+        t.join().unwrap();
+        notifier_core::synchronize::<P>();
+        let (s, e) = (latest(&PUT_STARTS), latest(&PUT_ENDS));
+        assert_eq!(s, e, "C-02: start without its end (starts {s}, ends {e})");
+    });
+}
+
+/// Issue 13 item 7: the last `put` between a start and its end.
+#[test]
+fn c02_last_put_between_start_and_end() {
+    isolated("c02_last_put_between_start_and_end", || {
+        c02_last_put_model(false)
+    });
+}
+
+/// The pairs oracle catches an invalidation that is never ended.
+#[test]
+fn c02_detects_leaked_invalidation() {
+    must_fail(
+        "c02_detects_leaked_invalidation",
+        &["C-02: start without its end"],
+        || c02_last_put_model(true),
+    );
+}
+
+/// Thread B runs one invalidation while the main thread tears the address space down.
+/// C-02: a start the subscriber saw gets its end, teardown or not (issue 13, item 7: a
+/// start can run after teardown's `release` and never get its end).
+#[test]
+fn c02_teardown_between_start_and_end() {
+    isolated("c02_teardown_between_start_and_end", || {
+        builder(3).check(|| {
+            let mm = Arc::new(AddressSpace::<P>::new());
+            let sub = Arc::new(Box::pin(Subscriber::<_, P>::new(Pairs::default())));
+            sub.as_ref().as_ref().register(&mm).unwrap();
+            let t = {
+                let mm = mm.clone();
+                thread::spawn(move || {
+                    mm.invalidate_range_start(Range::new(0, PAGE, Event::Unmap))
+                        .unwrap()
+                        .end();
+                })
+            };
+            mm.release();
+            t.join().unwrap();
+            let (s, e) = (latest(&sub.starts), latest(&sub.ends));
+            assert_eq!(s, e, "C-02: start without its end (starts {s}, ends {e})");
+            sub.as_ref().as_ref().unregister().unwrap();
+        });
+    });
+}
