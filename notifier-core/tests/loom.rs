@@ -3,7 +3,7 @@
 //! Run with
 //!
 //! ```text
-//! RUSTFLAGS="--cfg loom" cargo test -p notifier-core --test loom --release
+//! RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom cargo test -p notifier-core --test loom --release -- --test-threads=1
 //! ```
 //!
 //! Every model is a `#[test]` named after the contract case it checks, runs a bounded
@@ -817,4 +817,690 @@ fn c21_detects_free_before_unexport() {
         &["freed memory", "ausality"],
         || c21_model(true),
     );
+}
+
+// ---------------------------------------------------------------------------------
+// Issue 13: models that make the verification bite.
+// ---------------------------------------------------------------------------------
+
+/// Environment variable that tells a child process to run a model in isolation.
+const ISOLATED_MODEL: &str = "NOTIFIER_LOOM_ISOLATED_MODEL";
+
+/// Run `model` (which must pass) in a child process and pass if and only if the child
+/// passed; on failure, report the model's first panic. Used for the models that a known
+/// bug of the core makes fail: a failing loom model aborts its process while unwinding
+/// (see [`must_fail`]), which would take the models after it down with it.
+fn isolated(name: &str, model: impl FnOnce()) {
+    if std::env::var(ISOLATED_MODEL).as_deref() == Ok(name) {
+        model();
+        return;
+    }
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([name, "--exact", "--test-threads=1", "--nocapture"])
+        .env(ISOLATED_MODEL, name)
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .expect("re-run the test binary");
+    if out.status.success() {
+        return;
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let first = stderr.split("panicked at").nth(1).unwrap_or(&stderr);
+    let first = first.lines().take(3).collect::<Vec<_>>().join("\n");
+    panic!("{name}: the model failed:{first}");
+}
+
+/// Storage at a fixed address for an object of a model.
+///
+/// The interval tree orders and balances by the intervals' addresses, so the number of
+/// steps a walk takes depends on where the subscribers live; heap addresses change from
+/// one loom execution to the next when threads allocate in a different order, which
+/// loom rejects ("is the model fully deterministic?"). A static has one address.
+///
+/// # Invariants
+///
+/// Only one model uses a given slot, and loom runs its executions one after another:
+/// `place` and `take` are never called concurrently on one slot.
+struct Fixed<T>(std::cell::UnsafeCell<std::mem::MaybeUninit<T>>);
+
+// SAFETY: the slot hands out shared references to a `T: Sync` only; `place`/`take` are
+// serialised (type invariant).
+unsafe impl<T: Sync> Sync for Fixed<T> {}
+
+impl<T> Fixed<T> {
+    const fn new() -> Self {
+        Fixed(std::cell::UnsafeCell::new(std::mem::MaybeUninit::uninit()))
+    }
+
+    /// Put `v` in the slot (forgetting what an aborted execution may have left there).
+    ///
+    /// # Safety
+    ///
+    /// No reference from an earlier `place` is used any more.
+    unsafe fn place(&'static self, v: T) -> Pin<&'static T> {
+        // SAFETY: caller's contract: nobody uses the old value; the slot is ours
+        // (type invariant).
+        let r: &'static T = unsafe { (*self.0.get()).write(v) };
+        // SAFETY: a static never moves; the value is dropped in place by `take`.
+        unsafe { Pin::new_unchecked(r) }
+    }
+
+    /// Drop the value in place.
+    ///
+    /// # Safety
+    ///
+    /// The slot holds a value from `place` that nobody uses any more.
+    unsafe fn take(&'static self) {
+        // SAFETY: caller's contract.
+        unsafe { (*self.0.get()).assume_init_drop() }
+    }
+}
+
+// --- (a) the portable SRCU with two concurrent readers -----------------------------
+
+/// Two reader threads, each in one read-side section of the portable [`Srcu`]
+/// (`P::rcu()`), follow a published pointer; the writer unlinks the object, waits with
+/// `synchronize` and frees it. With `early_exit` the second reader leaves its section
+/// before it is done with the object (the broken twin).
+///
+/// Two readers are what the grace-period check needs to be wrong in a way one reader
+/// cannot show: with the sums taken in the wrong order (locks before unlocks), a reader
+/// that enters and leaves during the check hides one that is still inside.
+///
+/// [`Srcu`]: notifier_core::srcu::Srcu
+fn srcu_two_readers_model(early_exit: bool) {
+    builder(3).check(move || {
+        let l = Arc::new(RcuList::new());
+        let readers: Vec<_> = (0..2)
+            .map(|i| {
+                let l = l.clone();
+                thread::spawn(move || {
+                    if early_exit && i == 1 {
+                        // Broken: the section ends before the object is used.
+                        drop(P::rcu().read_lock());
+                        reader(&l, false);
+                    } else {
+                        reader(&l, true);
+                    }
+                })
+            })
+            .collect();
+        let old = l.ptr.swap(std::ptr::null_mut(), Ordering::AcqRel);
+        P::rcu().synchronize();
+        // SAFETY: `old` is `objs[0]`.
+        let old = unsafe { &*old };
+        old.freed.store(true, Ordering::Relaxed);
+        old.mem.free();
+        for r in readers {
+            r.join().unwrap();
+        }
+    });
+}
+
+/// The portable SRCU's grace period waits for two concurrent readers.
+#[test]
+fn srcu_two_readers_never_see_freed_object() {
+    srcu_two_readers_model(false);
+}
+
+/// The oracle of `srcu_two_readers_never_see_freed_object` catches a reader that uses
+/// the object after its section ended.
+#[test]
+fn srcu_two_readers_detects_reader_leaving_early() {
+    must_fail(
+        "srcu_two_readers_detects_reader_leaving_early",
+        &["freed", "ausality"],
+        || srcu_two_readers_model(true),
+    );
+}
+
+// --- (b) C-02: register returns only once the invalidations it missed are over ------
+
+/// Thread B runs one invalidation and marks the primary change as open (`open` = 1)
+/// while it is between `start` and `end`; the main thread registers a subscriber and,
+/// once `register` returned, checks the C-02 promise "no primary change that began
+/// before it is still in flight unseen": if a change is still open, the subscriber was
+/// told of it. `fresh` starts from an address space nobody ever subscribed to;
+/// otherwise another subscriber is registered first, so the per-address-space object
+/// exists. With `change_before_start` the primary MMU opens its change before calling
+/// `invalidate_range_start` (the broken twin: no core can see that change).
+fn c02_register_settled_model(fresh: bool, change_before_start: bool) {
+    builder(3).check(move || {
+        let mm = Arc::new(AddressSpace::<P>::new());
+        let other = Box::pin(Subscriber::<_, P>::new(Pairs::default()));
+        if !fresh {
+            other.as_ref().register(&mm).unwrap();
+        }
+        let sub = Arc::new(Box::pin(Subscriber::<_, P>::new(Pairs::default())));
+        let open = Arc::new(AtomicUsize::new(0));
+
+        let t = {
+            let (mm, open) = (mm.clone(), open.clone());
+            thread::spawn(move || {
+                if change_before_start {
+                    open.fetch_add(1, Ordering::AcqRel);
+                }
+                let inv = mm
+                    .invalidate_range_start(Range::new(0, PAGE, Event::Unmap))
+                    .unwrap();
+                if !change_before_start {
+                    open.fetch_add(1, Ordering::AcqRel);
+                }
+                // ... the page-table entries change here ...
+                open.fetch_sub(1, Ordering::AcqRel);
+                inv.end();
+            })
+        };
+
+        sub.as_ref().as_ref().register(&mm).unwrap();
+        if latest(&open) != 0 {
+            assert_eq!(
+                latest(&sub.starts),
+                1,
+                "C-02: register returned while an invalidation that skipped the new \
+                 subscriber is still between start and end"
+            );
+        }
+        t.join().unwrap();
+        let (s, e) = (latest(&sub.starts), latest(&sub.ends));
+        assert_eq!(s, e, "C-02: half pair (starts {s}, ends {e})");
+        sub.as_ref().as_ref().unregister().unwrap();
+        if !fresh {
+            other.as_ref().unregister().unwrap();
+        }
+    });
+}
+
+/// C-02 on an address space that already has subscriptions.
+#[test]
+fn c02_register_returns_after_missed_invalidations() {
+    c02_register_settled_model(false, false);
+}
+
+/// C-02 on an address space nobody subscribed to yet: the invalidation took the
+/// one-branch fast path, which counts it nowhere.
+#[test]
+fn c02_register_returns_after_missed_invalidations_fresh() {
+    isolated(
+        "c02_register_returns_after_missed_invalidations_fresh",
+        || c02_register_settled_model(true, false),
+    );
+}
+
+/// The C-02 oracle catches a primary MMU that changes entries before `start`.
+#[test]
+fn c02_detects_change_before_start() {
+    must_fail(
+        "c02_detects_change_before_start",
+        &["C-02: register returned"],
+        || c02_register_settled_model(false, true),
+    );
+}
+
+// --- (c) C-09: two concurrent first interval insertions -----------------------------
+
+/// The broken consumer of the twins: reads the primary entry before `read_begin`.
+fn fault_reading_early(m: &MirrorSub, primary: &AtomicU64) -> Option<u64> {
+    let v = primary.load(Ordering::Acquire);
+    if v == 0 {
+        return None;
+    }
+    loop {
+        let seq = m.interval().read_begin().unwrap();
+        let mut spte = m.spte.lock().unwrap();
+        if m.interval().read_retry(seq) {
+            continue;
+        }
+        *spte = Some(v);
+        return Some(v);
+    }
+}
+
+static C09_SLOTS: [Fixed<MirrorSub>; 2] = [Fixed::new(), Fixed::new()];
+
+/// Insert the interval subscriber of slot `i` over `[start, start + PAGE)` and fault
+/// once; returns it (still inserted).
+fn insert_and_fault(
+    mm: &AddressSpace<P>,
+    primary: &AtomicU64,
+    i: usize,
+    start: usize,
+    early_read: bool,
+) -> Pin<&'static MirrorSub> {
+    // SAFETY: the previous execution's subscriber is no longer used (the model drops
+    // it at its end, or the execution was abandoned).
+    let m = unsafe { C09_SLOTS[i].place(MirrorSub::new(Mirror::new())) };
+    m.insert(mm, start, PAGE).unwrap();
+    if early_read {
+        fault_reading_early(&m, primary);
+    } else {
+        fault(&m, primary, true);
+    }
+    m
+}
+
+/// An address space with a list subscriber (so its per-address-space object exists)
+/// but no interval yet. Thread B runs an unmap (start, clear the primary entry, end)
+/// over the one page; thread C and the main thread each insert the address space's
+/// first interval subscriber over that page and fault it with the sequence protocol.
+/// The invalidation may have started before the tree existed and skipped it: each
+/// insertion must then wait for it (or make `read_retry` true), so that neither
+/// subscriber ends with a translation to the cleared entry (issue 13, item 1). With
+/// `early_read` the consumers read the primary entry before `read_begin` (the twin).
+fn c09_first_insertions_model(two: bool, early_read: bool) {
+    // One preemption is enough for the race (B preempted inside its invalidation, the
+    // rest runs at yields); two make three threads with grace-period spins explode.
+    builder(if two { 1 } else { 2 }).check(move || {
+        let mm = Arc::new(AddressSpace::<P>::new());
+        let list = Box::pin(Subscriber::<_, P>::new(Pairs::default()));
+        list.as_ref().register(&mm).unwrap();
+        let primary = Arc::new(AtomicU64::new(42));
+
+        let b = {
+            let (mm, primary) = (mm.clone(), primary.clone());
+            thread::spawn(move || unmap(&mm, &primary, 0, PAGE))
+        };
+        let c = two.then(|| {
+            let (mm, primary) = (mm.clone(), primary.clone());
+            thread::spawn(move || insert_and_fault(&mm, &primary, 1, 0, early_read))
+        });
+        let mine = insert_and_fault(&mm, &primary, 0, 0, early_read);
+        let theirs = c.map(|c| c.join().unwrap());
+        b.join().unwrap();
+        // Every invalidation is over: a translation installed before the unmap began
+        // was zapped by it; one installed later read the cleared entry. What is left
+        // is stale only if an insertion returned while an unmap it missed was still
+        // in flight.
+        for m in [Some(mine), theirs].into_iter().flatten() {
+            assert_eq!(
+                *m.spte.lock().unwrap(),
+                None,
+                "C-09: stale translation: an insertion returned while an invalidation \
+                 that skipped the tree was still in flight"
+            );
+            m.remove().unwrap();
+        }
+        if two {
+            // SAFETY: thread C is done with its subscriber.
+            unsafe { C09_SLOTS[1].take() };
+        }
+        list.as_ref().unregister().unwrap();
+        // SAFETY: nobody uses the subscriber any more.
+        unsafe { C09_SLOTS[0].take() };
+    });
+}
+
+/// C-09: the first interval insertion waits for the invalidation that skipped the tree
+/// (one inserter: the case the core handles today).
+#[test]
+fn c09_first_insertion_waits() {
+    c09_first_insertions_model(false, false);
+}
+
+/// Issue 13 item 1 (C-09): concurrent first interval insertions both wait for the
+/// invalidation that skipped the tree.
+#[test]
+fn c09_concurrent_first_insertions() {
+    isolated("c09_concurrent_first_insertions", || {
+        c09_first_insertions_model(true, false)
+    });
+}
+
+/// The oracle of `c09_concurrent_first_insertions` catches a consumer that reads the
+/// primary entry before `read_begin`.
+#[test]
+fn c09_detects_read_before_read_begin() {
+    must_fail("c09_detects_read_before_read_begin", &["C-09"], || {
+        c09_first_insertions_model(true, true)
+    });
+}
+
+// --- (d) C-13: the removed interval is really freed ---------------------------------
+
+/// An interval subscriber whose memory lives outside it and is "freed" when the
+/// subscriber itself is dropped (after the core's `Drop` removed it).
+struct Owned {
+    calls: Arc<AtomicUsize>,
+    mem: Arc<Memory>,
+    lock: Mutex<()>,
+}
+
+impl IntervalOps<P> for Owned {
+    fn invalidate(&self, iv: &Interval<P>, _r: &Range, cur_seq: u64) -> Result<(), WouldBlock> {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        self.mem.touch();
+        let _g = self.lock.lock().unwrap();
+        iv.set_seq(cur_seq);
+        Ok(())
+    }
+}
+
+impl Drop for Owned {
+    fn drop(&mut self) {
+        // Runs after `IntervalSubscriber::drop` removed the interval: the memory goes
+        // with the subscriber.
+        self.mem.free();
+    }
+}
+
+type OwnedSub = IntervalSubscriber<Owned, P>;
+
+static C13_SLOTS: [Fixed<OwnedSub>; 2] = [Fixed::new(), Fixed::new()];
+
+/// The subscriber of slot `i`, with its call counter and memory.
+fn owned(i: usize) -> (Pin<&'static OwnedSub>, Arc<AtomicUsize>, Arc<Memory>) {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let mem = Arc::new(Memory::new());
+    // SAFETY: the previous execution's subscriber is no longer used.
+    let s = unsafe {
+        C13_SLOTS[i].place(IntervalSubscriber::new(Owned {
+            calls: calls.clone(),
+            mem: mem.clone(),
+            lock: Mutex::new(()),
+        }))
+    };
+    (s, calls, mem)
+}
+
+/// Two interval subscribers A `[0, PAGE)` and B `[PAGE, 2 PAGE)`; thread T invalidates
+/// `[0, 2 PAGE)` while the main thread drops A (its `Drop` removes it, then A's memory
+/// is freed). The walk may be passing through A when it is removed: loom checks every
+/// read of A's memory by its callback against the free, and B, which stays, is told
+/// exactly once. A later invalidation reaches B and not A. With `free_first` A's
+/// memory is freed before A is dropped (the twin).
+fn c13_removed_interval_freed_model(free_first: bool) {
+    builder(3).check(move || {
+        let mm = Arc::new(AddressSpace::<P>::new());
+        let (a, a_calls, a_mem) = owned(0);
+        let (b, b_calls, _b_mem) = owned(1);
+        a.insert(&mm, 0, PAGE).unwrap();
+        b.insert(&mm, PAGE, PAGE).unwrap();
+
+        let t = {
+            let mm = mm.clone();
+            thread::spawn(move || {
+                mm.invalidate_range_start(Range::new(0, 2 * PAGE, Event::Unmap))
+                    .unwrap()
+                    .end();
+            })
+        };
+
+        if free_first {
+            a_mem.free();
+        }
+        // SAFETY: A is not used after this (its `Drop` removes it).
+        unsafe { C13_SLOTS[0].take() };
+        let after = latest(&a_calls);
+        t.join().unwrap();
+        assert_eq!(latest(&a_calls), after, "C-13: invalidate ran after remove");
+        assert_eq!(
+            latest(&b_calls),
+            1,
+            "C-13: the remaining interval was not told"
+        );
+        mm.invalidate_range_start(Range::new(0, 2 * PAGE, Event::Unmap))
+            .unwrap()
+            .end();
+        assert_eq!(latest(&b_calls), 2, "C-13: the remaining interval was lost");
+        assert_eq!(
+            latest(&a_calls),
+            after,
+            "C-13: a removed interval was called"
+        );
+        let _ = a;
+        // SAFETY: nobody uses B any more.
+        unsafe { C13_SLOTS[1].take() };
+    });
+}
+
+/// C-13: dropping (removing and freeing) an interval subscriber while an invalidation
+/// walks the tree.
+#[test]
+fn c13_removed_interval_is_freed() {
+    c13_removed_interval_freed_model(false);
+}
+
+/// The oracle of `c13_removed_interval_is_freed` catches memory freed before removal.
+#[test]
+fn c13_detects_free_before_remove() {
+    must_fail(
+        "c13_detects_free_before_remove",
+        &["freed memory", "ausality"],
+        || c13_removed_interval_freed_model(true),
+    );
+}
+
+// --- (e) C-03: unregister opens no window before `release` --------------------------
+
+/// A list subscriber that holds translations until its `release` has returned.
+struct Holder {
+    /// Calls of the operation under test that reached the subscriber.
+    told: AtomicUsize,
+    /// `release` has returned: no translation is held any more.
+    released: AtomicBool,
+    /// The broken twin: a consumer that ignores the call (keeps its translations).
+    deaf: bool,
+}
+
+impl Holder {
+    fn tell(&self) {
+        if !self.deaf {
+            self.told.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+}
+
+impl SubscriberOps for Holder {
+    fn release(&self) {
+        // ... drop every translation, then:
+        self.released.store(true, Ordering::Release);
+    }
+    fn invalidate_range_start(&self, _r: &Range) -> Result<(), WouldBlock> {
+        self.tell();
+        Ok(())
+    }
+    fn invalidate_secondary_tlbs(&self, _s: usize, _e: usize) {
+        self.tell();
+    }
+    fn clear_young(&self, _s: usize, _e: usize) -> bool {
+        self.tell();
+        false
+    }
+}
+
+#[derive(Clone, Copy)]
+enum WindowOp {
+    Invalidate,
+    SecondaryTlbs,
+    ClearYoung,
+}
+
+/// Thread B runs one operation covering the subscriber (an invalidation start/end, an
+/// `invalidate_secondary_tlbs`, a `clear_young`) while the main thread unregisters it.
+/// C-03: until `release` has run, the subscriber keeps receiving every call that covers
+/// it; so when B's call returns, either it reached the subscriber or `release` had
+/// already returned (issue 13, item 2).
+fn c03_window_model(op: WindowOp, deaf: bool) {
+    builder(3).check(move || {
+        let mm = Arc::new(AddressSpace::<P>::new());
+        let sub = Arc::new(Box::pin(Subscriber::<_, P>::new(Holder {
+            told: AtomicUsize::new(0),
+            released: AtomicBool::new(false),
+            deaf,
+        })));
+        sub.as_ref().as_ref().register(&mm).unwrap();
+
+        let t = {
+            let (mm, sub) = (mm.clone(), sub.clone());
+            thread::spawn(move || {
+                let check = || {
+                    assert!(
+                        latest(&sub.told) != 0 || sub.released.fetch_or(false, Ordering::AcqRel),
+                        "C-03: a call covering the subscriber skipped it before its release \
+                         had run"
+                    );
+                };
+                match op {
+                    WindowOp::Invalidate => {
+                        let inv = mm
+                            .invalidate_range_start(Range::new(0, PAGE, Event::Unmap))
+                            .unwrap();
+                        check();
+                        inv.end();
+                    }
+                    WindowOp::SecondaryTlbs => {
+                        mm.invalidate_secondary_tlbs(0, PAGE).unwrap();
+                        check();
+                    }
+                    WindowOp::ClearYoung => {
+                        mm.clear_young(0, PAGE).unwrap();
+                        check();
+                    }
+                }
+            })
+        };
+
+        sub.as_ref().as_ref().unregister().unwrap();
+        t.join().unwrap();
+    });
+}
+
+/// Issue 13 item 2: an invalidation during `unregister` reaches the subscriber until
+/// its `release` has run.
+#[test]
+fn c03_unregister_window_invalidate() {
+    isolated("c03_unregister_window_invalidate", || {
+        c03_window_model(WindowOp::Invalidate, false)
+    });
+}
+
+/// Issue 13 item 2, with `invalidate_secondary_tlbs`.
+#[test]
+fn c03_unregister_window_secondary_tlbs() {
+    isolated("c03_unregister_window_secondary_tlbs", || {
+        c03_window_model(WindowOp::SecondaryTlbs, false)
+    });
+}
+
+/// Issue 13 item 2, with ageing (`clear_young`).
+#[test]
+fn c03_unregister_window_clear_young() {
+    isolated("c03_unregister_window_clear_young", || {
+        c03_window_model(WindowOp::ClearYoung, false)
+    });
+}
+
+/// The window oracle catches a subscriber that ignores the flush.
+#[test]
+fn c03_window_detects_deaf_subscriber() {
+    must_fail(
+        "c03_window_detects_deaf_subscriber",
+        &["C-03: a call covering"],
+        || c03_window_model(WindowOp::SecondaryTlbs, true),
+    );
+}
+
+// --- C-02 at the edges: the last `put` and teardown between a start and its end ----
+
+loom::lazy_static! {
+    static ref PUT_STARTS: AtomicUsize = AtomicUsize::new(0);
+    static ref PUT_ENDS: AtomicUsize = AtomicUsize::new(0);
+}
+
+/// A shared subscriber kind that counts its starts and ends.
+struct PutKind;
+
+impl SubscriberOps for PutKind {
+    fn invalidate_range_start(&self, _r: &Range) -> Result<(), WouldBlock> {
+        PUT_STARTS.fetch_add(1, Ordering::AcqRel);
+        Ok(())
+    }
+    fn invalidate_range_end(&self, _r: &Range) {
+        PUT_ENDS.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+impl SharedOps<P> for PutKind {
+    fn alloc(_mm: &AddressSpace<P>) -> Option<NonNull<Shared<Self, P>>> {
+        Some(NonNull::from(Box::leak(Box::new(Shared::new(PutKind)))))
+    }
+
+    unsafe fn free(this: NonNull<Shared<Self, P>>) {
+        // SAFETY: from `alloc` (a leaked box), not used afterwards (trait contract).
+        drop(unsafe { Box::from_raw(this.as_ptr()) });
+    }
+}
+
+/// Thread B runs one invalidation while the main thread gives back the only reference
+/// on a shared subscriber. C-02: whatever ends the subscription, a start it saw gets
+/// its end (issue 13, item 7). With `leak` the primary MMU leaks its invalidation
+/// (`mem::forget`: no end is ever called), the twin.
+fn c02_last_put_model(leak: bool) {
+    builder(3).check(move || {
+        let mm = Arc::new(AddressSpace::<P>::new());
+        let r = mm.get::<PutKind>().unwrap();
+        let t = {
+            let mm = mm.clone();
+            thread::spawn(move || {
+                let inv = mm
+                    .invalidate_range_start(Range::new(0, PAGE, Event::Unmap))
+                    .unwrap();
+                if leak {
+                    std::mem::forget(inv);
+                } else {
+                    inv.end();
+                }
+            })
+        };
+        r.put();
+        t.join().unwrap();
+        notifier_core::synchronize::<P>();
+        let (s, e) = (latest(&PUT_STARTS), latest(&PUT_ENDS));
+        assert_eq!(s, e, "C-02: start without its end (starts {s}, ends {e})");
+    });
+}
+
+/// Issue 13 item 7: the last `put` between a start and its end.
+#[test]
+fn c02_last_put_between_start_and_end() {
+    isolated("c02_last_put_between_start_and_end", || {
+        c02_last_put_model(false)
+    });
+}
+
+/// The pairs oracle catches an invalidation that is never ended.
+#[test]
+fn c02_detects_leaked_invalidation() {
+    must_fail(
+        "c02_detects_leaked_invalidation",
+        &["C-02: start without its end"],
+        || c02_last_put_model(true),
+    );
+}
+
+/// Thread B runs one invalidation while the main thread tears the address space down.
+/// C-02: a start the subscriber saw gets its end, teardown or not (issue 13, item 7: a
+/// start can run after teardown's `release` and never get its end).
+#[test]
+fn c02_teardown_between_start_and_end() {
+    isolated("c02_teardown_between_start_and_end", || {
+        builder(3).check(|| {
+            let mm = Arc::new(AddressSpace::<P>::new());
+            let sub = Arc::new(Box::pin(Subscriber::<_, P>::new(Pairs::default())));
+            sub.as_ref().as_ref().register(&mm).unwrap();
+            let t = {
+                let mm = mm.clone();
+                thread::spawn(move || {
+                    mm.invalidate_range_start(Range::new(0, PAGE, Event::Unmap))
+                        .unwrap()
+                        .end();
+                })
+            };
+            mm.release();
+            t.join().unwrap();
+            let (s, e) = (latest(&sub.starts), latest(&sub.ends));
+            assert_eq!(s, e, "C-02: start without its end (starts {s}, ends {e})");
+            sub.as_ref().as_ref().unregister().unwrap();
+        });
+    });
 }
