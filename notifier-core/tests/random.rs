@@ -541,7 +541,7 @@ fn worker(
     for op in 0..CONFIG.ops {
         if teardown_at == Some(op) {
             round.tearing.store(true, Ordering::SeqCst);
-            round.mm.release();
+            round.mm.release().expect("teardown from the test thread is never refused");
         }
         let tearing = round.tearing.load(Ordering::SeqCst);
         match rng.below(10) {
