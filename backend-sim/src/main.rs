@@ -188,8 +188,9 @@ fn main() -> ExitCode {
         }
         Some((s, x)) => {
             println!(
-                "verdict: STALE TRANSLATION — {} stale accesses; the first: {} reached frame {} (generation {}) through {:#x} after the primary MMU freed it",
+                "verdict: STALE TRANSLATION — {} stale access{}; the first: {} reached frame {} (generation {}) through {:#x} after the primary MMU freed it",
                 r.stale_total,
+                if r.stale_total == 1 { "" } else { "es" },
                 s.who.label(),
                 s.frame.pfn,
                 s.frame.gen,

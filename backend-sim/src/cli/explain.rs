@@ -53,6 +53,23 @@ fn related(r: &Rec, s: &Stale, mm: Mm) -> bool {
         | What::Check { who, addr, .. }
         | What::Install { who, addr, .. }
         | What::Stale { who, addr, .. } => who.same_cache(s.who) && addr == page,
+        // The exporter's callbacks serve every importer.
+        What::Callback {
+            who, start, end, ..
+        } => {
+            who.kind == s.who.kind
+                && (who.unit == s.who.unit || who.kind == Kind::Importer)
+                && covers(start, end)
+        }
+    }
+}
+
+/// An invalidation opens here: the primary's start, or a consumer's first callback.
+fn opens(r: &Rec) -> bool {
+    match r.what {
+        What::Primary(SimEvent::InvalidateStart { .. }) => true,
+        What::Callback { cb, .. } => cb.opens(),
+        _ => false,
     }
 }
 
@@ -72,24 +89,14 @@ pub fn build(events: &[Rec], s: &Stale, mm: Mm) -> Explanation {
     // An invalidation of the page already in flight at the read belongs to the story:
     // start from its `invalidate_range_start`.
     let from = read.or(install).map(|i| {
-        events[..i]
+        let last_end = events[..i].iter().rposition(|r| {
+            related(r, s, mm) && matches!(r.what, What::Primary(SimEvent::InvalidateEnd { .. }))
+        });
+        let lo = last_end.map_or(0, |k| k + 1);
+        events[lo..i]
             .iter()
-            .rposition(|r| {
-                related(r, s, mm)
-                    && matches!(
-                        r.what,
-                        What::Primary(
-                            SimEvent::InvalidateStart { .. } | SimEvent::InvalidateEnd { .. }
-                        )
-                    )
-            })
-            .filter(|&k| {
-                matches!(
-                    events[k].what,
-                    What::Primary(SimEvent::InvalidateStart { .. })
-                )
-            })
-            .unwrap_or(i)
+            .position(|r| related(r, s, mm) && opens(r))
+            .map_or(i, |k| lo + k)
     });
     let mut rel: Vec<Rec> = match from {
         Some(from) => events[from..]
@@ -106,6 +113,29 @@ pub fn build(events: &[Rec], s: &Stale, mm: Mm) -> Explanation {
             all[all.len().saturating_sub(SHOWN)..].to_vec()
         }
     };
+    // After the stale generation's free, only the consumer's own events and the
+    // frame's reuse still tell the story.
+    if let Some(f) = rel
+        .iter()
+        .position(|r| matches!(r.what, What::Primary(SimEvent::FrameFree(f)) if f == s.frame))
+    {
+        let mut reuse = false;
+        let mut k = 0;
+        rel.retain(|r| {
+            k += 1;
+            if k <= f + 1 {
+                return true;
+            }
+            match r.what {
+                What::Primary(SimEvent::FrameAlloc(_)) if !reuse => {
+                    reuse = true;
+                    true
+                }
+                What::Primary(_) | What::Callback { .. } => false,
+                _ => true,
+            }
+        });
+    }
     let mut omitted = 0;
     let mut gap_at = 0;
     if rel.len() > SHOWN {
@@ -139,13 +169,18 @@ pub fn operation(w: &What) -> &'static str {
         What::Read { .. } => "read_primary_entry",
         What::Check { .. } => "sequence_check",
         What::Install { .. } => "install",
+        What::Callback { cb, .. } => cb.name(),
         What::Stale { .. } => "stale_use",
     }
 }
 
 /// Who did it: `primary`, or the secondary MMU (with its vCPU).
 pub fn side(w: &What) -> String {
-    w.who().map_or_else(|| "primary".to_string(), |w| w.label())
+    match w {
+        // The exporter's callbacks serve all its importers.
+        What::Callback { who, .. } if who.kind == Kind::Importer => "exporter".to_string(),
+        _ => w.who().map_or_else(|| "primary".to_string(), |w| w.label()),
+    }
 }
 
 /// The event in words.
@@ -215,6 +250,19 @@ pub fn text(r: &Rec, freed_at: Option<u64>) -> String {
                 _ => f,
             }
         }
+        What::Callback {
+            cb, start, end, seq, ..
+        } => {
+            let r = if end == usize::MAX {
+                String::new()
+            } else {
+                format!(" [{start:#x}, {end:#x})")
+            };
+            match seq {
+                Some(q) => format!("callback {}{r} (interval sequence {q})", cb.name()),
+                None => format!("callback {}{r}", cb.name()),
+            }
+        }
         What::Stale { addr, frame, .. } => format!(
             "uses {addr:#x} -> frame {} (generation {}): STALE, that generation of the frame was freed{}",
             frame.pfn,
@@ -227,7 +275,7 @@ pub fn text(r: &Rec, freed_at: Option<u64>) -> String {
 fn primary(e: &SimEvent) -> String {
     match e {
         SimEvent::InvalidateStart { range, .. } => format!(
-            "invalidate_range_start [{:#x}, {:#x}) {:?}{}: the entry is about to change",
+            "invalidate_range_start [{:#x}, {:#x}) {:?}{} returned (every subscriber called): the entry may change now",
             range.start,
             range.end,
             range.event,

@@ -127,6 +127,7 @@ pub struct EventJson {
     /// The guest's vCPU, for the KVM-like shadow MMU.
     pub vcpu: Option<u8>,
     /// What happened (`read_primary_entry`, `sequence_check`, `install`, `stale_use`,
+    /// the consumer's callbacks by name (`invalidate_range_start`, `invalidate`, …),
     /// `invalidate_range_start`, `entry_changed_tlbs_flushed`, `invalidate_range_end`,
     /// `frame_freed`, `frame_allocated`, `aged`, `evicted`, `start_refused`, `released`).
     pub operation: &'static str,
@@ -216,7 +217,10 @@ pub fn event_json(r: &Rec, freed_at: Option<u64>) -> EventJson {
         } else {
             "primary"
         },
-        consumer: who.map(|w| w.consumer()),
+        consumer: who.map(|w| match r.what {
+            What::Callback { .. } if w.kind == super::trace::Kind::Importer => "exporter".into(),
+            _ => w.consumer(),
+        }),
         vcpu: who.and_then(|w| w.vcpu),
         operation: explain::operation(&r.what),
         address: None,
@@ -270,6 +274,13 @@ pub fn event_json(r: &Rec, freed_at: Option<u64>) -> EventJson {
             e.frame = Some(frame.pfn);
             e.generation = Some(frame.gen);
             e.sequence = now.map(|n| n.seq);
+        }
+        What::Callback {
+            start, end, seq, ..
+        } => {
+            e.address = a(start);
+            e.end = a(end);
+            e.sequence = seq;
         }
         What::Stale { addr, frame, .. } => {
             e.address = a(addr);

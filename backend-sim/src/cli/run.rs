@@ -17,7 +17,7 @@ use notifier_core::Subscriber;
 
 use super::args::Args;
 use super::explain::{self, Explanation};
-use super::trace::{set_role, Kind, Log, Traced, TracedSeq, Who};
+use super::trace::{set_role, Kind, Log, Traced, TracedSeq, Watched, Who};
 
 /// Where the address space's pages are mapped.
 pub const BASE: usize = 0x4000_0000;
@@ -157,17 +157,43 @@ pub fn run(a: &Args, progress: &AtomicU64) -> Result<Report, String> {
     log.watch(mm);
     let t = Traced { h: &h, log: &log };
     let twin = a.broken;
-    let kvm = pin!(Subscriber::<_, SimPlatform>::new(Kvm::new(&t, mm, twin)));
-    let dev = pin!(Subscriber::<_, SimPlatform>::new(DeviceTlb::new(
-        &t, mm, twin
+    // Each consumer on the recording harness, its callbacks recorded (`Watched`).
+    let w = |kind: Kind, unit: u8| Who {
+        kind,
+        unit,
+        vcpu: None,
+    };
+    let kvm = pin!(Subscriber::<_, SimPlatform>::new(Watched::new(
+        Kvm::new(&t, mm, twin),
+        w(Kind::Kvm, 0),
+        &log
     )));
-    let exp = pin!(Subscriber::<_, SimPlatform>::new(Exporter::new(
-        &t, mm, false, twin
+    let dev = pin!(Subscriber::<_, SimPlatform>::new(Watched::new(
+        DeviceTlb::new(&t, mm, twin),
+        w(Kind::DeviceTlb, 0),
+        &log
     )));
-    let mir = pin!(CoreInterval::new(Mirror::new(&t, mm, twin)));
+    let exp = pin!(Subscriber::<_, SimPlatform>::new(Watched::new(
+        Exporter::new(&t, mm, false, twin),
+        w(Kind::Importer, 0),
+        &log
+    )));
+    let mir = pin!(CoreInterval::new(Watched::new(
+        Mirror::new(&t, mm, twin),
+        w(Kind::Mirror, 0),
+        &log
+    )));
     let clock = AtomicU32::new(0);
-    let tp0 = pin!(CoreInterval::new(TwoPass::new(&t, mm, &clock, twin)));
-    let tp1 = pin!(CoreInterval::new(TwoPass::new(&t, mm, &clock, twin)));
+    let tp0 = pin!(CoreInterval::new(Watched::new(
+        TwoPass::new(&t, mm, &clock, twin),
+        w(Kind::TwoPass, 0),
+        &log
+    )));
+    let tp1 = pin!(CoreInterval::new(Watched::new(
+        TwoPass::new(&t, mm, &clock, twin),
+        w(Kind::TwoPass, 1),
+        &log
+    )));
     let reg =
         |ok: Result<(), notifier_core::Error>, what: &str| ok.map_err(|e| format!("{what}: {e}"));
     if sc.kvm {

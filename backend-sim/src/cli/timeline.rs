@@ -426,7 +426,7 @@ fn zoom_legend(s: &mut Svg, x: f64, y: f64) {
     s.text(
         x + 9.0,
         y,
-        "primary: start, end",
+        "start, end; a consumer's callback (grey)",
         11.0,
         Anchor::Start,
         "#333",
@@ -588,13 +588,28 @@ fn zoom(s: &mut Svg, top: f64, st: &super::run::Stale, x: &explain::Explanation)
         s.line(LEFT, y, W - RIGHT, y, "#bbb", 1.0, "");
         s.text(12.0, y + 4.0, &name, 13.0, Anchor::Start, "#000", 0.0, true);
     }
-    // Invalidation brackets: from each start to its end (or to the edge).
+    // Invalidation brackets: from the first sign of each (the consumer's callback or
+    // the primary's start) to its end, or to the edge.
+    let mut open: Option<usize> = None;
+    let mut brackets = Vec::new();
     for (i, r) in ev.iter().enumerate() {
-        if let What::Primary(SimEvent::InvalidateStart { range, .. }) = r.what {
-            let j = ev[i..]
-                .iter()
-                .position(|e| matches!(e.what, What::Primary(SimEvent::InvalidateEnd { range: q, .. }) if q.start == range.start && q.end == range.end))
-                .map(|k| i + k);
+        let opens = match r.what {
+            What::Primary(SimEvent::InvalidateStart { .. }) => true,
+            What::Callback { cb, .. } => cb.opens(),
+            _ => false,
+        };
+        if opens && open.is_none() {
+            open = Some(i);
+        }
+        if matches!(r.what, What::Primary(SimEvent::InvalidateEnd { .. })) {
+            brackets.push((open.take().unwrap_or(i), Some(i)));
+        }
+    }
+    if let Some(i) = open {
+        brackets.push((i, None));
+    }
+    for (i, j) in brackets {
+        {
             let x2 = j.map_or(W - RIGHT, xi);
             s.rect(
                 xi(i),
@@ -607,7 +622,7 @@ fn zoom(s: &mut Svg, top: f64, st: &super::run::Stale, x: &explain::Explanation)
             s.text(
                 (xi(i) + x2) / 2.0,
                 prim_y + 24.0,
-                "invalidation in flight (start to end)",
+                "invalidation in flight",
                 10.0,
                 Anchor::Middle,
                 "#1f4e79",
@@ -623,7 +638,9 @@ fn zoom(s: &mut Svg, top: f64, st: &super::run::Stale, x: &explain::Explanation)
             What::Primary(e) => (
                 prim_y,
                 match e {
-                    SimEvent::InvalidateStart { range, .. } => format!("start ({:?})", range.event),
+                    SimEvent::InvalidateStart { range, .. } => {
+                        format!("start returned ({:?})", range.event)
+                    }
                     SimEvent::InvalidateEnd { .. } => "end".to_string(),
                     SimEvent::SecondaryTlbs { .. } => "entry changed + flush".to_string(),
                     SimEvent::FrameFree(f) => format!("frame {} freed (gen {})", f.pfn, f.gen),
@@ -688,6 +705,7 @@ fn zoom(s: &mut Svg, top: f64, st: &super::run::Stale, x: &explain::Explanation)
                 },
                 "#1f77b4",
             ),
+            What::Callback { cb, .. } => (sec_y, format!("callback {}", cb.name()), "#555"),
             What::Stale { .. } => (sec_y, "STALE use".to_string(), RED),
         };
         let cls = format!(r#" class="zoom-{op}""#);
@@ -705,6 +723,7 @@ fn zoom(s: &mut Svg, top: f64, st: &super::run::Stale, x: &explain::Explanation)
                 "#fff",
                 &format!(r#"{cls} stroke="{color}" stroke-width="2""#),
             ),
+            What::Callback { .. } => s.rect(x - 2.0, y - 12.0, 4.0, 24.0, color, &cls),
             What::Check { .. } => s.polygon(
                 &[(x, y - 7.0), (x + 7.0, y), (x, y + 7.0), (x - 7.0, y)],
                 color,

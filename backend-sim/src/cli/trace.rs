@@ -18,9 +18,9 @@ use std::sync::Mutex;
 
 use backend_sim::harness::{Cap, Frame, Harness, HarnessError, Mm, Pte};
 use backend_sim::{SimEvent, SimHarness, SimPlatform};
-use notifier_conformance::subscribe::Seq;
+use notifier_conformance::subscribe::{IvOps, Seq};
 use notifier_core::export::ExportRegistry;
-use notifier_core::{AddressSpace, Error};
+use notifier_core::{AddressSpace, Error, Range, SubscriberOps, WouldBlock};
 
 /// The kinds of secondary MMU in a run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -159,6 +159,19 @@ pub enum What {
         /// A `read_retry` check ran between the read and the install (mirrors).
         checked: bool,
     },
+    /// A secondary MMU's callback was called (recorded as it is entered).
+    Callback {
+        /// Whose (for the exporter: every importer's, unit 0).
+        who: Who,
+        /// Which callback.
+        cb: Cb,
+        /// First byte of the range.
+        start: usize,
+        /// One past the last byte.
+        end: usize,
+        /// The interval's new sequence (interval callbacks).
+        seq: Option<u64>,
+    },
     /// A secondary MMU reached a frame through a translation the oracle says is stale.
     Stale {
         /// Who.
@@ -178,8 +191,48 @@ impl What {
             What::Read { who, .. }
             | What::Check { who, .. }
             | What::Install { who, .. }
+            | What::Callback { who, .. }
             | What::Stale { who, .. } => Some(who),
         }
+    }
+}
+
+/// A consumer's callback.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cb {
+    /// `invalidate_range_start`.
+    Start,
+    /// `invalidate_range_end`.
+    End,
+    /// `invalidate_secondary_tlbs`.
+    Tlbs,
+    /// `release`.
+    Release,
+    /// An interval's `invalidate` (one pass).
+    Invalidate,
+    /// An interval's `invalidate_start` (first of two passes).
+    InvalidateStart,
+    /// An interval's `invalidate_finish` (second pass).
+    InvalidateFinish,
+}
+
+impl Cb {
+    /// The callback's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Cb::Start => "invalidate_range_start",
+            Cb::End => "invalidate_range_end",
+            Cb::Tlbs => "invalidate_secondary_tlbs",
+            Cb::Release => "release",
+            Cb::Invalidate => "invalidate",
+            Cb::InvalidateStart => "invalidate_start",
+            Cb::InvalidateFinish => "invalidate_finish",
+        }
+    }
+
+    /// It opens an invalidation (the consumer must stop using the range from here).
+    pub fn opens(self) -> bool {
+        matches!(self, Cb::Start | Cb::Invalidate | Cb::InvalidateStart)
     }
 }
 
@@ -482,4 +535,82 @@ impl Seq for TracedSeq<'_> {
 /// The secondary MMU the calling task runs, if any.
 pub fn role() -> Option<Who> {
     ROLE.with(Cell::get)
+}
+
+/// A consumer whose callbacks are recorded as they are entered, then passed on: the
+/// secondary side of an invalidation, at the moment it happens (the machine reports
+/// `invalidate_range_start` only once every subscriber has returned).
+pub struct Watched<'a, T> {
+    inner: T,
+    who: Who,
+    log: &'a Log,
+}
+
+impl<'a, T> Watched<'a, T> {
+    /// `inner`, recorded as `who`.
+    pub fn new(inner: T, who: Who, log: &'a Log) -> Self {
+        Watched { inner, who, log }
+    }
+
+    fn note(&self, cb: Cb, start: usize, end: usize, seq: Option<u64>) {
+        self.log.push(What::Callback {
+            who: self.who,
+            cb,
+            start,
+            end,
+            seq,
+        });
+    }
+}
+
+impl<T> std::ops::Deref for Watched<'_, T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.inner
+    }
+}
+
+impl<T: SubscriberOps> SubscriberOps for Watched<'_, T> {
+    fn release(&self) {
+        self.note(Cb::Release, 0, usize::MAX, None);
+        self.inner.release()
+    }
+    fn invalidate_range_start(&self, r: &Range) -> Result<(), WouldBlock> {
+        self.note(Cb::Start, r.start, r.end, None);
+        self.inner.invalidate_range_start(r)
+    }
+    fn invalidate_range_end(&self, r: &Range) {
+        self.note(Cb::End, r.start, r.end, None);
+        self.inner.invalidate_range_end(r)
+    }
+    fn invalidate_secondary_tlbs(&self, start: usize, end: usize) {
+        self.note(Cb::Tlbs, start, end, None);
+        self.inner.invalidate_secondary_tlbs(start, end)
+    }
+    fn clear_flush_young(&self, start: usize, end: usize) -> bool {
+        self.inner.clear_flush_young(start, end)
+    }
+    fn clear_young(&self, start: usize, end: usize) -> bool {
+        self.inner.clear_young(start, end)
+    }
+    fn test_young(&self, addr: usize) -> bool {
+        self.inner.test_young(addr)
+    }
+}
+
+impl<T: IvOps> IvOps for Watched<'_, T> {
+    const TWO_PASS: bool = T::TWO_PASS;
+
+    fn invalidate(&self, iv: &dyn Seq, r: &Range, cur_seq: u64) -> Result<(), WouldBlock> {
+        self.note(Cb::Invalidate, r.start, r.end, Some(cur_seq));
+        self.inner.invalidate(iv, r, cur_seq)
+    }
+    fn invalidate_start(&self, iv: &dyn Seq, r: &Range, cur_seq: u64) -> Result<(), WouldBlock> {
+        self.note(Cb::InvalidateStart, r.start, r.end, Some(cur_seq));
+        self.inner.invalidate_start(iv, r, cur_seq)
+    }
+    fn invalidate_finish(&self, iv: &dyn Seq, r: &Range, cur_seq: u64) {
+        self.note(Cb::InvalidateFinish, r.start, r.end, Some(cur_seq));
+        self.inner.invalidate_finish(iv, r, cur_seq)
+    }
 }
