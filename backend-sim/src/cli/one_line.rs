@@ -18,8 +18,27 @@ pub fn report(bin: &str, e: &clap::Error) -> ExitCode {
         }
         _ => {}
     }
-    eprintln!("{}", fold(bin, &e.render().to_string()));
+    let mut line = fold(bin, &e.render().to_string());
+    if threads_given_a_value(std::env::args().skip(1)) {
+        line.push_str(
+            "; --threads takes no value: it runs the tasks on OS threads (the guest's vCPUs are notifier-sim's --vcpus N)",
+        );
+    }
+    eprintln!("{line}");
     ExitCode::from(2)
+}
+
+/// `--threads` followed by a number or given one with `=`: its meaning before it was
+/// the same in every command.
+pub fn threads_given_a_value(args: impl Iterator<Item = String>) -> bool {
+    let args: Vec<String> = args.collect();
+    args.iter().enumerate().any(|(i, a)| {
+        a.starts_with("--threads=")
+            || (a == "--threads"
+                && args
+                    .get(i + 1)
+                    .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())))
+    })
 }
 
 /// clap's rendered error text on one line, without the usage and the `--help` hint
