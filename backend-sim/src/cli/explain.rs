@@ -347,3 +347,99 @@ pub fn story(t: Option<Twin>) -> String {
     };
     format!("The broken consumer ({}): {what}", t.name())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::trace::{Seen, Who};
+    use backend_sim::harness::Frame;
+    use notifier_core::{Event, Range};
+
+    const PAGE: usize = 0x4000_5000;
+
+    fn range(start: usize, end: usize) -> Range {
+        Range {
+            start,
+            end,
+            event: Event::Unmap,
+            blockable: true,
+            owner: 0,
+        }
+    }
+
+    #[test]
+    fn both_sides_in_order_and_nothing_unrelated() {
+        let kvm = Who::of(Kind::Kvm);
+        let f = Frame { pfn: 7, gen: 3 };
+        let seen = Seen {
+            seq: 4,
+            in_flight: 0,
+        };
+        let r = range(PAGE, PAGE + PAGE_SIZE);
+        let whats = [
+            What::Primary(SimEvent::Released { mm: 1 }), // another address space
+            What::Read {
+                who: kvm,
+                addr: PAGE,
+                frame: Some(f),
+                seen,
+            },
+            What::Primary(SimEvent::InvalidateStart { mm: 0, range: r }),
+            What::Primary(SimEvent::InvalidateStart {
+                mm: 0,
+                range: range(PAGE + PAGE_SIZE, PAGE + 2 * PAGE_SIZE), // another page
+            }),
+            What::Primary(SimEvent::FrameFree(Frame { pfn: 9, gen: 1 })), // another frame
+            What::Read {
+                who: Who::of(Kind::Mirror), // another consumer
+                addr: PAGE,
+                frame: Some(f),
+                seen,
+            },
+            What::Primary(SimEvent::InvalidateEnd { mm: 0, range: r }),
+            What::Primary(SimEvent::FrameFree(f)),
+            What::Install {
+                who: kvm,
+                addr: PAGE,
+                frame: f,
+                at_read: Some(seen),
+                now: Some(Seen {
+                    seq: 5,
+                    in_flight: 0,
+                }),
+                checked: false,
+            },
+            What::Primary(SimEvent::InvalidateStart { mm: 0, range: r }), // after the free
+            What::Stale {
+                who: kvm,
+                addr: PAGE,
+                frame: f,
+            },
+        ];
+        let events: Vec<Rec> = whats
+            .iter()
+            .enumerate()
+            .map(|(i, w)| Rec {
+                time: i as u64,
+                op: 0,
+                what: *w,
+            })
+            .collect();
+        let s = Stale {
+            who: kvm,
+            addr: PAGE,
+            frame: f,
+            time: 10,
+        };
+        let x = build(&events, &s, 0);
+        assert!(x.found_install);
+        let times: Vec<u64> = x.events.iter().map(|r| r.time).collect();
+        assert_eq!(times, vec![1, 2, 6, 7, 8, 10]);
+        let install = text(&x.events[4], freed_at(&x, &s));
+        assert!(
+            install.contains("moved from 4 (at its read) to 5"),
+            "{install}"
+        );
+        assert!(text(&x.events[5], freed_at(&x, &s)).contains("freed at #7"));
+    }
+}
