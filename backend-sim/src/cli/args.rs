@@ -56,7 +56,7 @@ pub const SCENARIOS: [Scenario; 6] = [
         mix: [3, 2, 2, 2, 3],
         churn: false,
         two_pass: true,
-        default_ops: 400,
+        default_ops: 300,
     },
     Scenario {
         name: "kvm-reclaim",
@@ -164,7 +164,7 @@ pub struct Cli {
     pub seed: Option<u64>,
 
     /// Primary operations (munmap, mprotect, migrate, COW break, reclaim) [default: the
-    /// scenario's: 400 for default; see --list-scenarios]
+    /// scenario's: 300 for default; see --list-scenarios]
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
     pub ops: Option<u64>,
 

@@ -517,6 +517,8 @@ pub fn run(a: &Args, progress: &AtomicU64) -> Result<Report, String> {
         }
         set_role(None);
     }
+    // A last sample after the teardown: stale accesses past `release` are drawn too.
+    sample(a.ops);
     if let Some(e) = err.lock().unwrap_or_else(|p| p.into_inner()).take() {
         return Err(e);
     }

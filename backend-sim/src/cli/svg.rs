@@ -88,7 +88,7 @@ impl Svg {
     ) {
         let _ = writeln!(
             self.out,
-            r#"<line x1="{x1:.1}" y1="{y1:.1}" x2="{x2:.1}" y2="{y2:.1}" stroke="{stroke}" stroke-width="{width}"{extra}/>"#
+            r#"<line x1="{x1:.1}" y1="{y1:.1}" x2="{x2:.1}" y2="{y2:.1}" stroke="{stroke}" stroke-width="{width}" shape-rendering="crispEdges"{extra}/>"#
         );
     }
 

@@ -263,7 +263,7 @@ pub fn timeline(a: &Args, r: &Report) -> String {
         for (k, p) in r.samples.windows(2).enumerate() {
             let more = p[1].stale[li].saturating_sub(p[0].stale[li]);
             if more > 0 {
-                let x = xo(r.samples[k].op) + span / 2.0;
+                let x = (xo(r.samples[k].op) + span / 2.0).min(W - RIGHT - 6.0);
                 let y = y0 + 4.0;
                 s.polygon(
                     &[(x - 6.0, y), (x + 6.0, y), (x, y + 11.0)],
@@ -426,7 +426,7 @@ fn zoom_legend(s: &mut Svg, x: f64, y: f64) {
     s.text(
         x + 9.0,
         y,
-        "start, end; a consumer's callback (grey)",
+        "primary start, end",
         11.0,
         Anchor::Start,
         "#333",
@@ -434,6 +434,18 @@ fn zoom_legend(s: &mut Svg, x: f64, y: f64) {
         false,
     );
     x += 130.0;
+    s.rect(x, y - 10.0, 4.0, 12.0, "#555", "");
+    s.text(
+        x + 9.0,
+        y,
+        "callback received",
+        11.0,
+        Anchor::Start,
+        "#333",
+        0.0,
+        false,
+    );
+    x += 125.0;
     s.rect(x, y - 10.0, 4.0, 12.0, "#ff7f0e", "");
     s.text(
         x + 9.0,
@@ -468,14 +480,14 @@ fn zoom_legend(s: &mut Svg, x: f64, y: f64) {
     s.text(
         x + 14.0,
         y,
-        "consumer reads the primary entry",
+        "reads the primary entry",
         11.0,
         Anchor::Start,
         "#333",
         0.0,
         false,
     );
-    x += 210.0;
+    x += 160.0;
     s.polygon(
         &[
             (x + 5.0, y - 10.0),
