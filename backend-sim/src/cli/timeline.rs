@@ -89,7 +89,7 @@ pub fn timeline(a: &Args, r: &Report) -> String {
     let lanes_bottom = top + shown.len() as f64 * (LANE_H + LANE_GAP);
     let axis_y = lanes_bottom - LANE_GAP + 4.0;
     let zoom_top = axis_y + 64.0;
-    let zoom_h = if r.first_stale.is_some() { 440.0 } else { 0.0 };
+    let zoom_h = if r.first_stale.is_some() { 500.0 } else { 0.0 };
     let h = zoom_top + zoom_h + 40.0;
     let mut s = Svg::new(W, h);
     let title = format!(
@@ -112,7 +112,7 @@ pub fn timeline(a: &Args, r: &Report) -> String {
     s.text(
         12.0,
         44.0,
-        &format!("Each lane: what one secondary MMU did per {every} primary operations (own y-axis: count per interval). x: primary operations completed."),
+        &format!("Each lane: what one secondary MMU did per {} (own y-axis: count per interval). x: primary operations completed.", per(every)),
         12.0,
         Anchor::Start,
         "#444",
@@ -157,7 +157,7 @@ pub fn timeline(a: &Args, r: &Report) -> String {
         s.text(
             12.0,
             y0 + 32.0,
-            &format!("count per {every} ops"),
+            &format!("count per {}", per(every)),
             10.0,
             Anchor::Start,
             "#666",
@@ -585,12 +585,15 @@ fn zoom(s: &mut Svg, top: f64, st: &super::run::Stale, x: &explain::Explanation)
         0.0,
         false,
     );
-    let plot_w = W - LEFT - RIGHT;
+    // Room on the right for the last labels.
+    let plot_w = W - LEFT - RIGHT - 90.0;
     let step = plot_w / ev.len() as f64;
+    // Crowded labels stand steeper.
+    let angle = if step < 75.0 { -58.0 } else { -32.0 };
     let xi = |i: usize| LEFT + (i as f64 + 0.5) * step;
     zoom_legend(s, 12.0, top + 40.0);
-    let prim_y = top + 150.0;
-    let sec_y = top + 330.0;
+    let prim_y = top + 180.0;
+    let sec_y = top + 380.0;
     let axis_y = sec_y + 30.0;
     let consumer = match st.who.kind {
         super::trace::Kind::Kvm => "kvm shadow MMU".to_string(),
@@ -753,7 +756,7 @@ fn zoom(s: &mut Svg, top: f64, st: &super::run::Stale, x: &explain::Explanation)
             10.0,
             Anchor::Start,
             color,
-            -32.0,
+            angle,
             false,
         );
         // The time axis.
@@ -863,4 +866,13 @@ pub fn designs(a: &Args, page: &DesignResult, rmap: &DesignResult) -> String {
         }
     }
     s.finish()
+}
+
+/// "operation" or "N operations".
+fn per(n: u64) -> String {
+    if n == 1 {
+        "primary operation".to_string()
+    } else {
+        format!("{n} primary operations")
+    }
 }
