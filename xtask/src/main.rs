@@ -98,3 +98,27 @@ fn main() -> ExitCode {
         Cmd::SuiteTable(o) => suite_table::main(o),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn options_parse_with_equals_and_lists() {
+        let c = Cli::try_parse_from(["cargo xtask", "suite-table", "--require=host,kmod"])
+            .expect("parses");
+        assert!(matches!(c.cmd, Cmd::SuiteTable(_)));
+        assert!(
+            Cli::try_parse_from(["cargo xtask", "kmod", "--timeout=30", "--no-install"]).is_ok()
+        );
+        assert!(Cli::try_parse_from(["cargo xtask", "hermit", "--smoke-only", "--suite"]).is_ok());
+        let e = Cli::try_parse_from(["cargo xtask", "kmod", "--timout", "5"]).unwrap_err();
+        assert_eq!(one_line(&e.render().to_string()).lines().count(), 1);
+    }
+}

@@ -301,3 +301,31 @@ pub fn list() -> String {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn opt_equals_value_and_defaults() {
+        let c = Cli::try_parse_from(["notifier-sim", "--seed=0x10", "--vcpus=4", "--threads"])
+            .expect("parses");
+        let a = Args::resolve(c).expect("resolves");
+        assert_eq!((a.seed, a.vcpus, a.threads), (16, 4, true));
+        assert_eq!(a.ops, SCENARIOS[0].default_ops);
+        assert_eq!(a.out, PathBuf::from("notifier-sim-out"));
+    }
+
+    #[test]
+    fn every_twin_runs_in_some_scenario() {
+        for t in Twin::ALL {
+            assert!(SCENARIOS.iter().any(|s| runs(s, t)), "{}", t.name());
+        }
+    }
+}
