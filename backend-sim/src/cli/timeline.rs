@@ -663,7 +663,7 @@ fn zoom(s: &mut Svg, top: f64, st: &super::run::Stale, x: &explain::Explanation)
                     SimEvent::Aged { .. } => "aged".to_string(),
                     SimEvent::Reclaimed { .. } => "evicted".to_string(),
                     SimEvent::Refused { .. } => "start refused".to_string(),
-                    SimEvent::Released { .. } => "torn down".to_string(),
+                    SimEvent::Released { .. } => "torn down (release returned)".to_string(),
                 },
                 match e {
                     SimEvent::FrameFree(_) => "#000",
@@ -720,7 +720,15 @@ fn zoom(s: &mut Svg, top: f64, st: &super::run::Stale, x: &explain::Explanation)
                 },
                 "#1f77b4",
             ),
-            What::Callback { cb, .. } => (sec_y, format!("callback {}", cb.name()), "#555"),
+            What::Callback { who, cb, .. } => (
+                sec_y,
+                if who.kind == super::trace::Kind::Importer {
+                    format!("exporter callback {}", cb.name())
+                } else {
+                    format!("callback {}", cb.name())
+                },
+                "#555",
+            ),
             What::Stale { .. } => (sec_y, "STALE use".to_string(), RED),
         };
         let cls = format!(r#" class="zoom-{op}""#);
