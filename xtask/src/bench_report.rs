@@ -36,24 +36,18 @@ const LISTS: [(&str, &str); 8] = [
     ),
 ];
 
-fn usage() -> ExitCode {
-    eprintln!("usage: cargo xtask bench-report [--skip-run]");
-    ExitCode::from(2)
+/// `cargo xtask bench-report`: runs the benchmarks and writes benches/RESULTS.md.
+#[derive(clap::Args, Debug)]
+pub struct Options {
+    /// Rebuild the report from the results already on disk (the zero-allocation test
+    /// and footprint still run)
+    #[arg(long)]
+    skip_run: bool,
 }
 
-/// Entry point, dispatched from `main.rs`.
-pub fn main(args: &[String]) -> ExitCode {
-    let mut skip_run = false;
-    for a in args {
-        match a.as_str() {
-            "--skip-run" => skip_run = true,
-            "-h" | "--help" => {
-                usage();
-                return ExitCode::SUCCESS;
-            }
-            _ => return usage(),
-        }
-    }
+/// Entry point, dispatched from `main.rs` with the parsed options.
+pub fn main(opts: Options) -> ExitCode {
+    let skip_run = opts.skip_run;
     match run(skip_run) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

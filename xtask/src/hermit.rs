@@ -67,67 +67,41 @@ const SUITE_OUT: &str = "target/hermit/suite.txt";
 /// The suite's first line (`notifier_conformance::run` prints KTAP).
 const SUITE_HEADER: &str = "KTAP version 1";
 /// QEMU's default timeout: the suite takes a few minutes under software emulation.
-const DEFAULT_TIMEOUT: u64 = 900;
+const DEFAULT_TIMEOUT: &str = "900";
 
-struct Options {
+/// `cargo xtask hermit`: fetches hermit-kernel, applies backend-hermit's notifier patch,
+/// builds and post-processes it into libhermit.a, builds the multiboot loader and the
+/// test image, boots it on 2 CPUs under QEMU and checks its output: the smoke checks,
+/// then the conformance suite (its lines are saved to target/hermit/suite.txt).
+#[derive(clap::Args, Debug)]
+pub struct Options {
+    /// Install nothing (packages, toolchains): fail if something is missing
+    #[arg(long = "no-install", action = clap::ArgAction::SetFalse)]
     install: bool,
+    /// Stop after libhermit.a (and check the archive's exports)
+    #[arg(long)]
     kernel_only: bool,
+    /// Build the image without the suite (the smoke checks only)
+    #[arg(long, overrides_with = "suite")]
     smoke_only: bool,
+    /// Run the suite after the smoke checks (the default; still accepted)
+    #[arg(long = "suite", id = "suite", overrides_with = "smoke_only")]
+    _suite: bool,
+    /// Seconds QEMU may run (the suite takes a few minutes under software emulation)
+    #[arg(long, value_name = "SECS", default_value = DEFAULT_TIMEOUT, value_parser = crate::secs)]
     timeout: Duration,
+    /// Where the kernel sources and builds are kept
+    #[arg(
+        long,
+        value_name = "DIR",
+        env = "NOTIFIER_HERMIT_CACHE",
+        default_value = "/var/cache/notifier-hermit"
+    )]
     cache: PathBuf,
 }
 
-fn usage() {
-    eprintln!(
-        "usage: cargo xtask hermit [--timeout SECS] [--no-install] [--kernel-only] [--smoke-only]\n\
-         \n\
-         Fetches hermit-kernel {KERNEL_VERSION}, applies backend-hermit's notifier patch,\n\
-         builds and post-processes it into libhermit.a, builds the multiboot loader and\n\
-         the test image, boots it on 2 CPUs under QEMU and checks its output: the smoke\n\
-         checks, then the conformance suite (its lines are saved to {SUITE_OUT}).\n\
-         --kernel-only stops after libhermit.a (and checks the archive's exports);\n\
-         --smoke-only builds the image without the suite (--suite, the default, is\n\
-         still accepted).\n\
-         Cache: $NOTIFIER_HERMIT_CACHE or /var/cache/notifier-hermit."
-    );
-}
-
-pub fn main(args: &[String]) -> ExitCode {
-    let mut opts = Options {
-        install: true,
-        kernel_only: false,
-        smoke_only: false,
-        timeout: Duration::from_secs(DEFAULT_TIMEOUT),
-        cache: std::env::var_os("NOTIFIER_HERMIT_CACHE")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from("/var/cache/notifier-hermit")),
-    };
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--timeout" => match it.next().and_then(|s| s.parse().ok()) {
-                Some(s) => opts.timeout = Duration::from_secs(s),
-                None => {
-                    usage();
-                    return ExitCode::from(2);
-                }
-            },
-            "--no-install" => opts.install = false,
-            "--kernel-only" => opts.kernel_only = true,
-            "--smoke-only" => opts.smoke_only = true,
-            // The suite used to be opt-in; it is the default now.
-            "--suite" => opts.smoke_only = false,
-            "-h" | "--help" => {
-                usage();
-                return ExitCode::SUCCESS;
-            }
-            other => {
-                eprintln!("xtask hermit: unknown option `{other}`");
-                usage();
-                return ExitCode::from(2);
-            }
-        }
-    }
+/// Entry point, dispatched from `main.rs` with the parsed options.
+pub fn main(opts: Options) -> ExitCode {
     finish("hermit", run(&opts))
 }
 

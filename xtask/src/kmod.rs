@@ -94,70 +94,42 @@ const FATAL: &[&str] = &[
     "layout mismatch",
 ];
 
-struct Options {
+/// `cargo xtask kmod`: builds (or reuses) a Linux 6.12 kernel with Rust, lockdep and
+/// KASAN, builds backend-linux-kmod against it, boots it under QEMU and checks the
+/// module's in-kernel tests and the conformance suite.
+#[derive(clap::Args, Debug)]
+pub struct Options {
+    /// Seconds QEMU may run before the boot counts as hung
+    #[arg(long, value_name = "SECS", default_value = "600", value_parser = crate::secs)]
     timeout: Duration,
+    /// Install nothing (packages, rust-src, bindgen): fail if something is missing
+    #[arg(long = "no-install", action = clap::ArgAction::SetFalse)]
     install: bool,
-    /// Run the suite with this broken consumer (`--broken NAME`): the run passes only
-    /// if exactly the cases that must catch it fail.
+    /// Run the suite with this broken consumer (a twin, e.g. kvm-ignores-seq): the run
+    /// then passes only if exactly the cases that must catch it fail
+    #[arg(long, value_name = "TWIN", value_parser = twin_name)]
     broken: Option<String>,
+    /// Where the kernel tree, bindgen and the builds are kept
+    #[arg(
+        long,
+        value_name = "DIR",
+        env = "NOTIFIER_KMOD_CACHE",
+        default_value = "/var/cache/notifier-kmod"
+    )]
     cache: PathBuf,
 }
 
-fn usage() {
-    eprintln!(
-        "usage: cargo xtask kmod [--timeout SECS] [--no-install] [--broken NAME]\n\
-         \n\
-         Builds (or reuses) a Linux 6.12 kernel with Rust, lockdep and KASAN, builds\n\
-         backend-linux-kmod against it, boots it under QEMU and checks the module's\n\
-         in-kernel tests and the conformance suite. --broken NAME runs the suite with\n\
-         that broken consumer (a twin, e.g. kvm-ignores-seq): the run then passes only\n\
-         if exactly the cases that must catch it fail. Cache: $NOTIFIER_KMOD_CACHE or\n\
-         /var/cache/notifier-kmod."
-    );
+/// A twin's name as the module's parameter takes it: lower-case words and dashes.
+fn twin_name(n: &str) -> std::result::Result<String, String> {
+    if !n.is_empty() && n.bytes().all(|b| b.is_ascii_lowercase() || b == b'-') {
+        Ok(n.to_string())
+    } else {
+        Err("a twin's name is lower-case words joined by dashes, e.g. kvm-ignores-seq".into())
+    }
 }
 
-pub fn main(args: &[String]) -> ExitCode {
-    let mut opts = Options {
-        timeout: Duration::from_secs(600),
-        install: true,
-        broken: None,
-        cache: std::env::var_os("NOTIFIER_KMOD_CACHE")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from("/var/cache/notifier-kmod")),
-    };
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--timeout" => match it.next().and_then(|s| s.parse().ok()) {
-                Some(s) => opts.timeout = Duration::from_secs(s),
-                None => {
-                    usage();
-                    return ExitCode::from(2);
-                }
-            },
-            "--no-install" => opts.install = false,
-            "--broken" => match it.next() {
-                Some(n)
-                    if !n.is_empty() && n.bytes().all(|b| b.is_ascii_lowercase() || b == b'-') =>
-                {
-                    opts.broken = Some(n.clone())
-                }
-                _ => {
-                    usage();
-                    return ExitCode::from(2);
-                }
-            },
-            "-h" | "--help" => {
-                usage();
-                return ExitCode::SUCCESS;
-            }
-            other => {
-                eprintln!("xtask kmod: unknown option `{other}`");
-                usage();
-                return ExitCode::from(2);
-            }
-        }
-    }
+/// Entry point, dispatched from `main.rs` with the parsed options.
+pub fn main(opts: Options) -> ExitCode {
     finish("kmod", run(&opts))
 }
 

@@ -248,37 +248,23 @@ fn host_run(root: &Path) -> Result<(), String> {
     Ok(())
 }
 
-pub fn main(args: &[String]) -> ExitCode {
-    let mut require: Vec<String> = Vec::new();
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--require" => match it.next() {
-                Some(v) => require.extend(v.split(',').map(str::to_string)),
-                None => {
-                    eprintln!("suite-table: --require needs a list, e.g. kmod,hermit");
-                    return ExitCode::from(2);
-                }
-            },
-            "-h" | "--help" => {
-                println!(
-                    "usage: cargo xtask suite-table [--require host,kmod,kmod-reference,hermit]"
-                );
-                return ExitCode::SUCCESS;
-            }
-            other => {
-                eprintln!("suite-table: unknown option `{other}`");
-                return ExitCode::from(2);
-            }
-        }
-    }
-    if let Some(bad) = require
-        .iter()
-        .find(|r| !COLUMNS.iter().any(|c| c.key == r.as_str()))
-    {
-        eprintln!("suite-table: no run called `{bad}`");
-        return ExitCode::from(2);
-    }
+/// `cargo xtask suite-table`: the suite's results on the simulator, Linux (core and
+/// reference mode) and Hermit, case by case.
+#[derive(clap::Args, Debug)]
+pub struct Options {
+    /// Runs whose saved lines must be there (comma-separated); the others are shown if
+    /// present
+    #[arg(long, value_name = "RUNS", value_delimiter = ',', value_parser = run_keys())]
+    require: Vec<String>,
+}
+
+fn run_keys() -> clap::builder::PossibleValuesParser {
+    clap::builder::PossibleValuesParser::new(COLUMNS.iter().map(|c| c.key))
+}
+
+/// Entry point, dispatched from `main.rs` with the parsed options.
+pub fn main(opts: Options) -> ExitCode {
+    let require = opts.require;
     let root = workspace_root();
     if let Err(e) = host_run(&root) {
         eprintln!("suite-table: {e}");
