@@ -358,13 +358,7 @@ mod tests {
     const PAGE: usize = 0x4000_5000;
 
     fn range(start: usize, end: usize) -> Range {
-        Range {
-            start,
-            end,
-            event: Event::Unmap,
-            blockable: true,
-            owner: 0,
-        }
+        Range::new(start, end, Event::Unmap)
     }
 
     #[test]
