@@ -98,6 +98,12 @@ pub(crate) static FORWARDERS: AtomicUsize = AtomicUsize::new(0);
 /// Calls the forwarder could not hand to the core (a range the core refused as
 /// malformed, an unknown event): a Linux behaviour the core does not expect.
 pub(crate) static FORWARD_ERRORS: AtomicUsize = AtomicUsize::new(0);
+pub(crate) static UNFORWARDABLE: AtomicUsize = AtomicUsize::new(0);
+pub(crate) static CLAMPED: AtomicUsize = AtomicUsize::new(0);
+pub(crate) static UNKNOWN_EVENTS: AtomicUsize = AtomicUsize::new(0);
+pub(crate) static REFUSALS: AtomicUsize = AtomicUsize::new(0);
+pub(crate) static NO_ROOM: AtomicUsize = AtomicUsize::new(0);
+pub(crate) static OVERFLOWED: AtomicUsize = AtomicUsize::new(0);
 
 fn forward_error(what: &str, e: Error) {
     FORWARD_ERRORS.fetch_add(1, Ordering::Relaxed);
@@ -469,6 +475,10 @@ impl MmNotifier {
         Ok(MmNotifier {
             state: NonNull::new(out.cast()).ok_or(code::ENOMEM)?,
         })
+    }
+
+    pub(crate) fn head(&self) -> *mut NkMmHead {
+        self.state.as_ptr().cast()
     }
 
     /// The core's address space of this mm.

@@ -17,11 +17,14 @@ use kernel::bindings;
 use kernel::ffi::{c_int, c_uint, c_ulong, c_void};
 use kernel::prelude::*;
 use notifier_core::{
-    Error as CoreError, Event, Interval, IntervalOps, IntervalSubscriber, Range, Subscriber,
-    SubscriberOps, WouldBlock,
+    Error as CoreError, Event, Interval, IntervalOps, IntervalSubscriber, Platform, Range,
+    Subscriber, SubscriberOps, WouldBlock,
 };
 
-use crate::mm::{Mm, MmNotifier, MmUser, FORWARDERS, FORWARD_ERRORS};
+use crate::mm::{
+    nk_rust_end, nk_rust_start, Mm, MmNotifier, MmUser, CLAMPED, FORWARDERS, FORWARD_ERRORS,
+    NO_ROOM, OVERFLOWED, REFUSALS, UNFORWARDABLE, UNKNOWN_EVENTS,
+};
 use crate::platform::Kernel;
 
 // `mm_struct` is only passed by pointer; rustc flags a field type deep inside it.
@@ -32,6 +35,13 @@ extern "C" {
     fn nk_task_mm(pid: c_int) -> *mut bindings::mm_struct;
     fn nk_signal(pid: c_int, sig: c_int) -> c_int;
     fn nk_msleep(ms: kernel::ffi::c_uint);
+    fn nk_h_spawn() -> c_int;
+    fn nk_h_mm(i: c_int) -> *mut bindings::mm_struct;
+    fn nk_h_hold(i: c_int) -> kernel::ffi::c_long;
+    fn nk_h_unhold();
+    fn nk_h_kill(i: c_int);
+    fn nk_h_mrelease(i: c_int) -> kernel::ffi::c_long;
+    fn nk_h_forget(i: c_int);
     fn nk_run_on_mm(
         mm: *mut bindings::mm_struct,
         f: unsafe extern "C" fn(*mut c_void),
@@ -103,6 +113,10 @@ struct Recorder {
     unpaired: AtomicUsize,
     open: [(AtomicUsize, AtomicUsize); 32],
     overflow: AtomicBool,
+    /// Refuse every non-blockable start (C-08) while set.
+    refuse: AtomicBool,
+    /// Non-blockable starts refused (not counted as starts).
+    refusals: AtomicUsize,
 }
 
 impl Recorder {
@@ -123,6 +137,8 @@ impl Recorder {
             unpaired: AtomicUsize::new(0),
             open: core::array::from_fn(|_| (AtomicUsize::new(0), AtomicUsize::new(0))),
             overflow: AtomicBool::new(false),
+            refuse: AtomicBool::new(false),
+            refusals: AtomicUsize::new(0),
         }
     }
 
@@ -155,6 +171,10 @@ impl SubscriberOps for Recorder {
 
     fn invalidate_range_start(&self, r: &Range) -> core::result::Result<(), WouldBlock> {
         self.check_live();
+        if !r.blockable && self.refuse.load(Ordering::Relaxed) {
+            self.refusals.fetch_add(1, Ordering::Relaxed);
+            return Err(WouldBlock);
+        }
         self.starts.fetch_add(1, Ordering::Relaxed);
         if !r.blockable {
             self.nonblocking_starts.fetch_add(1, Ordering::Relaxed);
@@ -774,6 +794,7 @@ pub(crate) fn run_at_init() -> Result<AtExit> {
         let _ = list_cases(&mmn);
         interval_cases(&mmn);
         concurrency_case(&mmn, mm);
+        forwarder_cases(&mmn);
         process_cases();
 
         let sub = KBox::pin(Subscriber::new(Recorder::new()), GFP_KERNEL)?;
@@ -818,6 +839,309 @@ impl AtExit {
     }
 }
 
+/// Unforwardable ranges and unknown events `forwarder_cases` made on purpose.
+static MADE_UNFORWARDABLE: AtomicUsize = AtomicUsize::new(0);
+static MADE_UNKNOWN: AtomicUsize = AtomicUsize::new(0);
+
+/// A kernel range as Linux's `mmu_notifier_range_init` makes it.
+fn krange(start: u64, end: u64, event: u32, blockable: bool) -> bindings::mmu_notifier_range {
+    // SAFETY: a C struct of integers and pointers: all zeroes is a valid value.
+    let mut r: bindings::mmu_notifier_range = unsafe { core::mem::zeroed() };
+    r.start = start as c_ulong;
+    r.end = end as c_ulong;
+    r.event = event as bindings::mmu_notifier_event;
+    r.flags = if blockable {
+        bindings::MMU_NOTIFIER_RANGE_BLOCKABLE
+    } else {
+        0
+    };
+    r
+}
+
+/// Start and end through the forwarder's own callbacks (what its two kernel notifiers
+/// call): the start's return value.
+fn start_end(mmn: &MmNotifier, r: &bindings::mmu_notifier_range) -> c_int {
+    // SAFETY: a live forwarder (we hold a reference); `r` lives across both calls; the
+    // end follows the start, as Linux calls them (also after a refused start).
+    unsafe {
+        let ret = nk_rust_start(mmn.head(), r);
+        nk_rust_end(mmn.head(), r);
+        ret
+    }
+}
+
+/// The forwarder driven through its callbacks with what Linux sends rarely: soft-dirty's
+/// `[0, ULONG_MAX)`, unaligned and out-of-range bounds, an unknown event code, more
+/// non-blockable invalidations in flight than its table holds, a refusal.
+fn forwarder_cases(mmn: &MmNotifier) {
+    let sub = pin!(Subscriber::<Recorder, Kernel>::new(Recorder::new()));
+    let sub = sub.into_ref();
+    if let Err(e) = sub.register(mmn) {
+        pr_info!("  why: register: {:?}\n", e);
+        case("the forwarder's edge cases", Err(()));
+        return;
+    }
+    let limit = Kernel::ADDRESS_LIMIT;
+    case(
+        "C-06 soft-dirty's [0, ULONG_MAX) reaches the subscriber as [0, limit), SoftDirty",
+        (|| {
+            sub.watch(0, limit);
+            let (s0, e0) = (
+                sub.starts.load(Ordering::Relaxed),
+                sub.ends.load(Ordering::Relaxed),
+            );
+            let r = krange(
+                0,
+                u64::MAX,
+                bindings::mmu_notifier_event_MMU_NOTIFY_SOFT_DIRTY,
+                true,
+            );
+            let ret = start_end(mmn, &r);
+            sub.watch(0, 0);
+            ensure!(ret == 0, "start: {}", ret);
+            ensure!(
+                sub.events.load(Ordering::Relaxed) & (1 << Event::SoftDirty as usize) != 0,
+                "no SoftDirty start covering [0, {:#x})",
+                limit
+            );
+            let (s1, e1) = (
+                sub.starts.load(Ordering::Relaxed),
+                sub.ends.load(Ordering::Relaxed),
+            );
+            ensure!(
+                s1 - s0 >= 1 && e1 - e0 == s1 - s0,
+                "{} starts, {} ends",
+                s1 - s0,
+                e1 - e0
+            );
+            Ok(())
+        })(),
+    );
+    case(
+        "C-06 unaligned bounds are rounded out to pages; an unknown event goes as Unmap",
+        (|| {
+            sub.watch(0x1000, 0x6000);
+            let u0 = sub.unmap_starts.load(Ordering::Relaxed);
+            let ret = start_end(mmn, &krange(0x1234, 0x5678, 99, true));
+            MADE_UNKNOWN.fetch_add(1, Ordering::Relaxed);
+            sub.watch(0, 0);
+            ensure!(ret == 0, "start: {}", ret);
+            ensure!(
+                sub.unmap_starts.load(Ordering::Relaxed) == u0 + 1,
+                "no Unmap start covering [0x1000, 0x6000)"
+            );
+            Ok(())
+        })(),
+    );
+    case(
+        "a range wholly above the address limit is counted, not forwarded, not refused",
+        (|| {
+            let (s0, n0) = (
+                sub.starts.load(Ordering::Relaxed),
+                UNFORWARDABLE.load(Ordering::Relaxed),
+            );
+            let r = krange(limit as u64, 2 * limit as u64, 0, false);
+            let ret = start_end(mmn, &r);
+            MADE_UNFORWARDABLE.fetch_add(1, Ordering::Relaxed);
+            ensure!(ret == 0, "start: {}", ret);
+            ensure!(sub.starts.load(Ordering::Relaxed) == s0, "forwarded");
+            ensure!(
+                UNFORWARDABLE.load(Ordering::Relaxed) == n0 + 1,
+                "not counted"
+            );
+            Ok(())
+        })(),
+    );
+    case(
+        "C-08 a refused non-blockable start is -EAGAIN; the end Linux then calls finds none",
+        (|| {
+            sub.refuse.store(true, Ordering::Relaxed);
+            let (e0, r0) = (
+                sub.ends.load(Ordering::Relaxed),
+                sub.refusals.load(Ordering::Relaxed),
+            );
+            let ret = start_end(mmn, &krange(PAGE as u64, 2 * PAGE as u64, 0, false));
+            sub.refuse.store(false, Ordering::Relaxed);
+            ensure!(ret == EAGAIN.to_errno(), "start: {}", ret);
+            ensure!(
+                sub.refusals.load(Ordering::Relaxed) == r0 + 1,
+                "the subscriber was not asked"
+            );
+            ensure!(
+                sub.ends.load(Ordering::Relaxed) == e0,
+                "an end for a refused start"
+            );
+            Ok(())
+        })(),
+    );
+    let r = sub.unregister();
+    case(
+        "the forwarder's edge cases leave no start open",
+        (|| {
+            ensure!(r.is_ok(), "unregister: {:?}", r);
+            ensure!(
+                sub.unpaired.load(Ordering::Relaxed) == 0,
+                "an end without its start"
+            );
+            Ok(())
+        })(),
+    );
+    // Its own subscriber: the recorder above keeps 32 open ranges, not 100.
+    let many = pin!(Subscriber::<Recorder, Kernel>::new(Recorder::new()));
+    let many = many.into_ref();
+    let reg = many.register(mmn);
+    case(
+        "C-08 100 non-blockable invalidations in flight at once: none refused, all ended",
+        (|| {
+            ensure!(reg.is_ok(), "register: {:?}", reg);
+            const N: usize = 100;
+            let ranges = KVec::<bindings::mmu_notifier_range>::with_capacity(N, GFP_KERNEL);
+            let Ok(mut ranges) = ranges else {
+                ensure!(false, "out of memory");
+                return Ok(());
+            };
+            for i in 0..N {
+                let a = ((i + 1) * PAGE) as u64;
+                let pushed = ranges.push(krange(a, a + PAGE as u64, 0, false), GFP_KERNEL);
+                ensure!(pushed.is_ok(), "out of memory");
+            }
+            let (s0, e0) = (
+                many.starts.load(Ordering::Relaxed),
+                many.ends.load(Ordering::Relaxed),
+            );
+            let mut refused = 0;
+            for r in ranges.iter() {
+                // SAFETY: a live forwarder; `r` stays put until its end below.
+                if unsafe { nk_rust_start(mmn.head(), r) } != 0 {
+                    refused += 1;
+                }
+            }
+            for r in ranges.iter().rev() {
+                // SAFETY: as above: the end of each start, as Linux calls it.
+                unsafe { nk_rust_end(mmn.head(), r) };
+            }
+            let (s1, e1) = (
+                many.starts.load(Ordering::Relaxed),
+                many.ends.load(Ordering::Relaxed),
+            );
+            ensure!(refused == 0, "{} of {} refused", refused, N);
+            ensure!(
+                s1 - s0 == N && e1 - e0 == N,
+                "{} starts, {} ends",
+                s1 - s0,
+                e1 - e0
+            );
+            Ok(())
+        })(),
+    );
+    let _ = many.unregister();
+}
+
+/// After the conformance suite, with its harness: `process_mrelease(2)` on a dying
+/// `nkhelper serve` process reaps its address space with the OOM reaper's own code
+/// (`__oom_reap_task_mm`, non-blockable invalidations), while core subscribers watch
+/// it through the forwarder, one of them refusing at first. The process is killed while
+/// one of its threads is held in the module (so the mm is still attached to it, as for a
+/// victim of the OOM killer); the guest runs with `panic_on_warn=1`, so a WARN in
+/// Linux's notifier chain ends the run.
+pub(crate) fn reap_cases() {
+    // SAFETY: after `nk_h_init`, from module init (sleepable).
+    let i = unsafe { nk_h_spawn() };
+    if i < 0 {
+        pr_info!("  why: spawn: {}\n", i);
+        case("C-08 process_mrelease through the forwarder", Err(()));
+        return;
+    }
+    // SAFETY: slot `i` holds a user reference on its mm until `nk_h_forget`.
+    let mm = unsafe { &*nk_h_mm(i).cast::<Mm>() };
+    let Ok(mmn) = MmNotifier::get(mm) else {
+        // SAFETY: our slot.
+        unsafe { nk_h_forget(i) };
+        case("C-08 process_mrelease through the forwarder", Err(()));
+        return;
+    };
+    let before = pin!(Subscriber::<Recorder, Kernel>::new(Recorder::new()));
+    let before = before.into_ref();
+    let refuser = pin!(Subscriber::<Recorder, Kernel>::new(Recorder::new()));
+    let refuser = refuser.into_ref();
+    let after = pin!(Subscriber::<Recorder, Kernel>::new(Recorder::new()));
+    let after = after.into_ref();
+    refuser.refuse.store(true, Ordering::Relaxed);
+    let regs = [
+        before.register(&mmn),
+        refuser.register(&mmn),
+        after.register(&mmn),
+    ];
+    fn paired(s: &Recorder) -> bool {
+        s.starts.load(Ordering::Relaxed) == s.ends.load(Ordering::Relaxed)
+            && s.unpaired.load(Ordering::Relaxed) == 0
+    }
+    let mut ready = false;
+    case(
+        "C-08 process_mrelease of a dying process: a refusal is -EAGAIN to Linux (no WARN), the others' starts ended",
+        (|| {
+            ensure!(regs.iter().all(|r| r.is_ok()), "register: {:?}", regs);
+            // SAFETY: our slot.
+            let r = unsafe { nk_h_hold(i) };
+            ensure!(r == 0, "hold a thread: {}", r);
+            // SAFETY: our slot.
+            unsafe { nk_h_kill(i) };
+            ready = true;
+            // SAFETY: our slot; sleepable.
+            let r = unsafe { nk_h_mrelease(i) };
+            ensure!(r == EAGAIN.to_errno() as kernel::ffi::c_long, "process_mrelease: {}", r);
+            ensure!(refuser.refusals.load(Ordering::Relaxed) >= 1, "nobody refused");
+            ensure!(
+                refuser.nonblocking_starts.load(Ordering::Relaxed) == 0,
+                "the refusing subscriber started a non-blockable range"
+            );
+            ensure!(paired(&before) && paired(&after), "a start without its end");
+            Ok(())
+        })(),
+    );
+    refuser.refuse.store(false, Ordering::Relaxed);
+    case(
+        "C-08 process_mrelease again: the reap goes through, every non-blockable start ended",
+        (|| {
+            ensure!(ready, "not set up");
+            // SAFETY: our slot; sleepable.
+            let r = unsafe { nk_h_mrelease(i) };
+            ensure!(r == 0, "process_mrelease: {}", r);
+            for s in [&*before, &*refuser, &*after] {
+                ensure!(
+                    s.nonblocking_starts.load(Ordering::Relaxed) >= 1,
+                    "a subscriber saw no non-blockable start"
+                );
+                ensure!(paired(s), "a start without its end");
+            }
+            Ok(())
+        })(),
+    );
+    // SAFETY: our slot; the held thread goes first, so that the exit can finish.
+    unsafe {
+        nk_h_unhold();
+        nk_h_forget(i);
+    }
+    case(
+        "C-04 the reaped process's exit releases each subscriber once",
+        (|| {
+            for s in [&*before, &*refuser, &*after] {
+                ensure!(
+                    s.releases.load(Ordering::Relaxed) == 1,
+                    "releases: {}",
+                    s.releases.load(Ordering::Relaxed)
+                );
+                ensure!(paired(s), "a start without its end");
+            }
+            Ok(())
+        })(),
+    );
+    for s in [before, refuser, after] {
+        let _ = s.unregister();
+    }
+    drop(mmn);
+}
+
 /// After the forwarders are put and `mmu_notifier_synchronize` ran: nothing leaked,
 /// nothing went wrong on the way. Prints the closing line.
 pub(crate) fn finish_after_exit() {
@@ -829,11 +1153,37 @@ pub(crate) fn finish_after_exit() {
             Ok(())
         })(),
     );
+    let n = |c: &AtomicUsize| c.load(Ordering::Relaxed);
+    pr_info!(
+        "forwarder: {} range(s) clamped or page-rounded, {} not forwardable, {} unknown \
+         event(s), {} refusal(s) passed to Linux, {} for want of room, {} parked past the table\n",
+        n(&CLAMPED),
+        n(&UNFORWARDABLE),
+        n(&UNKNOWN_EVENTS),
+        n(&REFUSALS),
+        n(&NO_ROOM),
+        n(&OVERFLOWED)
+    );
     case(
-        "every kernel callback was accepted by the core; no subscriber bug reported",
+        "every kernel callback was forwarded and accepted by the core; no subscriber bug",
         (|| {
             let n = FORWARD_ERRORS.load(Ordering::Relaxed);
             ensure!(n == 0, "{} forwarding error(s)", n);
+            // Beyond the ones `forwarder_cases` made on purpose.
+            let n = UNFORWARDABLE.load(Ordering::Relaxed);
+            ensure!(
+                n == MADE_UNFORWARDABLE.load(Ordering::Relaxed),
+                "{} range(s) with nothing left after clamping",
+                n
+            );
+            let n = UNKNOWN_EVENTS.load(Ordering::Relaxed);
+            ensure!(
+                n == MADE_UNKNOWN.load(Ordering::Relaxed),
+                "{} unknown event code(s)",
+                n
+            );
+            let n = NO_ROOM.load(Ordering::Relaxed);
+            ensure!(n == 0, "{} start(s) refused for want of room", n);
             ensure!(Kernel::bugs() == 0, "{} bug(s) reported", Kernel::bugs());
             Ok(())
         })(),
