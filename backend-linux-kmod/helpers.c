@@ -507,3 +507,72 @@ void nk_ref_unregister(struct nk_ref *r)
 	mmu_notifier_unregister(&r->mn, r->mn.mm);
 	kfree(r);
 }
+
+/*
+ * Reference mode's refusing subscriber for the reaper's non-blockable ranges. Linux
+ * lets a notifier refuse only if it has no invalidate_range_end (else it WARNs), so
+ * this one has a start and release only.
+ */
+struct nk_refuser {
+	struct mmu_notifier mn;
+	atomic_t refuse, refusals, nonblock_starts, releases;
+};
+
+static int nk_refuser_start(struct mmu_notifier *mn, const struct mmu_notifier_range *range)
+{
+	struct nk_refuser *r = container_of(mn, struct nk_refuser, mn);
+
+	if (mmu_notifier_range_blockable(range))
+		return 0;
+	if (atomic_read(&r->refuse)) {
+		atomic_inc(&r->refusals);
+		return -EAGAIN;
+	}
+	atomic_inc(&r->nonblock_starts);
+	return 0;
+}
+
+static void nk_refuser_release(struct mmu_notifier *mn, struct mm_struct *mm)
+{
+	atomic_inc(&container_of(mn, struct nk_refuser, mn)->releases);
+}
+
+static const struct mmu_notifier_ops nk_refuser_ops = {
+	.release = nk_refuser_release,
+	.invalidate_range_start = nk_refuser_start,
+};
+
+/* Register a refusing recorder on `mm` (caller holds mm_users), refusing at first. */
+struct nk_refuser *nk_refuser_register(struct mm_struct *mm)
+{
+	struct nk_refuser *r = kzalloc(sizeof(*r), GFP_KERNEL);
+
+	if (!r)
+		return NULL;
+	r->mn.ops = &nk_refuser_ops;
+	atomic_set(&r->refuse, 1);
+	if (mmu_notifier_register(&r->mn, mm)) {
+		kfree(r);
+		return NULL;
+	}
+	return r;
+}
+
+void nk_refuser_set(struct nk_refuser *r, bool refuse)
+{
+	atomic_set(&r->refuse, refuse);
+}
+
+/* out: refusals, accepted non-blockable starts, releases. */
+void nk_refuser_read(struct nk_refuser *r, unsigned int out[3])
+{
+	out[0] = atomic_read(&r->refusals);
+	out[1] = atomic_read(&r->nonblock_starts);
+	out[2] = atomic_read(&r->releases);
+}
+
+void nk_refuser_unregister(struct nk_refuser *r)
+{
+	mmu_notifier_unregister(&r->mn, r->mn.mm);
+	kfree(r);
+}

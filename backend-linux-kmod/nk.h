@@ -91,6 +91,11 @@ void nk_msleep(unsigned int ms);
 struct nk_ref *nk_ref_register(struct mm_struct *mm, unsigned long start, unsigned long end);
 void nk_ref_read(struct nk_ref *r, struct nk_ref_counts *out);
 void nk_ref_unregister(struct nk_ref *r);
+struct nk_refuser;
+struct nk_refuser *nk_refuser_register(struct mm_struct *mm);
+void nk_refuser_set(struct nk_refuser *r, bool refuse);
+void nk_refuser_read(struct nk_refuser *r, unsigned int out[3]);
+void nk_refuser_unregister(struct nk_refuser *r);
 int nk_run_on_mm(struct mm_struct *mm, void (*fn)(void *), void **args, int n);
 
 /* The conformance harness (harness_linux.c, used by harness.rs). */

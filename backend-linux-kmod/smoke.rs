@@ -1037,109 +1037,253 @@ fn forwarder_cases(mmn: &MmNotifier) {
     let _ = many.unregister();
 }
 
+/// `struct nk_refuser` of `helpers.c`, only ever behind a pointer.
+#[repr(C)]
+struct NkRefuser {
+    _opaque: [u8; 0],
+}
+
+// `mm_struct` is only passed by pointer; rustc flags a field type deep inside it.
+#[allow(improper_ctypes)]
+extern "C" {
+    fn nk_refuser_register(mm: *mut bindings::mm_struct) -> *mut NkRefuser;
+    fn nk_refuser_set(r: *mut NkRefuser, refuse: bool);
+    fn nk_refuser_read(r: *mut NkRefuser, out: *mut [c_uint; 3]);
+    fn nk_refuser_unregister(r: *mut NkRefuser);
+}
+
+/// What the reap cases read of one mode's three subscribers.
+trait ReapMode {
+    /// Refuse non-blockable starts (the refusing subscriber) or not.
+    fn set_refuse(&self, on: bool);
+    /// The refusing subscriber's refusals and accepted non-blockable starts.
+    fn refuser(&self) -> (usize, usize);
+    /// Whether every subscriber's starts are ended (and no end came unstarted).
+    fn paired(&self) -> bool;
+    /// Whether every subscriber saw a non-blockable start it accepted.
+    fn all_nonblocking(&self) -> bool;
+    /// Each subscriber's `release` count.
+    fn releases(&self) -> [usize; 3];
+}
+
+/// Core mode: subscribers of the core, through the forwarder.
+struct CoreReap<'a> {
+    subs: [Pin<&'a Subscriber<Recorder, Kernel>>; 3],
+}
+
+impl ReapMode for CoreReap<'_> {
+    fn set_refuse(&self, on: bool) {
+        self.subs[1].refuse.store(on, Ordering::Relaxed);
+    }
+    fn refuser(&self) -> (usize, usize) {
+        let r = &self.subs[1];
+        (
+            r.refusals.load(Ordering::Relaxed),
+            r.nonblocking_starts.load(Ordering::Relaxed),
+        )
+    }
+    fn paired(&self) -> bool {
+        self.subs.iter().all(|s| {
+            s.starts.load(Ordering::Relaxed) == s.ends.load(Ordering::Relaxed)
+                && s.unpaired.load(Ordering::Relaxed) == 0
+        })
+    }
+    fn all_nonblocking(&self) -> bool {
+        self.subs
+            .iter()
+            .all(|s| s.nonblocking_starts.load(Ordering::Relaxed) >= 1)
+    }
+    fn releases(&self) -> [usize; 3] {
+        self.subs.map(|s| s.releases.load(Ordering::Relaxed))
+    }
+}
+
+/// Reference mode: recorders registered straight with Linux (`mmu_notifier_register`),
+/// the refusing one without an end as Linux requires.
+struct RefReap {
+    before: *mut NkRef,
+    refuser: *mut NkRefuser,
+    after: *mut NkRef,
+}
+
+impl RefReap {
+    fn refuser_counts(&self) -> [c_uint; 3] {
+        let mut c = [0; 3];
+        // SAFETY: a registered refuser; `c` is valid for writes.
+        unsafe { nk_refuser_read(self.refuser, &mut c) };
+        c
+    }
+}
+
+impl ReapMode for RefReap {
+    fn set_refuse(&self, on: bool) {
+        // SAFETY: a registered refuser.
+        unsafe { nk_refuser_set(self.refuser, on) }
+    }
+    fn refuser(&self) -> (usize, usize) {
+        let c = self.refuser_counts();
+        (c[0] as usize, c[1] as usize)
+    }
+    fn paired(&self) -> bool {
+        [self.before, self.after].iter().all(|&r| {
+            let s = Seen::of_reference(r);
+            s.starts == s.ends
+        })
+    }
+    fn all_nonblocking(&self) -> bool {
+        // Linux's recorder does not tell non-blockable starts apart; the refuser does.
+        self.refuser().1 >= 1
+    }
+    fn releases(&self) -> [usize; 3] {
+        [
+            Seen::of_reference(self.before).releases,
+            self.refuser_counts()[2] as usize,
+            Seen::of_reference(self.after).releases,
+        ]
+    }
+}
+
 /// After the conformance suite, with its harness: `process_mrelease(2)` on a dying
 /// `nkhelper serve` process reaps its address space with the OOM reaper's own code
-/// (`__oom_reap_task_mm`, non-blockable invalidations), while core subscribers watch
-/// it through the forwarder, one of them refusing at first. The process is killed while
-/// one of its threads is held in the module (so the mm is still attached to it, as for a
-/// victim of the OOM killer); the guest runs with `panic_on_warn=1`, so a WARN in
-/// Linux's notifier chain ends the run.
+/// (`__oom_reap_task_mm`, non-blockable invalidations), while three subscribers watch,
+/// the middle one refusing at first: in core mode (core subscribers through the
+/// forwarder) and in reference mode (recorders on Linux's own notifier). The process is
+/// killed while one of its threads is held in the module (so the mm is still attached
+/// to it, as for a victim of the OOM killer); the guest runs with `panic_on_warn=1`, so
+/// a WARN in Linux's notifier chain ends the run.
 pub(crate) fn reap_cases() {
+    reap_in("[core]", |mm, f| {
+        let Ok(mmn) = MmNotifier::get(mm) else {
+            return false;
+        };
+        let subs = [
+            pin!(Subscriber::<Recorder, Kernel>::new(Recorder::new())),
+            pin!(Subscriber::<Recorder, Kernel>::new(Recorder::new())),
+            pin!(Subscriber::<Recorder, Kernel>::new(Recorder::new())),
+        ];
+        let subs = subs.map(|s| s.into_ref());
+        subs[1].refuse.store(true, Ordering::Relaxed);
+        let ok = subs.iter().all(|s| s.register(&mmn).is_ok());
+        if ok {
+            f(&CoreReap { subs });
+        }
+        for s in subs {
+            let _ = s.unregister();
+        }
+        drop(mmn);
+        ok
+    });
+    reap_in("[reference]", |mm, f| {
+        let raw = mm.as_raw();
+        // SAFETY: `mm` is live with a user reference (the harness slot's); each
+        // recorder is unregistered below.
+        let m = unsafe {
+            RefReap {
+                before: nk_ref_register(raw, 0, 0),
+                refuser: nk_refuser_register(raw),
+                after: nk_ref_register(raw, 0, 0),
+            }
+        };
+        let ok = !m.before.is_null() && !m.refuser.is_null() && !m.after.is_null();
+        if ok {
+            f(&m);
+        }
+        // SAFETY: each registered above (or null) and unregistered once.
+        unsafe {
+            if !m.before.is_null() {
+                nk_ref_unregister(m.before);
+            }
+            if !m.refuser.is_null() {
+                nk_refuser_unregister(m.refuser);
+            }
+            if !m.after.is_null() {
+                nk_ref_unregister(m.after);
+            }
+        }
+        ok
+    });
+}
+
+/// The reap cases in one mode: `setup` registers the mode's subscribers on the mm,
+/// runs the body with them, and unregisters them; false if it could not.
+fn reap_in(mode: &str, setup: impl FnOnce(&Mm, &mut dyn FnMut(&dyn ReapMode)) -> bool) {
     // SAFETY: after `nk_h_init`, from module init (sleepable).
     let i = unsafe { nk_h_spawn() };
     if i < 0 {
         pr_info!("  why: spawn: {}\n", i);
-        case("C-08 process_mrelease through the forwarder", Err(()));
+        case_in("C-08 process_mrelease of a dying process", mode, Err(()));
         return;
     }
     // SAFETY: slot `i` holds a user reference on its mm until `nk_h_forget`.
     let mm = unsafe { &*nk_h_mm(i).cast::<Mm>() };
-    let Ok(mmn) = MmNotifier::get(mm) else {
-        // SAFETY: our slot.
-        unsafe { nk_h_forget(i) };
-        case("C-08 process_mrelease through the forwarder", Err(()));
-        return;
+    let mut body = |m: &dyn ReapMode| {
+        let mut ready = false;
+        case_in(
+            "C-08 process_mrelease of a dying process: a refusal is -EAGAIN to Linux (no WARN), the others' starts ended",
+            mode,
+            (|| {
+                // SAFETY: our slot.
+                let r = unsafe { nk_h_hold(i) };
+                ensure!(r == 0, "hold a thread: {}", r);
+                // SAFETY: our slot.
+                unsafe { nk_h_kill(i) };
+                ready = true;
+                // SAFETY: our slot; sleepable.
+                let r = unsafe { nk_h_mrelease(i) };
+                ensure!(
+                    r == EAGAIN.to_errno() as kernel::ffi::c_long,
+                    "process_mrelease: {}",
+                    r
+                );
+                let (refusals, accepted) = m.refuser();
+                ensure!(refusals >= 1, "nobody refused");
+                ensure!(
+                    accepted == 0,
+                    "the refusing subscriber accepted a non-blockable range"
+                );
+                ensure!(m.paired(), "a start without its end");
+                Ok(())
+            })(),
+        );
+        m.set_refuse(false);
+        case_in(
+            "C-08 process_mrelease again: the reap goes through, every non-blockable start ended",
+            mode,
+            (|| {
+                ensure!(ready, "not set up");
+                // SAFETY: our slot; sleepable.
+                let r = unsafe { nk_h_mrelease(i) };
+                ensure!(r == 0, "process_mrelease: {}", r);
+                ensure!(m.all_nonblocking(), "no non-blockable start accepted");
+                ensure!(m.paired(), "a start without its end");
+                Ok(())
+            })(),
+        );
+        // SAFETY: our slot; the held thread goes first, so that the exit can finish.
+        unsafe {
+            nk_h_unhold();
+            nk_h_forget(i);
+        }
+        case_in(
+            "C-04 the reaped process's exit releases each subscriber once",
+            mode,
+            (|| {
+                let r = m.releases();
+                ensure!(r == [1, 1, 1], "releases: {:?}", r);
+                ensure!(m.paired(), "a start without its end");
+                Ok(())
+            })(),
+        );
     };
-    let before = pin!(Subscriber::<Recorder, Kernel>::new(Recorder::new()));
-    let before = before.into_ref();
-    let refuser = pin!(Subscriber::<Recorder, Kernel>::new(Recorder::new()));
-    let refuser = refuser.into_ref();
-    let after = pin!(Subscriber::<Recorder, Kernel>::new(Recorder::new()));
-    let after = after.into_ref();
-    refuser.refuse.store(true, Ordering::Relaxed);
-    let regs = [
-        before.register(&mmn),
-        refuser.register(&mmn),
-        after.register(&mmn),
-    ];
-    fn paired(s: &Recorder) -> bool {
-        s.starts.load(Ordering::Relaxed) == s.ends.load(Ordering::Relaxed)
-            && s.unpaired.load(Ordering::Relaxed) == 0
+    if !setup(mm, &mut body) {
+        case_in(
+            "C-08 process_mrelease: subscribers registered",
+            mode,
+            Err(()),
+        );
+        // SAFETY: our slot; nothing of it is held.
+        unsafe { nk_h_forget(i) };
     }
-    let mut ready = false;
-    case(
-        "C-08 process_mrelease of a dying process: a refusal is -EAGAIN to Linux (no WARN), the others' starts ended",
-        (|| {
-            ensure!(regs.iter().all(|r| r.is_ok()), "register: {:?}", regs);
-            // SAFETY: our slot.
-            let r = unsafe { nk_h_hold(i) };
-            ensure!(r == 0, "hold a thread: {}", r);
-            // SAFETY: our slot.
-            unsafe { nk_h_kill(i) };
-            ready = true;
-            // SAFETY: our slot; sleepable.
-            let r = unsafe { nk_h_mrelease(i) };
-            ensure!(r == EAGAIN.to_errno() as kernel::ffi::c_long, "process_mrelease: {}", r);
-            ensure!(refuser.refusals.load(Ordering::Relaxed) >= 1, "nobody refused");
-            ensure!(
-                refuser.nonblocking_starts.load(Ordering::Relaxed) == 0,
-                "the refusing subscriber started a non-blockable range"
-            );
-            ensure!(paired(&before) && paired(&after), "a start without its end");
-            Ok(())
-        })(),
-    );
-    refuser.refuse.store(false, Ordering::Relaxed);
-    case(
-        "C-08 process_mrelease again: the reap goes through, every non-blockable start ended",
-        (|| {
-            ensure!(ready, "not set up");
-            // SAFETY: our slot; sleepable.
-            let r = unsafe { nk_h_mrelease(i) };
-            ensure!(r == 0, "process_mrelease: {}", r);
-            for s in [&*before, &*refuser, &*after] {
-                ensure!(
-                    s.nonblocking_starts.load(Ordering::Relaxed) >= 1,
-                    "a subscriber saw no non-blockable start"
-                );
-                ensure!(paired(s), "a start without its end");
-            }
-            Ok(())
-        })(),
-    );
-    // SAFETY: our slot; the held thread goes first, so that the exit can finish.
-    unsafe {
-        nk_h_unhold();
-        nk_h_forget(i);
-    }
-    case(
-        "C-04 the reaped process's exit releases each subscriber once",
-        (|| {
-            for s in [&*before, &*refuser, &*after] {
-                ensure!(
-                    s.releases.load(Ordering::Relaxed) == 1,
-                    "releases: {}",
-                    s.releases.load(Ordering::Relaxed)
-                );
-                ensure!(paired(s), "a start without its end");
-            }
-            Ok(())
-        })(),
-    );
-    for s in [before, refuser, after] {
-        let _ = s.unregister();
-    }
-    drop(mmn);
 }
 
 /// After the forwarders are put and `mmu_notifier_synchronize` ran: nothing leaked,
