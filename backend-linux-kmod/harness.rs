@@ -52,6 +52,7 @@ extern "C" {
     fn nk_h_map(i: c_int, addr: c_ulong, len: c_ulong) -> c_long;
     fn nk_h_unmap(i: c_int, addr: c_ulong, len: c_ulong) -> c_long;
     fn nk_h_protect(i: c_int, addr: c_ulong, len: c_ulong, writable: bool) -> c_long;
+    fn nk_h_clear_refs(i: c_int) -> c_long;
     fn nk_h_reclaim(i: c_int, addr: c_ulong, len: c_ulong) -> c_long;
     fn nk_h_pte(
         i: c_int,
@@ -316,6 +317,14 @@ impl Harness for KernelHarness {
         match unsafe { nk_h_protect(Self::slot(mm), addr as c_ulong, len as c_ulong, writable) } {
             0 => Ok(()),
             e => Err(failed("mprotect (helper process)", e)),
+        }
+    }
+
+    fn clear_soft_dirty(&self, mm: MmId) -> Result<(), HarnessError> {
+        // SAFETY: harness_linux.c checks the slot.
+        match unsafe { nk_h_clear_refs(Self::slot(mm)) } {
+            0 => Ok(()),
+            e => Err(failed("clear_refs (helper process)", e)),
         }
     }
 

@@ -133,12 +133,30 @@ static ssize_t nk_proc_read(struct file *f, char __user *buf, size_t n, loff_t *
 	return sizeof(c);
 }
 
+/* Threads held by NK_OP_HOLD, and the generation that lets them go. */
+static atomic_t nk_held = ATOMIC_INIT(0);
+static unsigned long nk_hold_gen;
+static DECLARE_WAIT_QUEUE_HEAD(nk_hold_wait);
+
+/* A one-byte write: hold the writer (uninterruptibly, at most a minute). */
+static ssize_t nk_hold(void)
+{
+	unsigned long gen = READ_ONCE(nk_hold_gen);
+
+	atomic_inc(&nk_held);
+	wait_event_timeout(nk_hold_wait, READ_ONCE(nk_hold_gen) != gen, 60 * HZ);
+	atomic_dec(&nk_held);
+	return 1;
+}
+
 static ssize_t nk_proc_write(struct file *f, const char __user *buf, size_t n,
 			     loff_t *pos)
 {
 	s64 r;
 	int i;
 
+	if (n == 1)
+		return nk_hold();
 	if (n != sizeof(r))
 		return -EINVAL;
 	if (copy_from_user(&r, buf, sizeof(r)))
@@ -450,6 +468,63 @@ long nk_h_unmap(int i, unsigned long addr, unsigned long len)
 long nk_h_protect(int i, unsigned long addr, unsigned long len, bool writable)
 {
 	return nk_call(i, NK_OP_PROTECT, addr, len, writable);
+}
+
+long nk_h_clear_refs(int i)
+{
+	return nk_call(i, NK_OP_CLEAR_REFS, 0, 0, 0);
+}
+
+/* Have a thread of slot `i`'s process held in the module: 0 once it is, or -errno. */
+long nk_h_hold(int i)
+{
+	int before = atomic_read(&nk_held);
+	s64 r = nk_call(i, NK_OP_HOLD, 0, 0, 0);
+	int waited;
+
+	if (r)
+		return r;
+	for (waited = 0; atomic_read(&nk_held) == before && waited < 5000; waited++)
+		msleep(1);
+	return atomic_read(&nk_held) > before ? 0 : -ETIMEDOUT;
+}
+
+/* Let every held thread go. */
+void nk_h_unhold(void)
+{
+	WRITE_ONCE(nk_hold_gen, nk_hold_gen + 1);
+	wake_up_all(&nk_hold_wait);
+}
+
+/* SIGKILL slot `i`'s process, without waiting for anything. */
+void nk_h_kill(int i)
+{
+	struct nk_slot *s = nk_slot(i);
+
+	if (s && s->task)
+		send_sig(SIGKILL, s->task, 1);
+}
+
+/*
+ * process_mrelease() on slot `i`'s (dying) process, from a user process (`nkhelper
+ * mrelease PID`): 0, or -errno (-EAGAIN: a notifier refused a non-blockable range).
+ */
+long nk_h_mrelease(int i)
+{
+	static char *envp[] = { "HOME=/", "PATH=/bin", NULL };
+	struct nk_slot *s = nk_slot(i);
+	char pid[16];
+	char *argv[] = { "/bin/nkhelper", "mrelease", pid, NULL };
+	int ret;
+
+	if (!s || !s->task)
+		return -ESRCH;
+	snprintf(pid, sizeof(pid), "%d", s->tgid);
+	ret = call_usermodehelper(argv[0], argv, envp, UMH_WAIT_PROC);
+	if (ret < 0)
+		return ret;
+	/* A wait status: the exit code is the errno. */
+	return -((ret >> 8) & 0xff);
 }
 
 /* Put this CPU's pending LRU additions on the LRU (what lru_add_drain does). */

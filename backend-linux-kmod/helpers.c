@@ -112,6 +112,24 @@ void *nk_kmalloc(size_t size)
 	return kmalloc(size, GFP_KERNEL);
 }
 
+/*
+ * For the forwarder's parking of invalidations, inside invalidate_range_start: never
+ * direct reclaim (an allocation that may reclaim there is a lockdep report against
+ * __mmu_notifier_invalidate_range_start_map, and reclaim may invalidate this mm).
+ * `atomic` (a non-blockable start: the OOM reaper freeing memory) may use the
+ * reserves.
+ */
+void *nk_kmalloc_nowait(size_t size, bool atomic)
+{
+	return kmalloc(size, (atomic ? GFP_ATOMIC : GFP_NOWAIT) | __GFP_NOWARN);
+}
+
+/* The forwarder's overflow list lock: a lockdep class of its own. */
+void nk_park_lock_init(spinlock_t *lock)
+{
+	spin_lock_init(lock);
+}
+
 void nk_kfree(void *p)
 {
 	kfree(p);
@@ -126,20 +144,39 @@ static inline struct nk_mm *to_nk(struct mmu_notifier *mn)
 	return container_of(mn, struct nk_mm, mn);
 }
 
+static const struct mmu_notifier_ops nk_end_ops;
+
+/*
+ * Called by mmu_notifier_get_locked() under the mmap write lock, right before it
+ * registers `mn`: the end half goes on the list first (each registration takes
+ * mm_take_all_locks, so no invalidation runs between it and its list update).
+ */
 static struct mmu_notifier *nk_alloc_notifier(struct mm_struct *mm)
 {
 	struct nk_mm *m = nk_rust_mm_alloc();
+	int ret;
 
-	return m ? &m->mn : ERR_PTR(-ENOMEM);
+	if (!m)
+		return ERR_PTR(-ENOMEM);
+	m->end_mn.ops = &nk_end_ops;
+	ret = __mmu_notifier_register(&m->end_mn, mm);
+	if (ret) {
+		nk_rust_mm_free(m);
+		return ERR_PTR(ret);
+	}
+	m->end_registered = true;
+	return &m->mn;
 }
 
 static void nk_free_work(struct work_struct *work)
 {
 	struct nk_mm *m = container_of(work, struct nk_mm, free_work);
 
-	/* Waits for a running tlb callback; the registration's mmgrab keeps mm. */
+	/* Each waits for its running callbacks; each registration's mmgrab keeps mm. */
 	if (m->tlb_registered)
 		mmu_notifier_unregister(&m->tlb_mn, m->tlb_mn.mm);
+	if (m->end_registered)
+		mmu_notifier_unregister(&m->end_mn, m->end_mn.mm);
 	nk_rust_mm_free(m);
 }
 
@@ -168,7 +205,7 @@ static int nk_start(struct mmu_notifier *mn, const struct mmu_notifier_range *ra
 
 static void nk_end(struct mmu_notifier *mn, const struct mmu_notifier_range *range)
 {
-	nk_rust_end(to_nk(mn), range);
+	nk_rust_end(container_of(mn, struct nk_mm, end_mn), range);
 }
 
 static void nk_secondary_tlbs(struct mmu_notifier *mn, struct mm_struct *mm,
@@ -200,10 +237,14 @@ static const struct mmu_notifier_ops nk_ops = {
 	.clear_flush_young = nk_clear_flush_young,
 	.clear_young = nk_clear_young,
 	.test_young = nk_test_young,
+	/* No invalidate_range_end here: a start with an end may not fail (above). */
 	.invalidate_range_start = nk_start,
-	.invalidate_range_end = nk_end,
 	.alloc_notifier = nk_alloc_notifier,
 	.free_notifier = nk_free_notifier,
+};
+
+static const struct mmu_notifier_ops nk_end_ops = {
+	.invalidate_range_end = nk_end,
 };
 
 static const struct mmu_notifier_ops nk_tlb_ops = {
@@ -462,6 +503,75 @@ void nk_ref_read(struct nk_ref *r, struct nk_ref_counts *out)
 
 /* Unregister (a barrier, like the core's) and free. */
 void nk_ref_unregister(struct nk_ref *r)
+{
+	mmu_notifier_unregister(&r->mn, r->mn.mm);
+	kfree(r);
+}
+
+/*
+ * Reference mode's refusing subscriber for the reaper's non-blockable ranges. Linux
+ * lets a notifier refuse only if it has no invalidate_range_end (else it WARNs), so
+ * this one has a start and release only.
+ */
+struct nk_refuser {
+	struct mmu_notifier mn;
+	atomic_t refuse, refusals, nonblock_starts, releases;
+};
+
+static int nk_refuser_start(struct mmu_notifier *mn, const struct mmu_notifier_range *range)
+{
+	struct nk_refuser *r = container_of(mn, struct nk_refuser, mn);
+
+	if (mmu_notifier_range_blockable(range))
+		return 0;
+	if (atomic_read(&r->refuse)) {
+		atomic_inc(&r->refusals);
+		return -EAGAIN;
+	}
+	atomic_inc(&r->nonblock_starts);
+	return 0;
+}
+
+static void nk_refuser_release(struct mmu_notifier *mn, struct mm_struct *mm)
+{
+	atomic_inc(&container_of(mn, struct nk_refuser, mn)->releases);
+}
+
+static const struct mmu_notifier_ops nk_refuser_ops = {
+	.release = nk_refuser_release,
+	.invalidate_range_start = nk_refuser_start,
+};
+
+/* Register a refusing recorder on `mm` (caller holds mm_users), refusing at first. */
+struct nk_refuser *nk_refuser_register(struct mm_struct *mm)
+{
+	struct nk_refuser *r = kzalloc(sizeof(*r), GFP_KERNEL);
+
+	if (!r)
+		return NULL;
+	r->mn.ops = &nk_refuser_ops;
+	atomic_set(&r->refuse, 1);
+	if (mmu_notifier_register(&r->mn, mm)) {
+		kfree(r);
+		return NULL;
+	}
+	return r;
+}
+
+void nk_refuser_set(struct nk_refuser *r, bool refuse)
+{
+	atomic_set(&r->refuse, refuse);
+}
+
+/* out: refusals, accepted non-blockable starts, releases. */
+void nk_refuser_read(struct nk_refuser *r, unsigned int out[3])
+{
+	out[0] = atomic_read(&r->refusals);
+	out[1] = atomic_read(&r->nonblock_starts);
+	out[2] = atomic_read(&r->releases);
+}
+
+void nk_refuser_unregister(struct nk_refuser *r)
 {
 	mmu_notifier_unregister(&r->mn, r->mn.mm);
 	kfree(r);

@@ -69,6 +69,7 @@ fn conformance_suite() {
         ),
         Err(e) => pr_err!("suite-error: the suite did not run: {:?}\n", e),
     }
+    smoke::reap_cases();
     // SAFETY: paired with `nk_h_init`; every helper process was killed by the suite.
     unsafe { nk_h_exit() };
 }

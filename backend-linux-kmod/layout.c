@@ -23,6 +23,8 @@ void nk_layout(void)
 	OFFSET(RANGE_EVENT, mmu_notifier_range, event);
 	OFFSET(RANGE_OWNER, mmu_notifier_range, owner);
 	DEFINE(MMU_NOTIFIER_SIZE, sizeof(struct mmu_notifier));
+	OFFSET(NK_MM_END_MN, nk_mm, end_mn);
+	OFFSET(NK_MM_END_REGISTERED, nk_mm, end_registered);
 	OFFSET(NK_MM_TLB_MN, nk_mm, tlb_mn);
 	OFFSET(NK_MM_FREE_WORK, nk_mm, free_work);
 	OFFSET(NK_MM_TLB_REGISTERED, nk_mm, tlb_registered);

@@ -1,26 +1,36 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! Where Linux's page tables change: one kernel `mmu_notifier` per `mm_struct` (the
-//! forwarder, C side in `helpers.c`) hands every callback of that mm to the core's
-//! [`AddressSpace`] of it, and [`MmNotifier`] is how Rust kernel code gets at it.
+//! Where Linux's page tables change: one forwarder per `mm_struct` (kernel
+//! `mmu_notifier`s, C side in `helpers.c`) hands every callback of that mm to the
+//! core's [`AddressSpace`] of it, and [`MmNotifier`] is how Rust kernel code gets at it.
 //!
 //! The kernel calls `invalidate_range_start` and `invalidate_range_end` as two
 //! callbacks with the same `struct mmu_notifier_range`; the core returns an
-//! [`Invalidation`] from the start that the end consumes. In between it is parked in a
-//! per-mm table keyed by the range's address: a fixed number of slots, so the
-//! invalidation path never allocates. A blockable start that finds the table full
-//! waits for a slot; a non-blockable one answers `-EAGAIN`, which Linux allows.
+//! [`Invalidation`] from the start that the end consumes. They arrive on two kernel
+//! notifiers (`nk.h`): the start on one without an end, so that it may refuse a
+//! non-blockable range with `-EAGAIN` as Linux allows, the end on one without a start,
+//! which Linux calls once for every start the first accepted. In between, the
+//! invalidation is parked, keyed by the range's address: in a fixed table without
+//! locks, and when that is full in a list of nodes allocated without reclaim
+//! (`GFP_NOWAIT`, `GFP_ATOMIC` for a non-blockable start). Only when both fail does a
+//! blockable start wait for room, and a non-blockable one refuse (counted).
+//!
+//! Linux's ranges are not always the core's: soft-dirty clearing invalidates `[0,
+//! ULONG_MAX)`, and x86 widens a large TLB flush to the same. Every range is rounded
+//! outwards to pages and cut at the core's address limit ([`clamp`]); one with nothing
+//! left (wholly above the limit, or empty) is counted ([`UNFORWARDABLE`]), as is an
+//! event code this module does not know, which is forwarded as [`Event::Unmap`].
 
 use core::alloc::Layout;
 use core::cell::UnsafeCell;
 use core::mem::MaybeUninit;
 use core::ops::Deref;
 use core::ptr::{self, NonNull};
-use core::sync::atomic::{AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 
 use kernel::bindings;
 use kernel::error::{code, Error as KError, Result as KResult};
-use kernel::ffi::{c_int, c_long, c_ulong};
+use kernel::ffi::{c_int, c_long, c_ulong, c_void};
 use kernel::types::Opaque;
 use notifier_core::primitive::AtomicU32;
 use notifier_core::{AddressSpace, Error, Event, Invalidation, Platform, Range};
@@ -34,16 +44,23 @@ extern "C" {
     fn nk_mm_get(mm: *mut bindings::mm_struct, out: *mut *mut NkMmHead) -> c_long;
     fn nk_mm_put(m: *mut NkMmHead);
     fn nk_mmget_not_zero(mm: *mut bindings::mm_struct) -> bool;
+    fn nk_kmalloc_nowait(size: usize, atomic: bool) -> *mut c_void;
+    fn nk_kfree(p: *mut c_void);
+    fn nk_park_lock_init(lock: *mut bindings::spinlock_t);
+    fn nk_spin_lock(lock: *mut bindings::spinlock_t);
+    fn nk_spin_unlock(lock: *mut bindings::spinlock_t);
 }
 
-/// `struct nk_mm` of `nk.h`: the kernel's two `mmu_notifier`s (Linux wants
-/// `arch_invalidate_secondary_tlbs` on a subscription of its own) and the work item
-/// that frees the forwarder. Only C touches it.
+/// `struct nk_mm` of `nk.h`: the kernel's three `mmu_notifier`s (the refusable start,
+/// the end, `arch_invalidate_secondary_tlbs`) and the work item that frees the
+/// forwarder. Only C touches it.
 #[repr(C)]
 pub(crate) struct NkMmHead {
     mn: bindings::mmu_notifier,
+    end_mn: bindings::mmu_notifier,
     tlb_mn: bindings::mmu_notifier,
     free_work: bindings::work_struct,
+    end_registered: bool,
     tlb_registered: bool,
 }
 
@@ -53,8 +70,10 @@ const _: () = assert!(
     "layout mismatch: struct mmu_notifier"
 );
 const _: () = assert!(
-    core::mem::offset_of!(NkMmHead, tlb_mn) == layout::NK_MM_TLB_MN
+    core::mem::offset_of!(NkMmHead, end_mn) == layout::NK_MM_END_MN
+        && core::mem::offset_of!(NkMmHead, tlb_mn) == layout::NK_MM_TLB_MN
         && core::mem::offset_of!(NkMmHead, free_work) == layout::NK_MM_FREE_WORK
+        && core::mem::offset_of!(NkMmHead, end_registered) == layout::NK_MM_END_REGISTERED
         && core::mem::offset_of!(NkMmHead, tlb_registered) == layout::NK_MM_TLB_REGISTERED,
     "layout mismatch: struct nk_mm"
 );
@@ -63,7 +82,7 @@ const _: () = assert!(
     "layout mismatch: struct nk_mm"
 );
 
-/// Invalidations in flight on one mm, between their start and end callbacks.
+/// Invalidations parked without a lock on one mm; more go to the overflow list.
 const INFLIGHT: usize = 64;
 const FREE: usize = 0;
 const FILLING: usize = 1;
@@ -75,6 +94,23 @@ struct Parked {
     inv: UnsafeCell<MaybeUninit<Invalidation<'static, Kernel>>>,
 }
 
+/// An invalidation parked in the overflow list (`kmalloc`ed, linked under
+/// `MmState::lock`).
+struct Node {
+    next: AtomicPtr<Node>,
+    key: usize,
+    inv: Invalidation<'static, Kernel>,
+}
+
+// `kmalloc` aligns every block to at least 8 bytes.
+const _: () = assert!(core::mem::align_of::<Node>() <= 8);
+
+/// Where a start keeps its invalidation until the end.
+enum Room<'a> {
+    Slot(&'a Parked),
+    Node(NonNull<Node>),
+}
+
 /// The forwarder of one mm.
 ///
 /// # Invariants
@@ -82,26 +118,80 @@ struct Parked {
 /// - `head` is the first field: C converts between `struct nk_mm *` and this.
 /// - A slot of `parked` whose key is neither `FREE` nor `FILLING` holds an initialised
 ///   invalidation of `space`, started by the range whose address is the key; only the
-///   end callback of that range takes it out. Every parked invalidation is ended
-///   before `space` is dropped.
+///   end callback of that range takes it out. The same holds for every node of the
+///   list at `overflow` (owned by the list, linked and unlinked under `lock`). Every
+///   parked invalidation is ended before `space` is dropped.
+/// - `lock` was initialised by `nk_park_lock_init`.
 #[repr(C)]
 pub(crate) struct MmState {
     head: NkMmHead,
     space: AddressSpace<Kernel>,
     parked: [Parked; INFLIGHT],
-    /// Bumped whenever a slot is freed; a blockable start waits on it for one.
+    /// Bumped whenever room is freed; a blockable start that found none waits on it.
     frees: AtomicU32,
+    lock: Opaque<bindings::spinlock_t>,
+    overflow: AtomicPtr<Node>,
 }
 
 /// How many forwarders exist: the tests check that every one is freed.
 pub(crate) static FORWARDERS: AtomicUsize = AtomicUsize::new(0);
-/// Calls the forwarder could not hand to the core (a range the core refused as
-/// malformed, an unknown event): a Linux behaviour the core does not expect.
+/// Calls the core refused although the forwarder had made them valid: a Linux
+/// behaviour the core does not expect.
 pub(crate) static FORWARD_ERRORS: AtomicUsize = AtomicUsize::new(0);
+/// Linux ranges with nothing left after [`clamp`] (wholly above the core's address
+/// limit, or empty): not forwarded, counted here and reported.
+pub(crate) static UNFORWARDABLE: AtomicUsize = AtomicUsize::new(0);
+/// Linux ranges that [`clamp`] changed (cut at the limit or rounded to pages).
+pub(crate) static CLAMPED: AtomicUsize = AtomicUsize::new(0);
+/// Event codes this module does not know (forwarded as `Unmap`).
+pub(crate) static UNKNOWN_EVENTS: AtomicUsize = AtomicUsize::new(0);
+/// Non-blockable starts a core subscriber refused (`-EAGAIN` to Linux: legal).
+pub(crate) static REFUSALS: AtomicUsize = AtomicUsize::new(0);
+/// Non-blockable starts refused because neither the table nor memory had room.
+pub(crate) static NO_ROOM: AtomicUsize = AtomicUsize::new(0);
+/// Invalidations parked in the overflow list (the table was full).
+pub(crate) static OVERFLOWED: AtomicUsize = AtomicUsize::new(0);
 
 fn forward_error(what: &str, e: Error) {
     FORWARD_ERRORS.fetch_add(1, Ordering::Relaxed);
     kernel::pr_err!("forwarder: {} refused by the core: {:?}\n", what, e);
+}
+
+/// Count `n` and print the first occurrence.
+fn count_first(n: &AtomicUsize, what: &str, start: c_ulong, end: c_ulong) {
+    if n.fetch_add(1, Ordering::Relaxed) == 0 {
+        kernel::pr_warn!("forwarder: {} [{:#x}, {:#x})\n", what, start, end);
+    }
+}
+
+/// Linux's `[start, end)` as the core takes it: rounded outwards to whole pages and cut
+/// at the core's address limit. `None` when nothing is left (the range lies wholly at
+/// or above the limit, or is empty or inverted).
+pub(crate) fn clamp(start: usize, end: usize) -> Option<(usize, usize)> {
+    let pg = Kernel::PAGE_SIZE;
+    let end = end.min(Kernel::ADDRESS_LIMIT);
+    let start = start & !(pg - 1);
+    // `end <= ADDRESS_LIMIT`, far below `usize::MAX`: no overflow.
+    let end = (end + pg - 1) & !(pg - 1);
+    (start < end).then_some((start, end))
+}
+
+/// [`clamp`] for a callback: counts a changed range, and an unforwardable one (also
+/// printed the first time).
+fn clamp_counted(what: &str, start: c_ulong, end: c_ulong) -> Option<(usize, usize)> {
+    let (s, e) = (start as usize, end as usize);
+    match clamp(s, e) {
+        None => {
+            count_first(&UNFORWARDABLE, what, start, end);
+            None
+        }
+        Some(r) => {
+            if r != (s, e) {
+                CLAMPED.fetch_add(1, Ordering::Relaxed);
+            }
+            Some(r)
+        }
+    }
 }
 
 impl MmState {
@@ -113,22 +203,126 @@ impl MmState {
         unsafe { &*m.cast::<MmState>() }
     }
 
-    fn reserve(&self) -> Option<&Parked> {
-        self.parked.iter().find(|p| {
+    fn lock(&self) {
+        // SAFETY: initialised (type invariant).
+        unsafe { nk_spin_lock(self.lock.get()) }
+    }
+
+    fn unlock(&self) {
+        // SAFETY: initialised (type invariant); every call follows our own `lock`.
+        unsafe { nk_spin_unlock(self.lock.get()) }
+    }
+
+    /// Room for one invalidation: a free slot, else a node from `kmalloc` without
+    /// reclaim. `None` when neither is there.
+    fn reserve(&self, blockable: bool) -> Option<Room<'_>> {
+        if let Some(p) = self.parked.iter().find(|p| {
             p.key
                 .compare_exchange(FREE, FILLING, Ordering::Acquire, Ordering::Relaxed)
                 .is_ok()
-        })
+        }) {
+            return Some(Room::Slot(p));
+        }
+        // SAFETY: no precondition; never sleeps.
+        let p = unsafe { nk_kmalloc_nowait(core::mem::size_of::<Node>(), !blockable) };
+        NonNull::new(p.cast::<Node>()).map(Room::Node)
     }
 
-    fn unreserve(&self, p: &Parked) {
-        p.key.store(FREE, Ordering::Release);
+    fn freed(&self) {
         self.frees.fetch_add(1, Ordering::Release);
         Kernel::wake_all(&self.frees);
     }
+
+    /// Give back room that holds nothing.
+    fn unreserve(&self, room: Room<'_>) {
+        match room {
+            Room::Slot(p) => p.key.store(FREE, Ordering::Release),
+            // SAFETY: from `nk_kmalloc_nowait`, never initialised nor linked.
+            Room::Node(n) => unsafe { nk_kfree(n.as_ptr().cast()) },
+        }
+        self.freed();
+    }
+
+    /// Park `inv`, started by the range at `key`, in `room`.
+    fn park(&self, room: Room<'_>, key: usize, inv: Invalidation<'_, Kernel>) {
+        // SAFETY: the invalidation borrows `self.space`, which lives until
+        // `nk_rust_mm_free` ends every parked invalidation before dropping it (type
+        // invariant): extending the borrow to `'static` never outlives it.
+        let inv: Invalidation<'static, Kernel> = unsafe { core::mem::transmute(inv) };
+        match room {
+            Room::Slot(p) => {
+                // SAFETY: the slot is `FILLING`: reserved for us alone.
+                unsafe { (*p.inv.get()).write(inv) };
+                // INVARIANT: published with the key of its range once initialised.
+                p.key.store(key, Ordering::Release);
+            }
+            Room::Node(n) => {
+                let n = n.as_ptr();
+                self.lock();
+                // SAFETY: `n` is fresh memory for a `Node`, ours alone; linked under the
+                // lock. INVARIANT: the node holds the invalidation of the range `key`.
+                unsafe {
+                    n.write(Node {
+                        next: AtomicPtr::new(self.overflow.load(Ordering::Relaxed)),
+                        key,
+                        inv,
+                    })
+                };
+                self.overflow.store(n, Ordering::Relaxed);
+                self.unlock();
+                OVERFLOWED.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Take out the invalidation parked for the range at `key`, if any.
+    fn take(&self, key: usize) -> Option<Invalidation<'static, Kernel>> {
+        if let Some(slot) = self
+            .parked
+            .iter()
+            .find(|p| p.key.load(Ordering::Acquire) == key)
+        {
+            // SAFETY: keyed with our range: initialised, and ours alone to take
+            // (invariant).
+            let inv = unsafe { (*slot.inv.get()).assume_init_read() };
+            slot.key.store(FREE, Ordering::Release);
+            self.freed();
+            return Some(inv);
+        }
+        if self.overflow.load(Ordering::Relaxed).is_null() {
+            return None;
+        }
+        self.lock();
+        let mut link: &AtomicPtr<Node> = &self.overflow;
+        let mut found = None;
+        loop {
+            let n = link.load(Ordering::Relaxed);
+            if n.is_null() {
+                break;
+            }
+            // SAFETY: a linked node: alive while linked, and nobody unlinks it while we
+            // hold the lock (invariant).
+            let node = unsafe { &*n };
+            if node.key == key {
+                link.store(node.next.load(Ordering::Relaxed), Ordering::Relaxed);
+                found = Some(n);
+                break;
+            }
+            link = &node.next;
+        }
+        self.unlock();
+        let n = found?;
+        // SAFETY: unlinked: ours alone; initialised (invariant). Read out, then freed.
+        let inv = unsafe { ptr::addr_of!((*n).inv).read() };
+        // SAFETY: from `nk_kmalloc_nowait`; its invalidation was moved out just above.
+        unsafe { nk_kfree(n.cast()) };
+        self.freed();
+        Some(inv)
+    }
 }
 
-/// Linux's event code as the core's; `None` for a code newer than this module.
+/// Linux's event code as the core's; `None` for a code newer than this module. Every
+/// code of Linux 6.12's `enum mmu_notifier_event` has its own.
 pub(crate) fn event(e: bindings::mmu_notifier_event) -> Option<Event> {
     Some(match e {
         bindings::mmu_notifier_event_MMU_NOTIFY_UNMAP => Event::Unmap,
@@ -152,9 +346,9 @@ pub(crate) extern "C" fn nk_rust_mm_alloc() -> *mut NkMmHead {
     let p = p.cast::<MmState>().as_ptr();
     // SAFETY: `p` is fresh memory for an `MmState`; each field is written in place (the
     // table is too large for the stack). The kernel fills `mn` in after we return, C
-    // fills `tlb_mn` before registering it, the work item is initialised when it is
-    // queued; a zeroed head (`tlb_registered == false`) is valid for all three.
-    // INVARIANT: every slot starts `FREE`.
+    // fills `end_mn` and `tlb_mn` before registering them, the work item is initialised
+    // when it is queued; a zeroed head (nothing registered) is valid for all of them.
+    // INVARIANT: every slot starts `FREE`, the list empty, the lock initialised.
     unsafe {
         ptr::addr_of_mut!((*p).head).write_bytes(0, 1);
         ptr::addr_of_mut!((*p).space).write(AddressSpace::new());
@@ -162,6 +356,8 @@ pub(crate) extern "C" fn nk_rust_mm_alloc() -> *mut NkMmHead {
             ptr::addr_of_mut!((*p).parked[i].key).write(AtomicUsize::new(FREE));
         }
         ptr::addr_of_mut!((*p).frees).write(AtomicU32::new(0));
+        ptr::addr_of_mut!((*p).overflow).write(AtomicPtr::new(ptr::null_mut()));
+        nk_park_lock_init(Opaque::raw_get(ptr::addr_of!((*p).lock)));
     }
     FORWARDERS.fetch_add(1, Ordering::Relaxed);
     p.cast()
@@ -179,11 +375,19 @@ pub(crate) unsafe extern "C" fn nk_rust_mm_free(m: *mut NkMmHead) {
     // SAFETY: caller's contract: we own the forwarder now.
     let st = unsafe { &*p };
     for slot in &st.parked {
-        if slot.key.load(Ordering::Acquire) > FILLING {
-            // SAFETY: a keyed slot holds an initialised invalidation (type invariant);
-            // nobody else can take it any more. Ended before `space` goes.
-            drop(unsafe { (*slot.inv.get()).assume_init_read() });
+        let key = slot.key.load(Ordering::Acquire);
+        if key > FILLING {
+            // Only an invalidation whose end Linux never called (impossible with the
+            // end on its own notifier, registered first) could be left here.
+            drop(st.take(key));
         }
+    }
+    let mut n = st.overflow.load(Ordering::Acquire);
+    while !n.is_null() {
+        // SAFETY: a node of the list (invariant), ours alone now.
+        let key = unsafe { (*n).key };
+        drop(st.take(key));
+        n = st.overflow.load(Ordering::Acquire);
     }
     // SAFETY: the forwarder is ours alone; `space` is dropped exactly once, after every
     // invalidation that borrowed it; the memory came from `Kernel::alloc` with this
@@ -209,7 +413,9 @@ pub(crate) unsafe extern "C" fn nk_rust_release(m: *mut NkMmHead) {
     }
 }
 
-/// `invalidate_range_start`: 0, or `-EAGAIN` when a non-blockable start is refused.
+/// `invalidate_range_start` (on the notifier without an end): 0, or `-EAGAIN` when a
+/// non-blockable start is refused — by a core subscriber, or for want of room to park
+/// it — which Linux allows from a notifier without an end. Never anything else.
 ///
 /// # Safety
 ///
@@ -224,55 +430,59 @@ pub(crate) unsafe extern "C" fn nk_rust_start(
     let st = unsafe { MmState::from_head(m) };
     // SAFETY: caller's contract.
     let kr = unsafe { &*r };
-    let Some(ev) = event(kr.event) else {
-        forward_error("unknown event", Error::InvertedRange);
+    let Some((start, end)) = clamp_counted("range not forwarded", kr.start, kr.end) else {
         return 0;
     };
+    let ev = event(kr.event).unwrap_or_else(|| {
+        count_first(
+            &UNKNOWN_EVENTS,
+            "unknown event, forwarded as Unmap:",
+            kr.start,
+            kr.end,
+        );
+        Event::Unmap
+    });
     let blockable = kr.flags & bindings::MMU_NOTIFIER_RANGE_BLOCKABLE != 0;
-    let mut range =
-        Range::new(kr.start as usize, kr.end as usize, ev).with_owner(kr.owner as usize);
+    let mut range = Range::new(start, end, ev).with_owner(kr.owner as usize);
     if !blockable {
         range = range.non_blocking();
     }
-    let slot = loop {
+    let room = loop {
         let seen = st.frees.load(Ordering::Acquire);
-        if let Some(s) = st.reserve() {
-            break s;
+        if let Some(room) = st.reserve(blockable) {
+            break room;
         }
         if !blockable {
+            NO_ROOM.fetch_add(1, Ordering::Relaxed);
             return code::EAGAIN.to_errno();
         }
         Kernel::wait(&st.frees, seen);
     };
     match st.space.invalidate_range_start(range) {
         Ok(inv) => {
-            // SAFETY: the invalidation borrows `st.space`, which lives until
-            // `nk_rust_mm_free` ends every parked invalidation before dropping it
-            // (type invariant): extending the borrow to `'static` never outlives it.
-            let inv: Invalidation<'static, Kernel> = unsafe { core::mem::transmute(inv) };
-            // SAFETY: the slot is `FILLING`: reserved for us alone.
-            unsafe { (*slot.inv.get()).write(inv) };
-            // INVARIANT: published with the key of its range once initialised.
-            slot.key.store(r as usize, Ordering::Release);
+            st.park(room, r as usize, inv);
             0
         }
-        Err(Error::WouldBlock) => {
-            st.unreserve(slot);
+        Err(Error::WouldBlock) if !blockable => {
+            st.unreserve(room);
+            REFUSALS.fetch_add(1, Ordering::Relaxed);
             code::EAGAIN.to_errno()
         }
         Err(e) => {
-            st.unreserve(slot);
+            st.unreserve(room);
             forward_error("invalidate_range_start", e);
             0
         }
     }
 }
 
-/// `invalidate_range_end`.
+/// `invalidate_range_end` (on the notifier without a start). Linux calls it once for
+/// each start the forwarder accepted, and also after a start it refused (another
+/// notifier's or its own): then nothing is parked for the range.
 ///
 /// # Safety
 ///
-/// `m` is a live forwarder; `r` is the range of a start that returned 0.
+/// `m` is a live forwarder; `r` is a live range.
 #[no_mangle]
 pub(crate) unsafe extern "C" fn nk_rust_end(
     m: *mut NkMmHead,
@@ -280,19 +490,9 @@ pub(crate) unsafe extern "C" fn nk_rust_end(
 ) {
     // SAFETY: caller's contract.
     let st = unsafe { MmState::from_head(m) };
-    let key = r as usize;
-    let Some(slot) = st
-        .parked
-        .iter()
-        .find(|p| p.key.load(Ordering::Acquire) == key)
-    else {
-        // The start was refused as malformed (counted there).
-        return;
-    };
-    // SAFETY: keyed with our range: initialised, and ours alone to take (invariant).
-    let inv = unsafe { (*slot.inv.get()).assume_init_read() };
-    st.unreserve(slot);
-    inv.end();
+    if let Some(inv) = st.take(r as usize) {
+        inv.end();
+    }
 }
 
 /// `arch_invalidate_secondary_tlbs`, under the page-table lock.
@@ -309,10 +509,8 @@ pub(crate) unsafe extern "C" fn nk_rust_secondary_tlbs(
     // SAFETY: caller's contract.
     let st = unsafe { MmState::from_head(m) };
     // x86 widens a large flush to `[0, TLB_FLUSH_ALL)`: all of user space.
-    let (start, end) = if end as usize == usize::MAX {
-        (0, Kernel::ADDRESS_LIMIT)
-    } else {
-        (start as usize, end as usize)
+    let Some((start, end)) = clamp_counted("TLB flush not forwarded", start, end) else {
+        return;
     };
     if let Err(e) = st.space.invalidate_secondary_tlbs(start, end) {
         forward_error("invalidate_secondary_tlbs", e);
@@ -333,7 +531,9 @@ pub(crate) unsafe extern "C" fn nk_rust_young(
 ) -> c_int {
     // SAFETY: caller's contract.
     let st = unsafe { MmState::from_head(m) };
-    let (start, end) = (start as usize, end as usize);
+    let Some((start, end)) = clamp_counted("young range not forwarded", start, end) else {
+        return 0;
+    };
     let r = match kind {
         0 => st.space.clear_flush_young(start, end),
         1 => st.space.clear_young(start, end),
@@ -472,6 +672,11 @@ impl MmNotifier {
         Ok(MmNotifier {
             state: NonNull::new(out.cast()).ok_or(code::ENOMEM)?,
         })
+    }
+
+    /// The forwarder itself, for the in-kernel tests that drive its callbacks.
+    pub(crate) fn head(&self) -> *mut NkMmHead {
+        self.state.as_ptr().cast()
     }
 
     /// The core's address space of this mm.

@@ -11,19 +11,32 @@
 #include <linux/workqueue.h>
 
 /*
- * The head of the one forwarding mmu_notifier per mm. Rust allocates it with its own
- * state after it (`mm::MmState`), so only Rust knows the whole size.
+ * The head of the one forwarder per mm. Rust allocates it with its own state after it
+ * (`mm::MmState`), so only Rust knows the whole size.
+ *
+ * Three kernel subscriptions, because Linux ties what a notifier may do to which ops
+ * it has (mm/mmu_notifier.c, mn_hlist_invalidate_range_start):
+ * - a start that fails with -EAGAIN must not have an end (WARN_ON(ops->
+ *   invalidate_range_end)): the refusable start is on `mn`, which has no end;
+ * - when any start fails, Linux calls the end of every notifier that has one, and
+ *   otherwise the caller's invalidate_range_end does: the end is on `end_mn`, which
+ *   has no start, and so gets exactly one end for every start `mn` accepted;
+ * - arch_invalidate_secondary_tlbs must be alone on its notifier: `tlb_mn`.
  */
 struct nk_mm {
-	/* start/end, the young calls, release; reference-counted (get/put). */
+	/* start (no end), the young calls, release; reference-counted (get/put). */
 	struct mmu_notifier mn;
 	/*
-	 * arch_invalidate_secondary_tlbs only: Linux refuses one subscription with both
-	 * kinds. Registered with the first get, unregistered before the free.
+	 * invalidate_range_end only. Registered before `mn` (from alloc_notifier), so an
+	 * invalidation that saw `mn`'s start also sees this end; unregistered before the
+	 * free.
 	 */
+	struct mmu_notifier end_mn;
+	/* arch_invalidate_secondary_tlbs only. Registered with the first get. */
 	struct mmu_notifier tlb_mn;
 	/* The free is deferred to process context: see nk_free_notifier(). */
 	struct work_struct free_work;
+	bool end_registered;
 	bool tlb_registered;
 };
 
@@ -62,6 +75,8 @@ void nk_spin_lock_init(spinlock_t *lock);
 void nk_spin_lock(spinlock_t *lock);
 void nk_spin_unlock(spinlock_t *lock);
 void *nk_kmalloc(size_t size);
+void *nk_kmalloc_nowait(size_t size, bool atomic);
+void nk_park_lock_init(spinlock_t *lock);
 void nk_kfree(void *p);
 long nk_mm_get(struct mm_struct *mm, struct nk_mm **out);
 void nk_mm_put(struct nk_mm *m);
@@ -76,6 +91,11 @@ void nk_msleep(unsigned int ms);
 struct nk_ref *nk_ref_register(struct mm_struct *mm, unsigned long start, unsigned long end);
 void nk_ref_read(struct nk_ref *r, struct nk_ref_counts *out);
 void nk_ref_unregister(struct nk_ref *r);
+struct nk_refuser;
+struct nk_refuser *nk_refuser_register(struct mm_struct *mm);
+void nk_refuser_set(struct nk_refuser *r, bool refuse);
+void nk_refuser_read(struct nk_refuser *r, unsigned int out[3]);
+void nk_refuser_unregister(struct nk_refuser *r);
 int nk_run_on_mm(struct mm_struct *mm, void (*fn)(void *), void **args, int n);
 
 /* The conformance harness (harness_linux.c, used by harness.rs). */
@@ -90,6 +110,11 @@ void nk_h_forget(int i);
 long nk_h_map(int i, unsigned long addr, unsigned long len);
 long nk_h_unmap(int i, unsigned long addr, unsigned long len);
 long nk_h_protect(int i, unsigned long addr, unsigned long len, bool writable);
+long nk_h_clear_refs(int i);
+long nk_h_hold(int i);
+void nk_h_unhold(void);
+void nk_h_kill(int i);
+long nk_h_mrelease(int i);
 long nk_h_reclaim(int i, unsigned long addr, unsigned long len);
 long nk_h_pte(int i, unsigned long addr, int mode, u64 *pfn, u64 *gen, bool *writable);
 long nk_h_migrate(int i, unsigned long addr);

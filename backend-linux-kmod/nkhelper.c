@@ -12,7 +12,11 @@
  * `nkhelper serve` (harness.c starts it with call_usermodehelper): one address space
  * of the conformance suite. The module maps, faults and unmaps in it from kthreads;
  * what only the process itself can do it asks for through /proc/nk_harness
- * (nkproto.h): mprotect, a reclaim pass, fork. It exits when the module kills it.
+ * (nkproto.h): mprotect, a reclaim pass, fork, clear_refs, holding a thread in the
+ * module. It exits when the module kills it.
+ *
+ * `nkhelper mrelease PID`: process_mrelease(2) on a dying process (smoke.rs's reap
+ * cases); the exit status is the errno.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -21,6 +25,9 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "nkproto.h"
@@ -135,6 +142,53 @@ out:
 	return evicted;
 }
 
+/* NK_OP_HOLD's thread: held in the module until it lets go. */
+static void *hold(void *unused)
+{
+	int fd = open("/proc/" NK_PROC_NAME, O_RDWR);
+
+	if (fd >= 0 && write(fd, "H", 1) != 1)
+		perror("nkhelper: hold");
+	return NULL;
+}
+
+#ifndef SYS_pidfd_open
+#define SYS_pidfd_open 434
+#endif
+#ifndef SYS_process_mrelease
+#define SYS_process_mrelease 448
+#endif
+
+/*
+ * `nkhelper mrelease PID`: process_mrelease(2) on a dying process, which reaps its
+ * address space with the OOM reaper's own code (__oom_reap_task_mm: non-blockable
+ * invalidations). Exit status: 0, or the errno (EAGAIN: a notifier refused).
+ */
+static int mrelease(const char *pid)
+{
+	int fd = syscall(SYS_pidfd_open, atoi(pid), 0);
+
+	if (fd < 0)
+		return errno;
+	if (syscall(SYS_process_mrelease, fd, 0))
+		return errno;
+	return 0;
+}
+
+/* echo 4 > /proc/self/clear_refs: 0 or -errno. */
+static long long clear_soft_dirty(void)
+{
+	int fd = open("/proc/self/clear_refs", O_WRONLY);
+	long long r = 0;
+
+	if (fd < 0)
+		return -errno;
+	if (write(fd, "4", 1) != 1)
+		r = -errno;
+	close(fd);
+	return r;
+}
+
 /* `nkhelper serve`: carry out the module's commands until killed. */
 static int serve(void)
 {
@@ -181,6 +235,15 @@ static int serve(void)
 		case NK_OP_PING:
 			r = 0;
 			break;
+		case NK_OP_CLEAR_REFS:
+			r = clear_soft_dirty();
+			break;
+		case NK_OP_HOLD: {
+			pthread_t t;
+
+			r = -pthread_create(&t, NULL, hold, NULL);
+			break;
+		}
 		default:
 			r = -EINVAL;
 		}
@@ -200,6 +263,8 @@ int main(int argc, char **argv)
 
 	if (argc > 1 && !strcmp(argv[1], "serve"))
 		return serve();
+	if (argc > 2 && !strcmp(argv[1], "mrelease"))
+		return mrelease(argv[2]);
 	sigemptyset(&set);
 	sigaddset(&set, SIGUSR1);
 	sigprocmask(SIG_BLOCK, &set, NULL);

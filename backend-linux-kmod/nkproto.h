@@ -29,6 +29,19 @@ enum nk_op {
 	 * breaks of its stack are behind it).
 	 */
 	NK_OP_PING = 4,
+	/*
+	 * Write "4" to /proc/self/clear_refs: Linux clears the soft-dirty bits under one
+	 * MMU_NOTIFY_SOFT_DIRTY invalidation of [0, ULONG_MAX) (and write-protects the
+	 * present pages when built with MEM_SOFT_DIRTY). 0 or -errno.
+	 */
+	NK_OP_CLEAR_REFS = 5,
+	/*
+	 * Start a thread that writes one byte to /proc/nk_harness: the module keeps it
+	 * there, uninterruptibly, until nk_h_unhold(). A process killed meanwhile is
+	 * dying with its mm still attached to that thread, as the OOM reaper and
+	 * process_mrelease() want their victims. 0 or -errno.
+	 */
+	NK_OP_HOLD = 6,
 };
 
 struct nk_cmd {

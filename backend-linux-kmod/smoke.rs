@@ -17,11 +17,14 @@ use kernel::bindings;
 use kernel::ffi::{c_int, c_uint, c_ulong, c_void};
 use kernel::prelude::*;
 use notifier_core::{
-    Error as CoreError, Event, Interval, IntervalOps, IntervalSubscriber, Range, Subscriber,
-    SubscriberOps, WouldBlock,
+    Error as CoreError, Event, Interval, IntervalOps, IntervalSubscriber, Platform, Range,
+    Subscriber, SubscriberOps, WouldBlock,
 };
 
-use crate::mm::{Mm, MmNotifier, MmUser, FORWARDERS, FORWARD_ERRORS};
+use crate::mm::{
+    nk_rust_end, nk_rust_start, Mm, MmNotifier, MmUser, CLAMPED, FORWARDERS, FORWARD_ERRORS,
+    NO_ROOM, OVERFLOWED, REFUSALS, UNFORWARDABLE, UNKNOWN_EVENTS,
+};
 use crate::platform::Kernel;
 
 // `mm_struct` is only passed by pointer; rustc flags a field type deep inside it.
@@ -32,6 +35,13 @@ extern "C" {
     fn nk_task_mm(pid: c_int) -> *mut bindings::mm_struct;
     fn nk_signal(pid: c_int, sig: c_int) -> c_int;
     fn nk_msleep(ms: kernel::ffi::c_uint);
+    fn nk_h_spawn() -> c_int;
+    fn nk_h_mm(i: c_int) -> *mut bindings::mm_struct;
+    fn nk_h_hold(i: c_int) -> kernel::ffi::c_long;
+    fn nk_h_unhold();
+    fn nk_h_kill(i: c_int);
+    fn nk_h_mrelease(i: c_int) -> kernel::ffi::c_long;
+    fn nk_h_forget(i: c_int);
     fn nk_run_on_mm(
         mm: *mut bindings::mm_struct,
         f: unsafe extern "C" fn(*mut c_void),
@@ -103,6 +113,10 @@ struct Recorder {
     unpaired: AtomicUsize,
     open: [(AtomicUsize, AtomicUsize); 32],
     overflow: AtomicBool,
+    /// Refuse every non-blockable start (C-08) while set.
+    refuse: AtomicBool,
+    /// Non-blockable starts refused (not counted as starts).
+    refusals: AtomicUsize,
 }
 
 impl Recorder {
@@ -123,6 +137,8 @@ impl Recorder {
             unpaired: AtomicUsize::new(0),
             open: core::array::from_fn(|_| (AtomicUsize::new(0), AtomicUsize::new(0))),
             overflow: AtomicBool::new(false),
+            refuse: AtomicBool::new(false),
+            refusals: AtomicUsize::new(0),
         }
     }
 
@@ -155,6 +171,10 @@ impl SubscriberOps for Recorder {
 
     fn invalidate_range_start(&self, r: &Range) -> core::result::Result<(), WouldBlock> {
         self.check_live();
+        if !r.blockable && self.refuse.load(Ordering::Relaxed) {
+            self.refusals.fetch_add(1, Ordering::Relaxed);
+            return Err(WouldBlock);
+        }
         self.starts.fetch_add(1, Ordering::Relaxed);
         if !r.blockable {
             self.nonblocking_starts.fetch_add(1, Ordering::Relaxed);
@@ -774,6 +794,7 @@ pub(crate) fn run_at_init() -> Result<AtExit> {
         let _ = list_cases(&mmn);
         interval_cases(&mmn);
         concurrency_case(&mmn, mm);
+        forwarder_cases(&mmn);
         process_cases();
 
         let sub = KBox::pin(Subscriber::new(Recorder::new()), GFP_KERNEL)?;
@@ -818,6 +839,465 @@ impl AtExit {
     }
 }
 
+/// Unforwardable ranges and unknown events `forwarder_cases` made on purpose.
+static MADE_UNFORWARDABLE: AtomicUsize = AtomicUsize::new(0);
+static MADE_UNKNOWN: AtomicUsize = AtomicUsize::new(0);
+
+/// A kernel range as Linux's `mmu_notifier_range_init` makes it.
+fn krange(start: u64, end: u64, event: u32, blockable: bool) -> bindings::mmu_notifier_range {
+    // SAFETY: a C struct of integers and pointers: all zeroes is a valid value.
+    let mut r: bindings::mmu_notifier_range = unsafe { core::mem::zeroed() };
+    r.start = start as c_ulong;
+    r.end = end as c_ulong;
+    r.event = event as bindings::mmu_notifier_event;
+    r.flags = if blockable {
+        bindings::MMU_NOTIFIER_RANGE_BLOCKABLE
+    } else {
+        0
+    };
+    r
+}
+
+/// Start and end through the forwarder's own callbacks (what its two kernel notifiers
+/// call): the start's return value.
+fn start_end(mmn: &MmNotifier, r: &bindings::mmu_notifier_range) -> c_int {
+    // SAFETY: a live forwarder (we hold a reference); `r` lives across both calls; the
+    // end follows the start, as Linux calls them (also after a refused start).
+    unsafe {
+        let ret = nk_rust_start(mmn.head(), r);
+        nk_rust_end(mmn.head(), r);
+        ret
+    }
+}
+
+/// The forwarder driven through its callbacks with what Linux sends rarely: soft-dirty's
+/// `[0, ULONG_MAX)`, unaligned and out-of-range bounds, an unknown event code, more
+/// non-blockable invalidations in flight than its table holds, a refusal.
+fn forwarder_cases(mmn: &MmNotifier) {
+    let sub = pin!(Subscriber::<Recorder, Kernel>::new(Recorder::new()));
+    let sub = sub.into_ref();
+    if let Err(e) = sub.register(mmn) {
+        pr_info!("  why: register: {:?}\n", e);
+        case("the forwarder's edge cases", Err(()));
+        return;
+    }
+    let limit = Kernel::ADDRESS_LIMIT;
+    case(
+        "C-06 soft-dirty's [0, ULONG_MAX) reaches the subscriber as [0, limit), SoftDirty",
+        (|| {
+            sub.watch(0, limit);
+            let (s0, e0) = (
+                sub.starts.load(Ordering::Relaxed),
+                sub.ends.load(Ordering::Relaxed),
+            );
+            let r = krange(
+                0,
+                u64::MAX,
+                bindings::mmu_notifier_event_MMU_NOTIFY_SOFT_DIRTY,
+                true,
+            );
+            let ret = start_end(mmn, &r);
+            sub.watch(0, 0);
+            ensure!(ret == 0, "start: {}", ret);
+            ensure!(
+                sub.events.load(Ordering::Relaxed) & (1 << Event::SoftDirty as usize) != 0,
+                "no SoftDirty start covering [0, {:#x})",
+                limit
+            );
+            let (s1, e1) = (
+                sub.starts.load(Ordering::Relaxed),
+                sub.ends.load(Ordering::Relaxed),
+            );
+            ensure!(
+                s1 - s0 >= 1 && e1 - e0 == s1 - s0,
+                "{} starts, {} ends",
+                s1 - s0,
+                e1 - e0
+            );
+            Ok(())
+        })(),
+    );
+    case(
+        "C-06 unaligned bounds are rounded out to pages; an unknown event goes as Unmap",
+        (|| {
+            sub.watch(0x1000, 0x6000);
+            let u0 = sub.unmap_starts.load(Ordering::Relaxed);
+            let ret = start_end(mmn, &krange(0x1234, 0x5678, 99, true));
+            MADE_UNKNOWN.fetch_add(1, Ordering::Relaxed);
+            sub.watch(0, 0);
+            ensure!(ret == 0, "start: {}", ret);
+            ensure!(
+                sub.unmap_starts.load(Ordering::Relaxed) == u0 + 1,
+                "no Unmap start covering [0x1000, 0x6000)"
+            );
+            Ok(())
+        })(),
+    );
+    case(
+        "a range wholly above the address limit is counted, not forwarded, not refused",
+        (|| {
+            let (s0, n0) = (
+                sub.starts.load(Ordering::Relaxed),
+                UNFORWARDABLE.load(Ordering::Relaxed),
+            );
+            let r = krange(limit as u64, 2 * limit as u64, 0, false);
+            let ret = start_end(mmn, &r);
+            MADE_UNFORWARDABLE.fetch_add(1, Ordering::Relaxed);
+            ensure!(ret == 0, "start: {}", ret);
+            ensure!(sub.starts.load(Ordering::Relaxed) == s0, "forwarded");
+            ensure!(
+                UNFORWARDABLE.load(Ordering::Relaxed) == n0 + 1,
+                "not counted"
+            );
+            Ok(())
+        })(),
+    );
+    case(
+        "C-08 a refused non-blockable start is -EAGAIN; the end Linux then calls finds none",
+        (|| {
+            sub.refuse.store(true, Ordering::Relaxed);
+            let (e0, r0) = (
+                sub.ends.load(Ordering::Relaxed),
+                sub.refusals.load(Ordering::Relaxed),
+            );
+            let ret = start_end(mmn, &krange(PAGE as u64, 2 * PAGE as u64, 0, false));
+            sub.refuse.store(false, Ordering::Relaxed);
+            ensure!(ret == EAGAIN.to_errno(), "start: {}", ret);
+            ensure!(
+                sub.refusals.load(Ordering::Relaxed) == r0 + 1,
+                "the subscriber was not asked"
+            );
+            ensure!(
+                sub.ends.load(Ordering::Relaxed) == e0,
+                "an end for a refused start"
+            );
+            Ok(())
+        })(),
+    );
+    let r = sub.unregister();
+    case(
+        "the forwarder's edge cases leave no start open",
+        (|| {
+            ensure!(r.is_ok(), "unregister: {:?}", r);
+            ensure!(
+                sub.unpaired.load(Ordering::Relaxed) == 0,
+                "an end without its start"
+            );
+            Ok(())
+        })(),
+    );
+    // Its own subscriber: the recorder above keeps 32 open ranges, not 100.
+    let many = pin!(Subscriber::<Recorder, Kernel>::new(Recorder::new()));
+    let many = many.into_ref();
+    let reg = many.register(mmn);
+    for (blockable, name) in [
+        (
+            false,
+            "C-08 100 non-blockable invalidations in flight at once: none refused, all ended",
+        ),
+        // With the table alone the 65th of these would wait for a slot only it can free.
+        (
+            true,
+            "C-07 100 blockable invalidations in flight on one task: none waits, all ended",
+        ),
+    ] {
+        case(
+            name,
+            (|| {
+                ensure!(reg.is_ok(), "register: {:?}", reg);
+                const N: usize = 100;
+                let ranges = KVec::<bindings::mmu_notifier_range>::with_capacity(N, GFP_KERNEL);
+                let Ok(mut ranges) = ranges else {
+                    ensure!(false, "out of memory");
+                    return Ok(());
+                };
+                for i in 0..N {
+                    let a = ((i + 1) * PAGE) as u64;
+                    let pushed = ranges.push(krange(a, a + PAGE as u64, 0, blockable), GFP_KERNEL);
+                    ensure!(pushed.is_ok(), "out of memory");
+                }
+                let (s0, e0) = (
+                    many.starts.load(Ordering::Relaxed),
+                    many.ends.load(Ordering::Relaxed),
+                );
+                let mut refused = 0;
+                for r in ranges.iter() {
+                    // SAFETY: a live forwarder; `r` stays put until its end below.
+                    if unsafe { nk_rust_start(mmn.head(), r) } != 0 {
+                        refused += 1;
+                    }
+                }
+                for r in ranges.iter().rev() {
+                    // SAFETY: as above: the end of each start, as Linux calls it.
+                    unsafe { nk_rust_end(mmn.head(), r) };
+                }
+                let (s1, e1) = (
+                    many.starts.load(Ordering::Relaxed),
+                    many.ends.load(Ordering::Relaxed),
+                );
+                ensure!(refused == 0, "{} of {} refused", refused, N);
+                ensure!(
+                    s1 - s0 == N && e1 - e0 == N,
+                    "{} starts, {} ends",
+                    s1 - s0,
+                    e1 - e0
+                );
+                Ok(())
+            })(),
+        );
+    }
+    let _ = many.unregister();
+}
+
+/// `struct nk_refuser` of `helpers.c`, only ever behind a pointer.
+#[repr(C)]
+struct NkRefuser {
+    _opaque: [u8; 0],
+}
+
+// `mm_struct` is only passed by pointer; rustc flags a field type deep inside it.
+#[allow(improper_ctypes)]
+extern "C" {
+    fn nk_refuser_register(mm: *mut bindings::mm_struct) -> *mut NkRefuser;
+    fn nk_refuser_set(r: *mut NkRefuser, refuse: bool);
+    fn nk_refuser_read(r: *mut NkRefuser, out: *mut [c_uint; 3]);
+    fn nk_refuser_unregister(r: *mut NkRefuser);
+}
+
+/// What the reap cases read of one mode's three subscribers.
+trait ReapMode {
+    /// Refuse non-blockable starts (the refusing subscriber) or not.
+    fn set_refuse(&self, on: bool);
+    /// The refusing subscriber's refusals and accepted non-blockable starts.
+    fn refuser(&self) -> (usize, usize);
+    /// Whether every subscriber's starts are ended (and no end came unstarted).
+    fn paired(&self) -> bool;
+    /// Whether every subscriber saw a non-blockable start it accepted.
+    fn all_nonblocking(&self) -> bool;
+    /// Each subscriber's `release` count.
+    fn releases(&self) -> [usize; 3];
+}
+
+/// Core mode: subscribers of the core, through the forwarder.
+struct CoreReap<'a> {
+    subs: [Pin<&'a Subscriber<Recorder, Kernel>>; 3],
+}
+
+impl ReapMode for CoreReap<'_> {
+    fn set_refuse(&self, on: bool) {
+        self.subs[1].refuse.store(on, Ordering::Relaxed);
+    }
+    fn refuser(&self) -> (usize, usize) {
+        let r = &self.subs[1];
+        (
+            r.refusals.load(Ordering::Relaxed),
+            r.nonblocking_starts.load(Ordering::Relaxed),
+        )
+    }
+    fn paired(&self) -> bool {
+        self.subs.iter().all(|s| {
+            s.starts.load(Ordering::Relaxed) == s.ends.load(Ordering::Relaxed)
+                && s.unpaired.load(Ordering::Relaxed) == 0
+        })
+    }
+    fn all_nonblocking(&self) -> bool {
+        self.subs
+            .iter()
+            .all(|s| s.nonblocking_starts.load(Ordering::Relaxed) >= 1)
+    }
+    fn releases(&self) -> [usize; 3] {
+        self.subs.map(|s| s.releases.load(Ordering::Relaxed))
+    }
+}
+
+/// Reference mode: recorders registered straight with Linux (`mmu_notifier_register`),
+/// the refusing one without an end as Linux requires.
+struct RefReap {
+    before: *mut NkRef,
+    refuser: *mut NkRefuser,
+    after: *mut NkRef,
+}
+
+impl RefReap {
+    fn refuser_counts(&self) -> [c_uint; 3] {
+        let mut c = [0; 3];
+        // SAFETY: a registered refuser; `c` is valid for writes.
+        unsafe { nk_refuser_read(self.refuser, &mut c) };
+        c
+    }
+}
+
+impl ReapMode for RefReap {
+    fn set_refuse(&self, on: bool) {
+        // SAFETY: a registered refuser.
+        unsafe { nk_refuser_set(self.refuser, on) }
+    }
+    fn refuser(&self) -> (usize, usize) {
+        let c = self.refuser_counts();
+        (c[0] as usize, c[1] as usize)
+    }
+    fn paired(&self) -> bool {
+        [self.before, self.after].iter().all(|&r| {
+            let s = Seen::of_reference(r);
+            s.starts == s.ends
+        })
+    }
+    fn all_nonblocking(&self) -> bool {
+        // Linux's recorder does not tell non-blockable starts apart; the refuser does.
+        self.refuser().1 >= 1
+    }
+    fn releases(&self) -> [usize; 3] {
+        [
+            Seen::of_reference(self.before).releases,
+            self.refuser_counts()[2] as usize,
+            Seen::of_reference(self.after).releases,
+        ]
+    }
+}
+
+/// After the conformance suite, with its harness: `process_mrelease(2)` on a dying
+/// `nkhelper serve` process reaps its address space with the OOM reaper's own code
+/// (`__oom_reap_task_mm`, non-blockable invalidations), while three subscribers watch,
+/// the middle one refusing at first: in core mode (core subscribers through the
+/// forwarder) and in reference mode (recorders on Linux's own notifier). The process is
+/// killed while one of its threads is held in the module (so the mm is still attached
+/// to it, as for a victim of the OOM killer); the guest runs with `panic_on_warn=1`, so
+/// a WARN in Linux's notifier chain ends the run.
+pub(crate) fn reap_cases() {
+    reap_in("[core]", |mm, f| {
+        let Ok(mmn) = MmNotifier::get(mm) else {
+            return false;
+        };
+        let subs = [
+            pin!(Subscriber::<Recorder, Kernel>::new(Recorder::new())),
+            pin!(Subscriber::<Recorder, Kernel>::new(Recorder::new())),
+            pin!(Subscriber::<Recorder, Kernel>::new(Recorder::new())),
+        ];
+        let subs = subs.map(|s| s.into_ref());
+        subs[1].refuse.store(true, Ordering::Relaxed);
+        let ok = subs.iter().all(|s| s.register(&mmn).is_ok());
+        if ok {
+            f(&CoreReap { subs });
+        }
+        for s in subs {
+            let _ = s.unregister();
+        }
+        drop(mmn);
+        ok
+    });
+    reap_in("[reference]", |mm, f| {
+        let raw = mm.as_raw();
+        // SAFETY: `mm` is live with a user reference (the harness slot's); each
+        // recorder is unregistered below.
+        let m = unsafe {
+            RefReap {
+                before: nk_ref_register(raw, 0, 0),
+                refuser: nk_refuser_register(raw),
+                after: nk_ref_register(raw, 0, 0),
+            }
+        };
+        let ok = !m.before.is_null() && !m.refuser.is_null() && !m.after.is_null();
+        if ok {
+            f(&m);
+        }
+        // SAFETY: each registered above (or null) and unregistered once.
+        unsafe {
+            if !m.before.is_null() {
+                nk_ref_unregister(m.before);
+            }
+            if !m.refuser.is_null() {
+                nk_refuser_unregister(m.refuser);
+            }
+            if !m.after.is_null() {
+                nk_ref_unregister(m.after);
+            }
+        }
+        ok
+    });
+}
+
+/// The reap cases in one mode: `setup` registers the mode's subscribers on the mm,
+/// runs the body with them, and unregisters them; false if it could not.
+fn reap_in(mode: &str, setup: impl FnOnce(&Mm, &mut dyn FnMut(&dyn ReapMode)) -> bool) {
+    // SAFETY: after `nk_h_init`, from module init (sleepable).
+    let i = unsafe { nk_h_spawn() };
+    if i < 0 {
+        pr_info!("  why: spawn: {}\n", i);
+        case_in("C-08 process_mrelease of a dying process", mode, Err(()));
+        return;
+    }
+    // SAFETY: slot `i` holds a user reference on its mm until `nk_h_forget`.
+    let mm = unsafe { &*nk_h_mm(i).cast::<Mm>() };
+    let mut body = |m: &dyn ReapMode| {
+        let mut ready = false;
+        case_in(
+            "C-08 process_mrelease of a dying process: a refusal is -EAGAIN to Linux (no WARN), the others' starts ended",
+            mode,
+            (|| {
+                // SAFETY: our slot.
+                let r = unsafe { nk_h_hold(i) };
+                ensure!(r == 0, "hold a thread: {}", r);
+                // SAFETY: our slot.
+                unsafe { nk_h_kill(i) };
+                ready = true;
+                // SAFETY: our slot; sleepable.
+                let r = unsafe { nk_h_mrelease(i) };
+                ensure!(
+                    r == EAGAIN.to_errno() as kernel::ffi::c_long,
+                    "process_mrelease: {}",
+                    r
+                );
+                let (refusals, accepted) = m.refuser();
+                ensure!(refusals >= 1, "nobody refused");
+                ensure!(
+                    accepted == 0,
+                    "the refusing subscriber accepted a non-blockable range"
+                );
+                ensure!(m.paired(), "a start without its end");
+                Ok(())
+            })(),
+        );
+        m.set_refuse(false);
+        case_in(
+            "C-08 process_mrelease again: the reap goes through, every non-blockable start ended",
+            mode,
+            (|| {
+                ensure!(ready, "not set up");
+                // SAFETY: our slot; sleepable.
+                let r = unsafe { nk_h_mrelease(i) };
+                ensure!(r == 0, "process_mrelease: {}", r);
+                ensure!(m.all_nonblocking(), "no non-blockable start accepted");
+                ensure!(m.paired(), "a start without its end");
+                Ok(())
+            })(),
+        );
+        // SAFETY: our slot; the held thread goes first, so that the exit can finish.
+        unsafe {
+            nk_h_unhold();
+            nk_h_forget(i);
+        }
+        case_in(
+            "C-04 the reaped process's exit releases each subscriber once",
+            mode,
+            (|| {
+                let r = m.releases();
+                ensure!(r == [1, 1, 1], "releases: {:?}", r);
+                ensure!(m.paired(), "a start without its end");
+                Ok(())
+            })(),
+        );
+    };
+    if !setup(mm, &mut body) {
+        case_in(
+            "C-08 process_mrelease: subscribers registered",
+            mode,
+            Err(()),
+        );
+        // SAFETY: our slot; nothing of it is held.
+        unsafe { nk_h_forget(i) };
+    }
+}
+
 /// After the forwarders are put and `mmu_notifier_synchronize` ran: nothing leaked,
 /// nothing went wrong on the way. Prints the closing line.
 pub(crate) fn finish_after_exit() {
@@ -829,11 +1309,37 @@ pub(crate) fn finish_after_exit() {
             Ok(())
         })(),
     );
+    let n = |c: &AtomicUsize| c.load(Ordering::Relaxed);
+    pr_info!(
+        "forwarder: {} range(s) clamped or page-rounded, {} not forwardable, {} unknown \
+         event(s), {} refusal(s) passed to Linux, {} for want of room, {} parked past the table\n",
+        n(&CLAMPED),
+        n(&UNFORWARDABLE),
+        n(&UNKNOWN_EVENTS),
+        n(&REFUSALS),
+        n(&NO_ROOM),
+        n(&OVERFLOWED)
+    );
     case(
-        "every kernel callback was accepted by the core; no subscriber bug reported",
+        "every kernel callback was forwarded and accepted by the core; no subscriber bug",
         (|| {
             let n = FORWARD_ERRORS.load(Ordering::Relaxed);
             ensure!(n == 0, "{} forwarding error(s)", n);
+            // Beyond the ones `forwarder_cases` made on purpose.
+            let n = UNFORWARDABLE.load(Ordering::Relaxed);
+            ensure!(
+                n == MADE_UNFORWARDABLE.load(Ordering::Relaxed),
+                "{} range(s) with nothing left after clamping",
+                n
+            );
+            let n = UNKNOWN_EVENTS.load(Ordering::Relaxed);
+            ensure!(
+                n == MADE_UNKNOWN.load(Ordering::Relaxed),
+                "{} unknown event code(s)",
+                n
+            );
+            let n = NO_ROOM.load(Ordering::Relaxed);
+            ensure!(n == 0, "{} start(s) refused for want of room", n);
             ensure!(Kernel::bugs() == 0, "{} bug(s) reported", Kernel::bugs());
             Ok(())
         })(),

@@ -578,7 +578,7 @@ fn c06_coverage<H: Harness, S: Notifiers<H>>(h: &H, cfg: &Config) -> CaseResult 
     // shadow MMU never reaches a freed page afterwards.
     let mut checked = 0;
     // The steps the backend cannot make, named in the case's line.
-    let mut skipped: ArrayVec<&'static str, 5> = ArrayVec::new();
+    let mut skipped: ArrayVec<&'static str, 6> = ArrayVec::new();
     let mut step =
         |what: &'static str, i: usize, ev: &[Event], f: &dyn Fn() -> Outcome| -> Outcome {
             rec.clear();
@@ -624,6 +624,9 @@ fn c06_coverage<H: Harness, S: Notifiers<H>>(h: &H, cfg: &Config) -> CaseResult 
         ensure!(n >= 1, "reclaim evicted nothing in three passes");
         Ok(())
     })?;
+    step("soft-dirty", 5, &[Event::SoftDirty], &|| {
+        Ok(h.clear_soft_dirty(sp.mm)?)
+    })?;
     let child_rec = pin!(sub::<H, S, _>(Recorder::<H::P>::default()));
     step("cow break", 4, &[Event::Clear, Event::Unmap], &|| {
         need(h, Cap::Cow)?;
@@ -648,7 +651,7 @@ fn c06_coverage<H: Harness, S: Notifiers<H>>(h: &H, cfg: &Config) -> CaseResult 
         return Ok(None);
     }
     let mut note = crate::Msg::new();
-    let _ = write!(note, "{checked} of 5 operations; not on this backend:");
+    let _ = write!(note, "{checked} of 6 operations; not on this backend:");
     for (k, w) in skipped.iter().enumerate() {
         let _ = write!(note, "{} {w}", if k == 0 { "" } else { "," });
     }

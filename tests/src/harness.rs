@@ -133,6 +133,19 @@ pub trait Harness: Sync {
     /// number of pages evicted.
     fn reclaim(&self, mm: Mm, addr: usize, len: usize) -> Result<usize, HarnessError>;
 
+    /// Clear the soft-dirty bits of the whole address space (Linux: `echo 4 >
+    /// /proc/PID/clear_refs`): one invalidation with event
+    /// [`SoftDirty`](notifier_core::Event::SoftDirty) over everything the primary MMU
+    /// has (Linux asks for `[0, ULONG_MAX)`; the backend hands the core its address
+    /// limit), and every present page write-protected where the platform tracks
+    /// soft-dirty. The default: not applicable.
+    fn clear_soft_dirty(&self, mm: Mm) -> Result<(), HarnessError> {
+        let _ = mm;
+        Err(HarnessError::Unsupported(
+            "no soft-dirty tracking on this backend",
+        ))
+    }
+
     /// Unmap `[addr, addr + len)` from a context that cannot sleep (Linux: the OOM
     /// reaper): the invalidation is non-blockable; if a subscriber refuses,
     /// [`HarnessError::Refused`] and the page tables are untouched.

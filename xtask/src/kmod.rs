@@ -19,7 +19,8 @@
 //!    conformance suite (`tests/`, on real address spaces); both sets of per-case
 //!    lines and both closing lines are printed, and the suite's own lines are saved to
 //!    `target/kmod/suite.txt`. The run fails on a failed case, a missing closing line,
-//!    a panic, an oops, a lockdep or KASAN report, or the timeout.
+//!    a panic, an oops, a WARN (the guest boots with `panic_on_warn=1`, and the log is
+//!    searched for `WARNING:` too), a lockdep or KASAN report, or the timeout.
 
 use std::fmt::Write as _;
 use std::fs;
@@ -605,7 +606,9 @@ fn build_initramfs(ko: &Path, helper: &Path, out: &Path, broken: Option<&str>) -
 }
 
 /// Boot the kernel under QEMU (software emulation: KVM cannot run a guest here) with
-/// the serial console going to `log`. Returns how QEMU ended.
+/// the serial console going to `log`. Returns how QEMU ended. Any WARN panics the
+/// guest (`panic_on_warn=1`): Linux's notifier chain WARNs on a refusal it does not
+/// allow, and the run must not go on past one.
 fn boot(kdir: &Path, initramfs: &Path, log: &Path, timeout: Duration) -> Result<String> {
     let _ = fs::remove_file(log);
     let mut cmd = Command::new("qemu-system-x86_64");
@@ -619,7 +622,7 @@ fn boot(kdir: &Path, initramfs: &Path, log: &Path, timeout: Duration) -> Result<
         .arg(initramfs)
         .arg("-append")
         .arg(
-            "console=ttyS0 printk.time=0 panic=-1 oops=panic rdinit=/init \
+            "console=ttyS0 printk.time=0 panic=-1 oops=panic panic_on_warn=1 rdinit=/init \
              brd.rd_nr=1 brd.rd_size=65536 loglevel=7",
         )
         .stdin(Stdio::null());
