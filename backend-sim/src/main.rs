@@ -1322,10 +1322,12 @@ fn main() -> ExitCode {
             Twin::KvmIgnoresSeq
             | Twin::KvmFlushAfterEnd
             | Twin::KvmCachesPastRelease
-            | Twin::KvmRefusesWhileBlockable => a.scenario.kvm,
-            Twin::DeviceTlbIgnoresFlush => a.scenario.device,
+            | Twin::KvmRefusesWhileBlockable
+            | Twin::KvmZapsInEnd
+            | Twin::KvmCountsRefusedStart => a.scenario.kvm,
+            Twin::DeviceTlbIgnoresFlush | Twin::DeviceTlbFlushesAtEnd => a.scenario.device,
             Twin::ExporterIgnoresInvalidation => a.scenario.exporter,
-            Twin::MirrorIgnoresSeq => a.scenario.mirror,
+            Twin::MirrorIgnoresSeq | Twin::MirrorSetsSeqAfterUnlock => a.scenario.mirror,
             Twin::TwoPassSkipsFinish => a.scenario.two_pass,
             Twin::ExportHookedInRmap => false,
         };
