@@ -7,9 +7,14 @@
 //! the primary MMU through the harness; small secondary MMUs written against the core's
 //! public API ([`consumers`]: a KVM-like shadow page table, a device TLB, an XPMEM-like
 //! exporter with remote importers, HMM-like interval mirrors, one- and two-pass) check
-//! every access they make against the oracle. Each consumer also exists in a
-//! deliberately broken form ([`Twin`]); [`Twin::catches`] names the cases that must fail
-//! with it, so a run with a twin proves the suite has teeth.
+//! every access they make against the two oracles of C-09: the frame was not freed
+//! ([`Harness::frame_live`]), and, where the backend can tell, the translation is the
+//! primary entry of that address at that moment ([`Harness::check_translation`]; the
+//! cases that use it say "translation oracle not applicable" on a backend without it).
+//! The second sees what the first cannot: a stale translation to a frame that is still
+//! allocated (after a migration, a copy-on-write break, an mprotect). Each consumer also
+//! exists in a deliberately broken form ([`Twin`]); [`Twin::catches`] names the cases
+//! that must fail with it, so a run with a twin proves the suite has teeth.
 //!
 //! The consumers subscribe to the core by default ([`run`]). A backend whose platform
 //! has a notifier of its own (Linux) also runs them subscribed to that one
