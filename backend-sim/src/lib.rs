@@ -8,7 +8,13 @@
 //! *generation* that changes every time the frame is allocated again, so the oracle
 //! ([`SimHarness::frame_live`](harness::Harness::frame_live)) tells a stale translation
 //! from a live one even when the frame number was reused; freed frames are reused
-//! last-freed-first, so reuse really happens. Every address space has VMAs and a page
+//! last-freed-first, so reuse really happens. The second oracle of C-09
+//! ([`SimHarness::check_translation`](harness::Harness::check_translation)) compares a
+//! translation a secondary MMU is using with the page table of that address space as
+//! its TLBs know it at that moment (a view published in the page-table section that
+//! changes an entry: at once for a fault, right after the TLB flush for an operation
+//! inside an invalidation), so a stale translation to a live frame is caught too.
+//! [`SimConfig::translation_oracle`] turns it off. Every address space has VMAs and a page
 //! table (present, writable, accessed, dirty and copy-on-write bits, or a swap slot)
 //! behind its own lock, and an [`AddressSpace`](notifier_core::AddressSpace) — the
 //! notifier side that the suite's secondary MMUs subscribe to. A reverse map

@@ -167,6 +167,12 @@ pub struct SimStats {
     /// Calls into the primary MMU from a callback it ran under the same page-table
     /// lock (refused with an error).
     pub reentrant_calls: u64,
+    /// Uses of a translation checked by the second oracle of C-09
+    /// ([`crate::SimHarness`]'s `check_translation`).
+    pub translation_checks: u64,
+    /// Of those, the stale ones (another frame, no entry, or a write through a
+    /// read-only or copy-on-write entry).
+    pub stale_translations: u64,
 }
 
 impl SimStats {
@@ -219,6 +225,8 @@ struct StatCounters {
     export_revocations: AtomicU64,
     frames_held_back: AtomicU64,
     reentrant_calls: AtomicU64,
+    translation_checks: AtomicU64,
+    stale_translations: AtomicU64,
 }
 
 fn bump(c: &AtomicU64, n: u64) {
@@ -249,6 +257,8 @@ impl StatCounters {
             export_revocations: r(&self.export_revocations),
             frames_held_back: r(&self.frames_held_back),
             reentrant_calls: r(&self.reentrant_calls),
+            translation_checks: r(&self.translation_checks),
+            stale_translations: r(&self.stale_translations),
         }
     }
 }
@@ -490,7 +500,41 @@ struct MmState {
     asp: AddressSpace<SimPlatform>,
     mmap: SimLock<()>,
     pt: SimLock<Tables>,
+    /// The present entries as the TLBs know them, for the second oracle of C-09 (see
+    /// [`publish`]). A leaf lock, never held across a scheduling point or a call out.
+    view: Mutex<BTreeMap<usize, Pte>>,
     state: AtomicU8,
+}
+
+/// Publish the entries of `[start, end)` of `t` to the translation oracle's view of
+/// `m`. Called in the page-table section that changed them: at once for a fault (it
+/// adds or widens an entry, which needs no flush), and right after the TLB flush
+/// (`invalidate_secondary_tlbs`) for an operation that removes or narrows entries inside
+/// an invalidation.
+///
+/// So the view equals the page table whenever the page-table lock is free, and inside
+/// such a section it still shows the old entry until the flush has run: a device TLB
+/// that the flush has not reached yet (it waits for its own lock, held by an access in
+/// progress) used a translation that was current when its access began. Checking the
+/// page table itself would need the page-table lock under the secondary MMU's lock,
+/// the reverse of the order `invalidate_secondary_tlbs` takes them in.
+fn publish(m: &MmState, t: &Tables, start: usize, end: usize) {
+    let mut v = m.view.lock().unwrap_or_else(|e| e.into_inner());
+    let gone: Vec<usize> = v.range(start..end).map(|(&a, _)| a).collect();
+    for a in gone {
+        v.remove(&a);
+    }
+    for (&a, e) in t.ptes.range(start..end) {
+        if let Entry::Present(p) = e {
+            v.insert(
+                a,
+                Pte {
+                    frame: p.frame,
+                    writable: p.writable && !p.cow,
+                },
+            );
+        }
+    }
 }
 
 /// The outcome of the locked part of a fault.
@@ -526,6 +570,8 @@ pub(crate) struct Machine {
     /// The address space `address_space` answers for an unknown handle: torn down, so
     /// that registration on it fails with `Dead`.
     dead: AddressSpace<SimPlatform>,
+    /// Whether the second oracle of C-09 answers (off: it says "not checked").
+    translation_oracle: bool,
 }
 
 fn range_of(addr: usize, len: usize) -> Result<(usize, usize), HarnessError> {
@@ -553,8 +599,9 @@ fn reentrant() -> HarnessError {
 }
 
 impl Machine {
-    /// A machine with `frames` physical frames and `swap` swap slots.
-    pub(crate) fn new(frames: usize, swap: usize) -> Self {
+    /// A machine with `frames` physical frames and `swap` swap slots; the second oracle
+    /// of C-09 answers if `translation_oracle`.
+    pub(crate) fn new(frames: usize, swap: usize, translation_oracle: bool) -> Self {
         let dead = AddressSpace::new();
         // A fresh address space: teardown cannot be refused (no callback, no
         // invalidation held by this thread).
@@ -568,6 +615,7 @@ impl Machine {
             hook: Mutex::new(None),
             exports: ExportRegistry::new(),
             dead,
+            translation_oracle,
         }
     }
 
@@ -647,6 +695,7 @@ impl Machine {
             asp: AddressSpace::new(),
             mmap: SimLock::new(()),
             pt: SimLock::new(Tables::default()),
+            view: Mutex::new(BTreeMap::new()),
             state: AtomicU8::new(LIVE),
         };
         chunk[id % MM_CHUNK]
@@ -850,6 +899,7 @@ impl Machine {
             let mut t = m.pt.lock().ok_or_else(reentrant)?;
             let (freed, _) = self.zap(mm, &mut t, start, end);
             self.flush(mm, m, start, end);
+            publish(m, &t, start, end);
             freed
         };
         self.end(mm, inv);
@@ -899,6 +949,7 @@ impl Machine {
                 }
             }
             self.flush(mm, m, start, end);
+            publish(m, &t, start, end);
         }
         self.end(mm, inv);
         Ok(())
@@ -939,6 +990,15 @@ impl Machine {
     /// Fork (Linux: `dup_mmap` / `copy_page_range`): for each mapping with present
     /// pages, the parent's entries are write-protected inside a `ProtectionPage`
     /// invalidation and shared with the child, both copy-on-write.
+    ///
+    /// Faults take only the page-table lock, so a page may be faulted in at any moment
+    /// the lock is free. Whether a mapping needs the invalidation is therefore decided
+    /// in the same page-table section that copies it when it has no present page (the
+    /// swapped entries are copied there and then); otherwise the invalidation starts
+    /// first and the write-protect, its TLB flush and the copy are one section inside
+    /// it, so that whatever was faulted in meanwhile is covered too (Linux holds the
+    /// mmap lock for writing, which keeps faults out, and starts the invalidation
+    /// before it takes the PTE lock).
     pub(crate) fn fork(&self, mm: Mm) -> Result<Mm, HarnessError> {
         let m = self.live(mm)?;
         let _mmap = self.lock_mmap(m)?;
@@ -953,58 +1013,64 @@ impl Machine {
             t.vmas.iter().collect::<Vec<_>>()
         };
         for (start, end, _) in vmas {
-            let has_present = {
-                let t = m.pt.lock().ok_or_else(reentrant)?;
-                t.ptes
-                    .range(start..end)
-                    .any(|(_, e)| matches!(e, Entry::Present(_)))
-            };
-            let inv = if has_present {
-                Some(self.blockable_start(mm, m, Range::new(start, end, Event::ProtectionPage))?)
-            } else {
-                None
-            };
             {
                 let mut t = m.pt.lock().ok_or_else(reentrant)?;
+                let has_present = t
+                    .ptes
+                    .range(start..end)
+                    .any(|(_, e)| matches!(e, Entry::Present(_)));
+                if !has_present {
+                    // Nothing a secondary MMU can have cached: no invalidation, and no
+                    // fault can slip in before the copy (the lock is held).
+                    let mut ct = c.pt.lock().ok_or_else(reentrant)?;
+                    self.share_range(child, &mut t, &mut ct, start, end);
+                    publish(c, &ct, start, end);
+                    continue;
+                }
+            }
+            let inv = self.blockable_start(mm, m, Range::new(start, end, Event::ProtectionPage))?;
+            let copied = (|| {
+                let mut t = m.pt.lock().ok_or_else(reentrant)?;
                 let mut ct = c.pt.lock().ok_or_else(reentrant)?;
-                let mut fr = self.frames();
-                let mut sw = self.swap_lock();
-                let addrs: Vec<usize> = t.ptes.range(start..end).map(|(&a, _)| a).collect();
-                for a in addrs {
-                    let Some(e) = t.ptes.get_mut(&a) else {
-                        continue;
-                    };
-                    match e {
-                        Entry::Present(p) => {
-                            p.writable = false;
-                            p.cow = true;
-                            let shared = *p;
-                            if let Some(s) = fr.slot_mut(shared.frame) {
-                                s.refs += 1;
-                                s.rmap.push((child, a));
-                            }
-                            ct.ptes.insert(a, Entry::Present(shared));
-                        }
-                        Entry::Swapped(slot) => {
-                            let data = sw.slots.get(*slot).copied().flatten().unwrap_or(0);
-                            if let Some(ns) = sw.alloc(data) {
-                                ct.ptes.insert(a, Entry::Swapped(ns));
-                            }
-                        }
-                    }
-                }
-                drop(sw);
-                drop(fr);
-                if has_present {
-                    self.flush(mm, m, start, end);
-                }
-            }
-            if let Some(inv) = inv {
-                self.end(mm, inv);
-            }
+                self.share_range(child, &mut t, &mut ct, start, end);
+                self.flush(mm, m, start, end);
+                publish(m, &t, start, end);
+                publish(c, &ct, start, end);
+                Ok(())
+            })();
+            self.end(mm, inv);
+            copied?;
         }
         bump(&self.stats.forks, 1);
         Ok(child)
+    }
+
+    /// Fork's copy of `[start, end)` (the caller holds both page-table locks): present
+    /// entries are write-protected and shared copy-on-write, swapped ones copied to a
+    /// new swap slot.
+    fn share_range(&self, child: Mm, t: &mut Tables, ct: &mut Tables, start: usize, end: usize) {
+        let mut fr = self.frames();
+        let mut sw = self.swap_lock();
+        for (&a, e) in t.ptes.range_mut(start..end) {
+            match e {
+                Entry::Present(p) => {
+                    p.writable = false;
+                    p.cow = true;
+                    let shared = *p;
+                    if let Some(s) = fr.slot_mut(shared.frame) {
+                        s.refs += 1;
+                        s.rmap.push((child, a));
+                    }
+                    ct.ptes.insert(a, Entry::Present(shared));
+                }
+                Entry::Swapped(slot) => {
+                    let data = sw.slots.get(*slot).copied().flatten().unwrap_or(0);
+                    if let Some(ns) = sw.alloc(data) {
+                        ct.ptes.insert(a, Entry::Swapped(ns));
+                    }
+                }
+            }
+        }
     }
 
     /// A primary fault: populate `addr` (from swap if it was swapped out), or break
@@ -1081,6 +1147,7 @@ impl Machine {
         };
         let pte = self.access(&mut p, write);
         t.ptes.insert(start, Entry::Present(p));
+        publish(m, &t, start, start + PAGE_SIZE);
         Ok(Fault::Done(pte))
     }
 
@@ -1163,6 +1230,7 @@ impl Machine {
                     let np = make(Present { frame: new, ..p }, &t);
                     t.ptes.insert(start, Entry::Present(np));
                     self.flush(mm, m, start, end);
+                    publish(m, &t, start, end);
                     Some(np)
                 }
                 _ => None,
@@ -1299,6 +1367,7 @@ impl Machine {
                             t.ptes.insert(a, Entry::Swapped(slot));
                             self.frames().rmap_remove(frame, mm, a);
                             self.flush(mm, m, a, a + PAGE_SIZE);
+                            publish(m, &t, a, a + PAGE_SIZE);
                             true
                         }
                         // Swap is full: the page stays.
@@ -1344,6 +1413,7 @@ impl Machine {
             let mut t = m.pt.lock().ok_or_else(reentrant)?;
             let r = self.zap(mm, &mut t, start, end);
             self.flush(mm, m, start, end);
+            publish(m, &t, start, end);
             r
         };
         self.end(mm, inv);
@@ -1379,6 +1449,7 @@ impl Machine {
                 return;
             };
             let (freed, _) = self.zap(mm, &mut t, 0, usize::MAX);
+            publish(m, &t, 0, usize::MAX);
             t.vmas = Vmas::default();
             freed
         };
@@ -1393,6 +1464,50 @@ impl Machine {
             // harness handed out references to it for as long as it lives.
             m.state.store(DESTROYED, Ordering::Release);
         }
+    }
+
+    // --- The second oracle of C-09 -------------------------------------------------
+
+    /// Whether the second oracle answers; if not, why.
+    pub(crate) fn translation_oracle(&self) -> Option<&'static str> {
+        (!self.translation_oracle)
+            .then_some("the simulator was built with its translation oracle off")
+    }
+
+    /// The second oracle of C-09: a secondary MMU uses a translation of `addr` in `mm`
+    /// to `frame` (for writing if `write`). It is current if the primary entry maps
+    /// `frame` (and allows writes, for a write) as the TLBs know it now (see
+    /// [`publish`]): the primary MMU changes an entry only inside an invalidation,
+    /// and the view moves to the new entry when that invalidation flushes the TLBs,
+    /// which is what a secondary MMU must have followed by then (it zapped in `start`,
+    /// or was flushed with the CPU TLB). A translation used after that, until its
+    /// `end` or later, is stale even if its frame is still allocated.
+    pub(crate) fn check_translation(
+        &self,
+        mm: Mm,
+        addr: usize,
+        frame: Frame,
+        write: bool,
+    ) -> Result<(), &'static str> {
+        bump(&self.stats.translation_checks, 1);
+        let r = match self.slot(mm) {
+            None => Err("no such address space"),
+            Some(m) => {
+                let v = m.view.lock().unwrap_or_else(|e| e.into_inner());
+                match v.get(&addr) {
+                    None => Err("the primary entry is not present"),
+                    Some(p) if p.frame != frame => Err("the primary entry maps another frame"),
+                    Some(p) if write && !p.writable => {
+                        Err("a write through a read-only or copy-on-write primary entry")
+                    }
+                    Some(_) => Ok(()),
+                }
+            }
+        };
+        if r.is_err() {
+            bump(&self.stats.stale_translations, 1);
+        }
+        r
     }
 
     // --- Frames for secondary MMUs ------------------------------------------------

@@ -7,7 +7,7 @@ use std::sync::{Arc, OnceLock};
 use notifier_core::export::ExportRegistry;
 use notifier_core::AddressSpace;
 
-use crate::harness::{Cap, Frame, Harness, HarnessError, Mm, Pte};
+use crate::harness::{Cap, Frame, Harness, HarnessError, Mm, Pte, TranslationCheck};
 use crate::machine::{EventHook, Machine, SimEvent, SimStats};
 use crate::platform::SimPlatform;
 use crate::sched::{self, Counters, Ctx, Sched};
@@ -35,16 +35,22 @@ pub struct SimConfig {
     /// [`run_concurrently`](Harness::run_concurrently) after which the run is declared
     /// a livelock and its tasks panic (the panic reaches the caller).
     pub step_budget: u64,
+    /// Whether the second oracle of C-09 ([`Harness::check_translation`]) answers. Off,
+    /// the suite runs with the frame-liveness oracle alone (to show what only the
+    /// second one catches).
+    pub translation_oracle: bool,
 }
 
 impl SimConfig {
-    /// The defaults for `mode`: 512 frames, 4096 swap slots, 20 million steps.
+    /// The defaults for `mode`: 512 frames, 4096 swap slots, 20 million steps, both
+    /// oracles.
     pub const fn new(mode: Mode) -> Self {
         SimConfig {
             mode,
             frames: 512,
             swap_slots: 4096,
             step_budget: 20_000_000,
+            translation_oracle: true,
         }
     }
 }
@@ -131,7 +137,7 @@ impl SimHarness {
                 counters: Counters::default(),
                 sched,
             }),
-            machine: Machine::new(cfg.frames, cfg.swap_slots),
+            machine: Machine::new(cfg.frames, cfg.swap_slots, cfg.translation_oracle),
             mode: cfg.mode,
             arena: OnceLock::new(),
         }
@@ -321,6 +327,29 @@ impl Harness for SimHarness {
     fn frame_live(&self, frame: Frame) -> bool {
         self.enter();
         self.machine.frame_live(frame)
+    }
+
+    fn translation_oracle(&self) -> Option<&'static str> {
+        self.machine.translation_oracle()
+    }
+
+    fn check_translation(
+        &self,
+        mm: Mm,
+        addr: usize,
+        frame: Frame,
+        write: bool,
+    ) -> TranslationCheck {
+        // No scheduling point: the caller holds its own lock and the answer is about
+        // this instant (the view's lock is a leaf).
+        sched::bind(&self.ctx);
+        if self.machine.translation_oracle().is_some() {
+            return TranslationCheck::NotChecked;
+        }
+        match self.machine.check_translation(mm, addr, frame, write) {
+            Ok(()) => TranslationCheck::Current,
+            Err(why) => TranslationCheck::Stale(why),
+        }
     }
 
     fn run_concurrently(&self, tasks: &[&(dyn Fn() + Sync)]) {

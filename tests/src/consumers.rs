@@ -1,8 +1,9 @@
 //! Secondary MMUs written against the core's public API the way real ones are, each
 //! with the deliberately broken form ([`Twin`]) that the suite must catch.
 //!
-//! Every consumer checks each access it makes through a translation with the oracle
-//! [`Harness::frame_live`] and counts the stale ones in `violations`: a correct
+//! Every consumer checks each access it makes through a translation with the two
+//! oracles of C-09: [`Harness::frame_live`] (counted in `violations`) and, where the
+//! backend has it, [`Harness::check_translation`] (counted in `stale`). A correct
 //! consumer on a correct core never counts one.
 
 use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -11,7 +12,7 @@ use arrayvec::ArrayVec;
 use notifier_core::sync::SpinLock;
 use notifier_core::{Event, Range, SubscriberOps, WouldBlock};
 
-use crate::harness::{Frame, Harness, HarnessError, Mm, Pte};
+use crate::harness::{Frame, Harness, HarnessError, Mm, Pte, TranslationCheck};
 use crate::subscribe::{IvOps, Seq};
 use crate::Twin;
 
@@ -105,7 +106,7 @@ fn primary_entry<H: Harness>(h: &H, mm: Mm, addr: usize, write: bool) -> Result<
     }
 }
 
-/// Access a cached translation: mark it accessed and check the oracle.
+/// Access a cached translation: mark it accessed and check the frame-liveness oracle.
 fn access_tlb<H: Harness, const N: usize>(
     h: &H,
     tlb: &mut Tlb<N>,
@@ -118,6 +119,61 @@ fn access_tlb<H: Harness, const N: usize>(
     if !h.frame_live(f) {
         violations.fetch_add(1, Ordering::Relaxed);
     }
+    Some(f)
+}
+
+/// The uses of translations that the second oracle of C-09
+/// ([`Harness::check_translation`]) found stale.
+pub struct StaleUses<P: notifier_core::Platform> {
+    count: AtomicU32,
+    first: SpinLock<P, Option<(usize, &'static str)>>,
+}
+
+impl<P: notifier_core::Platform> Default for StaleUses<P> {
+    fn default() -> Self {
+        StaleUses {
+            count: AtomicU32::new(0),
+            first: SpinLock::new(None),
+        }
+    }
+}
+
+impl<P: notifier_core::Platform> StaleUses<P> {
+    /// How many.
+    pub fn count(&self) -> u32 {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    /// The first one: its address and what was wrong.
+    pub fn first(&self) -> Option<(usize, &'static str)> {
+        *self.first.lock()
+    }
+
+    fn check<H: Harness<P = P>>(&self, h: &H, mm: Mm, addr: usize, frame: Frame, write: bool) {
+        if let TranslationCheck::Stale(why) = h.check_translation(mm, addr, frame, write) {
+            self.count.fetch_add(1, Ordering::Relaxed);
+            self.first.lock().get_or_insert((addr, why));
+        }
+    }
+}
+
+/// Use the cached translation of `addr` in `mm` (for writing if `write`; a read-only
+/// one is then a miss, to be faulted for writing), under the caller's lock: checked by
+/// both oracles of C-09.
+fn use_tlb<H: Harness, const N: usize>(
+    h: &H,
+    mm: Mm,
+    tlb: &mut Tlb<N>,
+    addr: usize,
+    write: bool,
+    violations: &AtomicU32,
+    stale: &StaleUses<H::P>,
+) -> Option<Frame> {
+    if write && !tlb.find(addr)?.1.writable {
+        return None;
+    }
+    let f = access_tlb(h, tlb, addr, violations)?;
+    stale.check(h, mm, addr, f, write);
     Some(f)
 }
 
@@ -146,24 +202,90 @@ struct KvmState {
     sptes: Tlb<64>,
     /// Bumped by every `end` (Linux: `mmu_invalidate_seq`).
     seq: u64,
-    /// Invalidations between start and end (Linux: `mmu_invalidate_in_progress`).
-    in_progress: u32,
+    /// Invalidations between start and end (Linux: `mmu_invalidate_in_progress`, a
+    /// signed count as there: a correct shadow MMU never takes it below zero).
+    in_progress: i64,
     /// Ranges whose flush the broken twin postponed past `end`.
     pending: ArrayVec<(usize, usize), 16>,
     released: bool,
 }
 
+/// A spin lock with a `try_lock` (the platform's has none): a flag taken before the
+/// platform's lock, so that holding the flag is holding the lock.
+struct TryLock<P: notifier_core::Platform, T> {
+    busy: AtomicBool,
+    inner: SpinLock<P, T>,
+}
+
+/// Clears [`TryLock::busy`] when dropped (after the inner guard: field order).
+struct Busy<'a>(&'a AtomicBool);
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
+/// Proof that a [`TryLock`] is held.
+struct TryGuard<'a, P: notifier_core::Platform, T> {
+    g: notifier_core::sync::SpinGuard<'a, P, T>,
+    _busy: Busy<'a>,
+}
+
+impl<P: notifier_core::Platform, T> core::ops::Deref for TryGuard<'_, P, T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.g
+    }
+}
+
+impl<P: notifier_core::Platform, T> core::ops::DerefMut for TryGuard<'_, P, T> {
+    fn deref_mut(&mut self) -> &mut T {
+        &mut self.g
+    }
+}
+
+impl<P: notifier_core::Platform, T> TryLock<P, T> {
+    fn new(t: T) -> Self {
+        TryLock {
+            busy: AtomicBool::new(false),
+            inner: SpinLock::new(t),
+        }
+    }
+
+    fn try_lock(&self) -> Option<TryGuard<'_, P, T>> {
+        self.busy
+            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .ok()?;
+        Some(TryGuard {
+            g: self.inner.lock(),
+            _busy: Busy(&self.busy),
+        })
+    }
+
+    fn lock(&self) -> TryGuard<'_, P, T> {
+        loop {
+            if let Some(g) = self.try_lock() {
+                return g;
+            }
+            P::relax();
+        }
+    }
+}
+
 /// A KVM-like shadow page table: a list subscriber. Faults snapshot the sequence, read
 /// the primary entry without the lock, and install only if no invalidation started or
-/// ended meanwhile; `start` zaps; `end` lets faults continue; ageing from its own
-/// accessed bits.
+/// ended meanwhile; `start` zaps (a non-blockable one refuses if the lock is busy,
+/// C-08); `end` lets faults continue; ageing from its own accessed bits.
 pub struct Kvm<'h, H: Harness> {
     h: &'h H,
     mm: Mm,
     twin: Option<Twin>,
-    st: SpinLock<H::P, KvmState>,
+    st: TryLock<H::P, KvmState>,
     /// Stale accesses seen (must stay 0).
     pub violations: AtomicU32,
+    /// Uses the second oracle found stale (must stay 0).
+    pub stale: StaleUses<H::P>,
     /// Callbacks received.
     pub starts: AtomicU32,
     /// Callbacks received.
@@ -183,8 +305,9 @@ impl<'h, H: Harness> Kvm<'h, H> {
             h,
             mm,
             twin,
-            st: SpinLock::new(KvmState::default()),
+            st: TryLock::new(KvmState::default()),
             violations: AtomicU32::new(0),
+            stale: StaleUses::default(),
             starts: AtomicU32::new(0),
             ends: AtomicU32::new(0),
             releases: AtomicU32::new(0),
@@ -240,15 +363,29 @@ impl<'h, H: Harness> Kvm<'h, H> {
         Err(FaultError::Livelock)
     }
 
-    /// A guest access through the shadow table: the frame reached, or `None` on a miss.
+    /// A guest read through the shadow table: the frame reached, or `None` on a miss.
     pub fn access(&self, addr: usize) -> Option<Frame> {
-        let mut st = self.st.lock();
-        access_tlb(self.h, &mut st.sptes, addr, &self.violations)
+        self.access_for(addr, false)
     }
 
-    /// Access `addr`, faulting it in on a miss.
+    /// A guest access through the shadow table, for writing if `write` (a read-only
+    /// shadow entry is then a miss): the frame reached, or `None` on a miss.
+    pub fn access_for(&self, addr: usize, write: bool) -> Option<Frame> {
+        let mut st = self.st.lock();
+        use_tlb(
+            self.h,
+            self.mm,
+            &mut st.sptes,
+            addr,
+            write,
+            &self.violations,
+            &self.stale,
+        )
+    }
+
+    /// Access `addr` (for writing if `write`), faulting it in on a miss.
     pub fn run(&self, addr: usize, write: bool) -> Result<Frame, FaultError> {
-        match self.access(addr) {
+        match self.access_for(addr, write) {
             Some(f) => Ok(f),
             None => self.fault(addr, write).map(|p| p.frame),
         }
@@ -272,14 +409,35 @@ impl<H: Harness> SubscriberOps for Kvm<'_, H> {
 
     fn invalidate_range_start(&self, r: &Range) -> Result<(), WouldBlock> {
         self.starts.fetch_add(1, Ordering::Relaxed);
-        let mut st = self.st.lock();
+        let mut st = if r.blockable {
+            self.st.lock()
+        } else {
+            // Non-blockable: waiting for a fault or an access that holds the lock is
+            // not allowed, so a busy lock is a refusal (C-08), and nothing was begun.
+            match self.st.try_lock() {
+                Some(st) => st,
+                None => {
+                    if self.is(Twin::KvmCountsRefusedStart) {
+                        // The broken twin counts the refused start as begun and, as a
+                        // refuser gets no `end`, closes it at once with its end
+                        // bookkeeping: the count of invalidations in flight is one
+                        // below the truth from now on, so while one invalidation is in
+                        // flight a fault goes ahead.
+                        let mut st = self.st.lock();
+                        st.seq = st.seq.wrapping_add(1);
+                        st.in_progress -= 1;
+                    }
+                    return Err(WouldBlock);
+                }
+            }
+        };
         st.in_progress += 1;
         check_live(self.h, &mut st.sptes, (r.start, r.end), &self.violations);
         if self.is(Twin::KvmFlushAfterEnd) {
             if st.pending.try_push((r.start, r.end)).is_err() {
                 st.sptes.zap(r.start, r.end, |_, _| {});
             }
-        } else {
+        } else if !self.is(Twin::KvmZapsInEnd) {
             st.sptes.zap(r.start, r.end, |_, _| {});
         }
         drop(st);
@@ -290,11 +448,16 @@ impl<H: Harness> SubscriberOps for Kvm<'_, H> {
         Ok(())
     }
 
-    fn invalidate_range_end(&self, _r: &Range) {
+    fn invalidate_range_end(&self, r: &Range) {
         self.ends.fetch_add(1, Ordering::Relaxed);
         let mut st = self.st.lock();
+        if self.is(Twin::KvmZapsInEnd) {
+            // The broken twin zaps only now: between the primary's change and this,
+            // the guest still used the old translations.
+            st.sptes.zap(r.start, r.end, |_, _| {});
+        }
         st.seq = st.seq.wrapping_add(1);
-        st.in_progress = st.in_progress.saturating_sub(1);
+        st.in_progress -= 1;
     }
 
     fn clear_flush_young(&self, start: usize, end: usize) -> bool {
@@ -324,8 +487,12 @@ pub struct DeviceTlb<'h, H: Harness> {
     tlb: SpinLock<H::P, Tlb<64>>,
     /// Stale accesses seen (must stay 0).
     pub violations: AtomicU32,
+    /// Uses the second oracle found stale (must stay 0).
+    pub stale: StaleUses<H::P>,
     /// `invalidate_secondary_tlbs` calls.
     pub flushes: AtomicU32,
+    /// Flushes done (a walk that raced one is discarded).
+    epoch: AtomicU32,
 }
 
 impl<'h, H: Harness> DeviceTlb<'h, H> {
@@ -337,7 +504,9 @@ impl<'h, H: Harness> DeviceTlb<'h, H> {
             twin,
             tlb: SpinLock::new(Tlb::new()),
             violations: AtomicU32::new(0),
+            stale: StaleUses::default(),
             flushes: AtomicU32::new(0),
+            epoch: AtomicU32::new(0),
         }
     }
 
@@ -347,30 +516,70 @@ impl<'h, H: Harness> DeviceTlb<'h, H> {
     /// walks in flight: the flush count is read before the walk and checked, under the
     /// TLB's lock, before the entry is inserted.
     pub fn fill(&self, addr: usize) -> Option<Pte> {
-        let epoch = self.flushes.load(Ordering::Acquire);
+        let epoch = self.epoch.load(Ordering::Acquire);
         let pte = self.h.lookup(self.mm, addr)?;
         let mut tlb = self.tlb.lock();
-        if self.flushes.load(Ordering::Acquire) != epoch {
+        if self.epoch.load(Ordering::Acquire) != epoch {
             return None;
         }
         tlb.insert(addr, pte).ok()?;
         Some(pte)
     }
 
-    /// A device access through its TLB.
+    /// A device read through its TLB.
     pub fn access(&self, addr: usize) -> Option<Frame> {
-        access_tlb(self.h, &mut self.tlb.lock(), addr, &self.violations)
+        self.access_for(addr, false)
+    }
+
+    /// A device access through its TLB, for writing if `write` (a read-only entry is
+    /// then a miss).
+    pub fn access_for(&self, addr: usize, write: bool) -> Option<Frame> {
+        use_tlb(
+            self.h,
+            self.mm,
+            &mut self.tlb.lock(),
+            addr,
+            write,
+            &self.violations,
+            &self.stale,
+        )
+    }
+
+    /// Access `addr` (for writing if `write`), walking the page tables on a miss.
+    pub fn run(&self, addr: usize, write: bool) -> Option<Frame> {
+        match self.access_for(addr, write) {
+            Some(f) => Some(f),
+            None => self
+                .fill(addr)
+                .filter(|p| !write || p.writable)
+                .map(|p| p.frame),
+        }
+    }
+
+    fn flush(&self, tlb: &mut Tlb<64>, start: usize, end: usize) {
+        // Under the lock: a fill that read the epoch before this flush sees it changed.
+        self.epoch.fetch_add(1, Ordering::Release);
+        tlb.zap(start, end, |_, _| {});
     }
 }
 
 impl<H: Harness> SubscriberOps for DeviceTlb<'_, H> {
     fn invalidate_secondary_tlbs(&self, start: usize, end: usize) {
         let mut tlb = self.tlb.lock();
-        // Under the lock: a fill that read the count before this flush sees it changed.
-        self.flushes.fetch_add(1, Ordering::Release);
+        self.flushes.fetch_add(1, Ordering::Relaxed);
         check_live(self.h, &mut tlb, (start, end), &self.violations);
-        if self.twin != Some(Twin::DeviceTlbIgnoresFlush) {
-            tlb.zap(start, end, |_, _| {});
+        match self.twin {
+            Some(Twin::DeviceTlbIgnoresFlush | Twin::DeviceTlbFlushesAtEnd) => {}
+            _ => self.flush(&mut tlb, start, end),
+        }
+    }
+
+    fn invalidate_range_end(&self, r: &Range) {
+        if self.twin == Some(Twin::DeviceTlbFlushesAtEnd) {
+            // The broken twin flushes once per invalidation, at its end: the pages are
+            // still allocated, but the device used the old entries after the primary
+            // MMU changed them.
+            self.flush(&mut self.tlb.lock(), r.start, r.end);
         }
     }
 
@@ -422,6 +631,8 @@ pub struct Exporter<'h, H: Harness> {
     st: SpinLock<H::P, ExpState>,
     /// Stale remote accesses (must stay 0).
     pub violations: AtomicU32,
+    /// Remote uses the second oracle found stale (must stay 0).
+    pub stale: StaleUses<H::P>,
     /// Map requests refused because of an invalidation.
     pub refusals: AtomicU32,
     /// Revoke messages sent.
@@ -438,6 +649,7 @@ impl<'h, H: Harness> Exporter<'h, H> {
             pinned,
             st: SpinLock::new(ExpState::default()),
             violations: AtomicU32::new(0),
+            stale: StaleUses::default(),
             refusals: AtomicU32::new(0),
             messages: AtomicU32::new(0),
         }
@@ -483,14 +695,17 @@ impl<'h, H: Harness> Exporter<'h, H> {
         Ok(pte.frame)
     }
 
-    /// A remote node's access through its imported mapping.
+    /// A remote node's (read) access through its imported mapping.
     pub fn remote_access(&self, importer: usize, addr: usize) -> Option<Frame> {
         let mut st = self.st.lock();
-        access_tlb(
+        use_tlb(
             self.h,
+            self.mm,
             &mut st.importers[importer % IMPORTERS],
             addr,
+            false,
             &self.violations,
+            &self.stale,
         )
     }
 
@@ -587,6 +802,8 @@ pub struct Mirror<'h, H: Harness> {
     pub pt: SpinLock<H::P, Tlb<64>>,
     /// Stale accesses (must stay 0).
     pub violations: AtomicU32,
+    /// Uses the second oracle found stale (must stay 0).
+    pub stale: StaleUses<H::P>,
     /// `invalidate` calls.
     pub invalidations: AtomicU32,
     /// The last event seen.
@@ -610,6 +827,7 @@ impl<'h, H: Harness> Mirror<'h, H> {
             twin,
             pt: SpinLock::new(Tlb::new()),
             violations: AtomicU32::new(0),
+            stale: StaleUses::default(),
             invalidations: AtomicU32::new(0),
             last_event: SpinLock::new(None),
             release_seen: SpinLock::new(None),
@@ -619,14 +837,19 @@ impl<'h, H: Harness> Mirror<'h, H> {
         }
     }
 
-    /// Fault `addr` into the device page table.
+    /// Fault `addr` into the device page table (for reading).
     pub fn fault(&self, iv: &dyn Seq, addr: usize) -> Result<Pte, FaultError> {
+        self.fault_for(iv, addr, false)
+    }
+
+    /// Fault `addr` into the device page table, for writing if `write`.
+    pub fn fault_for(&self, iv: &dyn Seq, addr: usize, write: bool) -> Result<Pte, FaultError> {
         let ignore = self.twin == Some(Twin::MirrorIgnoresSeq);
         for _ in 0..MAX_RETRIES {
             let seq = iv
                 .read_begin()
                 .map_err(|_| FaultError::Primary(HarnessError::Failed("read_begin")))?;
-            let pte = primary_entry(self.h, self.mm, addr, false)?;
+            let pte = primary_entry(self.h, self.mm, addr, write)?;
             self.h.yield_now();
             let mut pt = self.pt.lock();
             if !ignore && iv.read_retry(seq) {
@@ -641,16 +864,34 @@ impl<'h, H: Harness> Mirror<'h, H> {
         Err(FaultError::Livelock)
     }
 
-    /// A device access.
+    /// A device read.
     pub fn access(&self, addr: usize) -> Option<Frame> {
-        access_tlb(self.h, &mut self.pt.lock(), addr, &self.violations)
+        self.access_for(addr, false)
     }
 
-    /// Access, faulting on a miss.
+    /// A device access, for writing if `write` (a read-only entry is then a miss).
+    pub fn access_for(&self, addr: usize, write: bool) -> Option<Frame> {
+        use_tlb(
+            self.h,
+            self.mm,
+            &mut self.pt.lock(),
+            addr,
+            write,
+            &self.violations,
+            &self.stale,
+        )
+    }
+
+    /// Read, faulting on a miss.
     pub fn run(&self, iv: &dyn Seq, addr: usize) -> Result<Frame, FaultError> {
-        match self.access(addr) {
+        self.run_for(iv, addr, false)
+    }
+
+    /// Access (for writing if `write`), faulting on a miss.
+    pub fn run_for(&self, iv: &dyn Seq, addr: usize, write: bool) -> Result<Frame, FaultError> {
+        match self.access_for(addr, write) {
             Some(f) => Ok(f),
-            None => self.fault(iv, addr).map(|p| p.frame),
+            None => self.fault_for(iv, addr, write).map(|p| p.frame),
         }
     }
 }
@@ -666,9 +907,19 @@ impl<H: Harness> IvOps for Mirror<'_, H> {
             self.release_seen.lock().get_or_insert(*r);
         }
         let mut pt = self.pt.lock();
-        iv.set_seq(cur_seq);
+        let late = self.twin == Some(Twin::MirrorSetsSeqAfterUnlock);
+        if !late {
+            iv.set_seq(cur_seq);
+        }
         check_live(self.h, &mut pt, (r.start, r.end), &self.violations);
         pt.zap(r.start, r.end, |_, _| {});
+        drop(pt);
+        if late {
+            // The broken twin: a fault that read the old entry and takes the lock
+            // right after the zap above still sees `read_retry` false, installs it,
+            // and keeps it once the primary MMU changed the entry.
+            iv.set_seq(cur_seq);
+        }
         Ok(())
     }
 }
@@ -687,6 +938,8 @@ pub struct TwoPass<'h, H: Harness> {
     pt: SpinLock<H::P, DevicePt>,
     /// Stale accesses (must stay 0).
     pub violations: AtomicU32,
+    /// Uses the second oracle found stale (must stay 0).
+    pub stale: StaleUses<H::P>,
     /// Clock value at the last `invalidate_start`.
     pub started_at: AtomicU32,
     /// Clock value at the last `invalidate_finish`.
@@ -705,6 +958,7 @@ impl<'h, H: Harness> TwoPass<'h, H> {
             clock,
             pt: SpinLock::new((Tlb::new(), ArrayVec::new())),
             violations: AtomicU32::new(0),
+            stale: StaleUses::default(),
             started_at: AtomicU32::new(0),
             finished_at: AtomicU32::new(0),
             retries: AtomicU32::new(0),
@@ -741,9 +995,17 @@ impl<'h, H: Harness> TwoPass<'h, H> {
         Err(FaultError::Livelock)
     }
 
-    /// A device access.
+    /// A device read.
     pub fn access(&self, addr: usize) -> Option<Frame> {
-        access_tlb(self.h, &mut self.pt.lock().0, addr, &self.violations)
+        use_tlb(
+            self.h,
+            self.mm,
+            &mut self.pt.lock().0,
+            addr,
+            false,
+            &self.violations,
+            &self.stale,
+        )
     }
 }
 

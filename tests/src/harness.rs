@@ -6,8 +6,10 @@
 //! (copy-on-write), reclaim and tear down, and the backend's primary MMU calls the
 //! core's invalidation hooks on its [`AddressSpace`] exactly where its page tables
 //! change. The suite's consumers (secondary MMUs) register on that `AddressSpace` and
-//! check every access they make through a translation with the oracle
-//! [`Harness::frame_live`].
+//! check every access they make through a translation with the two oracles of C-09:
+//! [`Harness::frame_live`] (the frame was not freed) and, where the backend has it,
+//! [`Harness::check_translation`] (the translation is the primary entry of that
+//! address at that moment).
 //!
 //! A capability the backend truly lacks is answered with [`HarnessError::Unsupported`]
 //! and a reason; the case that needs it is then reported as not applicable, by name,
@@ -39,6 +41,24 @@ pub struct Pte {
     /// Whether the entry allows writes.
     pub writable: bool,
 }
+
+/// What the second oracle of C-09 ([`Harness::check_translation`]) says about one use
+/// of a translation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TranslationCheck {
+    /// The translation is the primary entry of that address at that moment.
+    Current,
+    /// Stale: the text says how (no entry, another frame, a write through a read-only
+    /// or copy-on-write entry).
+    Stale(&'static str),
+    /// The backend has no such oracle ([`Harness::translation_oracle`] says why).
+    NotChecked,
+}
+
+/// Why a backend has no second oracle, unless it says otherwise.
+pub const NO_TRANSLATION_ORACLE: &str =
+    "the backend cannot compare a secondary MMU's translation with its primary entry at \
+     the moment of use";
 
 /// A primary-MMU capability a case may need; backends that lack one say why.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -163,6 +183,40 @@ pub trait Harness: Sync {
     /// secondary MMU that reaches a frame for which this is false used a stale
     /// translation (C-09, C-10).
     fn frame_live(&self, frame: Frame) -> bool;
+
+    /// Whether the backend has the second oracle of C-09
+    /// ([`check_translation`](Self::check_translation)): `None` if it has, else why
+    /// not. The default: not, with [`NO_TRANSLATION_ORACLE`]; C-09 then reports that
+    /// part as not applicable.
+    fn translation_oracle(&self) -> Option<&'static str> {
+        Some(NO_TRANSLATION_ORACLE)
+    }
+
+    /// The second oracle of C-09, which sees what [`frame_live`](Self::frame_live)
+    /// cannot (a stale translation to a frame that is still allocated: a write lost
+    /// after a migration or a copy-on-write break, a write through a read-only or
+    /// copy-on-write entry). A secondary MMU is using its translation of `addr` in
+    /// `mm` to `frame`, for writing if `write`, right now (under its own lock, so the
+    /// translation cannot be zapped meanwhile): is it the primary entry of `addr` at
+    /// this moment — same frame, and writable for a write — as the primary MMU's TLBs
+    /// know it? The one allowed difference is the instant between the primary MMU
+    /// changing an entry inside an invalidation and its TLB flush
+    /// (`invalidate_secondary_tlbs`), which is all a device TLB flushed with the CPU
+    /// TLB may lag; a secondary MMU that keeps a translation past that point (zapping
+    /// only at `end`, say) uses a stale one.
+    ///
+    /// Must not take a lock that the backend holds while it calls
+    /// `invalidate_secondary_tlbs` (the caller holds its own lock, which that callback
+    /// takes). The default: [`TranslationCheck::NotChecked`].
+    fn check_translation(
+        &self,
+        _mm: Mm,
+        _addr: usize,
+        _frame: Frame,
+        _write: bool,
+    ) -> TranslationCheck {
+        TranslationCheck::NotChecked
+    }
 
     /// Run every task at once (each on its own thread, kthread or Hermit task, or
     /// interleaved by a deterministic scheduler) and return when all have returned.

@@ -7,9 +7,14 @@
 //! the primary MMU through the harness; small secondary MMUs written against the core's
 //! public API ([`consumers`]: a KVM-like shadow page table, a device TLB, an XPMEM-like
 //! exporter with remote importers, HMM-like interval mirrors, one- and two-pass) check
-//! every access they make against the oracle. Each consumer also exists in a
-//! deliberately broken form ([`Twin`]); [`Twin::catches`] names the cases that must fail
-//! with it, so a run with a twin proves the suite has teeth.
+//! every access they make against the two oracles of C-09: the frame was not freed
+//! ([`Harness::frame_live`]), and, where the backend can tell, the translation is the
+//! primary entry of that address at that moment ([`Harness::check_translation`]; the
+//! cases that use it say "translation oracle not applicable" on a backend without it).
+//! The second sees what the first cannot: a stale translation to a frame that is still
+//! allocated (after a migration, a copy-on-write break, an mprotect). Each consumer also
+//! exists in a deliberately broken form ([`Twin`]); [`Twin::catches`] names the cases
+//! that must fail with it, so a run with a twin proves the suite has teeth.
 //!
 //! The consumers subscribe to the core by default ([`run`]). A backend whose platform
 //! has a notifier of its own (Linux) also runs them subscribed to that one
@@ -84,11 +89,28 @@ pub enum Twin {
     /// The page-keyed exporter hooked in the reverse-map walk, as first proposed in 2008:
     /// it never hears about a page whose primary entry is already gone.
     ExportHookedInRmap,
+    /// The shadow MMU zaps only in `end`, not in `start`: between the primary MMU's
+    /// change and `end` the guest uses the old translations (a write lost after a
+    /// migration, a write through a now read-only entry). The pages are still
+    /// allocated then: only the second oracle of C-09 sees it.
+    KvmZapsInEnd,
+    /// The device TLB ignores `invalidate_secondary_tlbs` and flushes at `end` instead:
+    /// as [`Twin::KvmZapsInEnd`], the device uses old entries of live pages.
+    DeviceTlbFlushesAtEnd,
+    /// The interval mirror calls `set_seq` after releasing its lock: a fault that read
+    /// the old entry and takes the lock in between installs it (`read_retry` still
+    /// false) and keeps it once the primary entry changed.
+    MirrorSetsSeqAfterUnlock,
+    /// The shadow MMU counts a non-blockable start that it refuses (its lock is busy)
+    /// as begun, and closes it at once with its end bookkeeping: its count of
+    /// invalidations in flight stays one below the truth, so a fault installs an entry
+    /// while an invalidation is changing it.
+    KvmCountsRefusedStart,
 }
 
 impl Twin {
     /// Every twin.
-    pub const ALL: [Twin; 9] = [
+    pub const ALL: [Twin; 13] = [
         Twin::KvmIgnoresSeq,
         Twin::KvmFlushAfterEnd,
         Twin::KvmCachesPastRelease,
@@ -98,6 +120,10 @@ impl Twin {
         Twin::MirrorIgnoresSeq,
         Twin::TwoPassSkipsFinish,
         Twin::ExportHookedInRmap,
+        Twin::KvmZapsInEnd,
+        Twin::DeviceTlbFlushesAtEnd,
+        Twin::MirrorSetsSeqAfterUnlock,
+        Twin::KvmCountsRefusedStart,
     ];
 
     /// Its name on command lines (`--broken NAME`).
@@ -112,6 +138,10 @@ impl Twin {
             Twin::MirrorIgnoresSeq => "mirror-ignores-seq",
             Twin::TwoPassSkipsFinish => "two-pass-skips-finish",
             Twin::ExportHookedInRmap => "export-hooked-in-rmap",
+            Twin::KvmZapsInEnd => "kvm-zaps-in-end",
+            Twin::DeviceTlbFlushesAtEnd => "device-tlb-flushes-at-end",
+            Twin::MirrorSetsSeqAfterUnlock => "mirror-sets-seq-after-unlock",
+            Twin::KvmCountsRefusedStart => "kvm-counts-refused-start",
         }
     }
 
@@ -128,11 +158,15 @@ impl Twin {
             Twin::KvmFlushAfterEnd => &["C-06", "C-09"],
             Twin::KvmCachesPastRelease => &["C-04"],
             Twin::KvmRefusesWhileBlockable => &["C-08"],
-            Twin::DeviceTlbIgnoresFlush => &["C-10"],
+            Twin::DeviceTlbIgnoresFlush => &["C-09", "C-10"],
             Twin::ExporterIgnoresInvalidation => &["C-09"],
-            Twin::MirrorIgnoresSeq => &["C-12"],
+            Twin::MirrorIgnoresSeq => &["C-09", "C-12"],
             Twin::TwoPassSkipsFinish => &["C-14"],
             Twin::ExportHookedInRmap => &["C-19"],
+            Twin::KvmZapsInEnd => &["C-09"],
+            Twin::DeviceTlbFlushesAtEnd => &["C-09"],
+            Twin::MirrorSetsSeqAfterUnlock => &["C-09", "C-12"],
+            Twin::KvmCountsRefusedStart => &["C-09"],
         }
     }
 }
