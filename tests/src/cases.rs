@@ -994,7 +994,9 @@ fn c09_no_stale<H: Harness, S: Notifiers<H>>(h: &H, cfg: &Config) -> CaseResult 
             exp.remote_access(imp, addr::<H>(i));
         }
     }
-    for c in children.lock().drain(..) {
+    // Out of the lock first: teardown may sleep.
+    let kids = core::mem::take(&mut *children.lock());
+    for c in kids {
         h.teardown(c);
         h.destroy_mm(c);
     }
