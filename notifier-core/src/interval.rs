@@ -36,9 +36,10 @@ use core::ptr::{self, NonNull};
 use intrusive_collections::linked_list::AtomicLink;
 use intrusive_collections::{intrusive_adapter, UnsafeRef};
 
+use crate::itree::{Links, Node};
 use crate::primitive::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 use crate::srcu::SleepableRcu;
-use crate::subscriptions::{Inner, Subscriptions};
+use crate::subscriptions::Subscriptions;
 use crate::{task, AddressSpace, Bug, Error, Event, Platform, Range, WouldBlock};
 
 /// The callbacks of an interval subscriber (Linux: `struct mmu_interval_notifier_ops`).
@@ -91,14 +92,12 @@ const BUSY: usize = 2;
 ///
 /// - `owner` is null while not inserted, else the subscriptions the interval holds a
 ///   reference on (tagged `BUSY` during insert/remove).
-/// - The tree fields (`left`, `right`, `max_last`, `start`, `last`, `in_tree`) change
+/// - The tree fields (`links`, `start`, `last`, `in_tree`) change
 ///   only under the subscriptions lock, under the rules of `Subscriptions`; relaxed
 ///   atomics make the lock-free walk of a frozen tree well defined.
 #[repr(C)]
 pub struct Interval<P: Platform> {
-    left: AtomicPtr<Interval<P>>,
-    right: AtomicPtr<Interval<P>>,
-    max_last: AtomicUsize,
+    links: Links<Interval<P>>,
     start: AtomicUsize,
     last: AtomicUsize,
     in_tree: AtomicBool,
@@ -118,9 +117,7 @@ intrusive_adapter!(pub(crate) DeferredAdapter<P> = UnsafeRef<Interval<P>>: Inter
 impl<P: Platform> Interval<P> {
     fn new(vtable: &'static IntervalVTable<P>) -> Self {
         Interval {
-            left: AtomicPtr::new(ptr::null_mut()),
-            right: AtomicPtr::new(ptr::null_mut()),
-            max_last: AtomicUsize::new(0),
+            links: Links::new(),
             start: AtomicUsize::new(0),
             last: AtomicUsize::new(0),
             in_tree: AtomicBool::new(false),
@@ -214,179 +211,20 @@ impl<P: Platform> Interval<P> {
     pub fn is_inserted(&self) -> bool {
         self.owner.load(Ordering::Acquire).addr() & !BUSY != 0
     }
+}
 
-    // ---- the tree: a treap keyed by (start, address), augmented with max `last` ----
-
-    fn key(p: *const Self) -> (usize, usize) {
-        // SAFETY: tree nodes are valid under the tree rules (type invariant).
-        (unsafe { (*p).start() }, p.addr())
+// SAFETY: `links` is a field of the interval, the same one every time; `start` and
+// `last` change only under the subscriptions lock while the interval is not in the tree
+// (insert sets them before it links the interval).
+unsafe impl<P: Platform> Node for Interval<P> {
+    fn links(&self) -> &Links<Self> {
+        &self.links
     }
-
-    fn prio(p: *const Self) -> usize {
-        (p.addr() >> 4).wrapping_mul(0x9E37_79B9_7F4A_7C15_u64 as usize)
+    fn start(&self) -> usize {
+        self.start.load(Ordering::Relaxed)
     }
-
-    /// # Safety (for all tree functions)
-    ///
-    /// The caller holds the subscriptions lock and every pointer is null or an
-    /// inserted (or being inserted) interval.
-    unsafe fn update(t: *const Self) {
-        // SAFETY: see above.
-        let n = unsafe { &*t };
-        let mut m = n.last();
-        for c in [
-            n.left.load(Ordering::Relaxed),
-            n.right.load(Ordering::Relaxed),
-        ] {
-            // SAFETY: see above.
-            if let Some(c) = unsafe { c.as_ref() } {
-                m = m.max(c.max_last.load(Ordering::Relaxed));
-            }
-        }
-        n.max_last.store(m, Ordering::Relaxed);
-    }
-
-    unsafe fn split(t: *mut Self, key: (usize, usize)) -> (*mut Self, *mut Self) {
-        // SAFETY: see `update`.
-        let Some(n) = (unsafe { t.as_ref() }) else {
-            return (ptr::null_mut(), ptr::null_mut());
-        };
-        if Self::key(t) < key {
-            // SAFETY: see `update`.
-            let (l, r) = unsafe { Self::split(n.right.load(Ordering::Relaxed), key) };
-            n.right.store(l, Ordering::Relaxed);
-            // SAFETY: see `update`.
-            unsafe { Self::update(t) };
-            (t, r)
-        } else {
-            // SAFETY: see `update`.
-            let (l, r) = unsafe { Self::split(n.left.load(Ordering::Relaxed), key) };
-            n.left.store(r, Ordering::Relaxed);
-            // SAFETY: see `update`.
-            unsafe { Self::update(t) };
-            (l, t)
-        }
-    }
-
-    unsafe fn merge(a: *mut Self, b: *mut Self) -> *mut Self {
-        if a.is_null() {
-            return b;
-        }
-        if b.is_null() {
-            return a;
-        }
-        // SAFETY: see `update`.
-        let (na, nb) = unsafe { (&*a, &*b) };
-        if Self::prio(a) > Self::prio(b) {
-            // SAFETY: see `update`.
-            let m = unsafe { Self::merge(na.right.load(Ordering::Relaxed), b) };
-            na.right.store(m, Ordering::Relaxed);
-            // SAFETY: see `update`.
-            unsafe { Self::update(a) };
-            a
-        } else {
-            // SAFETY: see `update`.
-            let m = unsafe { Self::merge(a, nb.left.load(Ordering::Relaxed)) };
-            nb.left.store(m, Ordering::Relaxed);
-            // SAFETY: see `update`.
-            unsafe { Self::update(b) };
-            b
-        }
-    }
-
-    unsafe fn tree_insert(root: *mut Self, n: *mut Self) -> *mut Self {
-        // SAFETY: see `update`.
-        let node = unsafe { &*n };
-        // SAFETY: see `update`.
-        let Some(r) = (unsafe { root.as_ref() }) else {
-            node.left.store(ptr::null_mut(), Ordering::Relaxed);
-            node.right.store(ptr::null_mut(), Ordering::Relaxed);
-            // SAFETY: see `update`.
-            unsafe { Self::update(n) };
-            return n;
-        };
-        if Self::prio(n) > Self::prio(root) {
-            // SAFETY: see `update`.
-            let (l, rr) = unsafe { Self::split(root, Self::key(n)) };
-            node.left.store(l, Ordering::Relaxed);
-            node.right.store(rr, Ordering::Relaxed);
-            // SAFETY: see `update`.
-            unsafe { Self::update(n) };
-            return n;
-        }
-        if Self::key(n) < Self::key(root) {
-            // SAFETY: see `update`.
-            let c = unsafe { Self::tree_insert(r.left.load(Ordering::Relaxed), n) };
-            r.left.store(c, Ordering::Relaxed);
-        } else {
-            // SAFETY: see `update`.
-            let c = unsafe { Self::tree_insert(r.right.load(Ordering::Relaxed), n) };
-            r.right.store(c, Ordering::Relaxed);
-        }
-        // SAFETY: see `update`.
-        unsafe { Self::update(root) };
-        root
-    }
-
-    unsafe fn tree_remove(root: *mut Self, n: *mut Self) -> *mut Self {
-        // SAFETY: see `update`.
-        let Some(r) = (unsafe { root.as_ref() }) else {
-            return root;
-        };
-        if root == n {
-            // SAFETY: see `update`.
-            return unsafe {
-                Self::merge(
-                    r.left.load(Ordering::Relaxed),
-                    r.right.load(Ordering::Relaxed),
-                )
-            };
-        }
-        if Self::key(n) < Self::key(root) {
-            // SAFETY: see `update`.
-            let c = unsafe { Self::tree_remove(r.left.load(Ordering::Relaxed), n) };
-            r.left.store(c, Ordering::Relaxed);
-        } else {
-            // SAFETY: see `update`.
-            let c = unsafe { Self::tree_remove(r.right.load(Ordering::Relaxed), n) };
-            r.right.store(c, Ordering::Relaxed);
-        }
-        // SAFETY: see `update`.
-        unsafe { Self::update(root) };
-        root
-    }
-
-    /// Visit, in order of start, every interval of the subtree `t` meeting
-    /// `[first, last]`: O(log n + k).
-    ///
-    /// # Safety
-    ///
-    /// The tree is frozen (lock held, or `invalidate_seq` odd and the caller counted in
-    /// `active_invalidate_ranges`).
-    unsafe fn walk(
-        t: *const Self,
-        first: usize,
-        last: usize,
-        f: &mut impl FnMut(NonNull<Self>) -> ControlFlow<()>,
-    ) -> ControlFlow<()> {
-        // SAFETY: caller's contract.
-        let Some(n) = (unsafe { t.as_ref() }) else {
-            return ControlFlow::Continue(());
-        };
-        if n.max_last.load(Ordering::Relaxed) < first {
-            return ControlFlow::Continue(());
-        }
-        // SAFETY: caller's contract.
-        unsafe { Self::walk(n.left.load(Ordering::Relaxed), first, last, f) }?;
-        if n.start() > last {
-            return ControlFlow::Continue(());
-        }
-        if n.last() >= first {
-            // SAFETY: non-null, from the tree.
-            f(unsafe { NonNull::new_unchecked(t as *mut Self) })?;
-        }
-        // SAFETY: caller's contract.
-        unsafe { Self::walk(n.right.load(Ordering::Relaxed), first, last, f) }
+    fn last(&self) -> usize {
+        self.last.load(Ordering::Relaxed)
     }
 }
 
@@ -401,19 +239,6 @@ impl<P: Platform> Drop for SubsRef<P> {
     }
 }
 
-/// Whether the tree has an interval meeting `[first, last]`. Lock held.
-fn tree_overlaps<P: Platform>(inner: &Inner<P>, first: usize, last: usize) -> bool {
-    let mut found = false;
-    // SAFETY: the lock is held.
-    let _ = unsafe {
-        Interval::walk(inner.itree, first, last, &mut |_| {
-            found = true;
-            ControlFlow::Break(())
-        })
-    };
-    found
-}
-
 /// The interval part of `invalidate_range_start` (Linux: `mn_itree_invalidate`).
 /// On success the caller owes one [`itree_inv_end`]; on refusal it has been paid.
 pub(crate) fn itree_invalidate<P: Platform>(
@@ -424,7 +249,7 @@ pub(crate) fn itree_invalidate<P: Platform>(
     let (any, cur_seq) = {
         let mut inner = subs.lock.lock();
         inner.active_invalidate_ranges += 1;
-        let any = tree_overlaps(&inner, range.start, last);
+        let any = inner.itree.overlaps(range.start, last);
         if any {
             // The tree is frozen from here until the last in-flight invalidation ends.
             let s = subs.invalidate_seq.load(Ordering::Relaxed) | 1;
@@ -435,10 +260,13 @@ pub(crate) fn itree_invalidate<P: Platform>(
     if !any {
         return Ok(());
     }
-    let root = {
+    let frozen = {
         // Reading the root under the lock orders the walk after every tree change.
         let inner = subs.lock.lock();
-        inner.itree
+        // SAFETY: the tree is frozen until the last in-flight invalidation ends
+        // (`invalidate_seq` odd, and we are counted in `active_invalidate_ranges`),
+        // which is after this walk: insert and remove defer, remove waits.
+        unsafe { inner.itree.freeze() }
     };
     let _mark = task::CallbackMark::<P>::new();
     let mut failed: Option<*const Interval<P>> = None;
@@ -468,9 +296,7 @@ pub(crate) fn itree_invalidate<P: Platform>(
             }
         }
     };
-    // SAFETY: the tree is frozen: `invalidate_seq` is odd and we are counted in
-    // `active_invalidate_ranges`.
-    let _ = unsafe { Interval::walk(root, range.start, last, &mut first_pass) };
+    let _ = frozen.walk(range.start, last, &mut first_pass);
     // C-14: every first pass has run; now the second passes, for every subscriber whose
     // first pass succeeded (those before the refusing one, in the same order).
     if two_pass {
@@ -492,8 +318,7 @@ pub(crate) fn itree_invalidate<P: Platform>(
             }
             ControlFlow::Continue(())
         };
-        // SAFETY: still frozen, as above.
-        let _ = unsafe { Interval::walk(root, range.start, last, &mut second_pass) };
+        let _ = frozen.walk(range.start, last, &mut second_pass);
     }
     if failed.is_some() {
         // C-08: the subscribers already told have recorded `cur_seq`; ending rolls the
@@ -523,13 +348,16 @@ pub(crate) fn itree_inv_end<P: Platform>(subs: &Subscriptions<P>) {
             // sequence to change, which happens below, after this loop).
             let ivr = unsafe { &*p };
             if ivr.in_tree.load(Ordering::Relaxed) {
-                // SAFETY: lock held, `p` is in the tree.
-                inner.itree = unsafe { Interval::tree_remove(inner.itree as *mut _, p) };
+                // SAFETY: lock held, `p` is in the tree; the last in-flight invalidation
+                // has ended, so no frozen snapshot is in use.
+                unsafe { inner.itree.remove(NonNull::new_unchecked(p)) };
                 ivr.in_tree.store(false, Ordering::Relaxed);
                 subs.intervals.fetch_sub(1, Ordering::Relaxed);
             } else {
-                // SAFETY: lock held, `p` is not in the tree.
-                inner.itree = unsafe { Interval::tree_insert(inner.itree as *mut _, p) };
+                // SAFETY: lock held, `p` is in no tree, pinned and valid until its
+                // removal (remove and drop take it out first); no snapshot is in use,
+                // as above.
+                unsafe { inner.itree.insert(NonNull::new_unchecked(p)) };
                 ivr.in_tree.store(true, Ordering::Relaxed);
             }
         }
@@ -722,8 +550,10 @@ impl<T: IntervalOps<P>, P: Platform> IntervalSubscriber<T, P> {
                     inner.deferred.push_back(unsafe { UnsafeRef::from_raw(p) });
                 } else {
                     subs.invalidate_seq.store(seq | 1, Ordering::Release);
-                    // SAFETY: lock held; `p` is not in the tree.
-                    inner.itree = unsafe { Interval::tree_insert(inner.itree as *mut _, p) };
+                    // SAFETY: lock held; `p` is in no tree, pinned and valid until its
+                    // removal; `invalidate_seq` is even, so no invalidation walks a
+                    // frozen snapshot (walks happen only while it is odd).
+                    unsafe { inner.itree.insert(NonNull::new_unchecked(p)) };
                     iv.in_tree.store(true, Ordering::Relaxed);
                 }
                 // Odd: `read_begin` waits for the in-flight invalidations.
@@ -736,8 +566,10 @@ impl<T: IntervalOps<P>, P: Platform> IntervalSubscriber<T, P> {
                 // wrap to.
                 iv.invalidate_seq
                     .store(seq.wrapping_sub(1), Ordering::Relaxed);
-                // SAFETY: lock held; `p` is not in the tree.
-                inner.itree = unsafe { Interval::tree_insert(inner.itree as *mut _, p) };
+                // SAFETY: lock held; `p` is in no tree, pinned and valid until its
+                // removal; no invalidation is in flight through the tree, so no
+                // snapshot is in use.
+                unsafe { inner.itree.insert(NonNull::new_unchecked(p)) };
                 iv.in_tree.store(true, Ordering::Relaxed);
             }
         }
@@ -832,8 +664,9 @@ impl<T: IntervalOps<P>, P: Platform> IntervalSubscriber<T, P> {
                     wait_for = Some(seq);
                 }
             } else {
-                // SAFETY: lock held; the interval is in the tree.
-                inner.itree = unsafe { Interval::tree_remove(inner.itree as *mut _, p) };
+                // SAFETY: lock held; the interval is in the tree; `invalidate_seq` is
+                // even, so no frozen snapshot is in use.
+                unsafe { inner.itree.remove(NonNull::new_unchecked(p)) };
                 iv.in_tree.store(false, Ordering::Relaxed);
                 subs.intervals.fetch_sub(1, Ordering::Relaxed);
             }

@@ -12,6 +12,7 @@ use core::ptr::{self, NonNull};
 use intrusive_collections::LinkedList;
 
 use crate::interval::{DeferredAdapter, Interval};
+use crate::itree::Tree;
 use crate::primitive::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 use crate::range::validate_bounds;
 use crate::srcu::{Poll, RcuHead, ReadToken, Readers, SleepableRcu};
@@ -25,9 +26,9 @@ const TORN_DOWN: usize = 1;
 
 /// State under the address space's spin lock.
 pub(crate) struct Inner<P: Platform> {
-    /// Root of the interval tree (a treap ordered by start, augmented with the largest
-    /// `last` of each subtree).
-    pub(crate) itree: *const Interval<P>,
+    /// The interval tree (an AVL tree ordered by start, augmented with the largest
+    /// `last` of each subtree: depth O(log n) whatever the insertion order, C-23).
+    pub(crate) itree: Tree<Interval<P>>,
     /// Invalidations between `start` and `end` that went through the interval tree.
     pub(crate) active_invalidate_ranges: usize,
     /// Interval subscribers whose insertion or removal waits for the last in-flight
@@ -100,7 +101,7 @@ impl<P: Platform> Subscriptions<P> {
             gen: AtomicU64::new(0),
             inflight: Readers::new(),
             lock: SpinLock::new(Inner {
-                itree: ptr::null(),
+                itree: Tree::new(),
                 active_invalidate_ranges: 0,
                 deferred: LinkedList::new(DeferredAdapter::NEW),
                 dead: false,
