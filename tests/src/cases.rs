@@ -1009,6 +1009,8 @@ fn c09_no_stale<H: Harness, S: Notifiers<H>>(h: &H, cfg: &Config) -> CaseResult 
         };
         let (vcpu2, vcpu3, device2) = (|| vcpu(used, 2), || vcpu(used, 7), || device(used));
         let (mirror1, mirror2) = (|| mirror(5), || mirror(3));
+        // Eight tasks: as many as the Linux module runs at once (more would run in
+        // groups, and a group without the primary would never see `stop`).
         h.run_concurrently(&[
             &primary, &vcpu2, &vcpu3, &device2, &mirror1, &mirror2, &reaper, &newcomer,
         ]);
