@@ -143,6 +143,8 @@ fn page<H: Harness>() -> usize {
 const BASE: usize = 0x4000_0000;
 /// Pages mapped by most cases.
 const PAGES: usize = 8;
+/// Forks in the second part of C-09 (each maps one more page first).
+const FORKS: usize = 16;
 
 /// An address space for one case: torn down and forgotten when dropped (declare it
 /// first, so that consumers registered on it are dropped — unregistered — before).
@@ -928,7 +930,13 @@ fn c09_no_stale<H: Harness, S: Notifiers<H>>(h: &H, cfg: &Config) -> CaseResult 
     let protect = h.lacks(Cap::Protect).is_none();
     let cow = h.lacks(Cap::Cow).is_none();
     let reap = h.lacks(Cap::NonBlockingUnmap).is_none();
-    let children: SpinLock<H::P, ArrayVec<Mm, 16>> = SpinLock::new(ArrayVec::new());
+    let children: SpinLock<H::P, ArrayVec<Mm, FORKS>> = SpinLock::new(ArrayVec::new());
+    // Each fork first maps a fresh page below the others (so that the fork copies it
+    // first), which a vCPU and the device fault in for writing while the fork runs: the
+    // fork must write-protect a page faulted in during it inside its invalidation
+    // (issue 13, item 9).
+    let fresh = AtomicUsize::new(0);
+    let fresh_addr = |k: usize| BASE - (k + 1) * page::<H>();
     if protect || cow {
         stop.store(false, Ordering::Relaxed);
         let pg = page::<H>();
@@ -944,7 +952,11 @@ fn c09_no_stale<H: Harness, S: Notifiers<H>>(h: &H, cfg: &Config) -> CaseResult 
                 } else if children.lock().is_full() {
                     Ok(())
                 } else {
-                    h.fork(sp.mm).map(|c| children.lock().push(c))
+                    let f = fresh_addr(children.lock().len());
+                    h.map(sp.mm, f, pg).and_then(|()| {
+                        fresh.store(f, Ordering::Relaxed);
+                        h.fork(sp.mm).map(|c| children.lock().push(c))
+                    })
                 };
                 if let Err(e) = r {
                     err.set(e.into());
@@ -966,10 +978,12 @@ fn c09_no_stale<H: Harness, S: Notifiers<H>>(h: &H, cfg: &Config) -> CaseResult 
                 h.yield_now();
             }
         };
-        let mirror = || {
+        // Two device threads share the mirror's page table.
+        let mirror = |stride: usize| {
             let mut i = 0;
             while !stop.load(Ordering::Relaxed) {
-                match mir.run_for(mir.interval(), addr::<H>((5 * i) % used), i % 2 == 0) {
+                let a = addr::<H>((stride * i) % used);
+                match mir.run_for(mir.interval(), a, i % 2 == 0) {
                     Ok(_) | Err(FaultError::Primary(_)) => {}
                     Err(e) => {
                         err.set(e.into());
@@ -982,16 +996,40 @@ fn c09_no_stale<H: Harness, S: Notifiers<H>>(h: &H, cfg: &Config) -> CaseResult 
                 }
             }
         };
+        let newcomer = || {
+            while !stop.load(Ordering::Relaxed) {
+                let f = fresh.load(Ordering::Relaxed);
+                if f != 0 {
+                    match kvm.run(f, true) {
+                        Ok(_) | Err(FaultError::Primary(_)) => {}
+                        Err(e) => {
+                            err.set(e.into());
+                            return;
+                        }
+                    }
+                    dev.run(f, true);
+                }
+                h.yield_now();
+            }
+        };
         let (vcpu2, vcpu3, device2) = (|| vcpu(used, 2), || vcpu(used, 7), || device(used));
-        h.run_concurrently(&[&primary, &vcpu2, &vcpu3, &device2, &mirror, &reaper]);
+        let (mirror1, mirror2) = (|| mirror(5), || mirror(3));
+        // Eight tasks: as many as the Linux module runs at once (more would run in
+        // groups, and a group without the primary would never see `stop`).
+        h.run_concurrently(&[
+            &primary, &vcpu2, &vcpu3, &device2, &mirror1, &mirror2, &reaper, &newcomer,
+        ]);
     }
     // Afterwards, every cached translation is still checked once more.
-    for i in 0..PAGES {
-        kvm.access(addr::<H>(i));
-        dev.access(addr::<H>(i));
-        mir.access(addr::<H>(i));
+    let pages = (0..PAGES).map(addr::<H>).chain((0..FORKS).map(fresh_addr));
+    for a in pages {
+        kvm.access_for(a, true);
+        kvm.access(a);
+        dev.access_for(a, true);
+        dev.access(a);
+        mir.access(a);
         for imp in 0..IMPORTERS {
-            exp.remote_access(imp, addr::<H>(i));
+            exp.remote_access(imp, a);
         }
     }
     // Out of the lock first: teardown may sleep.
