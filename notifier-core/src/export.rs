@@ -83,8 +83,10 @@ pub trait ExportOps<P: Platform>: Sync {
     /// primary page table or not: revoke every remote mapping of it (each with
     /// [`ExportedPage::unmap_remote`]) and drop the exporter's own reference before
     /// returning. Called at most once per export, never after
-    /// [`Exporter::unexport`] returned. Must not allocate, and must not unexport or drop
-    /// a page or an exporter of this registry (those wait for the callback itself).
+    /// [`Exporter::unexport`] returned. Must not allocate. `unexport` from inside it is
+    /// refused with [`Error::InCallback`]; dropping a page or an exporter of this
+    /// registry from inside it would wait for the callback itself (a drop cannot
+    /// refuse): don't.
     fn revoke(&self, page: &ExportedPage<'_, P>, pfn: u64);
 }
 
@@ -278,6 +280,10 @@ impl<'r, T: ExportOps<P>, P: Platform> Exporter<'r, T, P> {
         // the provenance of a reference to the whole exporter (caller's contract); the
         // exporter is alive and only ever shared once pinned.
         let ex = unsafe { &*rec.cast::<Self>() };
+        // Counted as a callback of the running task: a barrier called from inside it
+        // (`unexport`, `synchronize`, registration) is refused instead of waiting for
+        // this very call (C-16).
+        let _mark = crate::task::CallbackMark::<P>::new();
         ex.ops.revoke(page, pfn)
     }
 
@@ -316,8 +322,11 @@ impl<'r, T: ExportOps<P>, P: Platform> Exporter<'r, T, P> {
     /// of that page is neither running nor will run. May sleep.
     ///
     /// Errors: [`Error::NotRegistered`] if the page is not in this exporter's registry
-    /// (or is being unexported by another thread).
+    /// (or is being unexported by another thread); [`Error::InCallback`] from inside a
+    /// notifier or `revoke` callback and [`Error::InvalidationHeld`] while the task
+    /// holds an invalidation: the barrier could wait for the caller itself (C-16).
     pub fn unexport(self: Pin<&Self>, page: Pin<&ExportedPage<'r, P>>) -> Result<(), Error> {
+        crate::task::may_wait::<P>()?;
         self.registry.unlink(page.get_ref())
     }
 }

@@ -594,3 +594,41 @@ fn c23_adversarial_intervals_walk_on_a_small_stack() {
         unsafe { Pin::new_unchecked(s) }.remove().unwrap();
     }
 }
+
+/// `unexport` from inside `revoke` waits for that very `revoke`: it must be refused.
+#[test]
+fn c16_unexport_from_inside_revoke_is_refused() {
+    use notifier_core::export::{ExportOps, ExportRegistry, ExportedPage, Exporter};
+    struct SelfUnexport {
+        me: Mutex<Option<usize>>,
+        got: Mutex<Option<Result<(), Error>>>,
+    }
+    impl ExportOps<P> for SelfUnexport {
+        fn revoke(&self, page: &ExportedPage<P>, _pfn: u64) {
+            let me = self.me.lock().unwrap().unwrap();
+            // SAFETY: the exporter below is pinned on the heap and outlives this call.
+            let ex = unsafe { Pin::new_unchecked(&*(me as *const Exporter<'static, SelfUnexport, P>)) };
+            // SAFETY: the page is pinned by its owner for as long as it is exported.
+            let page = unsafe { Pin::new_unchecked(&*(page as *const ExportedPage<P>).cast::<ExportedPage<'static, P>>()) };
+            *self.got.lock().unwrap() = Some(ex.unexport(page));
+        }
+    }
+    let got = must_return("unexport from inside revoke", || {
+        let registry: &'static ExportRegistry<P> = Box::leak(Box::new(ExportRegistry::new()));
+        let ex = Box::pin(Exporter::new(
+            registry,
+            SelfUnexport {
+                me: Mutex::new(None),
+                got: Mutex::new(None),
+            },
+        ));
+        *ex.me.lock().unwrap() = Some(&*ex as *const _ as usize);
+        let page = Box::pin(ExportedPage::new());
+        ex.as_ref().export(page.as_ref(), 7).unwrap();
+        let _ = registry.before_free(7);
+        let got = ex.got.lock().unwrap().take();
+        let _ = ex.as_ref().unexport(page.as_ref());
+        got
+    });
+    assert_eq!(got, Some(Err(Error::InCallback)));
+}
