@@ -164,7 +164,8 @@ fn kmalloc_size(layout: Layout) -> usize {
     layout.size().max(layout.align()).next_power_of_two()
 }
 
-impl Platform for Kernel {
+// SAFETY: kmalloc, the one static kernel SRCU domain, the default task table keyed by `current`, smp_mb on both sides: the promises of `Platform`.
+unsafe impl Platform for Kernel {
     type RawLock = KernelLock;
     type Rcu = KernelSrcu;
 

@@ -101,7 +101,8 @@ impl HermitPlatform {
     }
 }
 
-impl Platform for HermitPlatform {
+// SAFETY: the kernel allocator, one static SRCU domain, the default task table keyed by the real task id, full fences: the promises of `Platform`.
+unsafe impl Platform for HermitPlatform {
     type RawLock = HermitRawLock;
     type Rcu = Srcu<HermitPlatform>;
 

@@ -53,7 +53,8 @@ unsafe impl RawLock for SimRawLock {
     }
 }
 
-impl Platform for SimPlatform {
+// SAFETY: the global allocator, one static SRCU domain, a thread-local task state (each simulated task is an OS thread), full fences: the promises of `Platform`.
+unsafe impl Platform for SimPlatform {
     type RawLock = SimRawLock;
     type Rcu = Srcu<SimPlatform>;
 
@@ -70,6 +71,15 @@ impl Platform for SimPlatform {
 
     fn current_task() -> usize {
         sched::thread_id()
+    }
+
+    /// A thread-local: every simulated task runs on an OS thread of its own.
+    fn with_task_state<R>(f: impl FnOnce(&notifier_core::task::TaskState) -> R) -> R {
+        std::thread_local! {
+            static STATE: notifier_core::task::TaskState =
+                const { notifier_core::task::TaskState::new() };
+        }
+        STATE.with(f)
     }
 
     fn wait(word: &AtomicU32, expected: u32) {

@@ -24,7 +24,11 @@ pub struct Fenceless;
 
 static RCU: Srcu<Fenceless> = Srcu::new();
 
-impl Platform for Fenceless {
+// SAFETY: allocation, the RCU domain and the task state are `StdPlatform`'s. The barrier
+// promise is kept only in x86-64 hardware (the reader's counter update is a `lock`ed
+// instruction, a full barrier there), not in the Rust memory model: this what-if platform
+// exists to measure what the fences cost, in benchmarks only (see the module docs).
+unsafe impl Platform for Fenceless {
     type RawLock = StdRawLock;
     type Rcu = Srcu<Fenceless>;
 

@@ -42,7 +42,21 @@ pub unsafe trait RawLock: Send + Sync {
 ///
 /// Default methods are correct everywhere and may be overridden for speed (the
 /// asymmetric barriers) or for checking (`might_sleep`, `non_block_*`, `report_bug`).
-pub trait Platform: Sized + Send + Sync + 'static {
+///
+/// # Safety
+///
+/// The core's unsafe code trusts what these functions return, so an implementation
+/// must keep these promises (which is why the trait is `unsafe`, C-22):
+///
+/// - [`alloc`](Self::alloc) returns `None` or memory valid for `layout`, not in use
+///   elsewhere, that stays valid until passed to [`dealloc`](Self::dealloc);
+/// - [`rcu`](Self::rcu) returns the same domain on every call;
+/// - [`with_task_state`](Self::with_task_state) passes each task its own state, the
+///   same one on every call from that task;
+/// - [`reader_barrier`](Self::reader_barrier) and
+///   [`writer_barrier`](Self::writer_barrier) together order memory at least as a full
+///   fence on each side would.
+pub unsafe trait Platform: Sized + Send + Sync + 'static {
     /// The writer-side lock.
     type RawLock: RawLock;
     /// The sleepable RCU domain that protects subscriber lists (Linux uses one static

@@ -103,7 +103,8 @@ impl StdPlatform {
     }
 }
 
-impl Platform for StdPlatform {
+// SAFETY: the global allocator, one static SRCU domain, a thread-local task state, and full fences as barriers: the promises of `Platform`.
+unsafe impl Platform for StdPlatform {
     type RawLock = StdRawLock;
     type Rcu = Srcu<StdPlatform>;
 

@@ -607,9 +607,14 @@ fn c16_unexport_from_inside_revoke_is_refused() {
         fn revoke(&self, page: &ExportedPage<P>, _pfn: u64) {
             let me = self.me.lock().unwrap().unwrap();
             // SAFETY: the exporter below is pinned on the heap and outlives this call.
-            let ex = unsafe { Pin::new_unchecked(&*(me as *const Exporter<'static, SelfUnexport, P>)) };
+            let ex =
+                unsafe { Pin::new_unchecked(&*(me as *const Exporter<'static, SelfUnexport, P>)) };
             // SAFETY: the page is pinned by its owner for as long as it is exported.
-            let page = unsafe { Pin::new_unchecked(&*(page as *const ExportedPage<P>).cast::<ExportedPage<'static, P>>()) };
+            let page = unsafe {
+                Pin::new_unchecked(
+                    &*(page as *const ExportedPage<P>).cast::<ExportedPage<'static, P>>(),
+                )
+            };
             *self.got.lock().unwrap() = Some(ex.unexport(page));
         }
     }

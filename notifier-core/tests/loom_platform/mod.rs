@@ -60,7 +60,8 @@ loom::thread_local! {
     static TASK_STATE: notifier_core::task::TaskState = notifier_core::task::TaskState::new();
 }
 
-impl Platform for LoomPlatform {
+// SAFETY: the global allocator, one lazily created domain per model execution, a loom thread-local task state, full fences: the promises of `Platform`.
+unsafe impl Platform for LoomPlatform {
     type RawLock = LoomRawLock;
     type Rcu = Srcu<LoomPlatform>;
 
