@@ -514,8 +514,9 @@ impl<T: IntervalOps<P>, P: Platform> IntervalSubscriber<T, P> {
                 return Err(e);
             }
         };
-        // Until the tree is armed, an insertion waits for invalidations that skipped it;
-        // one this task holds would be waited for by itself (C-16).
+        // Until the tree is armed, an insertion waits for invalidations that skipped it
+        // (also those that found no subscriptions object at all); one this task holds
+        // would be waited for by itself (C-16).
         let must_wait = !subs.itree_armed.load(Ordering::Acquire);
         if must_wait {
             if let Err(e) = task::may_wait::<P>() {
@@ -584,6 +585,7 @@ impl<T: IntervalOps<P>, P: Platform> IntervalSubscriber<T, P> {
         // no longer wait.
         if must_wait {
             subs.synchronize_inflight();
+            mm.wait_unbracketed();
             subs.itree_armed.store(true, Ordering::Release);
         }
         let cur = iv.owner.load(Ordering::Acquire);

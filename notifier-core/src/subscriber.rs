@@ -338,6 +338,8 @@ impl<P: Platform> Node<P> {
         // until they have ended, so that a translation it establishes from now on is
         // never one such an invalidation is about to remove.
         subs.synchronize_inflight();
+        // And those that started before the subscriptions object existed.
+        mm.wait_unbracketed();
         // Every invalidation still in flight started at `gen` or later: the node is
         // visible to all of them, as it is to every later one. Teardown may have hidden
         // it meanwhile; then it stays hidden.

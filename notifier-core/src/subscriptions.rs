@@ -415,9 +415,11 @@ impl ZombieCount {
 /// (Linux: `mm->notifier_subscriptions`) and calls from wherever its primary MMU
 /// changes page tables.
 ///
-/// It is one pointer wide. The `Subscriptions` behind it are allocated on the first
-/// registration (with [`Platform::alloc`]) and published with release ordering; until
-/// then every invalidation is one load and a branch.
+/// It is two words wide. The `Subscriptions` behind it are allocated on the first
+/// registration (with [`Platform::alloc`], or ahead of time with
+/// [`prepare`](Self::prepare)) and published; until then an invalidation only counts
+/// itself in the second word, so that the first registration can wait for it (C-02:
+/// Linux gets the same from `mm_take_all_locks` in `mmu_notifier_register`).
 ///
 /// Dropping an address space tears it down ([`release`](Self::release)) if that has not
 /// happened yet.
@@ -436,6 +438,10 @@ impl ZombieCount {
 /// ```
 pub struct AddressSpace<P: Platform> {
     subs: AtomicPtr<Subscriptions<P>>,
+    /// Invalidations in flight that found no subscriptions object (they bracket
+    /// nothing). Once the object is published no new one is counted for long: it sees
+    /// the object and goes the usual way.
+    unbracketed: AtomicUsize,
 }
 
 // SAFETY: all shared state behind the pointer is atomics or under locks.
@@ -455,6 +461,7 @@ impl<P: Platform> AddressSpace<P> {
     pub const fn new() -> Self {
         AddressSpace {
             subs: AtomicPtr::new(ptr::null_mut()),
+            unbracketed: AtomicUsize::new(0),
         }
     }
 
@@ -463,6 +470,7 @@ impl<P: Platform> AddressSpace<P> {
     pub fn new() -> Self {
         AddressSpace {
             subs: AtomicPtr::new(ptr::null_mut()),
+            unbracketed: AtomicUsize::new(0),
         }
     }
 
@@ -501,10 +509,12 @@ impl<P: Platform> AddressSpace<P> {
             .cast::<Subscriptions<P>>();
         // SAFETY: `mem` is fresh memory of the right layout.
         unsafe { mem.as_ptr().write(Subscriptions::new()) };
+        // SeqCst: the store half of the handshake with invalidations that found no
+        // object (`start_unbracketed`); registrations then wait for them.
         match self.subs.compare_exchange(
             ptr::null_mut(),
             mem.as_ptr(),
-            Ordering::AcqRel,
+            Ordering::SeqCst,
             Ordering::Acquire,
         ) {
             // INVARIANT: published with release ordering; the one reference it starts
@@ -566,13 +576,53 @@ impl<P: Platform> AddressSpace<P> {
     pub fn invalidate_range_start(&self, range: Range) -> Result<Invalidation<'_, P>, Error> {
         validate_bounds::<P>(range.start, range.end)?;
         match self.subscriptions() {
-            None => Ok(Invalidation {
-                range,
-                inner: None,
-                _not_send: PhantomData,
-            }),
+            None => self.start_unbracketed(range),
             Some(s) => self.start_slow(s, range),
         }
+    }
+
+    /// Nobody subscribed yet. The invalidation counts itself, then looks again: either
+    /// a registration that publishes the object now sees the count and waits for its
+    /// end, or this invalidation sees the object and brackets normally (both sides
+    /// write, then read the other's word, sequentially consistent).
+    #[inline]
+    fn start_unbracketed(&self, range: Range) -> Result<Invalidation<'_, P>, Error> {
+        self.unbracketed.fetch_add(1, Ordering::SeqCst);
+        crate::primitive::seqcst_rmw_then_load();
+        if self.subs.load(Ordering::SeqCst).addr() & !TORN_DOWN != 0 {
+            self.unbracketed.fetch_sub(1, Ordering::Release);
+            let s = self.subscriptions().ok_or(Error::Dead)?;
+            return self.start_slow(s, range);
+        }
+        task::hold::<P>();
+        Ok(Invalidation {
+            range,
+            inner: None,
+            unbracketed: Some(&self.unbracketed),
+            _not_send: PhantomData,
+        })
+    }
+
+    /// Wait until no invalidation that started before the subscriptions object was
+    /// published is still in flight (they bracket nothing and cannot be waited for
+    /// otherwise). Called by every registration and insertion after the object exists.
+    pub(crate) fn wait_unbracketed(&self) {
+        crate::primitive::fence(Ordering::SeqCst);
+        while self.unbracketed.load(Ordering::SeqCst) != 0 {
+            P::relax();
+        }
+    }
+
+    /// Create the per-address-space object now, while nothing can race it (when the
+    /// address space is created, before its page tables can change), so that the
+    /// first registration does not have to wait for invalidations that found none.
+    /// Optional: registration creates it otherwise. Never on an invalidation path (it
+    /// allocates). May sleep.
+    ///
+    /// Errors: [`Error::Dead`], [`Error::NoMemory`].
+    pub fn prepare(&self) -> Result<(), Error> {
+        P::might_sleep();
+        self.subscriptions_or_create().map(|_| ())
     }
 
     #[inline(never)]
@@ -617,6 +667,7 @@ impl<P: Platform> AddressSpace<P> {
                 itree: guard.itree,
                 token: guard.token,
             }),
+            unbracketed: None,
             _not_send: PhantomData,
         })
     }
@@ -741,6 +792,8 @@ impl<P: Platform> Drop for InFlight<'_, P> {
 pub struct Invalidation<'a, P: Platform> {
     range: Range,
     inner: Option<Started<'a, P>>,
+    /// Counted in the address space's `unbracketed` (nobody had subscribed).
+    unbracketed: Option<&'a AtomicUsize>,
     _not_send: PhantomData<*mut ()>,
 }
 
@@ -763,6 +816,9 @@ impl<P: Platform> Drop for Invalidation<'_, P> {
     fn drop(&mut self) {
         if let Some(st) = self.inner.take() {
             Self::end_slow(&self.range, st);
+        } else if let Some(u) = self.unbracketed.take() {
+            u.fetch_sub(1, Ordering::Release);
+            task::unhold::<P>();
         }
     }
 }

@@ -378,10 +378,6 @@ struct Owned {
     intervals: Vec<(IvSub, Arc<Record>)>,
 }
 
-/// A subscriber that does nothing (creates the subscriptions object).
-struct Nop;
-impl SubscriberOps for Nop {}
-
 /// The name of the `settled` check: split by whether the invalidation started before
 /// anybody subscribed (it then took the fast path that counts it nowhere).
 fn settled(fresh: bool) -> &'static str {
@@ -632,19 +628,6 @@ fn run_round(seed: u64) -> Arc<Violations> {
         intervals,
         v: v.clone(),
     };
-    // KNOWN OPEN BUG (C-02/C-09, not fixed yet): an invalidation that begins while the
-    // address space has no subscriptions object is not counted anywhere, so the first
-    // registration or insertion, which creates the object, cannot wait for it (Linux
-    // closes this with `mm_take_all_locks` in registration; the core has no hook into
-    // the primary MMU's locks yet). The oracle finds it in about one round in seven
-    // (`settled (invalidation began on an address space with no subscriptions yet)`).
-    // Until it is fixed, rounds start with the object created, unless
-    // NOTIFIER_RANDOM_FRESH=1 asks for the fresh rounds that show the bug.
-    if std::env::var_os("NOTIFIER_RANDOM_FRESH").is_none() {
-        let warm = Box::pin(Subscriber::<_, P>::new(Nop));
-        warm.as_ref().register(&round.mm).unwrap();
-        warm.as_ref().unregister().unwrap();
-    }
     let teardown_thread = if std::env::var_os("NOTIFIER_RANDOM_NO_TEARDOWN").is_some() {
         usize::MAX
     } else {
