@@ -975,3 +975,81 @@ pub fn synchronize<P: Platform>() -> Result<(), Error> {
         P::relax();
     }
 }
+
+#[cfg(all(test, feature = "std"))]
+mod tests {
+    use core::pin::pin;
+    use core::sync::atomic::{AtomicUsize, Ordering};
+
+    use crate::std_platform::StdPlatform as P;
+    use crate::{AddressSpace, Event, Range, Subscriber, SubscriberOps, WouldBlock};
+
+    #[derive(Default)]
+    struct Count {
+        starts: AtomicUsize,
+        ends: AtomicUsize,
+    }
+    impl SubscriberOps for Count {
+        fn invalidate_range_start(&self, _r: &Range) -> Result<(), WouldBlock> {
+            self.starts.fetch_add(1, Ordering::Relaxed);
+            Ok(())
+        }
+        fn invalidate_range_end(&self, _r: &Range) {
+            self.ends.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    struct Refuses;
+    impl SubscriberOps for Refuses {
+        fn invalidate_range_start(&self, _r: &Range) -> Result<(), WouldBlock> {
+            Err(WouldBlock)
+        }
+    }
+
+    /// C-01/C-22, issue 13 bug 3: after more registrations than 32 bits count (here:
+    /// the generation moved past 2^32 + 2^31, which minutes of churn reach), a
+    /// long-lived subscriber still gets every invalidation, a new one too, and the
+    /// unwinding after a refusal still ends exactly the ones that started.
+    #[test]
+    fn c01_c22_generations_far_past_32_bits() {
+        let mm = AddressSpace::<P>::new();
+        let old = pin!(Subscriber::<_, P>::new(Count::default()));
+        old.as_ref().register(&mm).unwrap();
+        for jump in [1u64 << 31, (1 << 32) + (1 << 31) + 7, 1 << 61] {
+            mm.subscriptions()
+                .unwrap()
+                .gen
+                .fetch_add(jump, Ordering::Relaxed);
+            let new = pin!(Subscriber::<_, P>::new(Count::default()));
+            new.as_ref().register(&mm).unwrap();
+            let before = old.starts.load(Ordering::Relaxed);
+            mm.invalidate_range_start(Range::new(0, 4096, Event::Unmap))
+                .unwrap()
+                .end();
+            assert_eq!(
+                old.starts.load(Ordering::Relaxed),
+                before + 1,
+                "old one missed"
+            );
+            assert_eq!(new.starts.load(Ordering::Relaxed), 1, "new one missed");
+            // A refusal by a subscriber registered after both: it is first on the list
+            // and nothing started before it, so nobody gets an end.
+            let r = pin!(Subscriber::<_, P>::new(Refuses));
+            r.as_ref().register(&mm).unwrap();
+            let e0 = (
+                old.ends.load(Ordering::Relaxed),
+                new.ends.load(Ordering::Relaxed),
+            );
+            let res = mm.invalidate_range_start(Range::new(0, 4096, Event::Unmap).non_blocking());
+            assert!(res.is_err());
+            let e1 = (
+                old.ends.load(Ordering::Relaxed),
+                new.ends.load(Ordering::Relaxed),
+            );
+            assert_eq!(e0, e1, "unwinding ended subscribers that never started");
+            r.as_ref().unregister().unwrap();
+            new.as_ref().unregister().unwrap();
+        }
+        old.as_ref().unregister().unwrap();
+    }
+}
