@@ -939,6 +939,35 @@ fn c14_two_pass_all_starts_before_any_finish() {
     assert_eq!(one_pass.seen.lock().unwrap().len(), 1);
 }
 
+/// A two-pass subscriber that does not override `invalidate_start` gets its
+/// `invalidate` as the first pass (the trait's default), then its finish.
+#[test]
+fn c14_default_first_pass_is_invalidate() {
+    static SEEN: Mutex<Vec<&str>> = Mutex::new(Vec::new());
+    struct Dev;
+    impl IntervalOps<P> for Dev {
+        const TWO_PASS: bool = true;
+        fn invalidate(&self, iv: &Interval<P>, _r: &Range, s: u64) -> Result<(), WouldBlock> {
+            iv.set_seq(s);
+            SEEN.lock().unwrap().push("invalidate");
+            Ok(())
+        }
+        fn invalidate_finish(&self, _iv: &Interval<P>, _r: &Range, _s: u64) {
+            SEEN.lock().unwrap().push("finish");
+        }
+    }
+    let mm = AddressSpace::<P>::new();
+    let d = pin!(IntervalSubscriber::new(Dev));
+    d.as_ref().insert(&mm, 0x10 * PG, 3 * PG).unwrap();
+    // The interval's bounds as inserted.
+    assert_eq!(d.interval().start(), 0x10 * PG);
+    assert_eq!(d.interval().last(), 0x13 * PG - 1);
+    let seq = d.interval().read_begin().unwrap();
+    unmap(&mm, 0x11 * PG, 0x12 * PG);
+    assert!(d.interval().read_retry(seq));
+    assert_eq!(*SEEN.lock().unwrap(), vec!["invalidate", "finish"]);
+}
+
 // ---------------------------------------------------------------- C-15
 
 #[test]
