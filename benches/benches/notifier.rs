@@ -9,6 +9,7 @@
 //! | `dispatch_churn` | `<list>/<N>` | the same while a second thread registers and unregisters in a loop (rcu-clean only with `BENCH_RCU_CLEAN_CHURN=1`: it crashes) |
 //! | `intervals` | `<core\|linear>/touch<k>/<n>` | an invalidation touching k of n interval subscribers |
 //! | `interval_seq` | `read_begin_retry` | `read_begin` + `read_retry` on an idle interval |
+//! | `itree` | `remove_insert/<n>`, `walk_point/<n>` | the interval tree alone, n intervals inserted in increasing order (its depth is printed) |
 //! | `grace_period` | `<what>/<idle\|reader>` | register + unregister, unregister alone, a bare grace period |
 //! | `read_side` | `core_srcu`, `liburcu` | an empty read-side section |
 //!
@@ -24,6 +25,7 @@ use criterion::measurement::WallTime;
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, BenchmarkId, Criterion};
 use notifier_benches::fenceless::Fenceless;
 use notifier_benches::intervals::{touching, CoreIntervals, LinearScan, Positions};
+use notifier_benches::itree::TreeOf;
 use notifier_benches::lists::{
     ArcSwapList, Churn, Core, Direct, Dispatch, EpochList, RcuCleanList, RwLockList, Urcu,
 };
@@ -178,6 +180,27 @@ fn intervals(c: &mut Criterion) {
     g.finish();
 }
 
+/// The interval tree alone (C-23): n intervals inserted in increasing order of start.
+fn itree(c: &mut Criterion) {
+    let mut g = c.benchmark_group("itree");
+    for n in INTERVALS {
+        let mut t = TreeOf::new(n);
+        eprintln!(
+            "itree: {n} intervals inserted in increasing order: depth {}",
+            t.depth()
+        );
+        let mut pos = Positions::new(n, 1);
+        g.bench_with_input(BenchmarkId::new("remove_insert", n), &n, |b, _| {
+            b.iter(|| t.remove_insert(black_box(pos.next_index())))
+        });
+        let mut pos = Positions::new(n, 1);
+        g.bench_with_input(BenchmarkId::new("walk_point", n), &n, |b, _| {
+            b.iter(|| black_box(t.walk_point(pos.next_index())))
+        });
+    }
+    g.finish();
+}
+
 // ---- registration and grace periods ---------------------------------------------------
 
 /// Time `timed` only, `untimed` running before each call.
@@ -305,7 +328,7 @@ mod group {
     criterion_group! {
         name = benches;
         config = config();
-        targets = fast_path, read_side, dispatch, intervals, grace_periods
+        targets = fast_path, read_side, dispatch, intervals, itree, grace_periods
     }
 }
 criterion_main!(group::benches);

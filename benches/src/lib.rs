@@ -17,6 +17,7 @@
 //! * [`callbacks`]: the callbacks and the interval callbacks;
 //! * [`lists`]: one [`lists::Dispatch`] implementation per peer;
 //! * [`intervals`]: interval subscribers in the core against a linear scan;
+//! * [`itree`]: the interval tree alone: depth, insert + remove, walk;
 //! * [`urcu`]: the bindings of the liburcu shim;
 //! * [`fenceless`]: a what-if platform without read-side fences, for the analysis;
 //! * [`alloc_count`]: the counting global allocator of the zero-allocation test and the
@@ -28,6 +29,7 @@ pub mod alloc_count;
 pub mod callbacks;
 pub mod fenceless;
 pub mod intervals;
+pub mod itree;
 pub mod lists;
 pub mod urcu;
 

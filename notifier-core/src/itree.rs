@@ -12,7 +12,8 @@
 //! `h < 1.4405 · log2(n + 2) − 0.3277` (a red-black tree only guarantees
 //! `2 · log2(n + 1)`). The tree is walked on every invalidation and changed only at
 //! insert and remove, so the shallower tree is the better trade for the extra rotations
-//! AVL may do on removal. Every operation is O(log n) in the worst case.
+//! AVL may do on removal. Insertion, removal and finding the first match are O(log n)
+//! in the worst case.
 //!
 //! # Bounded stack
 //!
