@@ -708,3 +708,42 @@ fn random_whole_core() {
     }
     assert!(failed.is_empty(), "the oracle found violations:\n{msg}");
 }
+
+/// The portable SRCU's grace periods end although readers never stop: two threads
+/// keep at least one read-side section open at every moment, each re-entering while
+/// the other is inside, so the *active* index is never idle. `synchronize` must wait
+/// only for the readers that were already inside (it waits for the inactive index,
+/// flips, and waits for the formerly active one, which new readers no longer enter).
+/// A grace period that waited for the active index would never end: this test then
+/// hangs (cargo-mutants reports it as a timeout).
+#[test]
+fn srcu_grace_periods_end_under_continuous_readers() {
+    use notifier_core::srcu::{SleepableRcu, Srcu};
+
+    let rcu = Srcu::<P>::new();
+    let inside = AtomicUsize::new(0);
+    let stop = AtomicBool::new(false);
+    thread::scope(|s| {
+        for _ in 0..2 {
+            s.spawn(|| {
+                while !stop.load(Ordering::SeqCst) {
+                    let g = rcu.read_lock();
+                    inside.fetch_add(1, Ordering::SeqCst);
+                    // Leave only once the other reader is inside too.
+                    while inside.load(Ordering::SeqCst) < 2 && !stop.load(Ordering::SeqCst) {
+                        thread::yield_now();
+                    }
+                    inside.fetch_sub(1, Ordering::SeqCst);
+                    drop(g);
+                }
+            });
+        }
+        while inside.load(Ordering::SeqCst) == 0 {
+            thread::yield_now();
+        }
+        for _ in 0..if cfg!(miri) { 2 } else { 20 } {
+            rcu.synchronize();
+        }
+        stop.store(true, Ordering::SeqCst);
+    });
+}
