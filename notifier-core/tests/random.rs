@@ -747,3 +747,41 @@ fn srcu_grace_periods_end_under_continuous_readers() {
         stop.store(true, Ordering::SeqCst);
     });
 }
+
+/// Readers on more threads than the portable SRCU has slots share slots: every thread's
+/// read-side section lands on a valid slot, whatever its task number (here beyond
+/// `SLOTS * SLOTS`), and a grace period still waits for one that is open.
+#[test]
+#[cfg_attr(miri, ignore = "spawns over a thousand threads")]
+fn srcu_readers_beyond_slots() {
+    use notifier_core::srcu::{SleepableRcu, Srcu, SLOTS};
+
+    let rcu = Srcu::<P>::new();
+    for _ in 0..SLOTS * SLOTS + 8 {
+        thread::scope(|s| {
+            s.spawn(|| drop(rcu.read_lock()));
+        });
+    }
+    // One more reader, holding its section while a grace period runs.
+    let entered = AtomicBool::new(false);
+    let left = AtomicBool::new(false);
+    thread::scope(|s| {
+        s.spawn(|| {
+            let g = rcu.read_lock();
+            entered.store(true, Ordering::SeqCst);
+            for _ in 0..100 {
+                thread::yield_now();
+            }
+            left.store(true, Ordering::SeqCst);
+            drop(g);
+        });
+        while !entered.load(Ordering::SeqCst) {
+            thread::yield_now();
+        }
+        rcu.synchronize();
+        assert!(
+            left.load(Ordering::SeqCst),
+            "a grace period ended while a reader that began before it was inside"
+        );
+    });
+}
