@@ -63,7 +63,7 @@ const CONFIG: Config = if cfg!(miri) {
     }
 } else {
     Config {
-        rounds: 150,
+        rounds: 400,
         threads: 3,
         ops: 400,
         lists: 2,
