@@ -515,8 +515,15 @@ fn c13_remove_is_a_barrier() {
 fn c13_insert_deferred_during_invalidation() {
     builder(2).check(|| {
         let mm = Arc::new(AddressSpace::<P>::new());
-        let first = Box::pin(MirrorSub::new(Mirror::new()));
-        first.as_ref().insert(&mm, 0, 2 * PAGE).unwrap();
+        // Fixed addresses: the tree's shape depends on them (see `Fixed`).
+        // SAFETY: the previous execution's subscribers are no longer used.
+        let (first, second) = unsafe {
+            (
+                C13D_SLOTS[0].place(MirrorSub::new(Mirror::new())),
+                C13D_SLOTS[1].place(MirrorSub::new(Mirror::new())),
+            )
+        };
+        first.insert(&mm, 0, 2 * PAGE).unwrap();
         let primary = Arc::new(AtomicU64::new(42));
 
         let t = {
@@ -524,8 +531,7 @@ fn c13_insert_deferred_during_invalidation() {
             thread::spawn(move || unmap(&mm, &primary, 0, 2 * PAGE))
         };
 
-        let second = Box::pin(MirrorSub::new(Mirror::new()));
-        second.as_ref().insert(&mm, PAGE, PAGE).unwrap();
+        second.insert(&mm, PAGE, PAGE).unwrap();
         fault(&second, &primary, true);
         t.join().unwrap();
         assert_eq!(
@@ -540,10 +546,17 @@ fn c13_insert_deferred_during_invalidation() {
             .unwrap()
             .end();
         assert_eq!(latest(&second.invalidations), n + 1, "C-13: insertion lost");
-        second.as_ref().remove().unwrap();
-        first.as_ref().remove().unwrap();
+        second.remove().unwrap();
+        first.remove().unwrap();
+        // SAFETY: nobody uses them any more.
+        unsafe {
+            C13D_SLOTS[0].take();
+            C13D_SLOTS[1].take();
+        }
     });
 }
+
+static C13D_SLOTS: [Fixed<MirrorSub>; 2] = [Fixed::new(), Fixed::new()];
 
 // ---------------------------------------------------------------------------------
 // C-05: get / put / synchronize.
@@ -1204,9 +1217,10 @@ fn owned(i: usize) -> (Pin<&'static OwnedSub>, Arc<AtomicUsize>, Arc<Memory>) {
 
 /// Two interval subscribers A `[0, PAGE)` and B `[PAGE, 2 PAGE)`; thread T invalidates
 /// `[0, 2 PAGE)` while the main thread drops A (its `Drop` removes it, then A's memory
-/// is freed). The walk may be passing through A when it is removed: loom checks every
+/// is freed) and reuses A's storage for a fresh subscriber nobody inserts. The walk may be passing through A when it is removed: loom checks every
 /// read of A's memory by its callback against the free, and B, which stays, is told
-/// exactly once. A later invalidation reaches B and not A. With `free_first` A's
+/// exactly once. A later invalidation reaches B and neither A nor the fresh subscriber
+/// (which only a core that touched A after `remove` returned could have linked). With `free_first` A's
 /// memory is freed before A is dropped (the twin).
 fn c13_removed_interval_freed_model(free_first: bool) {
     builder(3).check(move || {
@@ -1215,23 +1229,42 @@ fn c13_removed_interval_freed_model(free_first: bool) {
         let (b, b_calls, _b_mem) = owned(1);
         a.insert(&mm, 0, PAGE).unwrap();
         b.insert(&mm, PAGE, PAGE).unwrap();
+        let ghost_calls = Arc::new(AtomicUsize::new(0));
 
+        // The thread that removes and frees runs second, so that a schedule where the
+        // invalidation is preempted right after it made the sequence even, and the
+        // remover then returns, frees and reuses, fits in the preemption bound.
         let t = {
-            let mm = mm.clone();
+            let ghost_calls = ghost_calls.clone();
+            let a_calls = a_calls.clone();
             thread::spawn(move || {
-                mm.invalidate_range_start(Range::new(0, 2 * PAGE, Event::Unmap))
-                    .unwrap()
-                    .end();
+                if free_first {
+                    a_mem.free();
+                }
+                // SAFETY: A is not used after this (its `Drop` removes it).
+                unsafe { C13_SLOTS[0].take() };
+                let after = latest(&a_calls);
+                // The memory is reused at once, as a freed allocation would be: a fresh
+                // subscriber that nobody inserts. A core that still touched A after its
+                // removal returned (a deferred removal applied after the sequence went
+                // even) now touches this one: it links it into the tree, and
+                // invalidations call it.
+                // SAFETY: A was dropped above and is used by nobody.
+                let _ghost = unsafe {
+                    C13_SLOTS[0].place(IntervalSubscriber::new(Owned {
+                        calls: ghost_calls,
+                        mem: Arc::new(Memory::new()),
+                        lock: Mutex::new(()),
+                    }))
+                };
+                after
             })
         };
 
-        if free_first {
-            a_mem.free();
-        }
-        // SAFETY: A is not used after this (its `Drop` removes it).
-        unsafe { C13_SLOTS[0].take() };
-        let after = latest(&a_calls);
-        t.join().unwrap();
+        mm.invalidate_range_start(Range::new(0, 2 * PAGE, Event::Unmap))
+            .unwrap()
+            .end();
+        let after = t.join().unwrap();
         assert_eq!(latest(&a_calls), after, "C-13: invalidate ran after remove");
         assert_eq!(
             latest(&b_calls),
@@ -1247,9 +1280,17 @@ fn c13_removed_interval_freed_model(free_first: bool) {
             after,
             "C-13: a removed interval was called"
         );
+        assert_eq!(
+            latest(&ghost_calls),
+            0,
+            "C-13: the core used a removed interval's memory after remove returned"
+        );
         let _ = a;
-        // SAFETY: nobody uses B any more.
-        unsafe { C13_SLOTS[1].take() };
+        // SAFETY: nobody uses B or the fresh subscriber any more.
+        unsafe {
+            C13_SLOTS[0].take();
+            C13_SLOTS[1].take();
+        }
     });
 }
 
@@ -1516,5 +1557,33 @@ fn c02_teardown_between_start_and_end() {
             assert_eq!(s, e, "C-02: start without its end (starts {s}, ends {e})");
             sub.as_ref().as_ref().unregister().unwrap();
         });
+    });
+}
+
+/// Thread B runs one invalidation while the main thread unregisters the subscriber.
+/// C-02: an invalidation that called the subscriber's start delivers its end before
+/// `unregister` returns (unregister waits for the in-flight invalidations; the broken
+/// twin of this oracle is `c02_detects_leaked_invalidation`).
+#[test]
+fn c02_unregister_between_start_and_end() {
+    builder(3).check(|| {
+        let mm = Arc::new(AddressSpace::<P>::new());
+        let sub = Arc::new(Box::pin(Subscriber::<_, P>::new(Pairs::default())));
+        sub.as_ref().as_ref().register(&mm).unwrap();
+        let t = {
+            let mm = mm.clone();
+            thread::spawn(move || {
+                mm.invalidate_range_start(Range::new(0, PAGE, Event::Unmap))
+                    .unwrap()
+                    .end();
+            })
+        };
+        sub.as_ref().as_ref().unregister().unwrap();
+        let (s, e) = (latest(&sub.starts), latest(&sub.ends));
+        assert_eq!(
+            s, e,
+            "C-02: unregister returned between a start and its end (starts {s}, ends {e})"
+        );
+        t.join().unwrap();
     });
 }

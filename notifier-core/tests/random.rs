@@ -63,7 +63,7 @@ const CONFIG: Config = if cfg!(miri) {
     }
 } else {
     Config {
-        rounds: 150,
+        rounds: 400,
         threads: 3,
         ops: 400,
         lists: 2,
@@ -710,4 +710,81 @@ fn random_whole_core() {
         );
     }
     assert!(failed.is_empty(), "the oracle found violations:\n{msg}");
+}
+
+/// The portable SRCU's grace periods end although readers never stop: two threads
+/// keep at least one read-side section open at every moment, each re-entering while
+/// the other is inside, so the *active* index is never idle. `synchronize` must wait
+/// only for the readers that were already inside (it waits for the inactive index,
+/// flips, and waits for the formerly active one, which new readers no longer enter).
+/// A grace period that waited for the active index would never end: this test then
+/// hangs (cargo-mutants reports it as a timeout).
+#[test]
+fn srcu_grace_periods_end_under_continuous_readers() {
+    use notifier_core::srcu::{SleepableRcu, Srcu};
+
+    let rcu = Srcu::<P>::new();
+    let inside = AtomicUsize::new(0);
+    let stop = AtomicBool::new(false);
+    thread::scope(|s| {
+        for _ in 0..2 {
+            s.spawn(|| {
+                while !stop.load(Ordering::SeqCst) {
+                    let g = rcu.read_lock();
+                    inside.fetch_add(1, Ordering::SeqCst);
+                    // Leave only once the other reader is inside too.
+                    while inside.load(Ordering::SeqCst) < 2 && !stop.load(Ordering::SeqCst) {
+                        thread::yield_now();
+                    }
+                    inside.fetch_sub(1, Ordering::SeqCst);
+                    drop(g);
+                }
+            });
+        }
+        while inside.load(Ordering::SeqCst) == 0 {
+            thread::yield_now();
+        }
+        for _ in 0..if cfg!(miri) { 2 } else { 20 } {
+            rcu.synchronize();
+        }
+        stop.store(true, Ordering::SeqCst);
+    });
+}
+
+/// Readers on more threads than the portable SRCU has slots share slots: every thread's
+/// read-side section lands on a valid slot, whatever its task number (here beyond
+/// `SLOTS * SLOTS`), and a grace period still waits for one that is open.
+#[test]
+#[cfg_attr(miri, ignore = "spawns over a thousand threads")]
+fn srcu_readers_beyond_slots() {
+    use notifier_core::srcu::{SleepableRcu, Srcu, SLOTS};
+
+    let rcu = Srcu::<P>::new();
+    for _ in 0..SLOTS * SLOTS + 8 {
+        thread::scope(|s| {
+            s.spawn(|| drop(rcu.read_lock()));
+        });
+    }
+    // One more reader, holding its section while a grace period runs.
+    let entered = AtomicBool::new(false);
+    let left = AtomicBool::new(false);
+    thread::scope(|s| {
+        s.spawn(|| {
+            let g = rcu.read_lock();
+            entered.store(true, Ordering::SeqCst);
+            for _ in 0..100 {
+                thread::yield_now();
+            }
+            left.store(true, Ordering::SeqCst);
+            drop(g);
+        });
+        while !entered.load(Ordering::SeqCst) {
+            thread::yield_now();
+        }
+        rcu.synchronize();
+        assert!(
+            left.load(Ordering::SeqCst),
+            "a grace period ended while a reader that began before it was inside"
+        );
+    });
 }
