@@ -542,59 +542,6 @@ fn c22_read_begin_racing_remove_after_the_space_is_gone() {
     notifier_core::synchronize::<P>().unwrap();
 }
 
-// ------------------------------------------------------------------ C-23, bug 8
-
-/// Intervals whose starts an adversary chose to sort like the old treap's priorities
-/// (derived from the node addresses): the treap became a path, and its recursive walk
-/// overflowed a small kernel-sized stack. The tree must stay O(log n) deep whatever
-/// the order, and the invalidation walk must not recurse.
-#[test]
-fn c23_adversarial_intervals_walk_on_a_small_stack() {
-    static CALLS: AtomicUsize = AtomicUsize::new(0);
-    struct Counting;
-    impl IntervalOps<P> for Counting {
-        fn invalidate(&self, iv: &Interval<P>, _r: &Range, seq: u64) -> Result<(), WouldBlock> {
-            iv.set_seq(seq);
-            CALLS.fetch_add(1, Ordering::Relaxed);
-            Ok(())
-        }
-    }
-    let n: usize = if cfg!(miri) { 64 } else { 3000 };
-    let mut subs: Vec<IntervalSubscriber<Counting, P>> = Vec::with_capacity(n);
-    for _ in 0..n {
-        subs.push(IntervalSubscriber::new(Counting));
-    }
-    // The old treap's priority of an interval at address `a`.
-    let prio = |a: usize| (a >> 4).wrapping_mul(0x9E37_79B9_7F4A_7C15_u64 as usize);
-    let mut order: Vec<usize> = (0..n).collect();
-    order.sort_by_key(|&i| prio(&subs[i] as *const _ as usize));
-    let mm = AddressSpace::<P>::new();
-    for (rank, &i) in order.iter().enumerate() {
-        // SAFETY: `subs` is never moved or reallocated until every element is removed
-        // below (and `Vec` drops them in place).
-        let s = unsafe { Pin::new_unchecked(&subs[i]) };
-        s.insert(&mm, (rank + 1) * PG, PG).unwrap();
-    }
-    let mm = &mm;
-    thread::scope(|sc| {
-        thread::Builder::new()
-            .stack_size(32 * 1024)
-            .spawn_scoped(sc, move || unmap(mm, PG, (n + 1) * PG))
-            .unwrap()
-            .join()
-            .unwrap();
-    });
-    assert_eq!(
-        CALLS.load(Ordering::Relaxed),
-        n,
-        "every interval is told once (C-11)"
-    );
-    for s in &subs {
-        // SAFETY: as above.
-        unsafe { Pin::new_unchecked(s) }.remove().unwrap();
-    }
-}
-
 /// `unexport` from inside `revoke` waits for that very `revoke`: it must be refused.
 #[test]
 fn c16_unexport_from_inside_revoke_is_refused() {
