@@ -91,7 +91,9 @@ fi
 
 if ! skip loom; then
   stage "loom models"
-  RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom \
+  # Debug assertions on: the core's internal invariants (debug_assert!) are checked in
+  # every explored schedule.
+  RUSTFLAGS="--cfg loom -C debug-assertions" CARGO_TARGET_DIR=target/loom \
     cargo test -p notifier-core --test loom --release -- --test-threads=1
 fi
 

@@ -678,6 +678,15 @@ impl<T: IntervalOps<P>, P: Platform> IntervalSubscriber<T, P> {
             // invalidation has ended and applied the removal.
             subs.wq
                 .wait_until::<P>(|| subs.invalidate_seq.load(Ordering::Acquire) != seq);
+            // The sequence becomes even only after the deferred changes are applied
+            // (release, read above with acquire): the interval is out of the tree.
+            debug_assert!(
+                !iv.in_tree.load(Ordering::Relaxed),
+                "C-13: remove returned while the interval is still in the tree"
+            );
+            // And the applier's critical section is over before the caller may free
+            // the interval.
+            drop(subs.lock.lock());
         }
         iv.owner.store(ptr::null_mut(), Ordering::Release);
         // SAFETY: the reference taken at insert, dropped once, through the pointer
