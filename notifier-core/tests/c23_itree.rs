@@ -212,6 +212,47 @@ fn c23_random_inserts_removes_and_walks_match_the_model() {
     }
 }
 
+/// A tree deep enough that walks go left more often than the ring of ancestors holds (8),
+/// way back up through the parent links, against the model.
+#[test]
+fn c23_walks_of_a_deep_tree_match_the_model() {
+    let (n, queries) = if cfg!(miri) {
+        (300, 20)
+    } else {
+        (100_000, 300)
+    };
+    let mut rng = Rng(42);
+    let pool = Pool::new((0..n).map(|_| {
+        let s = rng.below(4 * n);
+        let long = rng.below(8) == 0;
+        (s, s + rng.below(if long { 64 } else { 4 }))
+    }));
+    let mut order: Vec<usize> = (0..n).collect();
+    for i in (1..n).rev() {
+        order.swap(i, rng.below(i + 1));
+    }
+    let mut t = Checked::new(&pool);
+    for &i in &order {
+        t.insert(i);
+    }
+    t.check();
+    if !cfg!(miri) {
+        assert!(t.tree.depth() > 16, "not deep enough");
+    }
+    let mut by_key: Vec<usize> = (0..n).collect();
+    by_key.sort_by_key(|&i| pool.key(i));
+    for q in 0..queries {
+        let a = rng.below(4 * n);
+        let b = a + [0, 1, 7, 100, 3000][q % 5];
+        let want: Vec<usize> = by_key
+            .iter()
+            .copied()
+            .filter(|&i| pool.nodes[i].start <= b && pool.nodes[i].last >= a)
+            .collect();
+        assert_eq!(t.walk(a, b, usize::MAX), want, "query {q}");
+    }
+}
+
 /// Insertion orders an adversary would choose, each as starts (and a length).
 fn adversarial(n: usize) -> Vec<(&'static str, Vec<(usize, usize)>)> {
     let zigzag = (0..n).map(|i| if i % 2 == 0 { i / 2 } else { n - 1 - i / 2 });
