@@ -32,11 +32,17 @@
 //! assert!(out.contains("ok 1 C-09 no_stale_translation"), "{out}");
 //! ```
 //!
-//! `tests/runner.rs` runs every case of the runner on it, deterministic over several
+//! [`mirror`] has the interval kinds: an HMM-style mirror following `read_begin` /
+//! `read_retry` (one-pass and two-pass), and their broken forms (no `read_retry`, a
+//! second pass that does not complete the invalidation).
+//!
+//! `tests/runner.rs` runs every case of the runner on them, deterministic over several
 //! seeds and on real threads, and shows the broken variant caught.
 
 #![no_std]
 #![deny(unsafe_op_in_unsafe_fn)]
+
+pub mod mirror;
 
 use core::pin::Pin;
 use core::sync::atomic::{AtomicU64, Ordering};
