@@ -36,8 +36,15 @@
 //! registry and the core's internals): the suite checks those with its own consumers.
 //!
 //! A broken consumer is caught through the oracles: see the repository's
-//! `examples/consumer-check` crate, a toy device TLB that passes and its variant that
-//! installs without the sequence check, which C-09 catches.
+//! `examples/consumer-check` crate, a toy device TLB and toy HMM-style mirrors (one- and
+//! two-pass) that pass, and their broken variants with the cases that catch them (no
+//! sequence check: C-09; zapping at `end`: C-09 through the translation oracle alone;
+//! no `read_retry`: C-12; a lazy second pass: C-14).
+//!
+//! A consumer that livelocks (a fault that waits forever for an invalidation that never
+//! ends in its own bookkeeping) is not reported as a KTAP line: on the deterministic
+//! simulator the step budget turns it into a panic of the run, on real threads the run
+//! does not end.
 
 use core::fmt::Write;
 use core::pin::{pin, Pin};
