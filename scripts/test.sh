@@ -84,7 +84,9 @@ if ! skip doc; then
 fi
 
 if ! skip test; then
-  stage "tests: core cases, export registry, differential corpus, conformance suite on the simulator (both modes) and its teeth, zero allocations, doctests"
+  stage "tests: core cases, export registry, differential corpus, conformance suite on the simulator (both modes) and its teeth, zero allocations, doctests, the example consumer through the public runner"
+  # Includes examples/consumer-check: a third-party consumer through
+  # notifier_conformance::run_consumer on the simulator, and its broken variants caught.
   cargo test --workspace
   cargo bench -p notifier-benches --no-run
 fi

@@ -57,6 +57,18 @@ impl SimConfig {
 
 /// A simulated machine implementing the suite's [`Harness`].
 ///
+/// It is also the test bed for a secondary MMU of your own: implement
+/// `notifier_conformance::SecondaryMmu` for it and call
+/// `notifier_conformance::run_consumer` on [`SimHarness::deterministic`] (a seeded
+/// scheduler switches tasks at every `yield_now` and lock: a failing seed replays) for a
+/// few seeds, and on [`SimHarness::threads`] (real threads). The machine has every
+/// capability of [`Cap`] but soft-dirty tracking, both oracles of C-09
+/// ([`Harness::frame_live`] with allocation generations, so that a reused frame is told
+/// apart, and [`Harness::check_translation`]; [`SimConfig::translation_oracle`] turns
+/// the second off to show what only it catches), few frames (so that they are reused),
+/// and a step budget that turns a livelock into a panic in deterministic mode. The
+/// repository's `examples/consumer-check` is a worked example.
+///
 /// ```
 /// use backend_sim::harness::Harness;
 /// use backend_sim::SimHarness;

@@ -114,7 +114,7 @@ pub(crate) fn all<H: Harness, S: Notifiers<H>>() -> [(&'static str, &'static str
     ]
 }
 
-fn need<H: Harness>(h: &H, cap: Cap) -> Outcome {
+pub(crate) fn need<H: Harness>(h: &H, cap: Cap) -> Outcome {
     match h.lacks(cap) {
         Some(r) => Err(Fail::NotApplicable(r)),
         None => Ok(()),
@@ -131,38 +131,38 @@ fn need_mode<H: Harness, S: Notifiers<H>>(f: Feature) -> Outcome {
 
 /// Whether the suite's own calls on the backend's `AddressSpace` reach the consumers:
 /// the backend allows them and the consumers subscribe to the core.
-fn direct<H: Harness, S: Notifiers<H>>(h: &H) -> bool {
+pub(crate) fn direct<H: Harness, S: Notifiers<H>>(h: &H) -> bool {
     h.lacks(Cap::DirectCalls).is_none() && S::lacks(Feature::DirectCalls).is_none()
 }
 
-fn page<H: Harness>() -> usize {
+pub(crate) fn page<H: Harness>() -> usize {
     <H::P as Platform>::PAGE_SIZE
 }
 
 /// Where the cases map their memory.
-const BASE: usize = 0x4000_0000;
+pub(crate) const BASE: usize = 0x4000_0000;
 /// Pages mapped by most cases.
-const PAGES: usize = 8;
+pub(crate) const PAGES: usize = 8;
 /// Forks in the second part of C-09 (each maps one more page first).
-const FORKS: usize = 16;
+pub(crate) const FORKS: usize = 16;
 
 /// An address space for one case: torn down and forgotten when dropped (declare it
 /// first, so that consumers registered on it are dropped — unregistered — before).
-struct Space<'h, H: Harness> {
+pub(crate) struct Space<'h, H: Harness> {
     h: &'h H,
-    mm: Mm,
-    torn: bool,
+    pub(crate) mm: Mm,
+    pub(crate) torn: bool,
 }
 
 impl<'h, H: Harness> Space<'h, H> {
-    fn new(h: &'h H) -> Result<Self, Fail> {
+    pub(crate) fn new(h: &'h H) -> Result<Self, Fail> {
         Ok(Space {
             h,
             mm: h.create_mm()?,
             torn: false,
         })
     }
-    fn with_pages(h: &'h H, pages: usize) -> Result<Self, Fail> {
+    pub(crate) fn with_pages(h: &'h H, pages: usize) -> Result<Self, Fail> {
         let s = Self::new(h)?;
         h.map(s.mm, BASE, pages * page::<H>())?;
         for i in 0..pages {
@@ -170,10 +170,10 @@ impl<'h, H: Harness> Space<'h, H> {
         }
         Ok(s)
     }
-    fn asp(&self) -> &'h AddressSpace<H::P> {
+    pub(crate) fn asp(&self) -> &'h AddressSpace<H::P> {
         self.h.address_space(self.mm)
     }
-    fn teardown(&mut self) {
+    pub(crate) fn teardown(&mut self) {
         if !self.torn {
             self.torn = true;
             self.h.teardown(self.mm);
@@ -188,14 +188,18 @@ impl<H: Harness> Drop for Space<'_, H> {
     }
 }
 
-fn addr<H: Harness>(i: usize) -> usize {
+pub(crate) fn addr<H: Harness>(i: usize) -> usize {
     BASE + i * page::<H>()
 }
 
 /// Both oracles of C-09 over one consumer's accesses: none reached a freed page
 /// (`violations`), none used a translation that was not the primary entry at that
 /// moment (`stale`, where the backend has that oracle).
-fn oracles<P: Platform>(who: &str, violations: &AtomicU32, stale: &StaleUses<P>) -> Outcome {
+pub(crate) fn oracles<P: Platform>(
+    who: &str,
+    violations: &AtomicU32,
+    stale: &StaleUses<P>,
+) -> Outcome {
     let v = violations.load(Ordering::Relaxed);
     ensure!(v == 0, "{who} reached {v} freed pages (stale translations)");
     if let Some((a, why)) = stale.first() {
@@ -210,19 +214,19 @@ fn oracles<P: Platform>(who: &str, violations: &AtomicU32, stale: &StaleUses<P>)
 
 /// The first error a concurrent task hit (tasks cannot return one). A capability the
 /// backend lacks stays "not applicable", as it would outside a task.
-struct FirstError<P: Platform>(SpinLock<P, Option<Fail>>);
+pub(crate) struct FirstError<P: Platform>(SpinLock<P, Option<Fail>>);
 
 impl<P: Platform> FirstError<P> {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         FirstError(SpinLock::new(None))
     }
-    fn set(&self, e: Fail) {
+    pub(crate) fn set(&self, e: Fail) {
         let mut g = self.0.lock();
         if g.is_none() {
             *g = Some(e);
         }
     }
-    fn check(&self) -> Outcome {
+    pub(crate) fn check(&self) -> Outcome {
         match self.0.lock().take() {
             Some(e) => Err(e),
             None => Ok(()),
@@ -837,7 +841,7 @@ fn c08_non_blocking<H: Harness, S: Notifiers<H>>(h: &H, cfg: &Config) -> Outcome
 /// The primary MMU of the race cases: `cfg.rounds` operations over the pages, one in
 /// `every` a migration (where the backend has it), the others an unmap and a remap;
 /// then `stop`.
-fn unmap_and_migrate<H: Harness>(
+pub(crate) fn unmap_and_migrate<H: Harness>(
     h: &H,
     sp: &Space<'_, H>,
     cfg: &Config,

@@ -149,7 +149,14 @@ impl<P: notifier_core::Platform> StaleUses<P> {
         *self.first.lock()
     }
 
-    fn check<H: Harness<P = P>>(&self, h: &H, mm: Mm, addr: usize, frame: Frame, write: bool) {
+    pub(crate) fn check<H: Harness<P = P>>(
+        &self,
+        h: &H,
+        mm: Mm,
+        addr: usize,
+        frame: Frame,
+        write: bool,
+    ) {
         if let TranslationCheck::Stale(why) = h.check_translation(mm, addr, frame, write) {
             self.count.fetch_add(1, Ordering::Relaxed);
             self.first.lock().get_or_insert((addr, why));

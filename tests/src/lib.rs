@@ -23,6 +23,16 @@
 //! checks of what only the core has (typed misuse errors, direct calls, two-pass
 //! intervals, shared subscribers, the export registry) are then not applicable.
 //!
+//! **Testing your own secondary MMU.** Implement [`SecondaryMmu`] for your consumer (it
+//! owns its `notifier_core::Subscriber` or `IntervalSubscriber`, faults translations in
+//! through the [`Harness`], reports each use of a translation to [`Uses`]) and call
+//! [`run_consumer`]: it is put through the consumer-facing cases (C-01 to C-04, C-06,
+//! C-07, C-09 with both oracles, C-10, and C-12 and C-14 for the interval kinds) on any
+//! harness, with the same KTAP output. The simulator's `backend_sim::SimHarness` is the
+//! test bed (deterministic with a seed, or on real threads); the repository's
+//! `examples/consumer-check` crate is a worked example, with broken variants and the
+//! cases that catch them. See [`runner`].
+//!
 //! Output: KTAP version 1, as KUnit prints it, so that kernel test tooling reads it:
 //!
 //! ```text
@@ -59,9 +69,11 @@ use arrayvec::{ArrayString, ArrayVec};
 mod cases;
 pub mod consumers;
 pub mod harness;
+pub mod runner;
 pub mod subscribe;
 
 pub use harness::Harness;
+pub use runner::{run_consumer, Kind, Report, SecondaryMmu, Uses};
 pub use subscribe::{Core, Notifiers};
 
 /// A deliberately broken consumer, and the cases that must catch it.
@@ -208,12 +220,18 @@ pub struct Summary {
     /// Cases not applicable on this backend.
     pub skipped: u32,
     failed_ids: ArrayVec<&'static str, 32>,
+    skipped_ids: ArrayVec<(&'static str, &'static str), 32>,
 }
 
 impl Summary {
     /// The ids of the cases that failed, in order.
     pub fn failed_cases(&self) -> &[&'static str] {
         &self.failed_ids
+    }
+
+    /// The cases that were not applicable, in order: id and reason.
+    pub fn skipped_cases(&self) -> &[(&'static str, &'static str)] {
+        &self.skipped_ids
     }
 }
 
@@ -285,36 +303,53 @@ pub fn run<H: Harness>(h: &H, cfg: &Config, out: &mut dyn Write) -> Summary {
 /// backend's reference mode: its platform's own notifier). Same output as [`run`]; the
 /// header names the mode when it is not [`Core`].
 pub fn run_with<H: Harness, S: Notifiers<H>>(h: &H, cfg: &Config, out: &mut dyn Write) -> Summary {
-    let mut sum = Summary::default();
     let core = <S as Notifiers<H>>::NAME == <Core as Notifiers<H>>::NAME;
     let all = cases::all::<H, S>();
-    let chosen = |id: &str| cfg.only.is_none_or(|o| o == id);
-    let planned = all.iter().filter(|(id, _, _)| chosen(id)).count();
-    let _ = writeln!(out, "KTAP version 1");
-    let _ = writeln!(
+    ktap(
         out,
-        "# notifier conformance suite on {}{}{}{}{}",
-        OneLine(h.name()),
-        if core { "" } else { ", subscribed to: " },
-        if core { "" } else { S::NAME },
-        if cfg.twin.is_some() {
-            ", broken consumer: "
-        } else {
-            ""
-        },
-        cfg.twin.map_or("", Twin::name)
-    );
+        format_args!(
+            "notifier conformance suite on {}{}{}{}{}",
+            OneLine(h.name()),
+            if core { "" } else { ", subscribed to: " },
+            if core { "" } else { S::NAME },
+            if cfg.twin.is_some() {
+                ", broken consumer: "
+            } else {
+                ""
+            },
+            cfg.twin.map_or("", Twin::name)
+        ),
+        all.iter().map(|(id, name, _)| (*id, *name)),
+        cfg.only,
+        &mut |i| (all[i].2)(h, cfg),
+    )
+}
+
+/// The KTAP printer of every run: the header (`# {header}`), one result line per case
+/// chosen by `only` (`run(i)` runs the `i`-th of `cases`), the closing summary line.
+pub(crate) fn ktap(
+    out: &mut dyn Write,
+    header: fmt::Arguments<'_>,
+    cases: impl Iterator<Item = (&'static str, &'static str)> + Clone,
+    only: Option<&str>,
+    run: &mut dyn FnMut(usize) -> cases::CaseResult,
+) -> Summary {
+    let mut sum = Summary::default();
+    let chosen = |id: &str| only.is_none_or(|o| o == id);
+    let planned = cases.clone().filter(|(id, _)| chosen(id)).count();
+    let _ = writeln!(out, "KTAP version 1");
+    let _ = writeln!(out, "# {header}");
     let _ = writeln!(out, "# the cases: docs/CONTRACT.md");
     let _ = writeln!(out, "1..{planned}");
     let mut n = 0;
-    for (id, name, case) in all {
+    for (i, (id, name)) in cases.enumerate() {
         if !chosen(id) {
             continue;
         }
         n += 1;
         // KTAP: `ok N name`, `ok N name # SKIP reason`, `not ok N name # reason`; what
         // follows `#` is kept on the one line (a message's line breaks become spaces).
-        match case(h, cfg) {
+        match run(i) {
             Ok(None) => {
                 sum.passed += 1;
                 let _ = writeln!(out, "ok {n} {id} {name}");
@@ -330,6 +365,7 @@ pub fn run_with<H: Harness, S: Notifiers<H>>(h: &H, cfg: &Config, out: &mut dyn 
             }
             Err(Fail::NotApplicable(r)) => {
                 sum.skipped += 1;
+                let _ = sum.skipped_ids.try_push((id, r));
                 let _ = writeln!(out, "ok {n} {id} {name} # SKIP {}", OneLine(r));
             }
         }
