@@ -968,6 +968,52 @@ fn c14_default_first_pass_is_invalidate() {
     assert_eq!(*SEEN.lock().unwrap(), vec!["invalidate", "finish"]);
 }
 
+/// An interval subscriber's callbacks run in a non-blocking region exactly when the
+/// range is not blockable (C-08); `check_retry` is the lock-free hint of `read_retry`;
+/// `is_inserted` follows insert and remove.
+#[test]
+fn c08_c12_interval_callbacks_non_blocking_only_when_the_range_is() {
+    use notifier_core::std_platform::StdPlatform;
+    static SEEN: Mutex<Vec<(bool, bool)>> = Mutex::new(Vec::new());
+    struct Probe;
+    impl IntervalOps<P> for Probe {
+        const TWO_PASS: bool = true;
+        fn invalidate(&self, iv: &Interval<P>, r: &Range, s: u64) -> Result<(), WouldBlock> {
+            iv.set_seq(s);
+            SEEN.lock()
+                .unwrap()
+                .push((r.blockable, StdPlatform::in_non_block()));
+            Ok(())
+        }
+        fn invalidate_finish(&self, _iv: &Interval<P>, r: &Range, _s: u64) {
+            SEEN.lock()
+                .unwrap()
+                .push((r.blockable, StdPlatform::in_non_block()));
+        }
+    }
+    let mm = AddressSpace::<P>::new();
+    let m = pin!(IntervalSubscriber::new(Probe));
+    assert!(!m.interval().is_inserted());
+    m.as_ref().insert(&mm, 0, 4 * PG).unwrap();
+    assert!(m.interval().is_inserted());
+    let seq = m.interval().read_begin().unwrap();
+    assert!(!m.interval().check_retry(seq));
+    mm.invalidate_range_start(Range::new(0, PG, Event::Unmap))
+        .unwrap()
+        .end();
+    assert!(m.interval().check_retry(seq));
+    mm.invalidate_range_start(Range::new(0, PG, Event::Unmap).non_blocking())
+        .unwrap()
+        .end();
+    assert!(!StdPlatform::in_non_block());
+    assert_eq!(
+        *SEEN.lock().unwrap(),
+        vec![(true, false), (true, false), (false, true), (false, true)]
+    );
+    m.as_ref().remove().unwrap();
+    assert!(!m.interval().is_inserted());
+}
+
 // ---------------------------------------------------------------- C-15
 
 #[test]
