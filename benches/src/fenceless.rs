@@ -53,6 +53,9 @@ unsafe impl Platform for Fenceless {
     fn might_sleep() {
         StdPlatform::might_sleep()
     }
+    fn with_task_state<R>(f: impl FnOnce(&notifier_core::task::TaskState) -> R) -> R {
+        StdPlatform::with_task_state(f)
+    }
     fn non_block_start() {
         StdPlatform::non_block_start()
     }

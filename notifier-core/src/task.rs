@@ -67,16 +67,27 @@ pub const TASK_TABLE_ENTRIES: usize = 1024;
 /// the platform should make impossible by sizing or by overriding
 /// [`Platform::with_task_state`].
 pub struct TaskTable<const N: usize> {
-    tasks: [AtomicUsize; N],
-    states: [TaskState; N],
+    entries: [Entry; N],
+}
+
+/// One task's entry, alone on its cache line: tasks on different CPUs never write the
+/// same line.
+#[repr(align(64))]
+struct Entry {
+    task: AtomicUsize,
+    state: TaskState,
 }
 
 impl<const N: usize> TaskTable<N> {
     /// An empty table.
     pub const fn new() -> Self {
         TaskTable {
-            tasks: [const { AtomicUsize::new(0) }; N],
-            states: [const { TaskState::new() }; N],
+            entries: [const {
+                Entry {
+                    task: AtomicUsize::new(0),
+                    state: TaskState::new(),
+                }
+            }; N],
         }
     }
 
@@ -86,7 +97,7 @@ impl<const N: usize> TaskTable<N> {
         let start = task.wrapping_mul(0x9E37_79B9) % N;
         for i in 0..N {
             let k = (start + i) % N;
-            if self.tasks[k].load(Ordering::Relaxed) == task {
+            if self.entries[k].task.load(Ordering::Relaxed) == task {
                 return self.run(k, f);
             }
         }
@@ -99,11 +110,12 @@ impl<const N: usize> TaskTable<N> {
         }
         for i in 0..N {
             let k = (start + i) % N;
-            if self.tasks[k]
+            if self.entries[k]
+                .task
                 .compare_exchange(0, task, Ordering::Relaxed, Ordering::Relaxed)
                 .is_ok()
             {
-                let s = &self.states[k];
+                let s = &self.entries[k].state;
                 s.callbacks
                     .store(fresh.callbacks.load(Ordering::Relaxed), Ordering::Relaxed);
                 s.held
@@ -116,10 +128,10 @@ impl<const N: usize> TaskTable<N> {
     }
 
     fn run<R>(&self, k: usize, f: impl FnOnce(&TaskState) -> R) -> R {
-        let s = &self.states[k];
+        let s = &self.entries[k].state;
         let r = f(s);
         if s.is_idle() {
-            self.tasks[k].store(0, Ordering::Relaxed);
+            self.entries[k].task.store(0, Ordering::Relaxed);
         }
         r
     }
@@ -188,4 +200,56 @@ pub(crate) fn hold<P: Platform>() {
 #[inline]
 pub(crate) fn unhold<P: Platform>() {
     P::with_task_state(|s| TaskState::add(&s.held, -1));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn enter(t: &TaskTable<4>, task: usize) {
+        t.with(task, |s| TaskState::add(&s.callbacks, 1));
+    }
+    fn leave(t: &TaskTable<4>, task: usize) {
+        t.with(task, |s| TaskState::add(&s.callbacks, -1));
+    }
+    fn inside(t: &TaskTable<4>, task: usize) -> bool {
+        t.with(task, |s| s.callbacks.load(Ordering::Relaxed) != 0)
+    }
+    fn used(t: &TaskTable<4>) -> usize {
+        t.entries
+            .iter()
+            .filter(|e| e.task.load(Ordering::Relaxed) != 0)
+            .count()
+    }
+
+    /// The default table (the kernels' home of task states): a task owns an entry only
+    /// while busy, tasks do not see each other's states, and a query claims nothing.
+    #[test]
+    fn c16_default_task_table() {
+        let t = TaskTable::<4>::new();
+        assert!(!inside(&t, 7));
+        assert_eq!(used(&t), 0, "a query claimed an entry");
+        enter(&t, 7);
+        enter(&t, 7);
+        enter(&t, 9);
+        assert!(inside(&t, 7) && inside(&t, 9) && !inside(&t, 11));
+        assert_eq!(used(&t), 2);
+        leave(&t, 7);
+        assert!(inside(&t, 7), "nested: still inside");
+        leave(&t, 7);
+        assert!(!inside(&t, 7));
+        assert_eq!(used(&t), 1, "an idle task gives its entry back");
+        // Full: a fifth busy task is not tracked (and the others keep theirs).
+        for task in [20, 21, 22] {
+            enter(&t, task);
+        }
+        enter(&t, 23);
+        assert!(!inside(&t, 23));
+        assert!(inside(&t, 9) && inside(&t, 22));
+        t.with(9, |s| TaskState::add(&s.held, 1));
+        leave(&t, 9);
+        assert!(t.with(9, |s| s.held.load(Ordering::Relaxed)) == 1);
+        t.with(9, |s| TaskState::add(&s.held, -1));
+        assert_eq!(used(&t), 3);
+    }
 }
