@@ -639,6 +639,23 @@ fn c08_interval_refusal_unwinds() {
     // The tree is idle again: read_begin does not block.
     let s = ok.interval().read_begin().unwrap();
     assert!(!ok.interval().read_retry(s));
+    // Blockable: an interval's refusal is its bug, reported; the invalidation goes on
+    // to every subscriber and is not refused.
+    struct AlwaysRefuses;
+    impl IntervalOps<P> for AlwaysRefuses {
+        fn invalidate(&self, iv: &Interval<P>, _r: &Range, s: u64) -> Result<(), WouldBlock> {
+            iv.set_seq(s);
+            Err(WouldBlock)
+        }
+    }
+    let bad = pin!(IntervalSubscriber::new(AlwaysRefuses));
+    bad.as_ref().insert(&mm, 0, PG).unwrap();
+    let before = P::bugs(Bug::RefusedWhileBlockable);
+    let rb = Range::new(0, 8 * PG, Event::Unmap);
+    mm.invalidate_range_start(rb).unwrap().end();
+    assert_eq!(P::bugs(Bug::RefusedWhileBlockable), before + 1);
+    assert_eq!(l.log(), vec![Ev::Start(rb), Ev::End(rb)]);
+    assert_eq!(ok.seen.lock().unwrap().len(), 2);
 }
 
 #[test]
