@@ -38,7 +38,6 @@ use intrusive_collections::{intrusive_adapter, UnsafeRef};
 
 use crate::itree::{Links, Node};
 use crate::primitive::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
-use crate::srcu::SleepableRcu;
 use crate::subscriptions::Subscriptions;
 use crate::{task, AddressSpace, Bug, Error, Event, Platform, Range, WouldBlock};
 
@@ -102,6 +101,9 @@ pub struct Interval<P: Platform> {
     last: AtomicUsize,
     in_tree: AtomicBool,
     invalidate_seq: AtomicU64,
+    /// `read_begin`s looking at `owner` right now: `remove` waits for them before it
+    /// drops its reference on the subscriptions (C-22).
+    readers: AtomicUsize,
     owner: AtomicPtr<Subscriptions<P>>,
     deferred: AtomicLink,
     vtable: &'static IntervalVTable<P>,
@@ -122,6 +124,7 @@ impl<P: Platform> Interval<P> {
             last: AtomicUsize::new(0),
             in_tree: AtomicBool::new(false),
             invalidate_seq: AtomicU64::new(0),
+            readers: AtomicUsize::new(0),
             owner: AtomicPtr::new(ptr::null_mut()),
             deferred: AtomicLink::new(),
             vtable,
@@ -149,21 +152,16 @@ impl<P: Platform> Interval<P> {
     /// very one it would wait for (C-16).
     pub fn read_begin(&self) -> Result<u64, Error> {
         // `remove` on another thread may drop the last reference on the subscriptions
-        // (the address space may be gone already) while we look at them: take our own,
-        // inside a read-side section, which keeps the memory valid until then (C-22).
-        let pinned = {
-            let _rcu = P::rcu().read_lock();
-            let p = self.owner.load(Ordering::Acquire).map_addr(|a| a & !BUSY);
-            // SAFETY: the subscriptions are freed a grace period after their last
-            // reference went, and we are inside a read-side section.
-            match NonNull::new(p) {
-                // SAFETY: as above.
-                Some(s) if unsafe { s.as_ref() }.try_get_ref() => SubsRef(s),
-                _ => return Err(Error::NotRegistered),
-            }
-        };
-        // SAFETY: `pinned` holds a reference until the end of this function.
-        let subs = unsafe { pinned.0.as_ref() };
+        // (the address space may be gone already) while we look at them: count
+        // ourselves first; `remove` clears `owner`, then waits for the count (both
+        // sides write, then read the other's word, sequentially consistent) (C-22).
+        self.readers.fetch_add(1, Ordering::SeqCst);
+        let _reading = Reading(&self.readers);
+        crate::primitive::seqcst_rmw_then_load();
+        let p = self.owner.load(Ordering::SeqCst).map_addr(|a| a & !BUSY);
+        // SAFETY: non-null: the interval holds a reference on its subscriptions, which
+        // `remove` drops only after this reader has left (`readers`).
+        let subs = unsafe { p.as_ref() }.ok_or(Error::NotRegistered)?;
         let (seq, invalidating) = {
             let _inner = subs.lock.lock();
             // Pairs with the store in `set_seq`.
@@ -228,14 +226,12 @@ unsafe impl<P: Platform> Node for Interval<P> {
     }
 }
 
-/// A counted reference on subscriptions, dropped at the end of a scope.
-struct SubsRef<P: Platform>(NonNull<Subscriptions<P>>);
+/// One `read_begin` looking at the interval's subscriptions (see `Interval::readers`).
+struct Reading<'a>(&'a AtomicUsize);
 
-impl<P: Platform> Drop for SubsRef<P> {
+impl Drop for Reading<'_> {
     fn drop(&mut self) {
-        // SAFETY: the reference taken by `try_get_ref`, dropped once, through the
-        // pointer loaded from `owner`.
-        unsafe { Subscriptions::put_ref(self.0) };
+        self.0.fetch_sub(1, Ordering::Release);
     }
 }
 
@@ -533,7 +529,7 @@ impl<T: IntervalOps<P>, P: Platform> IntervalSubscriber<T, P> {
             }
             subs.get_ref();
             iv.owner.store(
-                (subs as *const Subscriptions<P> as *mut Subscriptions<P>).map_addr(|a| a | BUSY),
+                mm.subscriptions_raw().map_addr(|a| a | BUSY),
                 Ordering::Release,
             );
             iv.start.store(start, Ordering::Relaxed);
@@ -688,7 +684,13 @@ impl<T: IntervalOps<P>, P: Platform> IntervalSubscriber<T, P> {
             // the interval.
             drop(subs.lock.lock());
         }
-        iv.owner.store(ptr::null_mut(), Ordering::Release);
+        // No new `read_begin` reaches the subscriptions through us from here; wait for
+        // those that did (the store, then the load of `readers`: see `read_begin`).
+        iv.owner.store(ptr::null_mut(), Ordering::SeqCst);
+        crate::primitive::seqcst_rmw_then_load();
+        while iv.readers.load(Ordering::SeqCst) != 0 {
+            P::relax();
+        }
         // SAFETY: the reference taken at insert, dropped once, through the pointer
         // loaded from `owner`.
         unsafe { Subscriptions::put_ref(subs_ptr) };

@@ -54,6 +54,10 @@ impl<P: Platform> AddressSpace<P> {
                 true
             });
         }
+        // A `release` that a racing `unregister` claimed before us runs in a read-side
+        // section: wait for it before hiding anything, so that no subscriber stops
+        // hearing about changes before its `release` has run (C-03).
+        P::rcu().synchronize();
         // A node still being registered is visible only to invalidations that started
         // after its generation; hiding it now would make it visible to the older ones
         // at their end but not at their start. Wait for those (as its registration

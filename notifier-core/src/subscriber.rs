@@ -315,7 +315,7 @@ impl<P: Platform> Node<P> {
             }
             subs.get_ref();
             this.owner.store(
-                (subs as *const Subscriptions<P> as *mut Subscriptions<P>).map_addr(|a| a | BUSY),
+                mm.subscriptions_raw().map_addr(|a| a | BUSY),
                 Ordering::Release,
             );
             let gen = subs.next_gen();

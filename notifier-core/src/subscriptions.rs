@@ -15,7 +15,7 @@ use crate::interval::{DeferredAdapter, Interval};
 use crate::itree::Tree;
 use crate::primitive::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 use crate::range::validate_bounds;
-use crate::srcu::{Poll, RcuHead, ReadToken, Readers, SleepableRcu};
+use crate::srcu::{Poll, ReadToken, Readers, SleepableRcu};
 use crate::subscriber::{Node, NodeRef, ZOMBIE};
 use crate::sync::{SleepMutex, SpinLock, WaitQueue};
 use crate::task;
@@ -88,9 +88,6 @@ pub(crate) struct Subscriptions<P: Platform> {
     /// Serialises `get` so that one kind has one shared subscriber.
     pub(crate) get_lock: SleepMutex,
     refs: AtomicUsize,
-    /// Queues the free of the object after its last reference: a thread that loaded
-    /// an interval's pointer to it inside a read-side section may still look at it.
-    rcu: RcuHead,
     _p: PhantomData<P>,
 }
 
@@ -118,7 +115,6 @@ impl<P: Platform> Subscriptions<P> {
             wq: WaitQueue::new(),
             get_lock: SleepMutex::new(),
             refs: AtomicUsize::new(1),
-            rcu: RcuHead::new(),
             _p: PhantomData,
         }
     }
@@ -127,29 +123,7 @@ impl<P: Platform> Subscriptions<P> {
         self.refs.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Take a reference unless the count already reached zero (the object is then
-    /// queued for freeing). The caller is inside a read-side section of `P::rcu()`,
-    /// which keeps the memory valid for the attempt.
-    pub(crate) fn try_get_ref(&self) -> bool {
-        let mut cur = self.refs.load(Ordering::Relaxed);
-        loop {
-            if cur == 0 {
-                return false;
-            }
-            match self.refs.compare_exchange_weak(
-                cur,
-                cur + 1,
-                Ordering::Acquire,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => return true,
-                Err(now) => cur = now,
-            }
-        }
-    }
-
-    /// Drop one reference; the last queues the free of the object after a grace period
-    /// of `P::rcu()`.
+    /// Drop one reference; the last frees the object.
     ///
     /// # Safety
     ///
@@ -163,36 +137,14 @@ impl<P: Platform> Subscriptions<P> {
         let refs = unsafe { &(*this.as_ptr()).refs };
         if refs.fetch_sub(1, Ordering::Release) == 1 {
             crate::primitive::fence(Ordering::Acquire);
-            // SAFETY: that was the last reference; the head is queued once, here.
-            let head = unsafe { NonNull::new_unchecked(ptr::addr_of_mut!((*this.as_ptr()).rcu)) };
-            // Under loom the free is immediate: a callback still queued when a model's
-            // execution ends would outlive the execution's objects. The deferral
-            // (which only `read_begin` needs) is checked by Miri instead
-            // (`tests/hardening.rs`, c22_read_begin_racing_remove_after_the_space_is_gone).
-            #[cfg(loom)]
-            // SAFETY: as above; nobody else holds a reference.
+            // SAFETY: that was the last reference: nobody else can reach the object
+            // (`read_begin` counts itself in the interval, which waits for it before
+            // dropping its reference); it was allocated by `P::alloc` with this layout
+            // in `subscriptions_or_create`, and `this` has the allocation's provenance.
             unsafe {
-                Self::free_rcu(head)
-            };
-            #[cfg(not(loom))]
-            // SAFETY: as above.
-            unsafe {
-                P::rcu().call(head, Self::free_rcu)
-            };
-        }
-    }
-
-    unsafe extern "C" fn free_rcu(head: NonNull<RcuHead>) {
-        let off = core::mem::offset_of!(Self, rcu);
-        // SAFETY: `head` is the `rcu` field of a `Subscriptions<P>` queued by `put_ref`,
-        // with the provenance of the whole allocation.
-        let this = unsafe { head.byte_sub(off).cast::<Self>() };
-        // SAFETY: a grace period has passed since the last reference went: nobody can
-        // reach the object; it was allocated by `P::alloc` with this layout in
-        // `subscriptions_or_create`.
-        unsafe {
-            ptr::drop_in_place(this.as_ptr());
-            P::dealloc(this.cast(), Layout::new::<Self>());
+                ptr::drop_in_place(this.as_ptr());
+                P::dealloc(this.cast(), Layout::new::<Self>());
+            }
         }
     }
 
@@ -481,6 +433,15 @@ impl<P: Platform> AddressSpace<P> {
         // SAFETY: a non-null pointer was published by `subscriptions_or_create` and the
         // address space holds a reference on it until it is dropped.
         unsafe { p.as_ref() }
+    }
+
+    /// The subscriptions pointer as allocated (the provenance of the whole object,
+    /// which the last reference frees through): what subscribers store as their owner,
+    /// never a pointer made from a shared reference (C-22).
+    pub(crate) fn subscriptions_raw(&self) -> *mut Subscriptions<P> {
+        self.subs
+            .load(Ordering::Acquire)
+            .map_addr(|a| a & !TORN_DOWN)
     }
 
     /// Whether the address space has been torn down.
