@@ -538,8 +538,10 @@ fn clippy_module(root: &Path, kdir: &Path, bindgen_dir: &Path) -> Result<()> {
     let made = sh_logged(&mut c, &log);
     let text = fs::read_to_string(&log).map_err(|e| format!("{}: {e}", log.display()))?;
     let ours = own_diagnostics(&text, &build);
+    // Printed with the module's own paths, not the scratch copy's.
+    let scratch = format!("{}/", build.display());
     for d in &ours {
-        eprintln!("{d}");
+        eprintln!("{}", d.replace(&scratch, "backend-linux-kmod/"));
     }
     made?;
     if ours.is_empty() {
