@@ -220,6 +220,11 @@ impl Drop for KernelHarness {
     }
 }
 
+/// The kthread body of one task of `run_concurrently`.
+///
+/// # Safety
+///
+/// `arg` points to a `&(dyn Fn() + Sync)` that stays alive until this returns.
 unsafe extern "C" fn run_task(arg: *mut c_void) {
     // SAFETY: `arg` points to an element of the task slice `run_concurrently` keeps
     // alive until every task has returned.
@@ -502,6 +507,11 @@ struct SuiteRun {
     failed: u32,
 }
 
+/// The kthread that runs the suite.
+///
+/// # Safety
+///
+/// `arg` points to a `SuiteRun` that nothing else touches until `done` is set.
 unsafe extern "C" fn suite_main(arg: *mut c_void) {
     // SAFETY: `arg` is the `SuiteRun` of `run`, alive until this kthread returns.
     let run = unsafe { &mut *arg.cast::<SuiteRun>() };

@@ -179,7 +179,7 @@ pub(crate) fn clamp(start: usize, end: usize) -> Option<(usize, usize)> {
 /// [`clamp`] for a callback: counts a changed range, and an unforwardable one (also
 /// printed the first time).
 fn clamp_counted(what: &str, start: c_ulong, end: c_ulong) -> Option<(usize, usize)> {
-    let (s, e) = (start as usize, end as usize);
+    let (s, e) = (start, end);
     match clamp(s, e) {
         None => {
             count_first(&UNFORWARDABLE, what, start, end);

@@ -232,7 +232,8 @@ unsafe impl Platform for Kernel {
         // allocates on registration paths).
         let p = unsafe { nk_kmalloc(kmalloc_size(layout)) }.cast::<u8>();
         let p = NonNull::new(p)?;
-        if p.as_ptr().addr() % layout.align() != 0 {
+        // `as usize`, not `addr()`: the kernel's MSRV (1.78) predates `addr()`.
+        if p.as_ptr() as usize % layout.align() != 0 {
             // SAFETY: just allocated, never handed out.
             unsafe { nk_kfree(p.as_ptr().cast()) };
             return None;

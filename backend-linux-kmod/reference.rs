@@ -86,7 +86,7 @@ unsafe fn range(r: *const bindings::mmu_notifier_range) -> Range {
     let r = unsafe { &*r };
     // A code newer than this module: the safe reading is "it goes away".
     let ev = crate::mm::event(r.event).unwrap_or(Event::Unmap);
-    let mut out = Range::new(r.start as usize, r.end as usize, ev);
+    let mut out = Range::new(r.start, r.end, ev);
     out.blockable = r.flags & bindings::MMU_NOTIFIER_RANGE_BLOCKABLE != 0;
     out.owner = r.owner as usize;
     out
@@ -167,11 +167,18 @@ impl<T: SubscriberOps> CSub<T> {
         unsafe { &*mn.cast::<Self>() }
     }
 
+    /// # Safety
+    ///
+    /// Called by the kernel only: `mn` is the `mn` field of a registered `CSub<T>`.
     unsafe extern "C" fn c_release(mn: *mut bindings::mmu_notifier, _mm: *mut bindings::mm_struct) {
         // SAFETY: the kernel calls this only on `mn` notifiers (OPS is theirs).
         unsafe { Self::from_mn(mn) }.ops.release();
     }
 
+    /// # Safety
+    ///
+    /// Called by the kernel only: `mn` is the `mn` field of a registered `CSub<T>`,
+    /// `r` a live range.
     unsafe extern "C" fn c_start(
         mn: *mut bindings::mmu_notifier,
         r: *const bindings::mmu_notifier_range,
@@ -184,6 +191,10 @@ impl<T: SubscriberOps> CSub<T> {
         }
     }
 
+    /// # Safety
+    ///
+    /// Called by the kernel only: `mn` is the `mn` field of a registered `CSub<T>`,
+    /// `r` a live range.
     unsafe extern "C" fn c_end(
         mn: *mut bindings::mmu_notifier,
         r: *const bindings::mmu_notifier_range,
@@ -193,6 +204,9 @@ impl<T: SubscriberOps> CSub<T> {
         s.ops.invalidate_range_end(&r);
     }
 
+    /// # Safety
+    ///
+    /// Called by the kernel only: `mn` is the `mn` field of a registered `CSub<T>`.
     unsafe extern "C" fn c_clear_flush_young(
         mn: *mut bindings::mmu_notifier,
         _mm: *mut bindings::mm_struct,
@@ -201,9 +215,12 @@ impl<T: SubscriberOps> CSub<T> {
     ) -> c_int {
         // SAFETY: as in `c_release`.
         let s = unsafe { Self::from_mn(mn) };
-        c_int::from(s.ops.clear_flush_young(start as usize, end as usize))
+        c_int::from(s.ops.clear_flush_young(start, end))
     }
 
+    /// # Safety
+    ///
+    /// Called by the kernel only: `mn` is the `mn` field of a registered `CSub<T>`.
     unsafe extern "C" fn c_clear_young(
         mn: *mut bindings::mmu_notifier,
         _mm: *mut bindings::mm_struct,
@@ -212,9 +229,12 @@ impl<T: SubscriberOps> CSub<T> {
     ) -> c_int {
         // SAFETY: as in `c_release`.
         let s = unsafe { Self::from_mn(mn) };
-        c_int::from(s.ops.clear_young(start as usize, end as usize))
+        c_int::from(s.ops.clear_young(start, end))
     }
 
+    /// # Safety
+    ///
+    /// Called by the kernel only: `mn` is the `mn` field of a registered `CSub<T>`.
     unsafe extern "C" fn c_test_young(
         mn: *mut bindings::mmu_notifier,
         _mm: *mut bindings::mm_struct,
@@ -222,9 +242,12 @@ impl<T: SubscriberOps> CSub<T> {
     ) -> c_int {
         // SAFETY: as in `c_release`.
         let s = unsafe { Self::from_mn(mn) };
-        c_int::from(s.ops.test_young(addr as usize))
+        c_int::from(s.ops.test_young(addr))
     }
 
+    /// # Safety
+    ///
+    /// Called by the kernel only: `tlb` is the `tlb` field of a registered `CSub<T>`.
     unsafe extern "C" fn c_tlbs(
         tlb: *mut bindings::mmu_notifier,
         _mm: *mut bindings::mm_struct,
@@ -234,8 +257,7 @@ impl<T: SubscriberOps> CSub<T> {
         // SAFETY: the kernel calls this only on `tlb` notifiers (TLB_OPS is theirs), the
         // `tlb` field of a registered `CSub<T>`, alive while registered.
         let s = unsafe { &*tlb.byte_sub(offset_of!(Self, tlb)).cast::<Self>() };
-        s.ops
-            .invalidate_secondary_tlbs(start as usize, end as usize);
+        s.ops.invalidate_secondary_tlbs(start, end);
     }
 }
 
@@ -360,6 +382,10 @@ impl<T: IvOps> CInterval<T> {
         invalidate: Some(Self::c_invalidate),
     };
 
+    /// # Safety
+    ///
+    /// Called by the kernel only: `ivn` is the `ivn` field of an inserted
+    /// `CInterval<T>`, `r` a live range.
     unsafe extern "C" fn c_invalidate(
         ivn: *mut bindings::mmu_interval_notifier,
         r: *const bindings::mmu_notifier_range,
@@ -406,12 +432,12 @@ impl<T: IvOps> Seq for CInterval<T> {
 
     fn start(&self) -> usize {
         // SAFETY: written by insert before `inserted` was set, not changed after.
-        unsafe { (*self.ivn.get()).interval_tree.start as usize }
+        unsafe { (*self.ivn.get()).interval_tree.start }
     }
 
     fn last(&self) -> usize {
         // SAFETY: as in `start`.
-        unsafe { (*self.ivn.get()).interval_tree.last as usize }
+        unsafe { (*self.ivn.get()).interval_tree.last }
     }
 }
 

@@ -419,6 +419,11 @@ struct Churn {
     failures: AtomicUsize,
 }
 
+/// The kthread body of one concurrency worker.
+///
+/// # Safety
+///
+/// `arg` points to a `Churn` that stays alive until this returns.
 unsafe extern "C" fn churn(arg: *mut c_void) {
     // SAFETY: `arg` is a `Churn` that `concurrency_case` keeps alive until every
     // worker has returned.
@@ -618,8 +623,11 @@ impl Seen {
     }
 }
 
+/// One check of what a mode saw of nkhelper's page.
+type ProcessCheck = fn(&Seen) -> core::result::Result<(), ()>;
+
 /// The expectations on nkhelper's page, each checked in both modes.
-const PROCESS_CASES: [(&str, fn(&Seen) -> core::result::Result<(), ()>); 4] = [
+const PROCESS_CASES: [(&str, ProcessCheck); 4] = [
     (
         "C-06 mprotect in a user process: start/end with ProtectionVma over its page",
         |s| {

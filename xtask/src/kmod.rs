@@ -12,6 +12,11 @@
 //! 3. The module: `backend-linux-kmod/` built out of tree with that kernel's own Rust
 //!    rule; `notifier-core` and its dependencies are compiled from their sources where
 //!    cargo keeps them (workspace and registry), never copied into the repository.
+//!    Then the same make again with `CLIPPY=1` (Kbuild runs `clippy-driver` instead of
+//!    `rustc`, with the kernel's lint set) in a second scratch copy: any clippy warning
+//!    or error located in one of the module's own `.rs` files fails the run. The
+//!    core's and the suite's diagnostics there are not ours to apply (cargo clippy
+//!    checks them with the workspace's settings) and are ignored.
 //! 4. An initramfs (busybox-static, a RAM-disk swap, the module, and `nkhelper`, the
 //!    user process the module watches, built static with clang) and a QEMU boot
 //!    (software emulation only), with a timeout.
@@ -153,6 +158,13 @@ fn run(opts: &Options) -> Result<()> {
     step(&format!(
         "module built: {} ({:.0?})",
         ko.display(),
+        t0.elapsed()
+    ));
+    let t_clippy = Instant::now();
+    clippy_module(&root, &kdir, &bindgen_dir)?;
+    step(&format!(
+        "clippy clean on the module's own files ({:.0?}, {:.0?})",
+        t_clippy.elapsed(),
         t0.elapsed()
     ));
     let out = root.join("target/kmod");
@@ -455,7 +467,9 @@ fn crate_source(meta: &serde_json::Value, name: &str) -> Result<(PathBuf, String
     Err(format!("cargo metadata: no library `{name}`"))
 }
 
-fn build_module(root: &Path, kdir: &Path, bindgen_dir: &Path) -> Result<PathBuf> {
+/// The Kbuild `make` of the module's own files copied into `build` (a fresh scratch
+/// directory, so the clone stays clean and nothing is taken as up to date).
+fn module_make(root: &Path, kdir: &Path, bindgen_dir: &Path, build: &Path) -> Result<Command> {
     // The dependencies are compiled from where cargo keeps them; `cargo metadata`
     // downloads them if this machine has not yet.
     let meta = output(Command::new("cargo").current_dir(root).args([
@@ -475,11 +489,9 @@ fn build_module(root: &Path, kdir: &Path, bindgen_dir: &Path) -> Result<PathBuf>
     let (av_src, av_ed) = crate_source(&meta, "arrayvec")?;
     let (suite_src, suite_ed) = crate_source(&meta, "notifier-conformance")?;
 
-    // Built in a scratch copy of the module's own files, so the clone stays clean.
     let src = root.join("backend-linux-kmod");
-    let build = root.join("target/kmod/module");
-    let _ = fs::remove_dir_all(&build);
-    fs::create_dir_all(&build).map_err(|e| format!("{}: {e}", build.display()))?;
+    let _ = fs::remove_dir_all(build);
+    fs::create_dir_all(build).map_err(|e| format!("{}: {e}", build.display()))?;
     for e in fs::read_dir(&src).map_err(|e| format!("{}: {e}", src.display()))? {
         let e = e.map_err(|e| e.to_string())?;
         let name = e.file_name();
@@ -501,13 +513,81 @@ fn build_module(root: &Path, kdir: &Path, bindgen_dir: &Path) -> Result<PathBuf>
         .arg(format!("CONFORMANCE_SRC={}", suite_src.display()))
         .arg(format!("CONFORMANCE_EDITION={suite_ed}"))
         .arg("modules");
-    sh(&mut c)?;
+    Ok(c)
+}
+
+fn build_module(root: &Path, kdir: &Path, bindgen_dir: &Path) -> Result<PathBuf> {
+    let build = root.join("target/kmod/module");
+    sh(&mut module_make(root, kdir, bindgen_dir, &build)?)?;
     let ko = build.join(format!("{MODULE}.ko"));
     if ko.exists() {
         Ok(ko)
     } else {
         Err(format!("{} was not built", ko.display()))
     }
+}
+
+/// The module's own files under the kernel's clippy (`make CLIPPY=1`), in a scratch
+/// copy of their own: fails on any diagnostic located in one of them (printed), or if
+/// the make fails.
+fn clippy_module(root: &Path, kdir: &Path, bindgen_dir: &Path) -> Result<()> {
+    let build = root.join("target/kmod/module-clippy");
+    let mut c = module_make(root, kdir, bindgen_dir, &build)?;
+    c.arg("CLIPPY=1");
+    let log = root.join("target/kmod/clippy.log");
+    let made = sh_logged(&mut c, &log);
+    let text = fs::read_to_string(&log).map_err(|e| format!("{}: {e}", log.display()))?;
+    let ours = own_diagnostics(&text, &build);
+    // Printed with the module's own paths, not the scratch copy's.
+    let scratch = format!("{}/", build.display());
+    for d in &ours {
+        eprintln!("{}", d.replace(&scratch, "backend-linux-kmod/"));
+    }
+    made?;
+    if ours.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "clippy: {} diagnostic(s) in the module's own files (log: {})",
+            ours.len(),
+            log.display()
+        ))
+    }
+}
+
+/// The diagnostics in a clippy log whose primary location (the first `-->` line)
+/// is a `.rs` file in `dir`, each as printed.
+fn own_diagnostics(text: &str, dir: &Path) -> Vec<String> {
+    let dir = format!("{}/", dir.display());
+    let mut out = Vec::new();
+    let mut cur: Option<(Vec<&str>, Option<bool>)> = None;
+    let flush = |cur: &mut Option<(Vec<&str>, Option<bool>)>, out: &mut Vec<String>| {
+        if let Some((lines, Some(true))) = cur.take() {
+            out.push(lines.join("\n"));
+        }
+    };
+    for l in text.lines() {
+        let head = ["warning:", "warning[", "error:", "error["]
+            .iter()
+            .any(|h| l.starts_with(h));
+        if head {
+            flush(&mut cur, &mut out);
+            cur = Some((vec![l], None));
+        } else if l.trim().is_empty() {
+            // A diagnostic ends at the blank line rustc prints after it.
+            flush(&mut cur, &mut out);
+        } else if let Some((lines, ours)) = cur.as_mut() {
+            lines.push(l);
+            if ours.is_none() {
+                if let Some(loc) = l.trim_start().strip_prefix("--> ") {
+                    let file = loc.split(':').next().unwrap_or("");
+                    *ours = Some(file.starts_with(&dir) && file.ends_with(".rs"));
+                }
+            }
+        }
+    }
+    flush(&mut cur, &mut out);
+    out
 }
 
 /// One `newc` cpio entry.
@@ -918,6 +998,43 @@ mod tests {
         assert!(check_log(&no_ref, "exited", false, &[]).is_err());
         assert_eq!(suite_lines(&good, SUITE), GOOD);
         assert_eq!(suite_lines(&good, SUITE_REF), GOOD_REF);
+    }
+
+    #[test]
+    fn own_diagnostics_keeps_only_the_module_files() {
+        let log = "  CLIPPY [M] /m/notifier_core.o
+warning: casting to the same type is unnecessary (`usize` -> `usize`)
+   --> /src/notifier-core/src/lib.rs:3:4
+    |
+  3 |     x as usize
+    |
+
+warning: duplicated attribute
+   --> <crate attribute>:1:1
+    |
+note: first defined here
+   --> /m/lib.rs:1:1
+
+warning: 2 warnings emitted
+
+  CLIPPY [M] /m/kmod_main.o
+warning: unsafe function's docs are missing a `# Safety` section
+   --> /m/harness.rs:223:1
+    |
+223 | unsafe extern \"C\" fn run_task(arg: *mut c_void) {
+    | ^^^
+    = help: for further information visit https://example
+
+error[E0308]: mismatched types
+  --> /m/smoke.rs:9:9
+   |
+";
+        let d = own_diagnostics(log, Path::new("/m"));
+        assert_eq!(d.len(), 2, "{d:#?}");
+        assert!(d[0].starts_with("warning: unsafe function's docs"));
+        assert!(d[0].contains("= help: for further"));
+        assert!(d[1].starts_with("error[E0308]"));
+        assert!(own_diagnostics(log, Path::new("/n")).is_empty());
     }
 
     #[test]
