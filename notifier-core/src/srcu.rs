@@ -181,7 +181,7 @@ pub(crate) struct ReadToken(usize);
 impl Readers {
     /// Counters with no reader inside.
     #[cfg(not(loom))]
-    pub const fn new() -> Self {
+    pub(crate) const fn new() -> Self {
         Readers {
             completed: AtomicUsize::new(0),
             slots: [const { Slot::new() }; SLOTS],
@@ -191,7 +191,7 @@ impl Readers {
 
     /// Counters with no reader inside.
     #[cfg(loom)]
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Readers {
             completed: AtomicUsize::new(0),
             slots: core::array::from_fn(|_| Slot::new()),
@@ -292,7 +292,7 @@ impl Readers {
     }
 
     /// Wait until every section entered before this call has exited. May sleep.
-    pub fn synchronize<P: Platform>(&self) {
+    pub(crate) fn synchronize<P: Platform>(&self) {
         P::might_sleep();
         let _gp = self.gp.lock::<P>();
         // A': the caller's updates before any counter is read.

@@ -976,7 +976,7 @@ pub fn synchronize<P: Platform>() -> Result<(), Error> {
     }
 }
 
-#[cfg(all(test, feature = "std"))]
+#[cfg(all(test, feature = "std", not(loom)))]
 mod tests {
     use core::pin::pin;
     use core::sync::atomic::{AtomicUsize, Ordering};

@@ -1370,7 +1370,7 @@ impl<'h, H: Harness> PageExporter<'h, H> {
 }
 
 impl<H: Harness> notifier_core::export::ExportOps<H::P> for PageExporter<'_, H> {
-    fn revoke(&self, page: &notifier_core::export::ExportedPage<H::P>, _pfn: u64) {
+    fn revoke(&self, page: &notifier_core::export::ExportedPage<'_, H::P>, _pfn: u64) {
         if self.gone.load(Ordering::Relaxed) {
             self.violations.fetch_add(1, Ordering::Relaxed);
         }
