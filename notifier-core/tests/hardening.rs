@@ -584,3 +584,17 @@ fn c16_unexport_from_inside_revoke_is_refused() {
     });
     assert_eq!(got, Some(Err(Error::InCallback)));
 }
+
+/// An address space nobody ever subscribed to, torn down: later invalidations (the
+/// exit path's unmaps) still start and end without error, and registration is refused.
+#[test]
+fn c01_invalidations_after_teardown_of_an_unused_space() {
+    let mm = AddressSpace::<P>::new();
+    mm.release().unwrap();
+    unmap(&mm, 0, PG);
+    mm.invalidate_range_start(Range::new(0, PG, Event::Unmap).non_blocking())
+        .unwrap()
+        .end();
+    let s = Box::pin(Subscriber::<_, P>::new(Rec::default()));
+    assert_eq!(s.as_ref().register(&mm), Err(Error::Dead));
+}
