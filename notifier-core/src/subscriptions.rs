@@ -381,7 +381,7 @@ impl ZombieCount {
 /// use notifier_core::{AddressSpace, Event, Range};
 ///
 /// let mm = AddressSpace::<StdPlatform>::new();
-/// // Nobody subscribed: a valid range costs nothing...
+/// // Nobody subscribed: a valid range costs two atomic adds on the address space...
 /// let inv = mm.invalidate_range_start(Range::new(0x1000, 0x2000, Event::Unmap)).unwrap();
 /// // ... the primary MMU changes its page tables and flushes its TLB here ...
 /// inv.end();
@@ -772,7 +772,7 @@ impl<P: Platform> Invalidation<'_, P> {
 }
 
 impl<P: Platform> Drop for Invalidation<'_, P> {
-    /// Inline: with nobody subscribed, ending is one branch.
+    /// Inline: with nobody subscribed, ending is a branch and one atomic subtraction.
     #[inline]
     fn drop(&mut self) {
         if let Some(st) = self.inner.take() {
