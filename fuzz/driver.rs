@@ -9,8 +9,10 @@
 //! `fuzz/corpus/differential` on stable Rust in the ordinary test command.
 //!
 //! Calls that would wait for an invalidation the same thread holds (register,
-//! unregister, remove, the first insert) are only decoded when no invalidation is open:
-//! they would deadlock in Linux too.
+//! unregister, teardown, the first insert, the removal of an interval the open
+//! invalidations walked) are decoded while invalidations are open too: the core must
+//! refuse them with [`Error::InvalidationHeld`] and change nothing (C-16; in Linux they
+//! would deadlock).
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -216,10 +218,12 @@ pub fn run(data: &[u8]) {
         let j = arg as usize % IVS;
         let mut want: Vec<Vec<Call>> = vec![Vec::new(); SUBS];
         match op % 12 {
-            0 if open.is_empty() => {
+            0 => {
                 let r = subs[i].as_ref().register(&mm);
                 let expect = if registered[i] {
                     Err(Error::AlreadyRegistered)
+                } else if !open.is_empty() {
+                    Err(Error::InvalidationHeld)
                 } else if dead {
                     Err(Error::Dead)
                 } else {
@@ -232,9 +236,11 @@ pub fn run(data: &[u8]) {
                     reg_order.push(i);
                 }
             }
-            1 if open.is_empty() => {
+            1 => {
                 let r = subs[i].as_ref().unregister();
-                if registered[i] {
+                if registered[i] && !open.is_empty() {
+                    assert_eq!(r, Err(Error::InvalidationHeld), "unregister {i}, held");
+                } else if registered[i] {
                     assert_eq!(r, Ok(()), "unregister {i}");
                     if !released[i] {
                         want[i].push(Call::Release);
@@ -245,7 +251,7 @@ pub fn run(data: &[u8]) {
                     assert_eq!(r, Err(Error::NotRegistered), "unregister unknown {i}");
                 }
             }
-            2 if open.is_empty() || ever_inserted => {
+            2 => {
                 let start = (arg2 as usize % SPACE) * PG;
                 let len = (1 + input.next().unwrap_or(0) as usize % 8) * PG;
                 let r = ivs[j].as_ref().insert(&mm, start, len);
@@ -253,6 +259,9 @@ pub fn run(data: &[u8]) {
                     Err(Error::AlreadyRegistered)
                 } else if dead {
                     Err(Error::Dead)
+                } else if !ever_inserted && !open.is_empty() {
+                    // The first insertion waits for the invalidations in flight.
+                    Err(Error::InvalidationHeld)
                 } else {
                     Ok(())
                 };
@@ -270,9 +279,12 @@ pub fn run(data: &[u8]) {
                     }
                 }
             }
-            3 if open.is_empty() => {
+            3 => {
                 let r = ivs[j].as_ref().remove();
-                if inserted[j].is_some() {
+                if inserted[j].is_some() && intree[j] && busy {
+                    // It would wait for the open invalidations that walked the tree.
+                    assert_eq!(r, Err(Error::InvalidationHeld), "remove {j}, held");
+                } else if inserted[j].is_some() {
                     assert_eq!(r, Ok(()), "remove {j}");
                     inserted[j] = None;
                     intree[j] = false;
@@ -454,7 +466,11 @@ pub fn run(data: &[u8]) {
                     }
                 }
             }
-            10 if open.is_empty() => {
+            10 if !open.is_empty() => {
+                // Teardown would wait for the invalidations this thread holds.
+                assert_eq!(mm.release(), Err(Error::InvalidationHeld), "teardown, held");
+            }
+            10 => {
                 // Teardown: release exactly once for everyone registered.
                 mm.release()
                     .expect("teardown outside callbacks is never refused");

@@ -470,11 +470,13 @@ impl<T: IntervalOps<P>, P: Platform> IntervalSubscriber<T, P> {
     ///
     /// The first insertion on an address space waits for the invalidations in flight
     /// (they did not know about the tree when they started), like registration does;
-    /// it must not be called by a thread that holds an [`Invalidation`](crate::Invalidation)
-    /// of the same address space. Later insertions never wait.
+    /// called by a task that holds an [`Invalidation`](crate::Invalidation), it would wait
+    /// for that task itself and is refused with [`Error::InvalidationHeld`]. Later
+    /// insertions never wait.
     ///
     /// Errors: [`Error::ZeroLength`], [`Error::Overflow`], [`Error::AlreadyRegistered`],
-    /// [`Error::Dead`], [`Error::InCallback`], [`Error::NoMemory`]; nothing changes then.
+    /// [`Error::Dead`], [`Error::InCallback`], [`Error::InvalidationHeld`],
+    /// [`Error::NoMemory`]; nothing changes then.
     pub fn insert(
         self: Pin<&Self>,
         mm: &AddressSpace<P>,
@@ -594,7 +596,9 @@ impl<T: IntervalOps<P>, P: Platform> IntervalSubscriber<T, P> {
     /// walking the tree the removal is deferred and this waits for it to end; when it
     /// returns no callback of this subscriber runs or will run (C-13, C-03). May sleep.
     ///
-    /// Errors: [`Error::NotRegistered`], [`Error::InCallback`]; nothing changes then.
+    /// Errors: [`Error::NotRegistered`], [`Error::InCallback`], and
+    /// [`Error::InvalidationHeld`] when it would wait while the calling task holds an
+    /// invalidation (the one walking the tree may be its own); nothing changes then.
     pub fn remove(self: Pin<&Self>) -> Result<(), Error> {
         P::might_sleep();
         let iv = &self.interval;
