@@ -91,6 +91,18 @@ pub(crate) struct Subscriptions<P: Platform> {
     _p: PhantomData<P>,
 }
 
+impl<P: Platform> Drop for Subscriptions<P> {
+    fn drop(&mut self) {
+        // Every zombie holds a reference on the object until it is unlinked, and each
+        // unlink (the sweep's, or teardown's) takes it off the count.
+        debug_assert_eq!(
+            self.zombies.load(Ordering::Relaxed),
+            0,
+            "zombies counted when the subscriptions object is freed"
+        );
+    }
+}
+
 impl<P: Platform> Subscriptions<P> {
     fn new() -> Self {
         Subscriptions {

@@ -655,6 +655,32 @@ fn c05_get_put_synchronize() {
     });
 }
 
+/// The last `put` of a shared subscriber races the address space's teardown. The
+/// zombie it makes is unlinked by whoever comes first: the put's own sweep, the sweep
+/// after one of teardown's grace periods, or teardown's final unlink (when the put
+/// made it between teardown's last grace period and that unlink). Either way `free`
+/// runs exactly once, and the zombie count is zero again when the subscriptions object
+/// is freed (a debug assertion in its drop: this model kills the mutants that
+/// miscount teardown's unlink).
+#[test]
+fn c05_last_put_races_teardown() {
+    builder(2).check(|| {
+        let mm = Arc::new(AddressSpace::<P>::new());
+        let r = mm.get::<Kind>().unwrap();
+        let b = thread::spawn(move || r.put());
+        mm.release().unwrap();
+        b.join().unwrap();
+        drop(mm);
+        notifier_core::synchronize::<P>().unwrap();
+        assert_eq!(ALLOCS.load(Ordering::Relaxed), 1);
+        assert_eq!(
+            FREES.load(Ordering::Relaxed),
+            1,
+            "C-05: free not run exactly once"
+        );
+    });
+}
+
 // ---------------------------------------------------------------------------------
 // The sleepable RCU itself.
 // ---------------------------------------------------------------------------------
