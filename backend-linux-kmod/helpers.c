@@ -57,6 +57,30 @@ void nk_non_block_end(void)
 	non_block_end();
 }
 
+/*
+ * The core's invalidation map, for lockdep (Platform::invalidation_map_acquire and
+ * may_wait_for_invalidations): held while an invalidation's callbacks run, and taken
+ * and dropped at once by every call that waits for invalidations in flight. A
+ * subscriber lock held across such a wait and also taken in a callback closes a cycle
+ * lockdep reports, as Linux's own __mmu_notifier_invalidate_range_start_map does for
+ * its notifiers. A static object (in the module's data): lockdep keys it by address.
+ */
+#ifdef CONFIG_LOCKDEP
+static struct lockdep_map nk_invalidation_map = {
+	.name = "notifier_invalidation"
+};
+#endif
+
+void nk_invalidation_map_acquire(void)
+{
+	lock_map_acquire(&nk_invalidation_map);
+}
+
+void nk_invalidation_map_release(void)
+{
+	lock_map_release(&nk_invalidation_map);
+}
+
 unsigned int nk_cpu(void)
 {
 	return raw_smp_processor_id();
@@ -91,10 +115,25 @@ void nk_wake_all(u32 *word)
 	wake_up_var(word);
 }
 
-/* One lockdep class for every core lock: they are all "an mm's subscriptions lock". */
-void nk_spin_lock_init(spinlock_t *lock)
+/*
+ * One lockdep class per kind of core lock (notifier_core::LockClass, by index), so that
+ * lockdep checks the order between kinds and never takes two kinds for one lock.
+ * Keys in the module's static data, as lockdep requires.
+ */
+#define NK_LOCK_CLASSES 4
+static struct lock_class_key nk_lock_keys[NK_LOCK_CLASSES];
+static const char *const nk_lock_names[NK_LOCK_CLASSES] = {
+	"notifier_subscriptions",
+	"notifier_export_page",
+	"notifier_export_registry",
+	"notifier_subscriber",
+};
+
+void nk_spin_lock_init(spinlock_t *lock, unsigned int class)
 {
 	spin_lock_init(lock);
+	if (class < NK_LOCK_CLASSES)
+		lockdep_set_class_and_name(lock, &nk_lock_keys[class], nk_lock_names[class]);
 }
 
 void nk_spin_lock(spinlock_t *lock)

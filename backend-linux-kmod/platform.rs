@@ -18,19 +18,21 @@ use kernel::bindings;
 use kernel::types::Opaque;
 use notifier_core::primitive::AtomicU32;
 use notifier_core::srcu::{RcuFn, RcuHead, SleepableRcu};
-use notifier_core::{Bug, Platform, RawLock};
+use notifier_core::{Bug, LockClass, Platform, RawLock};
 
 extern "C" {
     fn nk_might_sleep();
     fn nk_sleep_violations() -> kernel::ffi::c_uint;
     fn nk_non_block_start();
     fn nk_non_block_end();
+    fn nk_invalidation_map_acquire();
+    fn nk_invalidation_map_release();
     fn nk_cpu() -> kernel::ffi::c_uint;
     fn nk_current() -> *mut kernel::ffi::c_void;
     fn nk_relax();
     fn nk_wait(word: *mut u32, expected: u32);
     fn nk_wake_all(word: *mut u32);
-    fn nk_spin_lock_init(lock: *mut bindings::spinlock_t);
+    fn nk_spin_lock_init(lock: *mut bindings::spinlock_t, class: kernel::ffi::c_uint);
     fn nk_spin_lock(lock: *mut bindings::spinlock_t);
     fn nk_spin_unlock(lock: *mut bindings::spinlock_t);
     fn nk_kmalloc(size: usize) -> *mut kernel::ffi::c_void;
@@ -119,11 +121,15 @@ pub fn sleep_violations() -> usize {
     unsafe { nk_sleep_violations() as usize }
 }
 
+// `helpers.c` keeps `NK_LOCK_CLASSES` (4) lockdep keys, one per class.
+const _: () = assert!(LockClass::ALL.len() == 4);
+
 /// A `spinlock_t`.
 ///
 /// # Invariants
 ///
-/// `inner` was initialised by `spin_lock_init` (one lockdep class for every core lock).
+/// `inner` was initialised by `spin_lock_init`, with the lockdep class of its
+/// [`LockClass`].
 pub struct KernelLock {
     inner: Opaque<bindings::spinlock_t>,
 }
@@ -137,13 +143,19 @@ unsafe impl Sync for KernelLock {}
 // semantics (the kernel's locking contract).
 unsafe impl RawLock for KernelLock {
     fn new() -> Self {
+        Self::new_class(LockClass::Subscriber)
+    }
+
+    fn new_class(class: LockClass) -> Self {
         let l = KernelLock {
             inner: Opaque::uninit(),
         };
+        // The class table in `helpers.c` has one key per class, by index.
+        let index = class.index() as kernel::ffi::c_uint;
         // SAFETY: `inner` is valid for writes. A `spinlock_t` holds no pointer to
         // itself (lockdep keys it by its static class), so it may move while unlocked.
         // INVARIANT: initialised here.
-        unsafe { nk_spin_lock_init(l.inner.get()) };
+        unsafe { nk_spin_lock_init(l.inner.get(), index) };
         l
     }
 
@@ -215,6 +227,17 @@ unsafe impl Platform for Kernel {
     fn non_block_end() {
         // SAFETY: paired with `non_block_start` by the core.
         unsafe { nk_non_block_end() }
+    }
+
+    fn invalidation_map_acquire() {
+        // SAFETY: a static lockdep map; paired with `invalidation_map_release` by the
+        // core, in the same task.
+        unsafe { nk_invalidation_map_acquire() }
+    }
+
+    fn invalidation_map_release() {
+        // SAFETY: paired with `invalidation_map_acquire` by the core.
+        unsafe { nk_invalidation_map_release() }
     }
 
     fn report_bug(bug: Bug) {

@@ -155,11 +155,14 @@ impl<P: Platform> ExportedPage<'_, P> {
             pfn: AtomicU64::new(0),
             registry: AtomicPtr::new(ptr::null_mut()),
             exporter: AtomicPtr::new(ptr::null_mut()),
-            st: SpinLock::new(PageState {
-                state: State::Idle,
-                maps: 0,
-                cookie: 0,
-            }),
+            st: SpinLock::new_class(
+                crate::LockClass::ExportPage,
+                PageState {
+                    state: State::Idle,
+                    maps: 0,
+                    cookie: 0,
+                },
+            ),
             _registry: PhantomData,
             _pin: PhantomPinned,
         }
@@ -421,7 +424,7 @@ impl<P: Platform> ExportRegistry<P> {
     pub fn new() -> Self {
         ExportRegistry {
             buckets: core::array::from_fn(|_| AtomicPtr::new(ptr::null_mut())),
-            lock: SpinLock::new(0),
+            lock: SpinLock::new_class(crate::LockClass::ExportRegistry, 0),
             completed: AtomicU64::new(0),
             rcu: P::rcu(),
         }

@@ -175,6 +175,7 @@ impl<P: Platform> Interval<P> {
             // task holds an invalidation, the one in flight may be the caller's own.
             task::may_wait::<P>()?;
             P::might_sleep();
+            P::may_wait_for_invalidations();
             subs.wq
                 .wait_until::<P>(|| subs.invalidate_seq.load(Ordering::Acquire) != seq);
         }
@@ -582,6 +583,7 @@ impl<T: IntervalOps<P>, P: Platform> IntervalSubscriber<T, P> {
         // period has passed since the flag was set, the tree is armed and insertions
         // no longer wait.
         if must_wait {
+            task::annotate_wait::<P>();
             subs.synchronize_inflight();
             mm.wait_unbracketed();
             subs.itree_armed.store(true, Ordering::Release);
@@ -674,6 +676,7 @@ impl<T: IntervalOps<P>, P: Platform> IntervalSubscriber<T, P> {
             }
         }
         if let Some(seq) = wait_for {
+            task::annotate_wait::<P>();
             // The walk may be calling us right now: wait until the last in-flight
             // invalidation has ended and applied the removal.
             subs.wq

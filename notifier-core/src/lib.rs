@@ -136,7 +136,7 @@ pub mod std_platform;
 
 pub use error::{Bug, Error, WouldBlock};
 pub use interval::{Interval, IntervalOps, IntervalSubscriber};
-pub use platform::{Platform, RawLock};
+pub use platform::{LockClass, Platform, RawLock};
 pub use range::{Event, Range};
 pub use subscriber::{synchronize, Shared, SharedOps, SharedRef, Subscriber, SubscriberOps};
 pub use subscriptions::{AddressSpace, Invalidation};

@@ -27,6 +27,18 @@ use crate::Bug;
 pub unsafe trait RawLock: Send + Sync {
     /// A new, unlocked lock.
     fn new() -> Self;
+    /// A new, unlocked lock of the given class. A kernel with a lock validator gives
+    /// each class its own identity (Linux: a `lock_class_key` per class, which lockdep
+    /// keys its checks by), so that an order between two kinds of lock is checked, and
+    /// two locks of different kinds are never mistaken for one lock taken twice. The
+    /// default ignores the class.
+    fn new_class(class: LockClass) -> Self
+    where
+        Self: Sized,
+    {
+        let _ = class;
+        Self::new()
+    }
     /// Spin (or otherwise wait without sleeping) until the lock is held.
     fn lock(&self);
     /// Release the lock.
@@ -35,6 +47,62 @@ pub unsafe trait RawLock: Send + Sync {
     ///
     /// The caller holds the lock.
     unsafe fn unlock(&self);
+}
+
+/// What a [`RawLock`] protects, for a kernel's lock validator (see
+/// [`RawLock::new_class`]).
+///
+/// ```
+/// use notifier_core::LockClass;
+///
+/// assert_eq!(LockClass::Subscriptions.name(), "notifier_subscriptions");
+/// assert_eq!(LockClass::ALL[LockClass::Subscriber.index()], LockClass::Subscriber);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum LockClass {
+    /// The per-address-space lock: the subscriber list, the interval tree and its
+    /// deferred changes, the zombies.
+    Subscriptions,
+    /// The state of one exported page (`export::ExportPage`).
+    ExportPage,
+    /// An export registry's list of exporters.
+    ExportRegistry,
+    /// A subscriber's own lock: a [`SpinLock`](crate::sync::SpinLock) made with
+    /// [`SpinLock::new`](crate::sync::SpinLock::new), such as the one a secondary MMU
+    /// takes around `set_seq` in its `invalidate` and around `read_retry` when it faults.
+    Subscriber,
+}
+
+impl LockClass {
+    /// Every class, in the order of [`index`](Self::index).
+    pub const ALL: [LockClass; 4] = [
+        LockClass::Subscriptions,
+        LockClass::ExportPage,
+        LockClass::ExportRegistry,
+        LockClass::Subscriber,
+    ];
+
+    /// A small number, below `ALL.len()`, for a platform that keeps a table of
+    /// validator keys.
+    pub const fn index(self) -> usize {
+        match self {
+            LockClass::Subscriptions => 0,
+            LockClass::ExportPage => 1,
+            LockClass::ExportRegistry => 2,
+            LockClass::Subscriber => 3,
+        }
+    }
+
+    /// The name a validator prints.
+    pub const fn name(self) -> &'static str {
+        match self {
+            LockClass::Subscriptions => "notifier_subscriptions",
+            LockClass::ExportPage => "notifier_export_page",
+            LockClass::ExportRegistry => "notifier_export_registry",
+            LockClass::Subscriber => "notifier_subscriber",
+        }
+    }
 }
 
 /// Everything the core asks of its host kernel. Implemented by a zero-sized type per
@@ -125,6 +193,31 @@ pub unsafe trait Platform: Sized + Send + Sync + 'static {
 
     /// Leaving the region entered by [`non_block_start`](Self::non_block_start).
     fn non_block_end() {}
+
+    /// Lock-validator annotation (Linux: `lock_map_acquire` of a lockdep map, as
+    /// `mm/mmu_notifier.c` does around its callbacks): the calling task runs the
+    /// subscriber callbacks of an invalidation's start or end until
+    /// [`invalidation_map_release`](Self::invalidation_map_release). Together with
+    /// [`may_wait_for_invalidations`](Self::may_wait_for_invalidations) it lets a
+    /// validator report a subscriber lock that is held across a call that waits for
+    /// invalidations and is also taken inside a callback: a deadlock, even in a run
+    /// where the two never met. Default: nothing.
+    fn invalidation_map_acquire() {}
+
+    /// See [`invalidation_map_acquire`](Self::invalidation_map_acquire).
+    fn invalidation_map_release() {}
+
+    /// Lock-validator annotation: the calling task is about to wait for invalidations in
+    /// flight (`read_begin` for one that touched its interval, `remove` for a walk of
+    /// the tree, a registration or first insertion for those that skipped it,
+    /// unregistration and teardown for those that called the subscriber). Called only
+    /// once the core has checked that the task is neither inside a callback nor holding
+    /// an invalidation (those get an error instead). The default acquires and releases
+    /// the invalidation map, as Linux's `mmu_interval_read_begin` does.
+    fn may_wait_for_invalidations() {
+        Self::invalidation_map_acquire();
+        Self::invalidation_map_release();
+    }
 
     /// Barrier on the RCU read side, paired with [`writer_barrier`](Self::writer_barrier).
     /// The default is a full fence; a platform with an asymmetric heavy barrier

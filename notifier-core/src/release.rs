@@ -62,6 +62,7 @@ impl<P: Platform> AddressSpace<P> {
         // after its generation; hiding it now would make it visible to the older ones
         // at their end but not at their start. Wait for those (as its registration
         // does), after which it is visible to every invalidation in flight.
+        task::annotate_wait::<P>();
         s.synchronize_inflight();
         {
             // Invalidations that begin from now on skip every subscriber...

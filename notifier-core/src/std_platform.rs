@@ -30,6 +30,14 @@ static OTHER_BUGS: AtomicUsize = AtomicUsize::new(0);
 std::thread_local! {
     static TASK: usize = NEXT_TASK.fetch_add(1, Ordering::Relaxed);
     static NON_BLOCK: Cell<usize> = const { Cell::new(0) };
+    /// Depth of the invalidation map this thread holds (lock-validator annotation).
+    static INVALIDATION_MAP: Cell<usize> = const { Cell::new(0) };
+    /// Waits for invalidations this thread announced, and those announced while it
+    /// held the invalidation map (a validator would report those as a deadlock).
+    static WAITS: WaitAnnotations = WaitAnnotations(std::sync::Arc::new([
+        AtomicUsize::new(0),
+        AtomicUsize::new(0),
+    ]));
     static TASK_STATE: crate::task::TaskState = const { crate::task::TaskState::new() };
 }
 
@@ -101,6 +109,42 @@ impl StdPlatform {
     pub fn in_non_block() -> bool {
         NON_BLOCK.with(|c| c.get() != 0)
     }
+
+    /// Whether the current thread holds the invalidation map: it runs the callbacks of
+    /// an invalidation's start or end ([`Platform::invalidation_map_acquire`]).
+    pub fn in_invalidation_map() -> bool {
+        INVALIDATION_MAP.with(|c| c.get() != 0)
+    }
+
+    /// On the current thread: how many waits for invalidations the core announced
+    /// ([`Platform::may_wait_for_invalidations`]), and how many of them while the
+    /// thread held the invalidation map. A lock validator (Linux's lockdep) would
+    /// report each of the latter as a deadlock; a hosted run just counts them.
+    pub fn wait_annotations() -> (usize, usize) {
+        WAITS.with(|w| w.get())
+    }
+
+    /// The current thread's counts of [`wait_annotations`](Self::wait_annotations),
+    /// readable from another thread (a test that keeps an invalidation in flight until
+    /// the waiter has announced its wait).
+    pub fn wait_annotations_of_this_thread() -> WaitAnnotations {
+        WAITS.with(|w| w.clone())
+    }
+}
+
+/// One thread's counts of announced waits for invalidations (see
+/// [`StdPlatform::wait_annotations_of_this_thread`]).
+#[derive(Clone, Debug)]
+pub struct WaitAnnotations(std::sync::Arc<[AtomicUsize; 2]>);
+
+impl WaitAnnotations {
+    /// Waits announced, and those announced while the thread held the invalidation map.
+    pub fn get(&self) -> (usize, usize) {
+        (
+            self.0[0].load(Ordering::SeqCst),
+            self.0[1].load(Ordering::SeqCst),
+        )
+    }
 }
 
 // SAFETY: the global allocator, one static SRCU domain, a thread-local task state, and full fences as barriers: the promises of `Platform`.
@@ -164,6 +208,24 @@ unsafe impl Platform for StdPlatform {
     #[inline]
     fn non_block_end() {
         NON_BLOCK.with(|c| c.set(c.get().saturating_sub(1)));
+    }
+
+    #[inline]
+    fn invalidation_map_acquire() {
+        INVALIDATION_MAP.with(|c| c.set(c.get() + 1));
+    }
+
+    #[inline]
+    fn invalidation_map_release() {
+        INVALIDATION_MAP.with(|c| c.set(c.get().saturating_sub(1)));
+    }
+
+    fn may_wait_for_invalidations() {
+        let held = Self::in_invalidation_map() as usize;
+        WAITS.with(|w| {
+            w.0[1].fetch_add(held, Ordering::SeqCst);
+            w.0[0].fetch_add(1, Ordering::SeqCst);
+        });
     }
 
     fn report_bug(bug: Bug) {

@@ -337,6 +337,7 @@ impl<P: Platform> Node<P> {
         // C-02: invalidations that started before the node became visible skip it; wait
         // until they have ended, so that a translation it establishes from now on is
         // never one such an invalidation is about to remove.
+        task::annotate_wait::<P>();
         subs.synchronize_inflight();
         // And those that started before the subscriptions object existed.
         mm.wait_unbracketed();
@@ -430,6 +431,7 @@ impl<P: Platform> Node<P> {
         // 3. Invalidations that did call its start deliver their end first (C-02),
         //    whoever hid it.
         if linked {
+            task::annotate_wait::<P>();
             subs.synchronize_inflight();
         }
         // 4. Unlink, 5. wait until no callback runs any more (C-03).

@@ -109,12 +109,15 @@ impl<P: Platform> Subscriptions<P> {
             head: AtomicPtr::new(ptr::null_mut()),
             gen: AtomicU64::new(0),
             inflight: Readers::new(),
-            lock: SpinLock::new(Inner {
-                itree: Tree::new(),
-                active_invalidate_ranges: 0,
-                deferred: LinkedList::new(DeferredAdapter::NEW),
-                dead: false,
-            }),
+            lock: SpinLock::new_class(
+                crate::LockClass::Subscriptions,
+                Inner {
+                    itree: Tree::new(),
+                    active_invalidate_ranges: 0,
+                    deferred: LinkedList::new(DeferredAdapter::NEW),
+                    dead: false,
+                },
+            ),
             // Even: idle. Starts high so that `seq - 1` of a new interval never collides.
             invalidate_seq: AtomicU64::new(2),
             intervals: AtomicUsize::new(0),
@@ -617,6 +620,8 @@ impl<P: Platform> AddressSpace<P> {
             armed: true,
         };
         let g = s.gen.load(Ordering::Acquire);
+        // The callbacks below run under the validator's invalidation map.
+        let map = task::InvalidationMap::<P>::acquire();
         // Read after `enter` (its barrier pairs with the first insertion's grace
         // period): either this invalidation sees the tree, or the insertion waits for it.
         if s.has_itree.load(Ordering::Relaxed) {
@@ -630,6 +635,7 @@ impl<P: Platform> AddressSpace<P> {
         if !s.head.load(Ordering::Relaxed).is_null() {
             s.hlist_start(&range, g)?;
         }
+        drop(map);
         task::hold::<P>();
         guard.armed = false;
         Ok(Invalidation {
@@ -813,6 +819,7 @@ impl<P: Platform> Invalidation<'_, P> {
         };
         task::unhold::<P>();
         if !s.head.load(Ordering::Relaxed).is_null() {
+            let _map = task::InvalidationMap::<P>::acquire();
             s.hlist_end(range, st.gen);
         }
     }

@@ -12,7 +12,7 @@ use core::marker::PhantomData;
 use core::ops::{Deref, DerefMut};
 
 use crate::primitive::{fence, AtomicU32, Ordering};
-use crate::{Platform, RawLock};
+use crate::{LockClass, Platform, RawLock};
 
 /// Data behind the platform's [`RawLock`] (Linux: a `spinlock_t` and what it protects).
 ///
@@ -40,10 +40,16 @@ unsafe impl<P: Platform, T: Send> Sync for SpinLock<P, T> {}
 unsafe impl<P: Platform, T: Send> Send for SpinLock<P, T> {}
 
 impl<P: Platform, T> SpinLock<P, T> {
-    /// An unlocked lock holding `data`.
+    /// An unlocked lock holding `data`, of class [`LockClass::Subscriber`] (a
+    /// subscriber's own lock).
     pub fn new(data: T) -> Self {
+        Self::new_class(LockClass::Subscriber, data)
+    }
+
+    /// An unlocked lock of the given class holding `data` (see [`RawLock::new_class`]).
+    pub fn new_class(class: LockClass, data: T) -> Self {
         SpinLock {
-            raw: P::RawLock::new(),
+            raw: P::RawLock::new_class(class),
             data: UnsafeCell::new(data),
         }
     }

@@ -190,6 +190,36 @@ impl<P: Platform> Drop for CallbackMark<P> {
     }
 }
 
+/// The running task runs an invalidation's callbacks while this lives: the platform's
+/// lock validator sees the invalidation map held (see
+/// [`Platform::invalidation_map_acquire`]).
+pub(crate) struct InvalidationMap<P: Platform>(core::marker::PhantomData<(P, *mut ())>);
+
+impl<P: Platform> InvalidationMap<P> {
+    #[inline]
+    pub(crate) fn acquire() -> Self {
+        P::invalidation_map_acquire();
+        InvalidationMap(core::marker::PhantomData)
+    }
+}
+
+impl<P: Platform> Drop for InvalidationMap<P> {
+    #[inline]
+    fn drop(&mut self) {
+        P::invalidation_map_release();
+    }
+}
+
+/// The running task is about to wait for invalidations in flight: tell the platform's
+/// lock validator ([`Platform::may_wait_for_invalidations`]). Not from inside a
+/// callback or while holding an invalidation: such a wait is refused or reported as a
+/// bug on its own, and the validator would report the nesting as well.
+pub(crate) fn annotate_wait<P: Platform>() {
+    if P::with_task_state(|s| s.is_idle()) {
+        P::may_wait_for_invalidations();
+    }
+}
+
 /// Count one more invalidation held by the running task.
 #[inline]
 pub(crate) fn hold<P: Platform>() {

@@ -627,7 +627,8 @@ fn cpio_entry(out: &mut Vec<u8>, ino: u32, name: &str, mode: u32, data: &[u8]) {
 
 /// The init script: mount, swap on a RAM disk (so reclaim can swap), start nkhelper
 /// (the user process the module watches) and wait until its pages are in, load the
-/// module (its tests run in `init`), unload it (its exit path runs), power off.
+/// module (its tests run in `init`), count the lockdep classes of the core's locks it
+/// registered (`/proc/lockdep`), unload it (its exit path runs), power off.
 const INIT: &str = "#!/bin/sh
 mount -t proc proc /proc
 mount -t sysfs sys /sys
@@ -639,11 +640,39 @@ n=0
 while [ ! -e /tmp/nkhelper.ready ] && [ $n -lt 30 ]; do sleep 1; n=$((n + 1)); done
 echo 'kmod-init: insmod'
 insmod /notifier_kmod.ko helper_pid=$pid SUITE_ARGS || echo 'kmod-init: insmod failed'
+for c in LOCK_CLASSES; do
+  echo \"kmod-init: lockdep class $c: $(grep -c \": $c\" /proc/lockdep)\"
+done
 echo 'kmod-init: rmmod'
 rmmod notifier_kmod || echo 'kmod-init: rmmod failed'
 echo 'kmod-init: done'
 reboot -f
 ";
+
+/// The lockdep classes of the core's spin locks (`notifier_core::LockClass::name`,
+/// given by the module's `helpers.c`), and whether a run must have registered each:
+/// the suite always takes an address space's lock and a subscriber's own; the export
+/// registry's are taken only where the page-keyed export runs (not in Linux).
+const LOCK_CLASSES: [&str; 4] = [
+    "notifier_subscriptions",
+    "notifier_subscriber",
+    "notifier_export_page",
+    "notifier_export_registry",
+];
+const LOCK_CLASSES_REQUIRED: usize = 2;
+
+/// Each lock class the init script counted in `/proc/lockdep`, and how many entries.
+fn lock_classes(text: &str) -> Vec<(&str, usize)> {
+    text.lines()
+        .filter_map(|l| {
+            let rest = l
+                .trim_end_matches('\r')
+                .strip_prefix("kmod-init: lockdep class ")?;
+            let (name, n) = rest.split_once(": ")?;
+            Some((name, n.trim().parse().ok()?))
+        })
+        .collect()
+}
 
 /// nkhelper, static: the user process of the module's process cases.
 fn build_helper(root: &Path, out: &Path) -> Result<()> {
@@ -670,6 +699,7 @@ fn build_initramfs(ko: &Path, helper: &Path, out: &Path, broken: Option<&str>) -
     add(&mut c, "bin/nkhelper", 0o100755, &helper);
     for applet in [
         "sh", "mount", "mkswap", "swapon", "insmod", "rmmod", "reboot", "echo", "cat", "sleep",
+        "grep",
     ] {
         add(&mut c, &format!("bin/{applet}"), 0o120777, b"busybox");
     }
@@ -678,7 +708,9 @@ fn build_initramfs(ko: &Path, helper: &Path, out: &Path, broken: Option<&str>) -
         &mut c,
         "init",
         0o100755,
-        INIT.replace("SUITE_ARGS", &args).as_bytes(),
+        INIT.replace("SUITE_ARGS", &args)
+            .replace("LOCK_CLASSES", &LOCK_CLASSES.join(" "))
+            .as_bytes(),
     );
     add(&mut c, &format!("{MODULE}.ko"), 0o100644, &module);
     cpio_entry(&mut c, 0, "TRAILER!!!", 0, b"");
@@ -778,6 +810,16 @@ fn check_log(text: &str, status: &str, broken: bool, known: &[&str]) -> Result<(
     }
     if !text.contains("kmod-init: done") {
         errs.push("the init script did not finish".into());
+    }
+    // Each kind of core lock under its own lockdep class (issue 14): the classes the
+    // run must have used are registered under their names.
+    let classes = lock_classes(text);
+    for name in &LOCK_CLASSES[..LOCK_CLASSES_REQUIRED] {
+        if !classes.iter().any(|(c, n)| c == name && *n > 0) {
+            errs.push(format!(
+                "lockdep has no class `{name}`: the core's locks did not get their own classes"
+            ));
+        }
     }
     // Reference mode may fail the cases where Linux is known to differ from the
     // contract (listed with the reason in KNOWN_DIFFERENCES); nothing else.
@@ -912,7 +954,11 @@ mod tests {
         for l in reference {
             s += &format!("notifier_kmod: suite-ref: {l}\n");
         }
-        s + "notifier_kmod: 1 passed, 0 failed\nkmod-init: done\n"
+        s + "notifier_kmod: 1 passed, 0 failed\n\
+               kmod-init: lockdep class notifier_subscriptions: 1\n\
+               kmod-init: lockdep class notifier_subscriber: 1\n\
+               kmod-init: lockdep class notifier_export_page: 0\n\
+               kmod-init: done\n"
     }
 
     const GOOD: [&str; 6] = [
@@ -936,6 +982,13 @@ mod tests {
         assert_eq!(check_log(&good, "exited", false, &[]), Ok(()));
         let lockdep = format!("WARNING: possible circular locking dependency detected\n{good}");
         assert!(check_log(&lockdep, "exited", false, &[]).is_err());
+        // One lockdep class for every lock (or none at all) fails the run.
+        let one_class = good.replace(
+            "kmod-init: lockdep class notifier_subscriber: 1",
+            "kmod-init: lockdep class notifier_subscriber: 0",
+        );
+        assert_ne!(one_class, good);
+        assert!(check_log(&one_class, "exited", false, &[]).is_err());
         assert!(check_log(&good, "TIMEOUT after 1s", false, &[]).is_err());
         let failed = "notifier_kmod: 1 passed, 1 failed\nkmod-init: done\n";
         assert!(check_log(failed, "exited", false, &[]).is_err());
@@ -965,7 +1018,10 @@ mod tests {
                       notifier_kmod: suite: ok 1 C-01 register\n\
                       notifier_kmod: suite: not ok 2 C-09 no_stale_translation # stale\n\
                       notifier_kmod: suite: 1 passed, 1 failed\n\
-                      notifier_kmod: 1 passed, 0 failed\nkmod-init: done\n";
+                      notifier_kmod: 1 passed, 0 failed\n\
+                      kmod-init: lockdep class notifier_subscriptions: 2\n\
+                      kmod-init: lockdep class notifier_subscriber: 1\n\
+                      kmod-init: done\n";
         assert_eq!(check_log(caught, "exited", true, &[]), Ok(()));
         assert!(check_log(caught, "exited", false, &[]).is_err());
         let missed = caught.replace("not ok 2 C-09 no_stale_translation # stale", "ok 2 C-09 x");
