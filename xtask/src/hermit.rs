@@ -64,6 +64,10 @@ const HOOK_SYMBOL: &str = "sys_mmu_notifier_register";
 const BACKPORTS_SOURCES: &str = "/etc/apt/sources.list.d/bookworm-backports.sources";
 /// Where the suite's lines are saved, relative to the workspace root.
 const SUITE_OUT: &str = "target/hermit/suite.txt";
+/// The environment variable that names the image's broken consumer at build time.
+const TWIN_ENV: &str = "NOTIFIER_SUITE_TWIN";
+/// What the image prints before the suite when it runs a broken consumer.
+const TWIN_LINE: &str = "suite-twin: ";
 /// The suite's first line (`notifier_conformance::run` prints KTAP).
 const SUITE_HEADER: &str = "KTAP version 1";
 /// QEMU's default timeout: the suite takes a few minutes under software emulation.
@@ -87,6 +91,10 @@ pub struct Options {
     /// Run the suite after the smoke checks (the default; still accepted)
     #[arg(long = "suite", id = "suite", overrides_with = "smoke_only")]
     _suite: bool,
+    /// Run the suite with this broken consumer (a twin, e.g. kvm-ignores-seq): the run
+    /// then passes only if exactly the cases that must catch it fail
+    #[arg(long, value_name = "TWIN", value_parser = crate::kmod::twin_name, conflicts_with = "smoke_only")]
+    broken: Option<String>,
     /// Seconds QEMU may run (the suite takes a few minutes under software emulation)
     #[arg(long, value_name = "SECS", default_value = DEFAULT_TIMEOUT, value_parser = crate::secs)]
     timeout: Duration,
@@ -145,7 +153,13 @@ fn run(opts: &Options) -> Result<()> {
     }
     step("building the loader and the test image");
     let loader = build_loader(&root, &opts.cache)?;
-    let image = build_image(&root, &opts.cache, &tree, !opts.smoke_only)?;
+    let image = build_image(
+        &root,
+        &opts.cache,
+        &tree,
+        !opts.smoke_only,
+        opts.broken.as_deref(),
+    )?;
     step(&format!(
         "booting under QEMU (2 CPUs, software emulation, timeout {} s)",
         opts.timeout.as_secs()
@@ -162,15 +176,28 @@ fn run(opts: &Options) -> Result<()> {
     if !opts.smoke_only {
         save_suite(&root, &text)?;
     }
-    check_log(&text, status, !opts.smoke_only)?;
+    check_log(&text, status, !opts.smoke_only, opts.broken.is_some())?;
     println!("hermit: done in {:.0} s", t0.elapsed().as_secs_f64());
     Ok(())
 }
 
 /// The nightly cargo, run in `backend-hermit/` with its own target directory in the
 /// cache (outside the clone, so CI reuses it).
-fn nightly_build(root: &Path, target_dir: &Path, args: &[&str], rustflags: &str) -> Result<()> {
-    sh(Command::new("cargo")
+/// `twin` is the broken consumer the image's suite runs with (read by the image with
+/// `option_env!`, so cargo rebuilds it when that changes).
+fn nightly_build(
+    root: &Path,
+    target_dir: &Path,
+    args: &[&str],
+    rustflags: &str,
+    twin: Option<&str>,
+) -> Result<()> {
+    let mut cmd = Command::new("cargo");
+    match twin {
+        Some(t) => cmd.env(TWIN_ENV, t),
+        None => cmd.env_remove(TWIN_ENV),
+    };
+    sh(cmd
         .current_dir(root.join("backend-hermit"))
         .env("CARGO_TARGET_DIR", target_dir)
         .env("RUSTFLAGS", rustflags)
@@ -192,6 +219,7 @@ fn build_loader(root: &Path, cache: &Path) -> Result<PathBuf> {
             "x86_64-unknown-none",
         ],
         "-C relocation-model=static",
+        None,
     )?;
     let elf = target.join("x86_64-unknown-none/release/notifier-hermit-loader");
     let bin = cache.join("loader.bin");
@@ -203,7 +231,13 @@ fn build_loader(root: &Path, cache: &Path) -> Result<PathBuf> {
     Ok(bin)
 }
 
-fn build_image(root: &Path, cache: &Path, kernel: &Path, suite: bool) -> Result<PathBuf> {
+fn build_image(
+    root: &Path,
+    cache: &Path,
+    kernel: &Path,
+    suite: bool,
+    twin: Option<&str>,
+) -> Result<PathBuf> {
     let target = cache.join("target-image");
     let mut args = vec![
         "-p",
@@ -221,6 +255,7 @@ fn build_image(root: &Path, cache: &Path, kernel: &Path, suite: bool) -> Result<
         &target,
         &args,
         &format!("-C link-arg=-L{} -C link-arg=-lhermit", kernel.display()),
+        twin,
     )?;
     Ok(target.join("x86_64-unknown-hermit/release/notifier-hermit-image"))
 }
@@ -310,7 +345,10 @@ fn print_image_lines(text: &str) {
 /// Lines that fail the run whatever the image said.
 const FATAL: &[&str] = &["Page fault", "PANIC", "panicked", "ERROR"];
 
-fn check_log(text: &str, status: i32, suite: bool) -> Result<()> {
+/// Judge the image's log. With a broken consumer (`broken`), the smoke checks must
+/// still pass and exactly the cases the image names as its catchers
+/// (`suite-twin: NAME catches C-xx ...`) must fail.
+fn check_log(text: &str, status: i32, suite: bool, broken: bool) -> Result<()> {
     print_image_lines(text);
     if let Some(l) = text.lines().find(|l| FATAL.iter().any(|f| l.contains(f))) {
         return Err(format!("the guest reported: {l}"));
@@ -322,7 +360,10 @@ fn check_log(text: &str, status: i32, suite: bool) -> Result<()> {
     let (mut passed, mut failed, mut closings) = (0, 0, 0);
     for (p, f) in text.lines().filter_map(parse_closing) {
         passed += p;
-        failed += f;
+        // With a broken consumer the suite's (second) closing line counts failures.
+        if !(broken && closings == 1) {
+            failed += f;
+        }
         closings += 1;
     }
     let want = if suite { 2 } else { 1 };
@@ -351,12 +392,32 @@ fn check_log(text: &str, status: i32, suite: bool) -> Result<()> {
                 k.cases.len()
             ));
         }
-        if !k.failed().is_empty() || !k.problems.is_empty() {
-            return Err(format!(
-                "suite cases failed: {:?} {}",
-                k.failed(),
-                k.problems.join("; ")
-            ));
+        if !k.problems.is_empty() {
+            return Err(format!("the suite's output: {}", k.problems.join("; ")));
+        }
+        if broken {
+            let want: Option<Vec<&str>> = text.lines().find_map(|l| {
+                let rest = l.split_once(TWIN_LINE)?.1;
+                Some(rest.split_once(" catches ")?.1.split_whitespace().collect())
+            });
+            let got = k.failed();
+            match want {
+                None => return Err("the image did not name the broken consumer's catchers".into()),
+                Some(w) if w != got => {
+                    return Err(format!(
+                        "the broken consumer must fail exactly {w:?}, failed: {got:?}"
+                    ))
+                }
+                Some(w) => println!("hermit: the broken consumer was caught by exactly {w:?}"),
+            }
+            if passed == 0 {
+                return Err("the image ran no check".into());
+            }
+            // The image exits with a failure then: no status to check.
+            return Ok(());
+        }
+        if !k.failed().is_empty() {
+            return Err(format!("suite cases failed: {:?}", k.failed()));
         }
     }
     if passed == 0 {
@@ -748,8 +809,8 @@ mod tests {
 
     #[test]
     fn log_verdicts() {
-        assert_eq!(check_log(LOG, 3, true), Ok(()));
-        assert!(check_log(LOG, 1, true).is_err());
+        assert_eq!(check_log(LOG, 3, true, false), Ok(()));
+        assert!(check_log(LOG, 1, true, false).is_err());
         assert_eq!(
             suite_lines(LOG),
             [
@@ -763,13 +824,41 @@ mod tests {
         );
         // A failed case, even if the closing line were to say otherwise.
         let failed = LOG.replace("ok 1 C-01 register", "not ok 1 C-01 register # x");
-        assert!(check_log(&failed, 3, true).is_err());
+        assert!(check_log(&failed, 3, true, false).is_err());
         // A case missing from the plan: the run did not finish.
         let short = LOG.replace("ok 1 C-01 register\n", "");
-        assert!(check_log(&short, 3, true).is_err());
+        assert!(check_log(&short, 3, true, false).is_err());
         // The smoke checks alone pass only with `--smoke-only`.
         let smoke = &LOG[..LOG.find("suite config").unwrap()];
-        assert_eq!(check_log(smoke, 3, false), Ok(()));
-        assert!(check_log(smoke, 3, true).is_err());
+        assert_eq!(check_log(smoke, 3, false, false), Ok(()));
+        assert!(check_log(smoke, 3, true, false).is_err());
+    }
+
+    #[test]
+    fn broken_consumer_verdicts() {
+        // Caught by exactly its catchers: passes, whatever the exit status.
+        let caught = LOG
+            .replace(
+                "suite config",
+                "suite-twin: kvm-ignores-seq catches C-01\nsuite config",
+            )
+            .replace("ok 1 C-01 register", "not ok 1 C-01 register # stale")
+            .replace(
+                "1 passed, 0 failed, 1 skipped",
+                "0 passed, 1 failed, 1 skipped",
+            );
+        assert_eq!(check_log(&caught, 1, true, true), Ok(()));
+        // Without a broken consumer the same log fails.
+        assert!(check_log(&caught, 1, true, false).is_err());
+        // Not caught, or caught by another case, or not named: fails.
+        let missed = caught.replace("not ok 1 C-01 register # stale", "ok 1 C-01 register");
+        assert!(check_log(&missed, 1, true, true).is_err());
+        let other = caught.replace("catches C-01", "catches C-09");
+        assert!(check_log(&other, 1, true, true).is_err());
+        let unnamed = caught.replace("suite-twin: kvm-ignores-seq catches C-01\n", "");
+        assert!(check_log(&unnamed, 1, true, true).is_err());
+        // The smoke checks must still pass.
+        let smoke_failed = caught.replacen("1 passed, 0 failed", "0 passed, 1 failed", 1);
+        assert!(check_log(&smoke_failed, 1, true, true).is_err());
     }
 }

@@ -126,7 +126,7 @@ pub struct Options {
 }
 
 /// A twin's name as the module's parameter takes it: lower-case words and dashes.
-fn twin_name(n: &str) -> std::result::Result<String, String> {
+pub(crate) fn twin_name(n: &str) -> std::result::Result<String, String> {
     if !n.is_empty() && n.bytes().all(|b| b.is_ascii_lowercase() || b == b'-') {
         Ok(n.to_string())
     } else {

@@ -173,6 +173,23 @@ const SUITE_CONFIG: notifier_conformance::Config = notifier_conformance::Config 
     many_intervals: 20_000,
 };
 
+/// Words separated by spaces.
+#[cfg(feature = "suite")]
+struct Words(&'static [&'static str]);
+
+#[cfg(feature = "suite")]
+impl fmt::Display for Words {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, w) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(" ")?;
+            }
+            f.write_str(w)?;
+        }
+        Ok(())
+    }
+}
+
 static PROBE_OUT: AtomicUsize = AtomicUsize::new(0);
 
 struct Tally {
@@ -339,7 +356,19 @@ extern "C" fn runtime_entry(_argc: i32, _argv: *const *const u8, _env: *const *c
     #[cfg(feature = "suite")]
     match harness::HermitHarness::new() {
         Some(h) => {
-            let cfg = SUITE_CONFIG;
+            let mut cfg = SUITE_CONFIG;
+            // `cargo xtask hermit --broken NAME` builds the image with a broken consumer.
+            if let Some(name) = option_env!("NOTIFIER_SUITE_TWIN") {
+                match notifier_conformance::Twin::from_name(name) {
+                    Some(t) => {
+                        cfg.twin = Some(t);
+                        say!("suite-twin: {} catches {}", name, Words(t.catches()));
+                    }
+                    None => {
+                        say!("suite-twin: FAILED: no broken consumer named {}", name);
+                    }
+                }
+            }
             say!(
                 "suite config: rounds {}, many_list {}, many_intervals {}",
                 cfg.rounds,
