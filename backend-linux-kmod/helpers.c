@@ -126,7 +126,7 @@ static const char *const nk_lock_names[NK_LOCK_CLASSES] = {
 	"notifier_subscriptions",
 	"notifier_export_page",
 	"notifier_export_registry",
-	"notifier_subscriber",
+	"notifier_secondary",
 };
 
 void nk_spin_lock_init(spinlock_t *lock, unsigned int class)

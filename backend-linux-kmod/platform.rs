@@ -143,7 +143,7 @@ unsafe impl Sync for KernelLock {}
 // semantics (the kernel's locking contract).
 unsafe impl RawLock for KernelLock {
     fn new() -> Self {
-        Self::new_class(LockClass::Subscriber)
+        Self::new_class(LockClass::Secondary)
     }
 
     fn new_class(class: LockClass) -> Self {

@@ -56,7 +56,7 @@ pub unsafe trait RawLock: Send + Sync {
 /// use notifier_core::LockClass;
 ///
 /// assert_eq!(LockClass::Subscriptions.name(), "notifier_subscriptions");
-/// assert_eq!(LockClass::ALL[LockClass::Subscriber.index()], LockClass::Subscriber);
+/// assert_eq!(LockClass::ALL[LockClass::Secondary.index()], LockClass::Secondary);
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -68,10 +68,10 @@ pub enum LockClass {
     ExportPage,
     /// An export registry's list of exporters.
     ExportRegistry,
-    /// A subscriber's own lock: a [`SpinLock`](crate::sync::SpinLock) made with
-    /// [`SpinLock::new`](crate::sync::SpinLock::new), such as the one a secondary MMU
+    /// A secondary MMU's own lock: a [`SpinLock`](crate::sync::SpinLock) made with
+    /// [`SpinLock::new`](crate::sync::SpinLock::new), such as the one a subscriber
     /// takes around `set_seq` in its `invalidate` and around `read_retry` when it faults.
-    Subscriber,
+    Secondary,
 }
 
 impl LockClass {
@@ -80,7 +80,7 @@ impl LockClass {
         LockClass::Subscriptions,
         LockClass::ExportPage,
         LockClass::ExportRegistry,
-        LockClass::Subscriber,
+        LockClass::Secondary,
     ];
 
     /// A small number, below `ALL.len()`, for a platform that keeps a table of
@@ -90,7 +90,7 @@ impl LockClass {
             LockClass::Subscriptions => 0,
             LockClass::ExportPage => 1,
             LockClass::ExportRegistry => 2,
-            LockClass::Subscriber => 3,
+            LockClass::Secondary => 3,
         }
     }
 
@@ -100,7 +100,7 @@ impl LockClass {
             LockClass::Subscriptions => "notifier_subscriptions",
             LockClass::ExportPage => "notifier_export_page",
             LockClass::ExportRegistry => "notifier_export_registry",
-            LockClass::Subscriber => "notifier_subscriber",
+            LockClass::Secondary => "notifier_secondary",
         }
     }
 }

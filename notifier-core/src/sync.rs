@@ -40,10 +40,10 @@ unsafe impl<P: Platform, T: Send> Sync for SpinLock<P, T> {}
 unsafe impl<P: Platform, T: Send> Send for SpinLock<P, T> {}
 
 impl<P: Platform, T> SpinLock<P, T> {
-    /// An unlocked lock holding `data`, of class [`LockClass::Subscriber`] (a
+    /// An unlocked lock holding `data`, of class [`LockClass::Secondary`] (a
     /// subscriber's own lock).
     pub fn new(data: T) -> Self {
-        Self::new_class(LockClass::Subscriber, data)
+        Self::new_class(LockClass::Secondary, data)
     }
 
     /// An unlocked lock of the given class holding `data` (see [`RawLock::new_class`]).

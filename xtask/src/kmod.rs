@@ -655,7 +655,7 @@ reboot -f
 /// registry's are taken only where the page-keyed export runs (not in Linux).
 const LOCK_CLASSES: [&str; 4] = [
     "notifier_subscriptions",
-    "notifier_subscriber",
+    "notifier_secondary",
     "notifier_export_page",
     "notifier_export_registry",
 ];
@@ -956,7 +956,7 @@ mod tests {
         }
         s + "notifier_kmod: 1 passed, 0 failed\n\
                kmod-init: lockdep class notifier_subscriptions: 1\n\
-               kmod-init: lockdep class notifier_subscriber: 1\n\
+               kmod-init: lockdep class notifier_secondary: 1\n\
                kmod-init: lockdep class notifier_export_page: 0\n\
                kmod-init: done\n"
     }
@@ -984,8 +984,8 @@ mod tests {
         assert!(check_log(&lockdep, "exited", false, &[]).is_err());
         // One lockdep class for every lock (or none at all) fails the run.
         let one_class = good.replace(
-            "kmod-init: lockdep class notifier_subscriber: 1",
-            "kmod-init: lockdep class notifier_subscriber: 0",
+            "kmod-init: lockdep class notifier_secondary: 1",
+            "kmod-init: lockdep class notifier_secondary: 0",
         );
         assert_ne!(one_class, good);
         assert!(check_log(&one_class, "exited", false, &[]).is_err());
@@ -1020,7 +1020,7 @@ mod tests {
                       notifier_kmod: suite: 1 passed, 1 failed\n\
                       notifier_kmod: 1 passed, 0 failed\n\
                       kmod-init: lockdep class notifier_subscriptions: 2\n\
-                      kmod-init: lockdep class notifier_subscriber: 1\n\
+                      kmod-init: lockdep class notifier_secondary: 1\n\
                       kmod-init: done\n";
         assert_eq!(check_log(caught, "exited", true, &[]), Ok(()));
         assert!(check_log(caught, "exited", false, &[]).is_err());
