@@ -106,6 +106,7 @@ impl StdPlatform {
     }
 
     /// Whether the current thread is inside a non-blockable region.
+    #[inline]
     pub fn in_non_block() -> bool {
         NON_BLOCK.with(|c| c.get() != 0)
     }

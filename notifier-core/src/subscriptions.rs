@@ -198,7 +198,17 @@ impl<P: Platform> Subscriptions<P> {
     /// its counter (a sequentially consistent add), then reads `zombies`. Either the
     /// put sees the exit, or the exit sees the zombie and sweeps. A sweep that finds
     /// the grace-period mutex taken asks its holder to look again (`sweep_again`).
+    #[inline]
     pub(crate) fn sweep_zombies(&self) {
+        // The common case, inline at every invalidation's end: no zombie.
+        if self.zombies.load(Ordering::SeqCst) != 0 {
+            self.sweep_zombies_slow();
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn sweep_zombies_slow(&self) {
         loop {
             if self.zombies.load(Ordering::SeqCst) == 0 {
                 return;

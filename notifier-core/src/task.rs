@@ -49,6 +49,9 @@ impl TaskState {
         self.callbacks.load(Ordering::Relaxed) == 0 && self.held.load(Ordering::Relaxed) == 0
     }
 
+    /// Only the owning task writes its state: a load and a store, no locked
+    /// instruction. Inlined: it is on every invalidation's path.
+    #[inline(always)]
     fn add(c: &AtomicU32, d: i32) {
         c.store(
             c.load(Ordering::Relaxed).saturating_add_signed(d),
