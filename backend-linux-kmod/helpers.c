@@ -81,6 +81,32 @@ void nk_invalidation_map_release(void)
 	lock_map_release(&nk_invalidation_map);
 }
 
+/*
+ * The lockdep teeth run (`lockdep_teeth=1`, `cargo xtask kmod --lockdep-teeth`): a
+ * subscriber's own mutex, taken in its start callback and held across a registration
+ * (smoke.rs, lockdep_teeth). Lockdep must report the cycle through the invalidation
+ * map; the normal run never sets the parameter.
+ */
+static bool lockdep_teeth;
+module_param(lockdep_teeth, bool, 0444);
+MODULE_PARM_DESC(lockdep_teeth, "run only the scenario lockdep must report, then fail to load");
+static DEFINE_MUTEX(nk_teeth_mutex);
+
+bool nk_lockdep_teeth(void)
+{
+	return lockdep_teeth;
+}
+
+void nk_teeth_lock(void)
+{
+	mutex_lock(&nk_teeth_mutex);
+}
+
+void nk_teeth_unlock(void)
+{
+	mutex_unlock(&nk_teeth_mutex);
+}
+
 unsigned int nk_cpu(void)
 {
 	return raw_smp_processor_id();

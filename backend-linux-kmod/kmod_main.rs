@@ -85,6 +85,13 @@ impl kernel::Module for NotifierKmod {
         if r != 0 {
             return Err(Error::from_errno(r));
         }
+        if smoke::lockdep_teeth_run() {
+            smoke::lockdep_teeth();
+            // SAFETY: paired with `nk_init` above; nothing of ours is left.
+            unsafe { nk_exit() };
+            let _ = notifier_core::synchronize::<platform::Kernel>();
+            return Err(ENODEV);
+        }
         match smoke::run_at_init() {
             Ok(at_exit) => {
                 conformance_suite();

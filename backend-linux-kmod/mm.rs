@@ -33,7 +33,7 @@ use kernel::error::{code, Error as KError, Result as KResult};
 use kernel::ffi::{c_int, c_long, c_ulong, c_void};
 use kernel::types::Opaque;
 use notifier_core::primitive::AtomicU32;
-use notifier_core::{AddressSpace, Error, Event, Invalidation, Platform, Range};
+use notifier_core::{AddressSpace, Error as CoreError, Event, Invalidation, Platform, Range};
 
 use crate::layout;
 use crate::platform::Kernel;
@@ -152,7 +152,7 @@ pub(crate) static NO_ROOM: AtomicUsize = AtomicUsize::new(0);
 /// Invalidations parked in the overflow list (the table was full).
 pub(crate) static OVERFLOWED: AtomicUsize = AtomicUsize::new(0);
 
-fn forward_error(what: &str, e: Error) {
+fn forward_error(what: &str, e: CoreError) {
     FORWARD_ERRORS.fetch_add(1, Ordering::Relaxed);
     kernel::pr_err!("forwarder: {} refused by the core: {:?}\n", what, e);
 }
@@ -463,7 +463,7 @@ pub(crate) unsafe extern "C" fn nk_rust_start(
             st.park(room, r as usize, inv);
             0
         }
-        Err(Error::WouldBlock) if !blockable => {
+        Err(CoreError::WouldBlock) if !blockable => {
             st.unreserve(room);
             REFUSALS.fetch_add(1, Ordering::Relaxed);
             code::EAGAIN.to_errno()
@@ -635,6 +635,42 @@ impl Drop for MmUser {
         // SAFETY: our reference, given back once (type invariant). May sleep (the
         // last one tears the address space down).
         unsafe { bindings::mmput(self.mm.as_ptr()) }
+    }
+}
+
+/// A core error as a kernel error, so that a driver's function returning the kernel's
+/// `Result` can use `?` on core calls (through [`KernelResult::kernel`]). Neither the
+/// core nor a driver may implement `From` between the two (the orphan rule: both types
+/// are foreign to them), so this crate offers the conversion. The numbers follow what
+/// Linux's own notifier returns where it has a counterpart (`-EAGAIN` for a refused
+/// non-blockable start, `-ENOMEM`, `-EINVAL` for a bad range).
+pub fn to_kernel_error(e: CoreError) -> KError {
+    match e {
+        CoreError::WouldBlock => code::EAGAIN,
+        CoreError::NoMemory => code::ENOMEM,
+        CoreError::AlreadyRegistered => code::EBUSY,
+        CoreError::NotRegistered => code::ENOENT,
+        // The address space is torn down: its process is exiting.
+        CoreError::Dead => code::ESRCH,
+        // The call would wait for the caller itself.
+        CoreError::InCallback | CoreError::InvalidationHeld => {
+            KError::from_errno(-(bindings::EDEADLK as c_int))
+        }
+        // Bad ranges and handles of another address space, and anything added later.
+        _ => code::EINVAL,
+    }
+}
+
+/// `.kernel()` on a core result: `sub.as_ref().register(&mmn).kernel()?` in a function
+/// that returns the kernel's `Result`.
+pub trait KernelResult<T> {
+    /// The result with its error converted by [`to_kernel_error`].
+    fn kernel(self) -> KResult<T>;
+}
+
+impl<T> KernelResult<T> for core::result::Result<T, CoreError> {
+    fn kernel(self) -> KResult<T> {
+        self.map_err(to_kernel_error)
     }
 }
 

@@ -22,8 +22,8 @@ use notifier_core::{
 };
 
 use crate::mm::{
-    nk_rust_end, nk_rust_start, Mm, MmNotifier, MmUser, CLAMPED, FORWARDERS, FORWARD_ERRORS,
-    NO_ROOM, OVERFLOWED, REFUSALS, UNFORWARDABLE, UNKNOWN_EVENTS,
+    nk_rust_end, nk_rust_start, KernelResult, Mm, MmNotifier, MmUser, CLAMPED, FORWARDERS,
+    FORWARD_ERRORS, NO_ROOM, OVERFLOWED, REFUSALS, UNFORWARDABLE, UNKNOWN_EVENTS,
 };
 use crate::platform::Kernel;
 
@@ -314,6 +314,9 @@ fn list_cases(mmn: &MmNotifier) -> core::result::Result<(), ()> {
                 "second register: {:?}",
                 r
             );
+            // As a driver returning the kernel's `Result` sees it.
+            let k = sub.register(mmn).kernel();
+            ensure!(k == Err(EBUSY), "second register, as kernel error: {:?}", k);
             Ok(())
         })(),
     );
@@ -776,6 +779,83 @@ fn process_cases() {
     drop(mmn);
     // SAFETY: registered above, unregistered once.
     unsafe { nk_ref_unregister(rf) };
+}
+
+extern "C" {
+    fn nk_lockdep_teeth() -> bool;
+    fn nk_teeth_lock();
+    fn nk_teeth_unlock();
+}
+
+/// Whether the module was loaded for the lockdep teeth run only.
+pub(crate) fn lockdep_teeth_run() -> bool {
+    // SAFETY: reads a module parameter.
+    unsafe { nk_lockdep_teeth() }
+}
+
+/// A subscriber that takes a mutex of its own in its start callback.
+struct TakesItsLock(AtomicUsize);
+
+impl SubscriberOps for TakesItsLock {
+    fn invalidate_range_start(&self, r: &Range) -> core::result::Result<(), WouldBlock> {
+        if r.blockable {
+            // SAFETY: a static mutex; a blockable start may sleep.
+            unsafe {
+                nk_teeth_lock();
+                nk_teeth_unlock();
+            }
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+}
+
+/// The lockdep teeth run: a subscriber's own mutex is taken in its start callback (under
+/// the invalidation map) and held across a registration (which announces that it may
+/// wait for invalidations). The two never deadlock here, but they could; lockdep must
+/// report the cycle (`cargo xtask kmod --lockdep-teeth` checks that it does).
+pub(crate) fn lockdep_teeth() {
+    pr_info!("lockdep-teeth: a subscriber lock held across register and taken in a callback\n");
+    Mm::with_current(|mm| {
+        let Some(mm) = mm else {
+            pr_err!("lockdep-teeth: no mm\n");
+            return;
+        };
+        let Ok(mmn) = MmNotifier::get(mm) else {
+            pr_err!("lockdep-teeth: mmu_notifier_get failed\n");
+            return;
+        };
+        let sub = pin!(Subscriber::<TakesItsLock, Kernel>::new(TakesItsLock(
+            AtomicUsize::new(0)
+        )));
+        let sub = sub.into_ref();
+        if sub.register(&mmn).is_err() {
+            pr_err!("lockdep-teeth: register failed\n");
+            return;
+        }
+        // Edge 1: the invalidation map, then the mutex (in the start callback).
+        if let Ok(addr) = map(1) {
+            let _ = touch(addr);
+            let _ = unmap(addr, PAGE);
+        }
+        // Edge 2: the mutex, then the invalidation map (a registration announces that
+        // it may wait for invalidations in flight).
+        let other = pin!(Subscriber::<Recorder, Kernel>::new(Recorder::new()));
+        let other = other.into_ref();
+        // SAFETY: a static mutex, released below; registering may sleep.
+        unsafe { nk_teeth_lock() };
+        let r = other.register(&mmn);
+        // SAFETY: taken above.
+        unsafe { nk_teeth_unlock() };
+        if r.is_ok() {
+            let _ = other.unregister();
+        }
+        let _ = sub.unregister();
+        pr_info!(
+            "lockdep-teeth: done ({} start(s) took the mutex under the invalidation map)\n",
+            sub.ops().0.load(Ordering::Relaxed)
+        );
+    });
 }
 
 /// The cases run while the module loads, in `insmod`'s context.

@@ -310,6 +310,10 @@ impl<P: Platform> Subscriptions<P> {
     /// The list part of `start`: call every node visible at generation `g`.
     fn hlist_start(&self, range: &Range, g: u64) -> Result<(), Error> {
         let rcu = P::rcu().read_lock();
+        // Inside the read-side section, right around the callbacks: a validator that
+        // tracks the (recursive-read) SRCU section would otherwise see no direct edge
+        // from the map to a lock a callback takes.
+        let map = task::InvalidationMap::<P>::acquire();
         let _mark = task::CallbackMark::<P>::new();
         let mut failed: Option<*mut Node<P>> = None;
         self.for_each_node(|n| {
@@ -331,6 +335,7 @@ impl<P: Platform> Subscriptions<P> {
             }
         });
         let Some(failed) = failed else {
+            drop(map);
             drop(rcu);
             return Ok(());
         };
@@ -348,12 +353,14 @@ impl<P: Platform> Subscriptions<P> {
             }
             true
         });
+        drop(map);
         drop(rcu);
         Err(Error::WouldBlock)
     }
 
     fn hlist_end(&self, range: &Range, g: u64) {
         let _rcu = P::rcu().read_lock();
+        let _map = task::InvalidationMap::<P>::acquire();
         let _mark = task::CallbackMark::<P>::new();
         self.for_each_node(|n| {
             if n.visible(g) {
@@ -630,12 +637,13 @@ impl<P: Platform> AddressSpace<P> {
             armed: true,
         };
         let g = s.gen.load(Ordering::Acquire);
-        // The callbacks below run under the validator's invalidation map.
-        let map = task::InvalidationMap::<P>::acquire();
         // Read after `enter` (its barrier pairs with the first insertion's grace
         // period): either this invalidation sees the tree, or the insertion waits for it.
         if s.has_itree.load(Ordering::Relaxed) {
             guard.itree = true;
+            // The interval callbacks run under the validator's invalidation map (the
+            // list's take it inside their read-side section, `hlist_start`).
+            let _map = task::InvalidationMap::<P>::acquire();
             if let Err(e) = crate::interval::itree_invalidate(s, &range) {
                 // Refused: `itree_invalidate` has ended its part already.
                 guard.itree = false;
@@ -645,7 +653,6 @@ impl<P: Platform> AddressSpace<P> {
         if !s.head.load(Ordering::Relaxed).is_null() {
             s.hlist_start(&range, g)?;
         }
-        drop(map);
         task::hold::<P>();
         guard.armed = false;
         Ok(Invalidation {
@@ -829,7 +836,6 @@ impl<P: Platform> Invalidation<'_, P> {
         };
         task::unhold::<P>();
         if !s.head.load(Ordering::Relaxed).is_null() {
-            let _map = task::InvalidationMap::<P>::acquire();
             s.hlist_end(range, st.gen);
         }
     }

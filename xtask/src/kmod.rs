@@ -115,6 +115,10 @@ pub struct Options {
     /// then passes only if exactly the cases that must catch it fail
     #[arg(long, value_name = "TWIN", value_parser = twin_name)]
     broken: Option<String>,
+    /// Skip the second boot, in which lockdep must report a subscriber lock held across
+    /// a registration and taken in a callback (the invalidation map's teeth)
+    #[arg(long)]
+    no_lockdep_teeth: bool,
     /// Where the kernel tree, bindgen and the builds are kept
     #[arg(
         long,
@@ -171,7 +175,11 @@ fn run(opts: &Options) -> Result<()> {
     let helper = out.join("nkhelper");
     build_helper(&root, &helper)?;
     let initramfs = out.join("initramfs.cpio");
-    build_initramfs(&ko, &helper, &initramfs, opts.broken.as_deref())?;
+    let args = opts
+        .broken
+        .as_deref()
+        .map_or(String::new(), |b| format!("suite_twin={b}"));
+    build_initramfs(&ko, &helper, &initramfs, &args)?;
     let log = out.join("serial.log");
     let status = boot(&kdir, &initramfs, &log, opts.timeout)?;
     step(&format!("QEMU finished: {status} ({:.0?})", t0.elapsed()));
@@ -193,7 +201,44 @@ fn run(opts: &Options) -> Result<()> {
     }
     let known = fs::read_to_string(root.join(KNOWN_DIFFERENCES))
         .map_err(|e| format!("{KNOWN_DIFFERENCES}: {e}"))?;
-    check_log(&text, &status, opts.broken.is_some(), &known_ids(&known))
+    check_log(&text, &status, opts.broken.is_some(), &known_ids(&known))?;
+    if opts.broken.is_none() && !opts.no_lockdep_teeth {
+        // The lockdep annotations must bite: a boot that only runs the scenario lockdep
+        // must report (a subscriber's mutex taken in its start callback and held across
+        // a registration).
+        let t = Instant::now();
+        build_initramfs(&ko, &helper, &initramfs, "lockdep_teeth=1")?;
+        let log = out.join("serial-lockdep-teeth.log");
+        let status = boot(&kdir, &initramfs, &log, opts.timeout)?;
+        let text = fs::read(&log).map_err(|e| format!("{}: {e}", log.display()))?;
+        check_teeth_log(&String::from_utf8_lossy(&text), &status)?;
+        step(&format!(
+            "lockdep reported the planted lock cycle through the invalidation map ({:.0?})",
+            t.elapsed()
+        ));
+    }
+    Ok(())
+}
+
+/// The lockdep teeth boot: the scenario ran to its end, and lockdep reported a circular
+/// dependency between the subscriber's mutex and the core's invalidation map.
+fn check_teeth_log(text: &str, status: &str) -> Result<()> {
+    if status.starts_with("TIMEOUT") {
+        return Err(format!("lockdep teeth boot: {status}"));
+    }
+    if !text.contains("lockdep-teeth: done") {
+        return Err("lockdep teeth boot: the scenario did not run to its end".into());
+    }
+    let report = text.contains("possible circular locking dependency detected");
+    let names = text.contains("notifier_invalidation") && text.contains("nk_teeth_mutex");
+    if !(report && names) {
+        return Err(
+            "lockdep teeth boot: no circular-dependency report naming notifier_invalidation \
+             and the subscriber's mutex: the invalidation map has no teeth"
+                .into(),
+        );
+    }
+    Ok(())
 }
 
 fn step(msg: &str) {
@@ -643,6 +688,7 @@ insmod /notifier_kmod.ko helper_pid=$pid SUITE_ARGS || echo 'kmod-init: insmod f
 for c in LOCK_CLASSES; do
   echo \"kmod-init: lockdep class $c: $(grep -c \": $c\" /proc/lockdep)\"
 done
+echo \"kmod-init: lockdep $(grep debug_locks /proc/lockdep_stats)\"
 echo 'kmod-init: rmmod'
 rmmod notifier_kmod || echo 'kmod-init: rmmod failed'
 echo 'kmod-init: done'
@@ -653,13 +699,14 @@ reboot -f
 /// given by the module's `helpers.c`), and whether a run must have registered each:
 /// the suite always takes an address space's lock and a subscriber's own; the export
 /// registry's are taken only where the page-keyed export runs (not in Linux).
-const LOCK_CLASSES: [&str; 4] = [
+const LOCK_CLASSES: [&str; 5] = [
     "notifier_subscriptions",
     "notifier_secondary",
+    "notifier_invalidation",
     "notifier_export_page",
     "notifier_export_registry",
 ];
-const LOCK_CLASSES_REQUIRED: usize = 2;
+const LOCK_CLASSES_REQUIRED: usize = 3;
 
 /// Each lock class the init script counted in `/proc/lockdep`, and how many entries.
 fn lock_classes(text: &str) -> Vec<(&str, usize)> {
@@ -682,7 +729,8 @@ fn build_helper(root: &Path, out: &Path) -> Result<()> {
         .arg(root.join("backend-linux-kmod/nkhelper.c")))
 }
 
-fn build_initramfs(ko: &Path, helper: &Path, out: &Path, broken: Option<&str>) -> Result<()> {
+/// `args` are the module's parameters beyond `helper_pid`.
+fn build_initramfs(ko: &Path, helper: &Path, out: &Path, args: &str) -> Result<()> {
     let busybox = fs::read("/bin/busybox").map_err(|e| format!("/bin/busybox: {e}"))?;
     let module = fs::read(ko).map_err(|e| format!("{}: {e}", ko.display()))?;
     let helper = fs::read(helper).map_err(|e| format!("{}: {e}", helper.display()))?;
@@ -703,12 +751,11 @@ fn build_initramfs(ko: &Path, helper: &Path, out: &Path, broken: Option<&str>) -
     ] {
         add(&mut c, &format!("bin/{applet}"), 0o120777, b"busybox");
     }
-    let args = broken.map_or(String::new(), |b| format!("suite_twin={b}"));
     add(
         &mut c,
         "init",
         0o100755,
-        INIT.replace("SUITE_ARGS", &args)
+        INIT.replace("SUITE_ARGS", args)
             .replace("LOCK_CLASSES", &LOCK_CLASSES.join(" "))
             .as_bytes(),
     );
@@ -957,6 +1004,7 @@ mod tests {
         s + "notifier_kmod: 1 passed, 0 failed\n\
                kmod-init: lockdep class notifier_subscriptions: 1\n\
                kmod-init: lockdep class notifier_secondary: 1\n\
+               kmod-init: lockdep class notifier_invalidation: 1\n\
                kmod-init: lockdep class notifier_export_page: 0\n\
                kmod-init: done\n"
     }
@@ -975,6 +1023,22 @@ mod tests {
         "ok 1 C-01 register",
         "1 passed, 0 failed",
     ];
+
+    #[test]
+    fn lockdep_teeth_verdicts() {
+        let caught = "lockdep-teeth: a subscriber lock held\n\
+                      WARNING: possible circular locking dependency detected\n\
+                      (nk_teeth_mutex){+.+.}-{4:4}\n(notifier_invalidation){+.+.}-{0:0}\n\
+                      lockdep-teeth: done\n";
+        assert_eq!(check_teeth_log(caught, "exited"), Ok(()));
+        assert!(check_teeth_log(caught, "TIMEOUT after 1s").is_err());
+        let silent = "lockdep-teeth: a subscriber lock held\nlockdep-teeth: done\n";
+        assert!(check_teeth_log(silent, "exited").is_err());
+        let other = caught.replace("notifier_invalidation", "some_other_map");
+        assert!(check_teeth_log(&other, "exited").is_err());
+        let unfinished = caught.replace("lockdep-teeth: done\n", "");
+        assert!(check_teeth_log(&unfinished, "exited").is_err());
+    }
 
     #[test]
     fn log_verdicts() {
@@ -1021,6 +1085,7 @@ mod tests {
                       notifier_kmod: 1 passed, 0 failed\n\
                       kmod-init: lockdep class notifier_subscriptions: 2\n\
                       kmod-init: lockdep class notifier_secondary: 1\n\
+                      kmod-init: lockdep class notifier_invalidation: 1\n\
                       kmod-init: done\n";
         assert_eq!(check_log(caught, "exited", true, &[]), Ok(()));
         assert!(check_log(caught, "exited", false, &[]).is_err());
