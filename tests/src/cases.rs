@@ -924,6 +924,10 @@ fn c09_no_stale<H: Harness, S: Notifiers<H>>(h: &H, cfg: &Config) -> CaseResult 
         }
     };
     let (vcpu1, device1) = (|| vcpu(PAGES, 3), || device(PAGES));
+    // Faults wait in their race windows for an invalidation of their page (issue 14):
+    // a consumer that ignores one installs a stale translation in every run.
+    let windows = [&kvm.window, &exp.window, &mir.window];
+    windows.iter().for_each(|w| w.open(true));
     h.run_concurrently(&[&primary, &vcpu1, &remote, &device1]);
     err.check()?;
     // Part 2: protection changes that keep the frames (mprotect, fork's copy-on-write
@@ -1024,6 +1028,7 @@ fn c09_no_stale<H: Harness, S: Notifiers<H>>(h: &H, cfg: &Config) -> CaseResult 
             &primary, &vcpu2, &vcpu3, &device2, &mirror1, &mirror2, &reaper, &newcomer,
         ]);
     }
+    windows.iter().for_each(|w| w.open(false));
     // Afterwards, every cached translation is still checked once more.
     let pages = (0..PAGES).map(addr::<H>).chain((0..FORKS).map(fresh_addr));
     for a in pages {
@@ -1171,8 +1176,10 @@ fn c12_sequence<H: Harness, S: Notifiers<H>>(h: &H, cfg: &Config) -> Outcome {
         );
     }
     h.map(sp.mm, addr::<H>(0), pg)?;
-    // Concurrent: faults through the sequence protocol against unmaps and migrations.
+    // Concurrent: faults through the sequence protocol against unmaps and migrations,
+    // each fault's first attempt waiting in its race window (issue 14).
     if h.lacks(Cap::Concurrency).is_none() {
+        m.window.open(true);
         let err = FirstError::<H::P>::new();
         let stop = AtomicBool::new(false);
         let primary = || unmap_and_migrate(h, &sp, cfg, 2, &err, &stop);
@@ -1194,6 +1201,7 @@ fn c12_sequence<H: Harness, S: Notifiers<H>>(h: &H, cfg: &Config) -> Outcome {
             }
         };
         h.run_concurrently(&[&primary, &device]);
+        m.window.open(false);
         err.check()?;
     }
     for i in 0..PAGES {
