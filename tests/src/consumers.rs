@@ -29,7 +29,7 @@ const WINDOW_YIELDS: u32 = 256;
 /// kernels"). A fault reads the primary entry, then waits here, before it takes its lock
 /// and checks whether an invalidation ran meanwhile, until an invalidation of that page
 /// has started, or for a consumer that revokes at `end` has ended (or a bound of
-/// [`WINDOW_YIELDS`] yields has passed). A correct consumer
+/// `WINDOW_YIELDS` yields has passed). A correct consumer
 /// then sees the invalidation and retries (only its first attempt waits); a broken one
 /// that ignores it installs a translation the primary MMU is removing, in every run
 /// rather than when the scheduler happens to interleave the two. Only while a case has
