@@ -20,6 +20,8 @@ mod layout {
 }
 mod harness;
 pub mod mm;
+#[path = "binding/mmu_notifier.rs"]
+pub mod mmu_notifier;
 pub mod platform;
 mod reference;
 mod smoke;

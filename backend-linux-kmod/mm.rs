@@ -321,22 +321,6 @@ impl MmState {
     }
 }
 
-/// Linux's event code as the core's; `None` for a code newer than this module. Every
-/// code of Linux 6.12's `enum mmu_notifier_event` has its own.
-pub(crate) fn event(e: bindings::mmu_notifier_event) -> Option<Event> {
-    Some(match e {
-        bindings::mmu_notifier_event_MMU_NOTIFY_UNMAP => Event::Unmap,
-        bindings::mmu_notifier_event_MMU_NOTIFY_CLEAR => Event::Clear,
-        bindings::mmu_notifier_event_MMU_NOTIFY_PROTECTION_VMA => Event::ProtectionVma,
-        bindings::mmu_notifier_event_MMU_NOTIFY_PROTECTION_PAGE => Event::ProtectionPage,
-        bindings::mmu_notifier_event_MMU_NOTIFY_SOFT_DIRTY => Event::SoftDirty,
-        bindings::mmu_notifier_event_MMU_NOTIFY_RELEASE => Event::Release,
-        bindings::mmu_notifier_event_MMU_NOTIFY_MIGRATE => Event::Migrate,
-        bindings::mmu_notifier_event_MMU_NOTIFY_EXCLUSIVE => Event::Exclusive,
-        _ => return None,
-    })
-}
-
 /// `alloc_notifier`: a new forwarder with an empty address space. Null on failure.
 #[no_mangle]
 pub(crate) extern "C" fn nk_rust_mm_alloc() -> *mut NkMmHead {
@@ -433,7 +417,7 @@ pub(crate) unsafe extern "C" fn nk_rust_start(
     let Some((start, end)) = clamp_counted("range not forwarded", kr.start, kr.end) else {
         return 0;
     };
-    let ev = event(kr.event).unwrap_or_else(|| {
+    let ev = crate::mmu_notifier::event(kr.event).unwrap_or_else(|| {
         count_first(
             &UNKNOWN_EVENTS,
             "unknown event, forwarded as Unmap:",

@@ -7,33 +7,34 @@
 //! implementation does; a case whose result differs between the two is named by the
 //! module.
 //!
-//! Each list subscription is two kernel `mmu_notifier`s: Linux refuses
-//! `arch_invalidate_secondary_tlbs` on a notifier that also has start/end, and the
-//! suite's consumers may use both. The first carries `release`, start/end and the
-//! young calls, the second only the secondary-TLB flush. An interval subscription is
-//! one `mmu_interval_notifier`; the sequence protocol is Linux's
-//! (`mmu_interval_read_begin`, and `read_retry`/`set_seq`, which are static inlines in
-//! C, as the same `READ_ONCE`/`WRITE_ONCE` of `invalidate_seq` here).
+//! The list subscriptions are the public binding's [`MmuNotifier`]
+//! (`binding/mmu_notifier.rs`, with the secondary-TLB notifier), so the suite exercises
+//! what a driver uses: the suite's consumers are `SubscriberOps`, the trait both worlds
+//! share. An interval subscription is one `mmu_interval_notifier`; the sequence protocol
+//! is Linux's (`mmu_interval_read_begin`, and `read_retry`/`set_seq`, which are static
+//! inlines in C, as the same `READ_ONCE`/`WRITE_ONCE` of `invalidate_seq` here).
 //!
 //! What only the core offers (typed misuse errors, direct calls into its
 //! `AddressSpace`, its shared subscribers, two-pass intervals, the export registry) is
 //! reported as lacking, so the suite says "not applicable" for those checks.
 
 use core::marker::PhantomPinned;
-use core::mem::offset_of;
 use core::ops::Deref;
 use core::pin::Pin;
-use core::ptr;
+use core::ptr::{self, NonNull};
 use core::sync::atomic::{AtomicBool, Ordering};
 
 use kernel::bindings;
 use kernel::ffi::{c_int, c_ulong};
+use kernel::init::PinInit;
 use kernel::types::Opaque;
 use notifier_conformance::harness::{Harness, Mm};
 use notifier_conformance::subscribe::{
     Feature, IntervalSubscription, IvOps, Notifiers, Seq, Subscription,
 };
-use notifier_core::{Error, Event, Range, SubscriberOps};
+use notifier_core::{Error, Range, SubscriberOps, WouldBlock};
+
+use crate::mmu_notifier::{range_from_raw, MmWithUser, MmuNotifier};
 
 use crate::platform::Kernel;
 
@@ -76,22 +77,6 @@ impl<H: KernelMms> Notifiers<H> for LinuxC {
     }
 }
 
-/// The kernel's range as the core's.
-///
-/// # Safety
-///
-/// `r` points to a live `mmu_notifier_range` (the kernel's argument to a callback).
-unsafe fn range(r: *const bindings::mmu_notifier_range) -> Range {
-    // SAFETY: caller's contract.
-    let r = unsafe { &*r };
-    // A code newer than this module: the safe reading is "it goes away".
-    let ev = crate::mm::event(r.event).unwrap_or(Event::Unmap);
-    let mut out = Range::new(r.start, r.end, ev);
-    out.blockable = r.flags & bindings::MMU_NOTIFIER_RANGE_BLOCKABLE != 0;
-    out.owner = r.owner as usize;
-    out
-}
-
 /// Errors of `mmu_notifier_register` / `mmu_interval_notifier_insert` as the core's.
 fn error(rc: c_int) -> Error {
     if rc == -(bindings::ENOMEM as c_int) {
@@ -107,177 +92,72 @@ fn error(rc: c_int) -> Error {
 // List subscriptions
 // -------------------------------------------------------------------------------------
 
-/// A suite consumer registered with `mmu_notifier_register`.
+/// The suite's consumer as the binding's callbacks: every call goes to the `ops` of
+/// the [`CSub`] that registered it.
 ///
 /// # Invariants
 ///
-/// - `registered` is true exactly between a successful [`Subscription::register`] and
-///   the matching unregister; while it is, both notifiers are on the mm's list, their
-///   `ops` point to this type's tables and `mn.mm` is the mm.
-/// - The kernel reaches `ops` only through those notifiers, from callbacks that run
-///   while they are registered (and `mmu_notifier_unregister` waits for them).
-#[repr(C)]
-pub(crate) struct CSub<T> {
-    /// Start/end, the young calls and release. First, so that a pointer to it is one to
-    /// the whole.
-    mn: Opaque<bindings::mmu_notifier>,
-    /// `arch_invalidate_secondary_tlbs` only.
-    tlb: Opaque<bindings::mmu_notifier>,
+/// `0` points to the `ops` of a pinned `CSub<T>`, which drops the notifier holding this
+/// `Fwd` before its `ops` (unregister or `Drop`).
+struct Fwd<T>(NonNull<T>);
+
+// SAFETY: only `&T` is reached through it, and `T: SubscriberOps` is `Sync`.
+unsafe impl<T: SubscriberOps> Sync for Fwd<T> {}
+// SAFETY: as above.
+unsafe impl<T: SubscriberOps> Send for Fwd<T> {}
+
+impl<T: SubscriberOps> Fwd<T> {
+    fn ops(&self) -> &T {
+        // SAFETY: alive as long as this `Fwd` (type invariant).
+        unsafe { self.0.as_ref() }
+    }
+}
+
+impl<T: SubscriberOps> SubscriberOps for Fwd<T> {
+    fn release(&self) {
+        self.ops().release()
+    }
+    fn invalidate_range_start(&self, r: &Range) -> Result<(), WouldBlock> {
+        self.ops().invalidate_range_start(r)
+    }
+    fn invalidate_range_end(&self, r: &Range) {
+        self.ops().invalidate_range_end(r)
+    }
+    fn invalidate_secondary_tlbs(&self, start: usize, end: usize) {
+        self.ops().invalidate_secondary_tlbs(start, end)
+    }
+    fn clear_flush_young(&self, start: usize, end: usize) -> bool {
+        self.ops().clear_flush_young(start, end)
+    }
+    fn clear_young(&self, start: usize, end: usize) -> bool {
+        self.ops().clear_young(start, end)
+    }
+    fn test_young(&self, addr: usize) -> bool {
+        self.ops().test_young(addr)
+    }
+}
+
+/// A suite consumer registered through the public binding
+/// ([`MmuNotifier::new_with_secondary_tlbs`]): the suite's separate `new` and
+/// `register` become an [`MmuNotifier`] initialised in place at registration and
+/// dropped in place at unregistration.
+///
+/// # Invariants
+///
+/// `notifier` holds an initialised (so registered) `MmuNotifier` exactly while
+/// `registered` is true, whose `Fwd` points to `ops`.
+pub(crate) struct CSub<T: SubscriberOps> {
+    notifier: Opaque<MmuNotifier<Fwd<T>>>,
     registered: AtomicBool,
     ops: T,
     _pin: PhantomPinned,
 }
 
-// SAFETY: the notifiers are written only by `register` (before the kernel knows them)
-// and otherwise by the kernel under its own locks; `ops` is `Sync` (SubscriberOps).
+// SAFETY: `notifier` is written only by register/unregister, which the flag makes
+// exclusive, and otherwise by the kernel under its own locks; `ops` is `Sync`.
 unsafe impl<T: SubscriberOps> Sync for CSub<T> {}
 // SAFETY: as above; nothing is tied to the thread that made it.
 unsafe impl<T: SubscriberOps + Send> Send for CSub<T> {}
-
-impl<T: SubscriberOps> CSub<T> {
-    const OPS: bindings::mmu_notifier_ops = bindings::mmu_notifier_ops {
-        release: Some(Self::c_release),
-        clear_flush_young: Some(Self::c_clear_flush_young),
-        clear_young: Some(Self::c_clear_young),
-        test_young: Some(Self::c_test_young),
-        invalidate_range_start: Some(Self::c_start),
-        invalidate_range_end: Some(Self::c_end),
-        arch_invalidate_secondary_tlbs: None,
-        alloc_notifier: None,
-        free_notifier: None,
-    };
-    const TLB_OPS: bindings::mmu_notifier_ops = bindings::mmu_notifier_ops {
-        release: None,
-        clear_flush_young: None,
-        clear_young: None,
-        test_young: None,
-        invalidate_range_start: None,
-        invalidate_range_end: None,
-        arch_invalidate_secondary_tlbs: Some(Self::c_tlbs),
-        alloc_notifier: None,
-        free_notifier: None,
-    };
-
-    /// # Safety
-    ///
-    /// `mn` is the `mn` field of a registered `CSub<T>`.
-    unsafe fn from_mn<'a>(mn: *mut bindings::mmu_notifier) -> &'a Self {
-        // SAFETY: `mn` is the first field of a `#[repr(C)]` `CSub<T>` (caller's
-        // contract), which stays alive while registered (type invariant).
-        unsafe { &*mn.cast::<Self>() }
-    }
-
-    /// # Safety
-    ///
-    /// Called by the kernel only: `mn` is the `mn` field of a registered `CSub<T>`.
-    unsafe extern "C" fn c_release(mn: *mut bindings::mmu_notifier, _mm: *mut bindings::mm_struct) {
-        // SAFETY: the kernel calls this only on `mn` notifiers (OPS is theirs).
-        unsafe { Self::from_mn(mn) }.ops.release();
-    }
-
-    /// # Safety
-    ///
-    /// Called by the kernel only: `mn` is the `mn` field of a registered `CSub<T>`,
-    /// `r` a live range.
-    unsafe extern "C" fn c_start(
-        mn: *mut bindings::mmu_notifier,
-        r: *const bindings::mmu_notifier_range,
-    ) -> c_int {
-        // SAFETY: as in `c_release`; `r` is the kernel's live range.
-        let (s, r) = unsafe { (Self::from_mn(mn), range(r)) };
-        match s.ops.invalidate_range_start(&r) {
-            Ok(()) => 0,
-            Err(_) => -(bindings::EAGAIN as c_int),
-        }
-    }
-
-    /// # Safety
-    ///
-    /// Called by the kernel only: `mn` is the `mn` field of a registered `CSub<T>`,
-    /// `r` a live range.
-    unsafe extern "C" fn c_end(
-        mn: *mut bindings::mmu_notifier,
-        r: *const bindings::mmu_notifier_range,
-    ) {
-        // SAFETY: as in `c_start`.
-        let (s, r) = unsafe { (Self::from_mn(mn), range(r)) };
-        s.ops.invalidate_range_end(&r);
-    }
-
-    /// # Safety
-    ///
-    /// Called by the kernel only: `mn` is the `mn` field of a registered `CSub<T>`.
-    unsafe extern "C" fn c_clear_flush_young(
-        mn: *mut bindings::mmu_notifier,
-        _mm: *mut bindings::mm_struct,
-        start: c_ulong,
-        end: c_ulong,
-    ) -> c_int {
-        // SAFETY: as in `c_release`.
-        let s = unsafe { Self::from_mn(mn) };
-        c_int::from(s.ops.clear_flush_young(start, end))
-    }
-
-    /// # Safety
-    ///
-    /// Called by the kernel only: `mn` is the `mn` field of a registered `CSub<T>`.
-    unsafe extern "C" fn c_clear_young(
-        mn: *mut bindings::mmu_notifier,
-        _mm: *mut bindings::mm_struct,
-        start: c_ulong,
-        end: c_ulong,
-    ) -> c_int {
-        // SAFETY: as in `c_release`.
-        let s = unsafe { Self::from_mn(mn) };
-        c_int::from(s.ops.clear_young(start, end))
-    }
-
-    /// # Safety
-    ///
-    /// Called by the kernel only: `mn` is the `mn` field of a registered `CSub<T>`.
-    unsafe extern "C" fn c_test_young(
-        mn: *mut bindings::mmu_notifier,
-        _mm: *mut bindings::mm_struct,
-        addr: c_ulong,
-    ) -> c_int {
-        // SAFETY: as in `c_release`.
-        let s = unsafe { Self::from_mn(mn) };
-        c_int::from(s.ops.test_young(addr))
-    }
-
-    /// # Safety
-    ///
-    /// Called by the kernel only: `tlb` is the `tlb` field of a registered `CSub<T>`.
-    unsafe extern "C" fn c_tlbs(
-        tlb: *mut bindings::mmu_notifier,
-        _mm: *mut bindings::mm_struct,
-        start: c_ulong,
-        end: c_ulong,
-    ) {
-        // SAFETY: the kernel calls this only on `tlb` notifiers (TLB_OPS is theirs), the
-        // `tlb` field of a registered `CSub<T>`, alive while registered.
-        let s = unsafe { &*tlb.byte_sub(offset_of!(Self, tlb)).cast::<Self>() };
-        s.ops.invalidate_secondary_tlbs(start, end);
-    }
-}
-
-impl<T> CSub<T> {
-    /// Take both notifiers off the mm's list.
-    ///
-    /// # Safety
-    ///
-    /// Registered (the flag is true, under the type invariant).
-    unsafe fn unregister_now(&self) {
-        // SAFETY: registered (caller's contract): both notifiers are on `mn.mm`'s list,
-        // which registration keeps alive (mmgrab). Unregister waits for the callbacks
-        // in flight and calls `release` if the exit did not.
-        unsafe {
-            let mm = (*self.mn.get()).mm;
-            bindings::mmu_notifier_unregister(self.tlb.get(), mm);
-            bindings::mmu_notifier_unregister(self.mn.get(), mm);
-        }
-    }
-}
 
 impl<T: SubscriberOps> Deref for CSub<T> {
     type Target = T;
@@ -289,10 +169,7 @@ impl<T: SubscriberOps> Deref for CSub<T> {
 impl<H: KernelMms, T: SubscriberOps> Subscription<H, T> for CSub<T> {
     fn new(ops: T) -> Self {
         CSub {
-            // SAFETY: all-zero is the unregistered state the kernel expects.
-            mn: Opaque::new(unsafe { core::mem::zeroed() }),
-            // SAFETY: as above.
-            tlb: Opaque::new(unsafe { core::mem::zeroed() }),
+            notifier: Opaque::uninit(),
             registered: AtomicBool::new(false),
             ops,
             _pin: PhantomPinned,
@@ -304,34 +181,29 @@ impl<H: KernelMms, T: SubscriberOps> Subscription<H, T> for CSub<T> {
             // Linux would corrupt its list: refuse, as the core does.
             return Err(Error::AlreadyRegistered);
         }
-        let kmm = h.kernel_mm(mm);
-        // SAFETY: not registered (the flag was false), so the kernel does not know
-        // these notifiers yet; `self` is pinned and unregisters before it goes (Drop).
-        // `kmm` has a user reference (KernelMms).
-        unsafe {
-            (*self.mn.get()).ops = &Self::OPS;
-            (*self.tlb.get()).ops = &Self::TLB_OPS;
-            let rc = bindings::mmu_notifier_register(self.mn.get(), kmm);
-            if rc != 0 {
+        // SAFETY: the harness holds a user reference on the mm (KernelMms) for as long
+        // as the suite registers on it.
+        let kmm = unsafe { MmWithUser::from_raw(h.kernel_mm(mm)) };
+        // INVARIANT: `Fwd` points to `ops`, which outlives the notifier.
+        let init = MmuNotifier::new_with_secondary_tlbs(kmm, Fwd(NonNull::from(&self.ops)));
+        // SAFETY: the slot is uninitialised (the flag was false) and pinned with `self`;
+        // it is dropped in place, never moved (unregister, Drop).
+        match unsafe { init.__pinned_init(self.notifier.get()) } {
+            Ok(()) => Ok(()),
+            Err(e) => {
                 self.registered.store(false, Ordering::Release);
-                return Err(error(rc));
-            }
-            let rc = bindings::mmu_notifier_register(self.tlb.get(), kmm);
-            if rc != 0 {
-                bindings::mmu_notifier_unregister(self.mn.get(), kmm);
-                self.registered.store(false, Ordering::Release);
-                return Err(error(rc));
+                Err(error(e.to_errno()))
             }
         }
-        Ok(())
     }
 
     fn unregister(self: Pin<&Self>) -> Result<(), Error> {
         if !self.registered.load(Ordering::Acquire) {
             return Err(Error::NotRegistered);
         }
-        // SAFETY: registered (the flag).
-        unsafe { self.unregister_now() };
+        // SAFETY: initialised while registered (invariant); the suite does not race
+        // unregister with itself. Dropping it unregisters (PinnedDrop).
+        unsafe { ptr::drop_in_place(self.notifier.get()) };
         self.registered.store(false, Ordering::Release);
         Ok(())
     }
@@ -341,11 +213,11 @@ impl<H: KernelMms, T: SubscriberOps> Subscription<H, T> for CSub<T> {
     }
 }
 
-impl<T> Drop for CSub<T> {
+impl<T: SubscriberOps> Drop for CSub<T> {
     fn drop(&mut self) {
         if *self.registered.get_mut() {
-            // SAFETY: registered (the flag).
-            unsafe { self.unregister_now() };
+            // SAFETY: initialised while registered (invariant); dropped in place.
+            unsafe { ptr::drop_in_place(self.notifier.get()) };
         }
     }
 }
@@ -393,7 +265,7 @@ impl<T: IvOps> CInterval<T> {
     ) -> bool {
         // SAFETY: the kernel calls this only on inserted `CInterval<T>`s (OPS is
         // theirs), whose first field `ivn` is; alive while inserted. `r` is live.
-        let (s, r) = unsafe { (&*ivn.cast::<Self>(), range(r)) };
+        let (s, r) = unsafe { (&*ivn.cast::<Self>(), range_from_raw(r)) };
         // Linux 6.12 has one pass: a two-pass consumer's `invalidate` does both.
         s.ops.invalidate(s, &r, cur_seq as u64).is_ok()
     }

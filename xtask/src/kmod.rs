@@ -537,14 +537,9 @@ fn module_make(root: &Path, kdir: &Path, bindgen_dir: &Path, build: &Path) -> Re
     let src = root.join("backend-linux-kmod");
     let _ = fs::remove_dir_all(build);
     fs::create_dir_all(build).map_err(|e| format!("{}: {e}", build.display()))?;
-    for e in fs::read_dir(&src).map_err(|e| format!("{}: {e}", src.display()))? {
-        let e = e.map_err(|e| e.to_string())?;
-        let name = e.file_name();
-        let n = name.to_string_lossy();
-        if n == "Kbuild" || [".rs", ".c", ".h", ".S"].iter().any(|x| n.ends_with(x)) {
-            fs::copy(e.path(), build.join(&name)).map_err(|e| format!("{n}: {e}"))?;
-        }
-    }
+    copy_sources(&src, build)?;
+    // The binding (its own directory, what a driver copies) next to the harness.
+    copy_sources(&src.join("binding"), &build.join("binding"))?;
     let mut c = kernel_make(kdir, bindgen_dir);
     c.arg(format!("M={}", build.display()))
         .arg(format!("NOTIFIER_CORE_SRC={}", core_src.display()))
@@ -559,6 +554,20 @@ fn module_make(root: &Path, kdir: &Path, bindgen_dir: &Path, build: &Path) -> Re
         .arg(format!("CONFORMANCE_EDITION={suite_ed}"))
         .arg("modules");
     Ok(c)
+}
+
+/// Copy a module directory's Kbuild and sources (not its subdirectories) to `to`.
+fn copy_sources(from: &Path, to: &Path) -> Result<()> {
+    fs::create_dir_all(to).map_err(|e| format!("{}: {e}", to.display()))?;
+    for e in fs::read_dir(from).map_err(|e| format!("{}: {e}", from.display()))? {
+        let e = e.map_err(|e| e.to_string())?;
+        let name = e.file_name();
+        let n = name.to_string_lossy();
+        if n == "Kbuild" || [".rs", ".c", ".h", ".S"].iter().any(|x| n.ends_with(x)) {
+            fs::copy(e.path(), to.join(&name)).map_err(|e| format!("{n}: {e}"))?;
+        }
+    }
+    Ok(())
 }
 
 fn build_module(root: &Path, kdir: &Path, bindgen_dir: &Path) -> Result<PathBuf> {
