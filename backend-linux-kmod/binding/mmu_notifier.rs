@@ -57,7 +57,7 @@
 //!
 //! let mm = MmWithUser::current().ok_or(ESRCH)?;
 //! let mirror = KBox::pin_init(
-//!     MmuNotifier::new(&mm, pin_init!(Mirror { table <- new_mutex!(PageTable::new()) })),
+//!     MmuNotifier::<Mirror>::new(&mm, try_pin_init!(Mirror { table <- new_mutex!(PageTable::new()) }? Error)),
 //!     GFP_KERNEL,
 //! )?;
 //! // Registered: every later change of the mm's page tables reaches `Mirror`.

@@ -164,8 +164,24 @@ fn run(opts: &Options) -> Result<()> {
         ko.display(),
         t0.elapsed()
     ));
+    let examples = build_examples(&root, &kdir, &bindgen_dir)?;
+    step(&format!(
+        "examples built: {} ({:.0?})",
+        examples
+            .iter()
+            .map(|(_, m)| m.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
+        t0.elapsed()
+    ));
     let t_clippy = Instant::now();
-    clippy_module(&root, &kdir, &bindgen_dir)?;
+    clippy_module(&root, &kdir, &bindgen_dir, &root.join("backend-linux-kmod"))?;
+    for (ko, _) in &examples {
+        // The example's own directory, named like its scratch build directory.
+        let name = ko.parent().and_then(|p| p.file_name()).unwrap_or_default();
+        let src = root.join("backend-linux-kmod/examples").join(name);
+        clippy_module(&root, &kdir, &bindgen_dir, &src)?;
+    }
     step(&format!(
         "clippy clean on the module's own files ({:.0?}, {:.0?})",
         t_clippy.elapsed(),
@@ -179,7 +195,7 @@ fn run(opts: &Options) -> Result<()> {
         .broken
         .as_deref()
         .map_or(String::new(), |b| format!("suite_twin={b}"));
-    build_initramfs(&ko, &helper, &initramfs, &args)?;
+    build_initramfs(&ko, &examples, &helper, &initramfs, &args)?;
     let log = out.join("serial.log");
     let status = boot(&kdir, &initramfs, &log, opts.timeout)?;
     step(&format!("QEMU finished: {status} ({:.0?})", t0.elapsed()));
@@ -202,12 +218,24 @@ fn run(opts: &Options) -> Result<()> {
     let known = fs::read_to_string(root.join(KNOWN_DIFFERENCES))
         .map_err(|e| format!("{KNOWN_DIFFERENCES}: {e}"))?;
     check_log(&text, &status, opts.broken.is_some(), &known_ids(&known))?;
+    for (_, m) in &examples {
+        if !text.contains(&format!("kmod-init: example {m} ok")) {
+            return Err(format!(
+                "example module {m} did not load and unload cleanly (serial log: {})",
+                log.display()
+            ));
+        }
+    }
+    step(&format!(
+        "{} example module(s) loaded and unloaded",
+        examples.len()
+    ));
     if opts.broken.is_none() && !opts.no_lockdep_teeth {
         // The lockdep annotations must bite: a boot that only runs the scenario lockdep
         // must report (a subscriber's mutex taken in its start callback and held across
         // a registration).
         let t = Instant::now();
-        build_initramfs(&ko, &helper, &initramfs, "lockdep_teeth=1")?;
+        build_initramfs(&ko, &[], &helper, &initramfs, "lockdep_teeth=1")?;
         let log = out.join("serial-lockdep-teeth.log");
         let status = boot(&kdir, &initramfs, &log, opts.timeout)?;
         let text = fs::read(&log).map_err(|e| format!("{}: {e}", log.display()))?;
@@ -512,9 +540,16 @@ fn crate_source(meta: &serde_json::Value, name: &str) -> Result<(PathBuf, String
     Err(format!("cargo metadata: no library `{name}`"))
 }
 
-/// The Kbuild `make` of the module's own files copied into `build` (a fresh scratch
+/// The Kbuild `make` of the module in `src` (`backend-linux-kmod` or one of its
+/// examples), its files and the binding's copied into `build` (a fresh scratch
 /// directory, so the clone stays clean and nothing is taken as up to date).
-fn module_make(root: &Path, kdir: &Path, bindgen_dir: &Path, build: &Path) -> Result<Command> {
+fn module_make(
+    root: &Path,
+    kdir: &Path,
+    bindgen_dir: &Path,
+    src: &Path,
+    build: &Path,
+) -> Result<Command> {
     // The dependencies are compiled from where cargo keeps them; `cargo metadata`
     // downloads them if this machine has not yet.
     let meta = output(Command::new("cargo").current_dir(root).args([
@@ -534,12 +569,13 @@ fn module_make(root: &Path, kdir: &Path, bindgen_dir: &Path, build: &Path) -> Re
     let (av_src, av_ed) = crate_source(&meta, "arrayvec")?;
     let (suite_src, suite_ed) = crate_source(&meta, "notifier-conformance")?;
 
-    let src = root.join("backend-linux-kmod");
     let _ = fs::remove_dir_all(build);
-    fs::create_dir_all(build).map_err(|e| format!("{}: {e}", build.display()))?;
-    copy_sources(&src, build)?;
-    // The binding (its own directory, what a driver copies) next to the harness.
-    copy_sources(&src.join("binding"), &build.join("binding"))?;
+    copy_sources(src, build)?;
+    // The binding (its own directory, what a driver copies) next to the module's files.
+    copy_sources(
+        &root.join("backend-linux-kmod/binding"),
+        &build.join("binding"),
+    )?;
     let mut c = kernel_make(kdir, bindgen_dir);
     c.arg(format!("M={}", build.display()))
         .arg(format!("NOTIFIER_CORE_SRC={}", core_src.display()))
@@ -563,7 +599,10 @@ fn copy_sources(from: &Path, to: &Path) -> Result<()> {
         let e = e.map_err(|e| e.to_string())?;
         let name = e.file_name();
         let n = name.to_string_lossy();
-        if n == "Kbuild" || [".rs", ".c", ".h", ".S"].iter().any(|x| n.ends_with(x)) {
+        let source = [".rs", ".c", ".h", ".S", ".kbuild"]
+            .iter()
+            .any(|x| n.ends_with(x));
+        if e.path().is_file() && (n == "Kbuild" || source) {
             fs::copy(e.path(), to.join(&name)).map_err(|e| format!("{n}: {e}"))?;
         }
     }
@@ -572,7 +611,8 @@ fn copy_sources(from: &Path, to: &Path) -> Result<()> {
 
 fn build_module(root: &Path, kdir: &Path, bindgen_dir: &Path) -> Result<PathBuf> {
     let build = root.join("target/kmod/module");
-    sh(&mut module_make(root, kdir, bindgen_dir, &build)?)?;
+    let src = root.join("backend-linux-kmod");
+    sh(&mut module_make(root, kdir, bindgen_dir, &src, &build)?)?;
     let ko = build.join(format!("{MODULE}.ko"));
     if ko.exists() {
         Ok(ko)
@@ -581,21 +621,63 @@ fn build_module(root: &Path, kdir: &Path, bindgen_dir: &Path) -> Result<PathBuf>
     }
 }
 
+/// The template modules of `backend-linux-kmod/examples/` (each a directory with a
+/// Kbuild, built as a driver author would, with the binding copied next to it): the
+/// path of each `.ko` and the module's name.
+fn build_examples(root: &Path, kdir: &Path, bindgen_dir: &Path) -> Result<Vec<(PathBuf, String)>> {
+    let dir = root.join("backend-linux-kmod/examples");
+    let mut names: Vec<_> = fs::read_dir(&dir)
+        .map_err(|e| format!("{}: {e}", dir.display()))?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().join("Kbuild").is_file())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    let mut kos = Vec::new();
+    for name in names {
+        let build = root.join("target/kmod/examples").join(&name);
+        sh(&mut module_make(
+            root,
+            kdir,
+            bindgen_dir,
+            &dir.join(&name),
+            &build,
+        )?)?;
+        let ko = fs::read_dir(&build)
+            .map_err(|e| format!("{}: {e}", build.display()))?
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .find(|p| p.extension().is_some_and(|x| x == "ko"))
+            .ok_or_else(|| format!("example {name}: no .ko was built"))?;
+        let module = ko
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        kos.push((ko, module));
+    }
+    Ok(kos)
+}
+
 /// The module's own files under the kernel's clippy (`make CLIPPY=1`), in a scratch
 /// copy of their own: fails on any diagnostic located in one of them (printed), or if
 /// the make fails.
-fn clippy_module(root: &Path, kdir: &Path, bindgen_dir: &Path) -> Result<()> {
-    let build = root.join("target/kmod/module-clippy");
-    let mut c = module_make(root, kdir, bindgen_dir, &build)?;
+fn clippy_module(root: &Path, kdir: &Path, bindgen_dir: &Path, src: &Path) -> Result<()> {
+    let name = src
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let build = root.join("target/kmod/clippy").join(&name);
+    let mut c = module_make(root, kdir, bindgen_dir, src, &build)?;
     c.arg("CLIPPY=1");
-    let log = root.join("target/kmod/clippy.log");
+    let log = root.join(format!("target/kmod/clippy-{name}.log"));
     let made = sh_logged(&mut c, &log);
     let text = fs::read_to_string(&log).map_err(|e| format!("{}: {e}", log.display()))?;
     let ours = own_diagnostics(&text, &build);
     // Printed with the module's own paths, not the scratch copy's.
     let scratch = format!("{}/", build.display());
+    let shown = format!("{}/", src.strip_prefix(root).unwrap_or(src).display());
     for d in &ours {
-        eprintln!("{}", d.replace(&scratch, "backend-linux-kmod/"));
+        eprintln!("{}", d.replace(&scratch, &shown));
     }
     made?;
     if ours.is_empty() {
@@ -700,6 +782,9 @@ done
 echo \"kmod-init: lockdep $(grep debug_locks /proc/lockdep_stats)\"
 echo 'kmod-init: rmmod'
 rmmod notifier_kmod || echo 'kmod-init: rmmod failed'
+for m in EXAMPLES; do
+  insmod /$m.ko && rmmod $m && echo \"kmod-init: example $m ok\"
+done
 echo 'kmod-init: done'
 reboot -f
 ";
@@ -738,8 +823,15 @@ fn build_helper(root: &Path, out: &Path) -> Result<()> {
         .arg(root.join("backend-linux-kmod/nkhelper.c")))
 }
 
-/// `args` are the module's parameters beyond `helper_pid`.
-fn build_initramfs(ko: &Path, helper: &Path, out: &Path, args: &str) -> Result<()> {
+/// `args` are the module's parameters beyond `helper_pid`; the `examples` are loaded
+/// and unloaded after it, each checking itself in its `init`.
+fn build_initramfs(
+    ko: &Path,
+    examples: &[(PathBuf, String)],
+    helper: &Path,
+    out: &Path,
+    args: &str,
+) -> Result<()> {
     let busybox = fs::read("/bin/busybox").map_err(|e| format!("/bin/busybox: {e}"))?;
     let module = fs::read(ko).map_err(|e| format!("{}: {e}", ko.display()))?;
     let helper = fs::read(helper).map_err(|e| format!("{}: {e}", helper.display()))?;
@@ -766,9 +858,21 @@ fn build_initramfs(ko: &Path, helper: &Path, out: &Path, args: &str) -> Result<(
         0o100755,
         INIT.replace("SUITE_ARGS", args)
             .replace("LOCK_CLASSES", &LOCK_CLASSES.join(" "))
+            .replace(
+                "EXAMPLES",
+                &examples
+                    .iter()
+                    .map(|(_, m)| m.as_str())
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            )
             .as_bytes(),
     );
     add(&mut c, &format!("{MODULE}.ko"), 0o100644, &module);
+    for (path, m) in examples {
+        let data = fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        add(&mut c, &format!("{m}.ko"), 0o100644, &data);
+    }
     cpio_entry(&mut c, 0, "TRAILER!!!", 0, b"");
     fs::write(out, c).map_err(|e| format!("{}: {e}", out.display()))
 }

@@ -1,0 +1,141 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! A template for a driver that keeps a secondary MMU coherent with a process's page
+//! tables, with the binding (`binding/mmu_notifier.rs`).
+//!
+//! The "device" here is a table of mirrored ranges behind a kernel `Mutex`: the ops
+//! are pin-initialised, the notifier is registered by constructing it, and dropping it
+//! unregisters. At load the module registers on the loading process's address space,
+//! maps and unmaps a page there, and checks that the unmap reached the mirror as one
+//! start and one end; then it drops the notifier and checks that `release` ran once.
+//! Replace `Mirror` with the driver's own state.
+
+use core::sync::atomic::{AtomicUsize, Ordering};
+
+use kernel::prelude::*;
+use kernel::sync::{new_mutex, Mutex};
+use notifier_core::{Range, SubscriberOps, WouldBlock};
+
+// Public, as in a driver that hands the binding to its other files.
+#[path = "binding/mmu_notifier.rs"]
+pub mod mmu_notifier;
+
+use mmu_notifier::{MmWithUser, MmuNotifier};
+
+module! {
+    type: RustMirror,
+    name: "rust_mirror",
+    author: "notifier workspace",
+    description: "Template: a secondary MMU kept coherent through the MMU-notifier binding",
+    license: "GPL",
+}
+
+/// `release` calls, read after the notifier (and its ops) are gone.
+static RELEASES: AtomicUsize = AtomicUsize::new(0);
+
+/// What the driver caches about the process's memory (here: counts).
+#[derive(Default)]
+struct Table {
+    starts: usize,
+    ends: usize,
+    /// The last range that was invalidated.
+    last: Option<(usize, usize)>,
+}
+
+/// The secondary MMU: its state behind a kernel mutex, which the notifier callbacks
+/// take (they may sleep when the range is blockable).
+#[pin_data]
+struct Mirror {
+    #[pin]
+    table: Mutex<Table>,
+}
+
+impl SubscriberOps for Mirror {
+    fn release(&self) {
+        // The address space is going away (or the notifier is being dropped): drop
+        // every translation.
+        RELEASES.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn invalidate_range_start(&self, r: &Range) -> core::result::Result<(), WouldBlock> {
+        if !r.blockable {
+            // A mutex may sleep. A driver that must answer here without sleeping uses
+            // a spinlock; one that can refuse uses an interval notifier.
+            return Err(WouldBlock);
+        }
+        let mut t = self.table.lock();
+        t.starts += 1;
+        t.last = Some((r.start, r.end));
+        Ok(())
+    }
+
+    fn invalidate_range_end(&self, _r: &Range) {
+        self.table.lock().ends += 1;
+    }
+}
+
+/// `mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE)`
+/// in the calling process, then `munmap`.
+fn map_and_unmap(len: usize) -> Result<usize> {
+    const PROT_READ_WRITE: usize = 0x1 | 0x2;
+    const MAP_PRIVATE_ANONYMOUS_POPULATE: usize = 0x02 | 0x20 | 0x8000;
+    // SAFETY: an anonymous mapping in the caller's own address space; no file.
+    let addr = unsafe {
+        kernel::bindings::vm_mmap(
+            core::ptr::null_mut(),
+            0,
+            len,
+            PROT_READ_WRITE,
+            MAP_PRIVATE_ANONYMOUS_POPULATE,
+            0,
+        )
+    };
+    // An error comes back as a negative errno in the address (`IS_ERR_VALUE`).
+    if addr > usize::MAX - 4095 {
+        return Err(Error::from_errno(addr as isize as i32));
+    }
+    // SAFETY: `[addr, addr + len)` is the mapping just made.
+    kernel::error::to_result(unsafe { kernel::bindings::vm_munmap(addr, len) })?;
+    Ok(addr)
+}
+
+struct RustMirror;
+
+impl kernel::Module for RustMirror {
+    fn init(_module: &'static ThisModule) -> Result<Self> {
+        let mm = MmWithUser::current().ok_or(ESRCH)?;
+        let mirror = KBox::pin_init(
+            MmuNotifier::<Mirror>::new(
+                &mm,
+                try_pin_init!(Mirror {
+                    table <- new_mutex!(Table::default()),
+                }? Error),
+            ),
+            GFP_KERNEL,
+        )?;
+        let addr = map_and_unmap(4096)?;
+        {
+            let t = mirror.table.lock();
+            let seen = t.last.is_some_and(|(s, e)| s <= addr && addr + 4096 <= e);
+            pr_info!(
+                "munmap of {:#x}: {} start(s), {} end(s), covered: {}\n",
+                addr,
+                t.starts,
+                t.ends,
+                seen
+            );
+            if t.starts == 0 || t.starts != t.ends || !seen {
+                return Err(EINVAL);
+            }
+        }
+        // Unregister: Linux calls `release` now, the process being alive, and waits
+        // for the callbacks in flight; then the ops are dropped with the box.
+        drop(mirror);
+        let releases = RELEASES.load(Ordering::Relaxed);
+        pr_info!("unregistered, {} release(s)\n", releases);
+        if releases != 1 {
+            return Err(EINVAL);
+        }
+        Ok(RustMirror)
+    }
+}
