@@ -119,6 +119,12 @@ pub struct Options {
     /// a registration and taken in a callback (the invalidation map's teeth)
     #[arg(long)]
     no_lockdep_teeth: bool,
+    /// Build the module and the examples against this configured and built Linux
+    /// 6.12+ tree (CONFIG_RUST, CONFIG_MMU_NOTIFIER; built with LLVM=-19) instead of
+    /// the cached one, clippy them, and stop: no boot (the harness's checks need this
+    /// project's kernel configuration)
+    #[arg(long, value_name = "DIR")]
+    kdir: Option<PathBuf>,
     /// Where the kernel tree, bindgen and the builds are kept
     #[arg(
         long,
@@ -152,7 +158,10 @@ fn run(opts: &Options) -> Result<()> {
     }
     fs::create_dir_all(&opts.cache).map_err(|e| format!("{}: {e}", opts.cache.display()))?;
     let bindgen_dir = ensure_bindgen(opts)?;
-    let kdir = ensure_kernel(opts, &root, &bindgen_dir)?;
+    let kdir = match &opts.kdir {
+        Some(k) => user_kernel(k)?,
+        None => ensure_kernel(opts, &root, &bindgen_dir)?,
+    };
     step(&format!(
         "kernel ready: {} ({:.0?})",
         kdir.display(),
@@ -187,6 +196,10 @@ fn run(opts: &Options) -> Result<()> {
         t_clippy.elapsed(),
         t0.elapsed()
     ));
+    if opts.kdir.is_some() {
+        step("built against the given tree; no boot with --kdir");
+        return Ok(());
+    }
     let out = root.join("target/kmod");
     let helper = out.join("nkhelper");
     build_helper(&root, &helper)?;
@@ -425,6 +438,26 @@ fn path_with(dir: &Path) -> std::ffi::OsString {
         p.push(old);
     }
     p
+}
+
+/// A user's kernel tree for `--kdir`: configured with Rust and MMU notifiers, and
+/// built (modules are linked against its `Module.symvers`).
+fn user_kernel(kdir: &Path) -> Result<PathBuf> {
+    let kdir = fs::canonicalize(kdir).map_err(|e| format!("{}: {e}", kdir.display()))?;
+    let config = fs::read_to_string(kdir.join(".config"))
+        .map_err(|e| format!("{}/.config: {e} (configure the tree first)", kdir.display()))?;
+    for opt in ["CONFIG_RUST=y", "CONFIG_MMU_NOTIFIER=y"] {
+        if !config.lines().any(|l| l == opt) {
+            return Err(format!("{}/.config lacks {opt}", kdir.display()));
+        }
+    }
+    if !kdir.join("Module.symvers").exists() {
+        return Err(format!(
+            "{}: no Module.symvers: build the tree first (make LLVM=-19)",
+            kdir.display()
+        ));
+    }
+    Ok(kdir)
 }
 
 fn ensure_kernel(opts: &Options, root: &Path, bindgen_dir: &Path) -> Result<PathBuf> {
