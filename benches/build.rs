@@ -1,4 +1,5 @@
-//! Compiles the liburcu shim (csrc/urcu_shim.c) and links liburcu (urcu-memb flavour).
+//! Compiles the liburcu shim (csrc/urcu_shim.c) and links liburcu (urcu-memb flavour),
+//! and Linux's algorithm (csrc/linux_hlist.c, plain C).
 //!
 //! liburcu is a system library: Debian's `liburcu-dev`. Without it the build stops
 //! here with a message saying what to install (benches/install-deps.sh does it).
@@ -7,6 +8,7 @@ use std::path::Path;
 
 fn main() {
     println!("cargo:rerun-if-changed=csrc/urcu_shim.c");
+    println!("cargo:rerun-if-changed=csrc/linux_hlist.c");
     println!("cargo:rerun-if-changed=build.rs");
 
     let header_found = ["/usr/include", "/usr/local/include"]
@@ -36,6 +38,12 @@ fn main() {
              compiler error: {e}\n"
         );
     }
+    // Linux's algorithm needs nothing but the C compiler.
+    cc::Build::new()
+        .file("csrc/linux_hlist.c")
+        .opt_level(2)
+        .warnings(true)
+        .compile("linux_hlist");
     println!("cargo:rustc-link-lib=dylib=urcu-memb");
     println!("cargo:rustc-link-lib=dylib=urcu-common");
     println!("cargo:rustc-link-lib=dylib=pthread");

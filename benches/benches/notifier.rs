@@ -11,7 +11,7 @@
 //! | `interval_seq` | `read_begin_retry` | `read_begin` + `read_retry` on an idle interval |
 //! | `itree` | `remove_insert/<n>`, `walk_point/<n>` | the interval tree alone, n intervals inserted in increasing order (its depth is printed) |
 //! | `grace_period` | `<what>/<idle\|reader>` | register + unregister, unregister alone, a bare grace period |
-//! | `read_side` | `core_srcu`, `liburcu` | an empty read-side section |
+//! | `read_side` | `core_srcu`, `liburcu`, `linux_srcu` | an empty read-side section |
 //!
 //! `dispatch/core_fenceless/<N>` and `read_side/core_srcu_fenceless` are what-if
 //! figures for the analysis: the core on [`Fenceless`], without read-side fences.
@@ -27,7 +27,8 @@ use notifier_benches::fenceless::Fenceless;
 use notifier_benches::intervals::{touching, CoreIntervals, LinearScan, Positions};
 use notifier_benches::itree::TreeOf;
 use notifier_benches::lists::{
-    ArcSwapList, Churn, Core, Direct, Dispatch, EpochList, RcuCleanList, RwLockList, Urcu,
+    ArcSwapList, Churn, Core, Direct, Dispatch, EpochList, LinuxSrcu, RcuCleanList, RwLockList,
+    Urcu,
 };
 use notifier_benches::urcu::{self, ReaderThread};
 use notifier_benches::P;
@@ -124,6 +125,7 @@ fn dispatch(c: &mut Criterion) {
         dispatch_alone::<EpochList>(&mut g, n);
         dispatch_alone::<RcuCleanList>(&mut g, n);
         dispatch_alone::<Urcu>(&mut g, n);
+        dispatch_alone::<LinuxSrcu>(&mut g, n);
         // What-if (analysis only): the core without read-side fences.
         dispatch_alone::<Core<Fenceless>>(&mut g, n);
     }
@@ -142,6 +144,7 @@ fn dispatch(c: &mut Criterion) {
             dispatch_churn::<RcuCleanList>(&mut g, n);
         }
         dispatch_churn::<Urcu>(&mut g, n);
+        dispatch_churn::<LinuxSrcu>(&mut g, n);
     }
     g.finish();
 }
@@ -307,6 +310,14 @@ fn read_side(c: &mut Criterion) {
             let reader = ReaderThread::register();
             let t = Instant::now();
             urcu::read_lock_loop(&reader, iters);
+            t.elapsed()
+        })
+    });
+    g.bench_function("linux_srcu", |b| {
+        let list = LinuxSrcu::with_subscribers(0);
+        b.iter_custom(|iters| {
+            let t = Instant::now();
+            list.read_lock_loop(iters);
             t.elapsed()
         })
     });

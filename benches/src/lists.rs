@@ -11,13 +11,14 @@
 //! | [`EpochList`] | `epoch::pin()` + a linked list | mutex, link / unlink + `defer_destroy` |
 //! | [`RcuCleanList`] | `Deref` of the thread's own `ArcRcu` clone, then `clean()` | `update()` + `clean()` |
 //! | [`Urcu`] | `rcu_read_lock` + `cds_list_for_each_entry_rcu` (C) | mutex, `cds_list_add_rcu` / `del_rcu` + `synchronize_rcu` |
+//! | [`LinuxSrcu`] | Linux 6.12's: `srcu_read_lock` (a per-CPU increment, a full fence) + `hlist_for_each_entry_rcu` (C) | mutex, `hlist_add_head_rcu` / `hlist_del_rcu` + `synchronize_srcu` |
 //!
 //! Every peer does what the core does: one read-side pass calling every start, then a
 //! second calling every end. Unlike the core, none of the peers guarantees that a
 //! subscriber registered between the two passes does not get an end without a start
 //! (C-02); that guarantee is part of what the core's figures pay for.
 
-use std::ffi::c_void;
+use std::ffi::{c_int, c_void};
 use std::hint::black_box;
 use std::marker::PhantomData;
 use std::pin::Pin;
@@ -463,86 +464,178 @@ impl Churn for RcuCleanList {
 
 // ---------------------------------------------------------------------------------------
 
-/// liburcu's RCU list, in C (`csrc/urcu_shim.c`), calling the same callbacks.
-pub struct Urcu {
+/// The C side of one list flavour: functions of the same shape in both C files.
+pub struct CApi {
+    /// A new empty list, or null.
+    pub list_new: unsafe extern "C" fn() -> *mut ShimList,
+    /// Free a list and its nodes after a grace period.
+    pub list_free: unsafe extern "C" fn(*mut ShimList),
+    /// Allocate and publish a node; null when out of memory.
+    pub add: unsafe extern "C" fn(
+        *mut ShimList,
+        *const c_void,
+        urcu::StartFn,
+        urcu::EndFn,
+    ) -> *mut ShimNode,
+    /// Unlink a node, wait for a grace period, free it.
+    pub del: unsafe extern "C" fn(*mut ShimList, *mut ShimNode),
+    /// One invalidation: every start in one read-side section, every end in another.
+    pub dispatch: unsafe extern "C" fn(*mut ShimList, *const c_void) -> c_int,
+}
+
+/// A subscriber list written in C.
+pub trait CFlavour: 'static {
+    /// The name in benchmark ids.
+    const NAME: &'static str;
+    /// Its C functions.
+    const API: CApi;
+    /// What a reader thread holds while it uses the list.
+    type Reader;
+    /// Register the calling thread as a reader.
+    fn reader() -> Self::Reader;
+}
+
+/// liburcu (urcu-memb), `csrc/urcu_shim.c`.
+pub struct LibUrcu;
+
+impl CFlavour for LibUrcu {
+    const NAME: &'static str = "liburcu";
+    const API: CApi = CApi {
+        list_new: urcu::shim_list_new,
+        list_free: urcu::shim_list_free,
+        add: urcu::shim_add,
+        del: urcu::shim_del,
+        dispatch: urcu::shim_dispatch,
+    };
+    type Reader = ReaderThread;
+    fn reader() -> ReaderThread {
+        ReaderThread::register()
+    }
+}
+
+/// Linux's algorithm (an hlist under 6.12's SRCU read side), `csrc/linux_hlist.c`.
+pub struct LinuxHlist;
+
+impl CFlavour for LinuxHlist {
+    const NAME: &'static str = "linux_srcu";
+    const API: CApi = CApi {
+        list_new: urcu::lx_list_new,
+        list_free: urcu::lx_list_free,
+        add: urcu::lx_add,
+        del: urcu::lx_del,
+        dispatch: urcu::lx_dispatch,
+    };
+    /// Linux's SRCU needs no registration of its readers.
+    type Reader = ();
+    fn reader() {}
+}
+
+/// liburcu's RCU list in C, calling the same callbacks.
+pub type Urcu = CList<LibUrcu>;
+/// Linux's hlist under SRCU in C, calling the same callbacks.
+pub type LinuxSrcu = CList<LinuxHlist>;
+
+/// A list of one [`CFlavour`].
+pub struct CList<F: CFlavour> {
     list: *mut ShimList,
     // Referenced by the nodes (never moved: a boxed slice); freed after the list
     // (fields drop after `Drop::drop`).
     _subs: Box<[Counter]>,
+    _f: PhantomData<F>,
 }
 
-// SAFETY: the shim's list is built for concurrent readers and mutex-serialised writers;
-// the counters it points to are `Sync`.
-unsafe impl Sync for Urcu {}
-// SAFETY: as above; the list is not tied to the thread that made it.
-unsafe impl Send for Urcu {}
+// SAFETY: both C lists are built for concurrent readers and mutex-serialised writers;
+// the counters they point to are `Sync`.
+unsafe impl<F: CFlavour> Sync for CList<F> {}
+// SAFETY: as above; a list is not tied to the thread that made it.
+unsafe impl<F: CFlavour> Send for CList<F> {}
 
-/// A thread's handle on [`Urcu`]: its reader registration and the subscriber it churns.
-pub struct UrcuHandle<'a> {
-    list: &'a Urcu,
+/// A thread's handle on a [`CList`]: its reader registration and the subscriber it
+/// churns.
+pub struct CHandle<'a, F: CFlavour> {
+    list: &'a CList<F>,
     extra: Box<Counter>,
-    _reader: ReaderThread,
+    _reader: F::Reader,
 }
 
-fn shim_add(list: *mut ShimList, c: &Counter) -> *mut ShimNode {
+fn c_add<F: CFlavour>(list: *mut ShimList, c: &Counter) -> *mut ShimNode {
     // SAFETY: `list` is live; `c` outlives its node (callers free the node first), and
     // the trampolines are built for `Counter`.
     let n = unsafe {
-        urcu::shim_add(
+        (F::API.add)(
             list,
             (c as *const Counter).cast(),
             urcu::start_tramp::<Counter>,
             urcu::end_tramp::<Counter>,
         )
     };
-    assert!(!n.is_null(), "liburcu shim: out of memory");
+    assert!(!n.is_null(), "{}: out of memory", F::NAME);
     n
 }
 
-impl Drop for Urcu {
-    fn drop(&mut self) {
-        // SAFETY: made by `shim_list_new`, freed once; it waits for a grace period
-        // before freeing the nodes, so no reader is left when the counters go.
-        unsafe { urcu::shim_list_free(self.list) };
+impl<F: CFlavour> CList<F> {
+    /// Callbacks its subscribers got (the churning handles' own excluded).
+    pub fn calls(&self) -> u64 {
+        self._subs.iter().map(Counter::calls).sum()
     }
 }
 
-impl Dispatch for Urcu {
-    type Handle<'a> = UrcuHandle<'a>;
-    const NAME: &'static str = "liburcu";
+impl CList<LinuxHlist> {
+    /// `iters` empty read-side sections of this list's SRCU, looped in C.
+    pub fn read_lock_loop(&self, iters: u64) {
+        // SAFETY: the list is live; Linux's SRCU needs no reader registration.
+        unsafe { urcu::lx_read_lock_loop(self.list, iters) }
+    }
+}
+
+impl<F: CFlavour> Drop for CList<F> {
+    fn drop(&mut self) {
+        // SAFETY: made by `list_new`, freed once; it waits for a grace period before
+        // freeing the nodes, so no reader is left when the counters go.
+        unsafe { (F::API.list_free)(self.list) };
+    }
+}
+
+impl<F: CFlavour> Dispatch for CList<F> {
+    type Handle<'a> = CHandle<'a, F>;
+    const NAME: &'static str = F::NAME;
 
     fn with_subscribers(n: usize) -> Self {
-        // SAFETY: plain allocation in the shim.
-        let list = unsafe { urcu::shim_list_new() };
-        assert!(!list.is_null(), "liburcu shim: out of memory");
+        // SAFETY: plain allocation in C.
+        let list = unsafe { (F::API.list_new)() };
+        assert!(!list.is_null(), "{}: out of memory", F::NAME);
         let subs: Box<[Counter]> = (0..n).map(|_| Counter::default()).collect();
         for c in subs.iter() {
-            shim_add(list, c);
+            c_add::<F>(list, c);
         }
-        Urcu { list, _subs: subs }
+        CList {
+            list,
+            _subs: subs,
+            _f: PhantomData,
+        }
     }
 
-    fn handle(&self) -> UrcuHandle<'_> {
-        UrcuHandle {
+    fn handle(&self) -> CHandle<'_, F> {
+        CHandle {
             list: self,
             extra: Box::default(),
-            _reader: ReaderThread::register(),
+            _reader: F::reader(),
         }
     }
 
     #[inline]
-    fn dispatch(h: &mut UrcuHandle<'_>, range: &Range) -> bool {
+    fn dispatch(h: &mut CHandle<'_, F>, range: &Range) -> bool {
         // SAFETY: the list is live and the thread registered (the handle proves both);
         // the range outlives the call.
-        unsafe { urcu::shim_dispatch(h.list.list, (range as *const Range).cast::<c_void>()) == 0 }
+        unsafe { (F::API.dispatch)(h.list.list, (range as *const Range).cast::<c_void>()) == 0 }
     }
 }
 
-impl Churn for Urcu {
-    fn churn_once(h: &mut UrcuHandle<'_>) {
-        let n = shim_add(h.list.list, &h.extra);
-        // SAFETY: `n` was just added to this list and is deleted once; `shim_del` waits
-        // for a grace period before freeing it.
-        unsafe { urcu::shim_del(h.list.list, n) };
+impl<F: CFlavour> Churn for CList<F> {
+    fn churn_once(h: &mut CHandle<'_, F>) {
+        let n = c_add::<F>(h.list.list, &h.extra);
+        // SAFETY: `n` was just added to this list and is deleted once; `del` waits for
+        // a grace period before freeing it.
+        unsafe { (F::API.del)(h.list.list, n) };
     }
 }

@@ -49,6 +49,19 @@ extern "C" {
     pub fn shim_read_lock_loop(iters: u64);
     /// `synchronize_rcu()`.
     pub fn shim_synchronize();
+
+    /// Linux's algorithm (`csrc/linux_hlist.c`): a new empty list, or null.
+    pub fn lx_list_new() -> *mut ShimList;
+    /// Free a list and its nodes after a grace period.
+    pub fn lx_list_free(l: *mut ShimList);
+    /// Allocate and publish a node at the head; null when out of memory.
+    pub fn lx_add(l: *mut ShimList, ctx: *const c_void, s: StartFn, e: EndFn) -> *mut ShimNode;
+    /// Unlink a node, `synchronize_srcu`, free it.
+    pub fn lx_del(l: *mut ShimList, n: *mut ShimNode);
+    /// One invalidation: every start in one SRCU section, every end in another.
+    pub fn lx_dispatch(l: *mut ShimList, range: *const c_void) -> c_int;
+    /// `iters` empty SRCU read-side sections of list `l`.
+    pub fn lx_read_lock_loop(l: *mut ShimList, iters: u64);
 }
 
 /// The start callback of `T`, as liburcu calls it: one indirect call into code where

@@ -22,7 +22,7 @@ const END_ANALYSIS: &str = "<!-- END ANALYSIS -->";
 
 /// Dispatch subscriber counts and the lists, as the benchmark names them.
 const NS: [u32; 4] = [1, 4, 16, 64];
-const LISTS: [(&str, &str); 8] = [
+const LISTS: [(&str, &str); 9] = [
     ("direct", "direct `&dyn` calls (limit)"),
     ("core", "notifier-core"),
     ("rwlock", "`RwLock<Vec<Arc<dyn>>>`"),
@@ -30,6 +30,10 @@ const LISTS: [(&str, &str); 8] = [
     ("crossbeam_epoch", "crossbeam-epoch list"),
     ("rcu_clean", "rcu-clean `ArcRcu`"),
     ("liburcu", "liburcu (C)"),
+    (
+        "linux_srcu",
+        "Linux's algorithm (C): hlist under 6.12's SRCU read side",
+    ),
     (
         "core_fenceless",
         "what-if: notifier-core without read-side fences",
@@ -524,7 +528,7 @@ impl Report<'_> {
         }
 
         let _ = writeln!(w, "\n## Read side\n");
-        let _ = writeln!(w, "One empty read-side section, looped (in Rust for the core, in C for liburcu, so neither pays a call per section).\n");
+        let _ = writeln!(w, "One empty read-side section, looped (in Rust for the core, in C for liburcu and Linux's SRCU, so none pays a call per section).\n");
         let _ = writeln!(
             w,
             "| | median | 95 % CI | ratio to liburcu |\n|---|---|---|---|"
@@ -539,6 +543,10 @@ impl Report<'_> {
             (
                 "read_side/core_srcu_fenceless",
                 "what-if: the same without the read-side fences",
+            ),
+            (
+                "read_side/linux_srcu",
+                "Linux 6.12's `srcu_read_lock` + `srcu_read_unlock` in C (per-CPU increments, two full fences)",
             ),
         ] {
             let _ = writeln!(
