@@ -12,11 +12,13 @@
 //! | `itree` | `remove_insert/<n>`, `walk_point/<n>` | the interval tree alone, n intervals inserted in increasing order (its depth is printed) |
 //! | `grace_period` | `<what>/<idle\|reader>` | register + unregister, unregister alone, a bare grace period |
 //! | `read_side` | `core_srcu`, `liburcu`, `linux_srcu` | an empty read-side section |
+//! | `teardown` | `unregister_all/32000`, `address_space_drop/32000` | every one of 32 000 subscribers unregistered, or the address space torn down under them |
 //!
 //! `dispatch/core_fenceless/<N>` and `read_side/core_srcu_fenceless` are what-if
 //! figures for the analysis: the core on [`Fenceless`], without read-side fences.
 
 use std::hint::black_box;
+use std::pin::Pin;
 use std::sync::atomic::{compiler_fence, AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -31,9 +33,9 @@ use notifier_benches::lists::{
     Urcu,
 };
 use notifier_benches::urcu::{self, ReaderThread};
-use notifier_benches::P;
+use notifier_benches::{Counter, P};
 use notifier_core::srcu::SleepableRcu;
-use notifier_core::{AddressSpace, Event, Platform, Range};
+use notifier_core::{AddressSpace, Event, Platform, Range, Subscriber};
 
 /// Subscriber counts of the dispatch benchmarks.
 const NS: [usize; 4] = [1, 4, 16, 64];
@@ -324,6 +326,49 @@ fn read_side(c: &mut Criterion) {
     g.finish();
 }
 
+/// Subscribers in the teardown rows (C-23: all of them must go in bounded time).
+const TEARDOWN_N: usize = 32_000;
+
+/// `TEARDOWN_N` subscribers registered on a fresh address space; `timed` is what is
+/// measured, the rest (allocation, registration, freeing) is not.
+fn many_subscribers(
+    iters: u64,
+    timed: impl Fn(Box<AddressSpace<P>>, &[Pin<Box<Subscriber<Counter, P>>>]),
+) -> Duration {
+    let mut total = Duration::ZERO;
+    for _ in 0..iters {
+        let space = Box::new(AddressSpace::<P>::new());
+        let subs: Vec<_> = (0..TEARDOWN_N)
+            .map(|_| Box::pin(Subscriber::<_, P>::new(Counter::default())))
+            .collect();
+        for s in &subs {
+            s.as_ref().register(&space).expect("register");
+        }
+        let t = Instant::now();
+        timed(space, &subs);
+        total += t.elapsed();
+    }
+    total
+}
+
+fn teardown(c: &mut Criterion) {
+    let mut g = c.benchmark_group("teardown");
+    g.sample_size(10);
+    g.bench_function(BenchmarkId::new("unregister_all", TEARDOWN_N), |b| {
+        b.iter_custom(|iters| {
+            many_subscribers(iters, |_space, subs| {
+                for s in subs {
+                    s.as_ref().unregister().expect("unregister");
+                }
+            })
+        })
+    });
+    g.bench_function(BenchmarkId::new("address_space_drop", TEARDOWN_N), |b| {
+        b.iter_custom(|iters| many_subscribers(iters, |space, _subs| drop(space)))
+    });
+    g.finish();
+}
+
 fn config() -> Criterion {
     // Short: the whole run must fit in a few minutes on a shared two-core machine.
     Criterion::default()
@@ -339,7 +384,7 @@ mod group {
     criterion_group! {
         name = benches;
         config = config();
-        targets = fast_path, read_side, dispatch, intervals, itree, grace_periods
+        targets = fast_path, read_side, dispatch, intervals, itree, grace_periods, teardown
     }
 }
 criterion_main!(group::benches);

@@ -462,6 +462,17 @@ impl Report<'_> {
             t(u.unwrap_or(f64::NAN)),
             u.map(|u| u < 10_000.0),
         ));
+        let all = self.get("teardown/unregister_all/32000");
+        let drop = self.get("teardown/address_space_drop/32000");
+        v.push((
+            "32 000 subscribers: unregistering every one, and tearing the address space down under them, each under 50 ms (C-23)".into(),
+            format!(
+                "unregister all: {}; teardown: {}",
+                t(all.unwrap_or(f64::NAN)),
+                t(drop.unwrap_or(f64::NAN))
+            ),
+            all.zip(drop).map(|(a, d)| a < 50e6 && d < 50e6),
+        ));
         v.push((
             "zero allocations on any invalidation path (`cargo test -p notifier-benches --test zero_alloc`)".into(),
             if self.zero_alloc { "test passed".into() } else { "test FAILED".into() },
