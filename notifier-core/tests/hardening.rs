@@ -598,3 +598,54 @@ fn c01_invalidations_after_teardown_of_an_unused_space() {
     let s = Box::pin(Subscriber::<_, P>::new(Rec::default()));
     assert_eq!(s.as_ref().register(&mm), Err(Error::Dead));
 }
+
+// ------------------------------------------------------------------ mutants (issue 13)
+
+/// An insertion of an interval that another thread is removing is refused: `remove`
+/// keeps the interval claimed (`BUSY`) while it waits for the invalidation in flight,
+/// so the insertion cannot link it a second time (C-13, C-16). Written for the mutant
+/// that cleared the claim instead of tagging it.
+#[test]
+fn c16_insert_while_the_same_interval_is_being_removed_is_refused() {
+    let mm = Arc::new(AddressSpace::<P>::new());
+    let m = Arc::pin(IntervalSubscriber::<_, P>::new(Mirror));
+    m.as_ref().insert(&mm, 0, PG).unwrap();
+    // The tree is walked: a removal must wait for this invalidation's end.
+    let inv = mm
+        .invalidate_range_start(Range::new(0, PG, Event::Unmap))
+        .unwrap();
+    let remover = {
+        let m = m.clone();
+        thread::spawn(move || m.as_ref().remove())
+    };
+    // Let the removal claim the interval and wait.
+    thread::sleep(Duration::from_millis(100));
+    assert_eq!(
+        m.as_ref().insert(&mm, 0, PG),
+        Err(Error::AlreadyRegistered),
+        "an interval being removed was inserted again"
+    );
+    inv.end();
+    assert_eq!(remover.join().unwrap(), Ok(()));
+    assert!(!m.interval().is_inserted());
+}
+
+/// A subscriber that leaves the ageing callbacks to their defaults answers "not young"
+/// (C-15): the defaults must not make every page look recently used. Written for the
+/// mutants that made the defaults answer true.
+#[test]
+fn c15_default_ageing_callbacks_answer_not_young() {
+    struct StartOnly;
+    impl SubscriberOps for StartOnly {
+        fn invalidate_range_start(&self, _r: &Range) -> Result<(), WouldBlock> {
+            Ok(())
+        }
+    }
+    let mm = AddressSpace::<P>::new();
+    let s = Box::pin(Subscriber::<_, P>::new(StartOnly));
+    s.as_ref().register(&mm).unwrap();
+    assert_eq!(mm.clear_flush_young(0, PG), Ok(false));
+    assert_eq!(mm.clear_young(0, PG), Ok(false));
+    assert_eq!(mm.test_young(0), Ok(false));
+    s.as_ref().unregister().unwrap();
+}
