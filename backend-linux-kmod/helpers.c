@@ -376,11 +376,6 @@ int nk_touch_user(unsigned long addr)
 	return copy_to_user((void __user *)addr, &c, 1) ? -EFAULT : 0;
 }
 
-bool nk_mmget_not_zero(struct mm_struct *mm)
-{
-	return mmget_not_zero(mm);
-}
-
 struct nk_worker {
 	struct mm_struct *mm;
 	void (*fn)(void *arg);

@@ -36,6 +36,7 @@ use notifier_core::primitive::AtomicU32;
 use notifier_core::{AddressSpace, Error as CoreError, Event, Invalidation, Platform, Range};
 
 use crate::layout;
+pub use crate::mmu_notifier::{Mm, MmWithUser};
 use crate::platform::Kernel;
 
 // `mm_struct` is only passed by pointer; rustc flags a field type deep inside it.
@@ -43,7 +44,6 @@ use crate::platform::Kernel;
 extern "C" {
     fn nk_mm_get(mm: *mut bindings::mm_struct, out: *mut *mut NkMmHead) -> c_long;
     fn nk_mm_put(m: *mut NkMmHead);
-    fn nk_mmget_not_zero(mm: *mut bindings::mm_struct) -> bool;
     fn nk_kmalloc_nowait(size: usize, atomic: bool) -> *mut c_void;
     fn nk_kfree(p: *mut c_void);
     fn nk_park_lock_init(lock: *mut bindings::spinlock_t);
@@ -532,13 +532,19 @@ pub(crate) unsafe extern "C" fn nk_rust_young(
     }
 }
 
-/// An `mm_struct`, borrowed.
-///
-/// # Invariants
-///
-/// The wrapped `mm_struct` is live for the lifetime of the reference to `Mm`.
-#[repr(transparent)]
-pub struct Mm(Opaque<bindings::mm_struct>);
+/// The running task's address space, `None` for a kernel thread. Kept alive by the
+/// task for the closure's duration (only the task itself changes `current->mm`).
+pub fn with_current_mm<R>(f: impl FnOnce(Option<&Mm>) -> R) -> R {
+    // SAFETY: `current` is valid in task context; its `mm` field is read at the offset
+    // checked against C below.
+    let mm = unsafe { (*bindings::get_current()).mm };
+    if mm.is_null() {
+        return f(None);
+    }
+    // SAFETY: non-null: the current task's own mm, whose `mm_count` the task holds
+    // while it runs `f`.
+    f(Some(unsafe { Mm::from_raw(mm) }))
+}
 
 const _: () = assert!(
     core::mem::offset_of!(bindings::task_struct, mm) == layout::TASK_STRUCT_MM,
@@ -548,79 +554,6 @@ const _: () = assert!(
     core::mem::size_of::<bindings::task_struct>() == layout::TASK_STRUCT_SIZE,
     "layout mismatch: sizeof(struct task_struct)"
 );
-
-impl Mm {
-    /// The running task's address space, `None` for a kernel thread. Kept alive by the
-    /// task for the closure's duration (only the task itself changes `current->mm`).
-    pub fn with_current<R>(f: impl FnOnce(Option<&Mm>) -> R) -> R {
-        // SAFETY: `current` is valid in task context; its `mm` field is read at the
-        // offset checked against C above.
-        let mm = unsafe { (*bindings::get_current()).mm };
-        if mm.is_null() {
-            return f(None);
-        }
-        // SAFETY: non-null: the current task's own mm, alive while it runs `f`.
-        // INVARIANT: live for the borrow.
-        f(Some(unsafe { &*mm.cast::<Mm>() }))
-    }
-
-    /// The raw pointer, for the C API.
-    pub fn as_raw(&self) -> *mut bindings::mm_struct {
-        self.0.get()
-    }
-
-    /// Whether the mm still has users (`mmget_not_zero` then `mmput` would be the
-    /// borrowing pattern; here only the answer).
-    pub fn is_live(&self) -> bool {
-        // SAFETY: live (type invariant).
-        let live = unsafe { nk_mmget_not_zero(self.as_raw()) };
-        if live {
-            // SAFETY: we took a user reference just above.
-            unsafe { bindings::mmput(self.as_raw()) };
-        }
-        live
-    }
-}
-
-/// A user reference on an `mm_struct` (`mmget`; `mmput` on drop): while it lives the
-/// address space is not torn down. Obtain one with `get_task_mm`-like C calls.
-///
-/// # Invariants
-///
-/// `mm` points to a live `mm_struct` on which this holds one `mm_users` reference.
-pub struct MmUser {
-    mm: NonNull<bindings::mm_struct>,
-}
-
-impl MmUser {
-    /// Take over the user reference the caller holds on `mm`.
-    ///
-    /// # Safety
-    ///
-    /// `mm` is live and the caller owns one `mm_users` reference on it, which it gives
-    /// to the returned value.
-    pub unsafe fn from_raw(mm: NonNull<bindings::mm_struct>) -> Self {
-        // INVARIANT: the caller's reference.
-        MmUser { mm }
-    }
-}
-
-impl Deref for MmUser {
-    type Target = Mm;
-    fn deref(&self) -> &Mm {
-        // SAFETY: live while our reference is held (type invariant); `Mm` is a
-        // transparent wrapper.
-        unsafe { &*self.mm.as_ptr().cast::<Mm>() }
-    }
-}
-
-impl Drop for MmUser {
-    fn drop(&mut self) {
-        // SAFETY: our reference, given back once (type invariant). May sleep (the
-        // last one tears the address space down).
-        unsafe { bindings::mmput(self.mm.as_ptr()) }
-    }
-}
 
 /// A core error as a kernel error, so that a driver's function returning the kernel's
 /// `Result` can use `?` on core calls (through [`KernelResult::kernel`]). Neither the

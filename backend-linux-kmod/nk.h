@@ -88,7 +88,6 @@ void nk_mm_put(struct nk_mm *m);
 int nk_init(void);
 void nk_exit(void);
 int nk_touch_user(unsigned long addr);
-bool nk_mmget_not_zero(struct mm_struct *mm);
 int nk_helper_pid(void);
 struct mm_struct *nk_task_mm(int nr);
 int nk_signal(int nr, int sig);

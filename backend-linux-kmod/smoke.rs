@@ -16,13 +16,14 @@ use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use kernel::bindings;
 use kernel::ffi::{c_int, c_uint, c_ulong, c_void};
 use kernel::prelude::*;
+use kernel::types::ARef;
 use notifier_core::{
     Error as CoreError, Event, Interval, IntervalOps, IntervalSubscriber, Platform, Range,
     Subscriber, SubscriberOps, WouldBlock,
 };
 
 use crate::mm::{
-    nk_rust_end, nk_rust_start, KernelResult, Mm, MmNotifier, MmUser, CLAMPED, FORWARDERS,
+    nk_rust_end, nk_rust_start, KernelResult, Mm, MmNotifier, MmWithUser, CLAMPED, FORWARDERS,
     FORWARD_ERRORS, NO_ROOM, OVERFLOWED, REFUSALS, UNFORWARDABLE, UNKNOWN_EVENTS,
 };
 use crate::platform::Kernel;
@@ -697,7 +698,7 @@ fn process_cases() {
     );
     let Some(mm) = mm else { return };
     // SAFETY: `nk_task_mm` returned it with a user reference, handed over here.
-    let mm = unsafe { MmUser::from_raw(mm) };
+    let mm: ARef<MmWithUser> = unsafe { ARef::from_raw(mm.cast()) };
     let Ok(mmn) = MmNotifier::get(&mm) else {
         case("the forwarder registers on nkhelper's mm", Err(()));
         return;
@@ -816,7 +817,7 @@ impl SubscriberOps for TakesItsLock {
 /// report the cycle (`cargo xtask kmod --lockdep-teeth` checks that it does).
 pub(crate) fn lockdep_teeth() {
     pr_info!("lockdep-teeth: a subscriber lock held across register and taken in a callback\n");
-    Mm::with_current(|mm| {
+    crate::mm::with_current_mm(|mm| {
         let Some(mm) = mm else {
             pr_err!("lockdep-teeth: no mm\n");
             return;
@@ -861,7 +862,7 @@ pub(crate) fn lockdep_teeth() {
 /// The cases run while the module loads, in `insmod`'s context.
 pub(crate) fn run_at_init() -> Result<AtExit> {
     pr_info!("in-kernel tests on the mm of the loading task (core mode)\n");
-    Mm::with_current(|mm| {
+    crate::mm::with_current_mm(|mm| {
         let mmn = match mm {
             Some(mm) => MmNotifier::get(mm),
             None => Err(EINVAL),
