@@ -181,9 +181,11 @@ impl MmWithUser {
     /// The address space of the calling process, with a user reference; `None` for a
     /// kernel thread or a process that is exiting.
     pub fn current() -> Option<ARef<MmWithUser>> {
-        // SAFETY: `get_task_mm(current)` returns null or an mm with a new user
-        // reference, which the `ARef` takes over.
-        NonNull::new(unsafe { nkb_current_mm_get() }).map(|p| unsafe { ARef::from_raw(p.cast()) })
+        // SAFETY: `get_task_mm(current)` is callable from any task; it returns null or
+        // an mm with a new user reference.
+        let mm = NonNull::new(unsafe { nkb_current_mm_get() })?;
+        // SAFETY: that new user reference is handed to the `ARef`.
+        Some(unsafe { ARef::from_raw(mm.cast()) })
     }
 
     /// The `MmWithUser` at `ptr`.
