@@ -464,6 +464,103 @@ fn c02_teardown_during_an_invalidation_still_delivers_its_end() {
     s.as_ref().unregister().unwrap();
 }
 
+static LATE_STARTS: AtomicUsize = AtomicUsize::new(0);
+static LATE_ENDS: AtomicUsize = AtomicUsize::new(0);
+
+/// A shared kind that counts its starts and ends (only `c02_last_put_during_*` uses it).
+struct LateKind;
+impl SubscriberOps for LateKind {
+    fn invalidate_range_start(&self, _r: &Range) -> Result<(), WouldBlock> {
+        LATE_STARTS.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+    fn invalidate_range_end(&self, _r: &Range) {
+        LATE_ENDS.fetch_add(1, Ordering::SeqCst);
+    }
+}
+// SAFETY: `alloc` returns a fresh leaked box; `free` takes back exactly those.
+unsafe impl SharedOps<P> for LateKind {
+    fn alloc(_mm: &AddressSpace<P>) -> Option<std::ptr::NonNull<Shared<Self, P>>> {
+        Some(std::ptr::NonNull::from(Box::leak(Box::new(Shared::new(
+            LateKind,
+        )))))
+    }
+    unsafe fn free(this: std::ptr::NonNull<Shared<Self, P>>) {
+        // SAFETY: from `alloc`, unregistered, not used again (the trait's contract).
+        drop(unsafe { Box::from_raw(this.as_ptr()) });
+    }
+}
+
+/// The last `put` of a shared subscriber while another thread's registration waits for
+/// its grace period, between the start and the end of an invalidation that began after
+/// that grace period did (so the registration does not wait for it). When the grace
+/// period ends, the registration unlinks the zombies it covers: only those hidden before
+/// it began. This one was hidden later, and the invalidation still in flight must reach
+/// it for its end (C-02). The mutant `hidden_at -> Some(0)` unlinked it there.
+///
+/// Choreography (no assertion depends on timing; the sleeps only make the window
+/// likely): thread R holds an invalidation, so the registration on thread A flips the
+/// grace period and then waits for R; only then does this thread start its own
+/// invalidation (on the new index, not waited for), and give back the last reference.
+/// R ends, A's grace period ends and A sweeps; then this thread ends its invalidation.
+#[test]
+fn c02_last_put_during_a_registration_grace_period_still_gets_the_end() {
+    let mm = Arc::new(AddressSpace::<P>::new());
+    let r = mm.get::<LateKind>().unwrap();
+    let (r_started_tx, r_started) = mpsc::channel();
+    let (r_go_tx, r_go) = mpsc::channel::<()>();
+    let holder = {
+        let mm = mm.clone();
+        thread::spawn(move || {
+            let inv = mm
+                .invalidate_range_start(Range::new(0, PG, Event::Unmap))
+                .unwrap();
+            r_started_tx.send(()).unwrap();
+            r_go.recv().unwrap();
+            inv.end();
+        })
+    };
+    r_started.recv().unwrap();
+    let registered = Arc::new(AtomicBool::new(false));
+    let registrar = {
+        let (mm, registered) = (mm.clone(), registered.clone());
+        thread::spawn(move || {
+            let x = Box::pin(Subscriber::<_, P>::new(Rec::default()));
+            x.as_ref().register(&mm).unwrap();
+            registered.store(true, Ordering::SeqCst);
+            x.as_ref().unregister().unwrap();
+        })
+    };
+    // Let A read its generation, flip, and block on R.
+    thread::sleep(Duration::from_millis(200));
+    let inv = mm
+        .invalidate_range_start(Range::new(0, PG, Event::Unmap))
+        .unwrap();
+    assert_eq!(LATE_STARTS.load(Ordering::SeqCst), 2);
+    r.put();
+    r_go_tx.send(()).unwrap();
+    holder.join().unwrap();
+    // Let A finish its grace period and its sweep. In a schedule where A had not
+    // flipped before our start, A waits for our end instead: give up waiting then.
+    for _ in 0..200 {
+        if registered.load(Ordering::SeqCst) {
+            break;
+        }
+        thread::sleep(Duration::from_millis(5));
+    }
+    inv.end();
+    registrar.join().unwrap();
+    notifier_core::synchronize::<P>().unwrap();
+    assert_eq!(
+        (
+            LATE_STARTS.load(Ordering::SeqCst),
+            LATE_ENDS.load(Ordering::SeqCst)
+        ),
+        (2, 2),
+        "C-02: a start without its end (the zombie was unlinked too early)"
+    );
+}
+
 /// A second teardown returns only after the first one's callbacks have finished.
 #[test]
 fn c04_second_teardown_waits_for_the_first() {
