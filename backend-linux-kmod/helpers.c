@@ -636,3 +636,81 @@ void nk_refuser_unregister(struct nk_refuser *r)
 	mmu_notifier_unregister(&r->mn, r->mn.mm);
 	kfree(r);
 }
+
+/*
+ * The in-kernel measurement (kbench.rs, issue 16): N empty C notifiers, Linux's native
+ * path with C callbacks, and a loop of invalidations of one page.
+ */
+struct nk_cbench {
+	struct mmu_notifier mn;
+};
+
+static int nk_cbench_start(struct mmu_notifier *mn, const struct mmu_notifier_range *range)
+{
+	return 0;
+}
+
+static void nk_cbench_end(struct mmu_notifier *mn, const struct mmu_notifier_range *range)
+{
+}
+
+static const struct mmu_notifier_ops nk_cbench_ops = {
+	.invalidate_range_start = nk_cbench_start,
+	.invalidate_range_end = nk_cbench_end,
+};
+
+/* Register `n` empty notifiers on `mm` (caller holds mm_users); NULL on failure. */
+struct nk_cbench *nk_cbench_register(struct mm_struct *mm, int n)
+{
+	struct nk_cbench *v = kcalloc(n, sizeof(*v), GFP_KERNEL);
+	int i;
+
+	if (!v)
+		return NULL;
+	for (i = 0; i < n; i++) {
+		v[i].mn.ops = &nk_cbench_ops;
+		if (mmu_notifier_register(&v[i].mn, mm)) {
+			while (i--)
+				mmu_notifier_unregister(&v[i].mn, mm);
+			kfree(v);
+			return NULL;
+		}
+	}
+	return v;
+}
+
+void nk_cbench_unregister(struct nk_cbench *v, struct mm_struct *mm, int n)
+{
+	int i;
+
+	for (i = 0; i < n; i++)
+		mmu_notifier_unregister(&v[i].mn, mm);
+	kfree(v);
+}
+
+/*
+ * `iters` invalidations of the page at `addr` of the current mm, as MADV_DONTNEED makes
+ * them (zap_page_range_single: one MMU_NOTIFY_CLEAR start/end each; the page is not
+ * present, so little else happens); the nanoseconds they took, or 0 if `addr` is not
+ * mapped.
+ */
+u64 nk_zap_loop(unsigned long addr, int iters)
+{
+	struct mm_struct *mm = current->mm;
+	struct vm_area_struct *vma;
+	u64 t0, t1;
+	int i;
+
+	mmap_read_lock(mm);
+	vma = find_vma(mm, addr);
+	if (!vma || vma->vm_start > addr) {
+		mmap_read_unlock(mm);
+		return 0;
+	}
+	t0 = ktime_get_ns();
+	for (i = 0; i < iters; i++)
+		zap_page_range_single(vma, addr, PAGE_SIZE, NULL);
+	t1 = ktime_get_ns();
+	mmap_read_unlock(mm);
+	return t1 - t0;
+}

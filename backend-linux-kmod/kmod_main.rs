@@ -11,6 +11,8 @@
 //! * `smoke`: the in-kernel tests, run when the module loads and unloads.
 //! * `harness`: the conformance suite (`tests/`) on real address spaces, run when the
 //!   module loads, after the smoke tests.
+//! * `kbench`: what one invalidation costs, Linux's notifier against the binding and
+//!   the core (printed, not judged), run first.
 
 use kernel::prelude::*;
 
@@ -19,6 +21,7 @@ mod layout {
     include!("layout_offsets.rs");
 }
 mod harness;
+mod kbench;
 pub mod mm;
 #[path = "binding/mmu_notifier.rs"]
 pub mod mmu_notifier;
@@ -94,6 +97,7 @@ impl kernel::Module for NotifierKmod {
             let _ = notifier_core::synchronize::<platform::Kernel>();
             return Err(ENODEV);
         }
+        kbench::run();
         match smoke::run_at_init() {
             Ok(at_exit) => {
                 conformance_suite();

@@ -101,6 +101,10 @@ void nk_refuser_set(struct nk_refuser *r, bool refuse);
 void nk_refuser_read(struct nk_refuser *r, unsigned int out[3]);
 void nk_refuser_unregister(struct nk_refuser *r);
 int nk_run_on_mm(struct mm_struct *mm, void (*fn)(void *), void **args, int n);
+struct nk_cbench;
+struct nk_cbench *nk_cbench_register(struct mm_struct *mm, int n);
+void nk_cbench_unregister(struct nk_cbench *v, struct mm_struct *mm, int n);
+u64 nk_zap_loop(unsigned long addr, int iters);
 
 /* The conformance harness (harness_linux.c, used by harness.rs). */
 int nk_h_init(void);

@@ -4,7 +4,7 @@
 //!
 //! | group | ids | what |
 //! |---|---|---|
-//! | `fast_path` | `empty_call`, `no_subscriber` | start + end with nobody subscribed, against an empty call |
+//! | `fast_path` | `empty_call`, `no_subscriber`, `object_no_subscriber` | start + end with nobody subscribed (no per-address-space object yet; the object but an empty list), against an empty call |
 //! | `dispatch` | `<list>/<N>` | start + end to N subscribers, every list alone |
 //! | `dispatch_churn` | `<list>/<N>` | the same while a second thread registers and unregisters in a loop (rcu-clean only with `BENCH_RCU_CLEAN_CHURN=1`: it crashes) |
 //! | `intervals` | `<core\|linear>/touch<k>/<n>` | an invalidation touching k of n interval subscribers |
@@ -82,6 +82,19 @@ fn fast_path(c: &mut Criterion) {
     g.bench_function("no_subscriber", |b| {
         b.iter(|| {
             let mm = black_box(&mm);
+            match mm.invalidate_range_start(*black_box(&r)) {
+                Ok(inv) => inv.end(),
+                Err(e) => panic!("valid range refused: {e}"),
+            }
+        })
+    });
+    // The per-address-space object exists (`prepare`, or every subscriber gone) but
+    // nobody is subscribed: the bracketed path with an empty list.
+    let prepared = AddressSpace::<P>::new();
+    prepared.prepare().expect("prepare");
+    g.bench_function("object_no_subscriber", |b| {
+        b.iter(|| {
+            let mm = black_box(&prepared);
             match mm.invalidate_range_start(*black_box(&r)) {
                 Ok(inv) => inv.end(),
                 Err(e) => panic!("valid range refused: {e}"),

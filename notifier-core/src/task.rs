@@ -69,9 +69,21 @@ pub const TASK_TABLE_ENTRIES: usize = 1024;
 /// once*; a task that finds it full is not tracked (its checks are not made), which
 /// the platform should make impossible by sizing or by overriding
 /// [`Platform::with_task_state`].
+///
+/// A task's entry lives among the [`TASK_TABLE_WINDOW`] entries from its hash position
+/// when one of them is free, so that a query looks at that many entries, not `N`: the
+/// query of an idle task (every invalidation makes several) is the common case. Only
+/// when a window is full does a task take an entry further away; while any task holds
+/// such an entry (`spilled`), queries look through the whole table.
 pub struct TaskTable<const N: usize> {
     entries: [Entry; N],
+    /// Entries held outside their task's window. Only the holder changes it (up when it
+    /// takes one, down when it gives it back), so a task always sees its own count.
+    spilled: AtomicUsize,
 }
+
+/// Entries a task looks at first (see [`TaskTable`]).
+pub const TASK_TABLE_WINDOW: usize = 8;
 
 /// One task's entry, alone on its cache line: tasks on different CPUs never write the
 /// same line.
@@ -91,6 +103,7 @@ impl<const N: usize> TaskTable<N> {
                     state: TaskState::new(),
                 }
             }; N],
+            spilled: AtomicUsize::new(0),
         }
     }
 
@@ -98,10 +111,18 @@ impl<const N: usize> TaskTable<N> {
     /// its state is not idle: a query from an idle task claims nothing.
     pub fn with<R>(&self, task: usize, f: impl FnOnce(&TaskState) -> R) -> R {
         let start = task.wrapping_mul(0x9E37_79B9) % N;
-        for i in 0..N {
+        let window = TASK_TABLE_WINDOW.min(N);
+        // Its window first; the rest only if some task holds an entry outside its own
+        // window (ours included: we would have counted it ourselves).
+        let probes = if self.spilled.load(Ordering::Relaxed) == 0 {
+            window
+        } else {
+            N
+        };
+        for i in 0..probes {
             let k = (start + i) % N;
             if self.entries[k].task.load(Ordering::Relaxed) == task {
-                return self.run(k, f);
+                return self.run(k, i >= window, f);
             }
         }
         // Not present: the task is idle. Run `f` on a fresh state and keep the result
@@ -113,6 +134,11 @@ impl<const N: usize> TaskTable<N> {
         }
         for i in 0..N {
             let k = (start + i) % N;
+            if i == window {
+                // Counted before the entry is taken, so that our next query, which
+                // may find the entry only by the full scan, sees the count.
+                self.spilled.fetch_add(1, Ordering::Relaxed);
+            }
             if self.entries[k]
                 .task
                 .compare_exchange(0, task, Ordering::Relaxed, Ordering::Relaxed)
@@ -127,14 +153,20 @@ impl<const N: usize> TaskTable<N> {
             }
         }
         // Full: untracked (documented above).
+        if N > window {
+            self.spilled.fetch_sub(1, Ordering::Relaxed);
+        }
         r
     }
 
-    fn run<R>(&self, k: usize, f: impl FnOnce(&TaskState) -> R) -> R {
+    fn run<R>(&self, k: usize, spilled: bool, f: impl FnOnce(&TaskState) -> R) -> R {
         let s = &self.entries[k].state;
         let r = f(s);
         if s.is_idle() {
             self.entries[k].task.store(0, Ordering::Relaxed);
+            if spilled {
+                self.spilled.fetch_sub(1, Ordering::Relaxed);
+            }
         }
         r
     }
@@ -284,5 +316,38 @@ mod tests {
         assert!(t.with(9, |s| s.held.load(Ordering::Relaxed)) == 1);
         t.with(9, |s| TaskState::add(&s.held, -1));
         assert_eq!(used(&t), 3);
+    }
+
+    /// Tasks whose windows are full take entries further away and are still found; the
+    /// count of such entries goes back to zero when they are given back, and queries
+    /// then look at windows only again.
+    #[test]
+    fn c16_task_table_spills_past_a_full_window() {
+        let t = TaskTable::<32>::new();
+        // Ids 32 apart hash to the same start (the multiplier times 32 is 0 mod 32).
+        let ids: [usize; TASK_TABLE_WINDOW + 3] = core::array::from_fn(|j| 7 + 32 * j);
+        for &id in &ids {
+            t.with(id, |s| TaskState::add(&s.callbacks, 1));
+        }
+        assert_eq!(t.spilled.load(Ordering::Relaxed), 3);
+        for &id in &ids {
+            assert!(t.with(id, |s| s.callbacks.load(Ordering::Relaxed) == 1));
+        }
+        assert!(!t.with(7 + 32 * 100, |s| s.callbacks.load(Ordering::Relaxed) != 0));
+        // Nested entry and exit of a spilled task keep one entry.
+        let last = *ids.last().unwrap();
+        t.with(last, |s| TaskState::add(&s.callbacks, 1));
+        t.with(last, |s| TaskState::add(&s.callbacks, -1));
+        assert_eq!(t.spilled.load(Ordering::Relaxed), 3);
+        for &id in &ids {
+            t.with(id, |s| TaskState::add(&s.callbacks, -1));
+        }
+        assert_eq!(t.spilled.load(Ordering::Relaxed), 0);
+        let used = t
+            .entries
+            .iter()
+            .filter(|e| e.task.load(Ordering::Relaxed) != 0)
+            .count();
+        assert_eq!(used, 0);
     }
 }

@@ -1,4 +1,4 @@
-//! `cargo xtask bench-report` (issue #7): runs the benchmarks of `notifier-benches`,
+//! `cargo xtask bench-report` (issues #7 and #16): runs the benchmarks of `notifier-benches`,
 //! the zero-allocation test and the `footprint` binary, reads criterion's medians, and
 //! writes `benches/RESULTS.md`: the tables, the ratios against the baselines measured in
 //! the same run, and a met/missed verdict per target.
@@ -38,6 +38,18 @@ const LISTS: [(&str, &str); 9] = [
         "core_fenceless",
         "what-if: notifier-core without read-side fences",
     ),
+];
+
+/// The Rust peers: "the fastest Rust peer" is the fastest of these in the run.
+const RUST_PEERS: [&str; 4] = ["rwlock", "arc_swap", "crossbeam_epoch", "rcu_clean"];
+/// Every peer of the churn table (the core is ahead of all of them, or not).
+const CHURN_PEERS: [&str; 6] = [
+    "rwlock",
+    "arc_swap",
+    "crossbeam_epoch",
+    "rcu_clean",
+    "liburcu",
+    "linux_srcu",
 ];
 
 /// `cargo xtask bench-report`: runs the benchmarks and writes benches/RESULTS.md.
@@ -327,57 +339,94 @@ impl Report<'_> {
             .as_f64()
     }
 
-    /// The targets of issue #7: (target, measured, verdict).
+    /// `a / b` as text, and whether it is at most `limit`.
+    fn ratio_row(&self, a: &str, b: &str, limit: f64) -> (String, Option<bool>) {
+        let r = self.ratio(a, b);
+        (
+            format!(
+                "{} vs {} = {}",
+                t(self.ns(a)),
+                t(self.ns(b)),
+                x(r.unwrap_or(f64::NAN))
+            ),
+            r.map(|r| r <= limit),
+        )
+    }
+
+    /// The targets of issue #16: (target, measured, verdict).
     fn targets(&self) -> Vec<(String, String, Option<bool>)> {
         let mut v = Vec::new();
-        let r = self.ratio("fast_path/no_subscriber", "fast_path/empty_call");
-        v.push((
-            "no-subscriber fast path within 2x of an empty call".into(),
-            format!(
-                "{} vs {} = {}",
-                t(self.ns("fast_path/no_subscriber")),
-                t(self.ns("fast_path/empty_call")),
-                x(r.unwrap_or(f64::NAN))
+        let mut push = |target: &str, (measured, ok): (String, Option<bool>)| {
+            v.push((target.to_owned(), measured, ok));
+        };
+        push(
+            "no address-space object: start + end within 1.5x an empty call",
+            self.ratio_row("fast_path/no_subscriber", "fast_path/empty_call", 1.5),
+        );
+        push(
+            "object, no subscriber: start + end within 2x one liburcu read section",
+            self.ratio_row("fast_path/object_no_subscriber", "read_side/liburcu", 2.0),
+        );
+        push(
+            "SRCU read section within 1.5x liburcu's `rcu_read_lock` + `rcu_read_unlock`",
+            self.ratio_row("read_side/core_srcu", "read_side/liburcu", 1.5),
+        );
+        // The fastest Rust peer of this run at N = 1.
+        let fastest = RUST_PEERS
+            .iter()
+            .filter_map(|p| {
+                let id = format!("dispatch/{p}/1");
+                self.get(&id).map(|ns| (id, ns))
+            })
+            .min_by(|a, b| a.1.total_cmp(&b.1));
+        push(
+            "1 subscriber: at most 0.9x the fastest Rust peer",
+            match fastest {
+                Some((id, _)) => {
+                    let (m, ok) = self.ratio_row("dispatch/core/1", &id, 0.9);
+                    (format!("{m} (fastest: `{id}`)"), ok)
+                }
+                None => ("no Rust peer measured".to_owned(), None),
+            },
+        );
+        push(
+            "1 subscriber: within 2x liburcu",
+            self.ratio_row("dispatch/core/1", "dispatch/liburcu/1", 2.0),
+        );
+        push(
+            "16 subscribers: within 1.2x 16 direct `&dyn` calls",
+            self.ratio_row("dispatch/core/16", "dispatch/direct/16", 1.2),
+        );
+        // Churning: every peer measured, at every N.
+        let mut behind = Vec::new();
+        let mut measured = 0;
+        for (peer, _) in LISTS.iter().filter(|(k, _)| CHURN_PEERS.contains(k)) {
+            for n in NS {
+                if let Some(r) = self.ratio(
+                    &format!("dispatch_churn/{peer}/{n}"),
+                    &format!("dispatch_churn/core/{n}"),
+                ) {
+                    measured += 1;
+                    if r <= 1.0 {
+                        behind.push(format!("{peer} N={n} ({})", x(r)));
+                    }
+                }
+            }
+        }
+        push(
+            "a writer churning: ahead of every peer at every N",
+            (
+                if behind.is_empty() {
+                    format!("ahead at all {measured} measured points")
+                } else {
+                    format!(
+                        "peer time / core time at or below 1x: {}",
+                        behind.join(", ")
+                    )
+                },
+                (measured > 0).then_some(behind.is_empty()),
             ),
-            r.map(|r| r <= 2.0),
-        ));
-        let r = self.ratio("read_side/core_srcu", "read_side/liburcu");
-        v.push((
-            "read side (SRCU `read_lock` + drop) within 1.5x of liburcu's `rcu_read_lock/unlock`"
-                .into(),
-            format!(
-                "{} vs {} = {}",
-                t(self.ns("read_side/core_srcu")),
-                t(self.ns("read_side/liburcu")),
-                x(r.unwrap_or(f64::NAN))
-            ),
-            r.map(|r| r <= 1.5),
-        ));
-        let r = self.ratio("dispatch/core/16", "dispatch/direct/16");
-        v.push((
-            "dispatch to 16 subscribers within 1.5x of 16 direct `&dyn` calls".into(),
-            format!(
-                "{} vs {} = {}",
-                t(self.ns("dispatch/core/16")),
-                t(self.ns("dispatch/direct/16")),
-                x(r.unwrap_or(f64::NAN))
-            ),
-            r.map(|r| r <= 1.5),
-        ));
-        let d = self
-            .get("dispatch/core/1")
-            .zip(self.get("dispatch/direct/1"))
-            .map(|(a, b)| a - b);
-        v.push((
-            "dispatch to 1 subscriber within 5 ns of 1 direct `&dyn` call".into(),
-            format!(
-                "{} vs {} = +{}",
-                t(self.ns("dispatch/core/1")),
-                t(self.ns("dispatch/direct/1")),
-                t(d.unwrap_or(f64::NAN))
-            ),
-            d.map(|d| d <= 5.0),
-        ));
+        );
         let ratios: Vec<(u32, Option<f64>)> = NS
             .iter()
             .map(|&n| {
@@ -394,96 +443,95 @@ impl Report<'_> {
             .iter()
             .map(|(_, r)| r.map(|r| r >= 5.0))
             .collect::<Option<Vec<_>>>();
-        v.push((
-            "at least 5x faster than `RwLock<Vec<Arc<dyn>>>` with a second thread churning".into(),
-            ratios
-                .iter()
-                .map(|(n, r)| format!("N={n}: {}", x(r.unwrap_or(f64::NAN))))
-                .collect::<Vec<_>>()
-                .join(", "),
-            all.map(|a| a.iter().all(|&b| b)),
-        ));
-        for (peer, label) in [
-            ("arc_swap", "arc-swap"),
-            ("crossbeam_epoch", "crossbeam-epoch"),
-            ("rcu_clean", "rcu-clean"),
-        ] {
-            let mut behind = Vec::new();
-            let mut missing = Vec::new();
-            for group in ["dispatch", "dispatch_churn"] {
-                for n in NS {
-                    match self.ratio(&format!("{group}/{peer}/{n}"), &format!("{group}/core/{n}")) {
-                        Some(r) if r <= 1.0 => behind.push(format!("{group} N={n} ({})", x(r))),
-                        Some(_) => {}
-                        None => missing.push(format!("{group} N={n}")),
-                    }
-                }
-            }
-            let mut measured_text = if behind.is_empty() {
-                "ahead wherever measured".to_owned()
-            } else {
-                format!("{label} is as fast or faster at: {}", behind.join(", "))
-            };
-            if !missing.is_empty() {
-                let _ = write!(measured_text, "; not measured: {}", missing.join(", "));
-            }
-            let measured = missing.len() < 2 * NS.len();
-            v.push((
-                format!("ahead of {label} (every N, alone and churning)"),
-                measured_text,
-                measured.then_some(behind.is_empty()),
-            ));
-        }
-        let r = self.ratio("intervals/core/touch1/100000", "intervals/core/touch1/10");
-        v.push((
-            "intervals: 100 000 subscribers cost at most 6x what 10 cost".into(),
-            format!(
-                "{} vs {} = {}",
-                t(self.ns("intervals/core/touch1/100000")),
-                t(self.ns("intervals/core/touch1/10")),
-                x(r.unwrap_or(f64::NAN))
+        push(
+            "a writer churning: at least 5x faster than `RwLock<Vec<Arc<dyn>>>` at every N",
+            (
+                ratios
+                    .iter()
+                    .map(|(n, r)| format!("N={n}: {}", x(r.unwrap_or(f64::NAN))))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                all.map(|a| a.iter().all(|&b| b)),
             ),
-            r.map(|r| r <= 6.0),
-        ));
+        );
+        push(
+            "intervals: 100 000 cost at most 6x what 10 cost (touching 1)",
+            self.ratio_row(
+                "intervals/core/touch1/100000",
+                "intervals/core/touch1/10",
+                6.0,
+            ),
+        );
         for k in [1, 64] {
             let r = self.ratio(
                 &format!("intervals/linear/touch{k}/100000"),
                 &format!("intervals/core/touch{k}/100000"),
             );
-            v.push((
-                format!("intervals: at least 100x less than a linear scan (100 000 subscribers, touching {k})"),
-                format!("scan / core = {}", x(r.unwrap_or(f64::NAN))),
-                r.map(|r| r >= 100.0),
-            ));
+            push(
+                &format!(
+                    "intervals: at least 100x less than a linear scan (100 000, touching {k})"
+                ),
+                (
+                    format!("scan / core = {}", x(r.unwrap_or(f64::NAN))),
+                    r.map(|r| r >= 100.0),
+                ),
+            );
         }
-        let u = self.get("grace_period/core_unregister/idle");
-        v.push((
-            "unregister with no reader in flight (its grace periods included) under 10 µs".into(),
-            t(u.unwrap_or(f64::NAN)),
-            u.map(|u| u < 10_000.0),
-        ));
         let all = self.get("teardown/unregister_all/32000");
         let drop = self.get("teardown/address_space_drop/32000");
-        v.push((
-            "32 000 subscribers: unregistering every one, and tearing the address space down under them, each under 50 ms (C-23)".into(),
-            format!(
-                "unregister all: {}; teardown: {}",
-                t(all.unwrap_or(f64::NAN)),
-                t(drop.unwrap_or(f64::NAN))
+        push(
+            "32 000 subscribers: unregistering every one, and tearing the address space down under them, each under 50 ms (C-23)",
+            (
+                format!(
+                    "unregister all: {}; teardown: {}",
+                    t(all.unwrap_or(f64::NAN)),
+                    t(drop.unwrap_or(f64::NAN))
+                ),
+                all.zip(drop).map(|(a, d)| a < 50e6 && d < 50e6),
             ),
-            all.zip(drop).map(|(a, d)| a < 50e6 && d < 50e6),
-        ));
-        v.push((
-            "zero allocations on any invalidation path (`cargo test -p notifier-benches --test zero_alloc`)".into(),
-            if self.zero_alloc { "test passed".into() } else { "test FAILED".into() },
-            Some(self.zero_alloc),
-        ));
+        );
+        let depth = &self.footprint["itree_depth"];
+        let (n, d) = (depth["n"].as_f64(), depth["depth"].as_f64());
+        push(
+            "interval tree depth after an adversarial insertion order at most 2 log2(n) + 2 (C-23)",
+            match n.zip(d) {
+                Some((n, d)) => {
+                    let bound = 2.0 * n.log2() + 2.0;
+                    (
+                        format!(
+                            "{} intervals inserted in increasing order: depth {d} (bound {bound:.1}; every adversarial order: `c23_itree`)",
+                            n as u64
+                        ),
+                        Some(d <= bound),
+                    )
+                }
+                None => ("not printed by `footprint`".to_owned(), None),
+            },
+        );
+        push(
+            "zero allocations on every invalidation path (`cargo test -p notifier-benches --test zero_alloc`)",
+            (
+                if self.zero_alloc {
+                    "test passed".into()
+                } else {
+                    "test FAILED".into()
+                },
+                Some(self.zero_alloc),
+            ),
+        );
         let b = self.footprint_bytes("core_subscriber_adds");
-        v.push((
-            "at most 32 bytes added by the core per subscriber".into(),
-            format!("{} bytes", b.map_or("—".to_owned(), |b| b.to_string())),
-            b.map(|b| b <= 32.0),
-        ));
+        push(
+            "at most 32 bytes added by the core per subscriber",
+            (
+                format!("{} bytes", b.map_or("—".to_owned(), |b| b.to_string())),
+                b.map(|b| b <= 32.0),
+            ),
+        );
+        let u = self.get("grace_period/core_unregister/idle");
+        push(
+            "unregister with no reader in flight (its grace periods included) under 10 µs",
+            (t(u.unwrap_or(f64::NAN)), u.map(|u| u < 10_000.0)),
+        );
         v
     }
 
@@ -491,7 +539,7 @@ impl Report<'_> {
         let mut s = String::new();
         let w = &mut s;
         let _ = writeln!(w, "# notifier-core benchmark results\n");
-        let _ = writeln!(w, "Generated by `cargo xtask bench-report` (issue #7); the tables and verdicts below come from one run. Do not edit them by hand: re-run the command. Only the analysis block at the end is hand-written.\n");
+        let _ = writeln!(w, "Generated by `cargo xtask bench-report` (issues #7 and #16); the tables and verdicts below come from one run. Do not edit them by hand: re-run the command. Only the analysis block at the end is hand-written.\n");
         let _ = writeln!(w, "| | |\n|---|---|");
         let _ = writeln!(w, "| date | {} |", meta.date);
         let _ = writeln!(w, "| cores (`nproc`) | {} |", meta.nproc);
@@ -527,7 +575,14 @@ impl Report<'_> {
         let base = self.ns("fast_path/empty_call");
         for (id, label) in [
             ("fast_path/empty_call", "empty call"),
-            ("fast_path/no_subscriber", "start + end, no subscriber"),
+            (
+                "fast_path/no_subscriber",
+                "start + end, no subscriber, no per-address-space object yet",
+            ),
+            (
+                "fast_path/object_no_subscriber",
+                "start + end, no subscriber, the object exists (`prepare`)",
+            ),
         ] {
             let _ = writeln!(
                 w,

@@ -228,6 +228,16 @@ fn run(opts: &Options) -> Result<()> {
         lines.push('\n');
         fs::write(&path, lines).map_err(|e| format!("{}: {e}", path.display()))?;
     }
+    // The in-kernel measurement (issue 16): printed, not judged.
+    let kbench = suite_lines(&text, "kbench: ");
+    let kbench_path = out.join("kbench.txt");
+    if kbench.is_empty() {
+        let _ = fs::remove_file(&kbench_path);
+    } else {
+        let mut lines = kbench.join("\n");
+        lines.push('\n');
+        fs::write(&kbench_path, lines).map_err(|e| format!("{}: {e}", kbench_path.display()))?;
+    }
     let known = fs::read_to_string(root.join(KNOWN_DIFFERENCES))
         .map_err(|e| format!("{KNOWN_DIFFERENCES}: {e}"))?;
     check_log(&text, &status, opts.broken.is_some(), &known_ids(&known))?;

@@ -127,10 +127,18 @@ fn main() {
         what: "liburcu list: malloc'd bytes per subscriber (struct shim_node: list head, context, two callbacks), before malloc's own header",
     });
 
+    // The interval tree's depth after the insertion order that makes an unbalanced
+    // search tree a list (increasing starts), against C-23's bound 2 log2(n) + 2.
+    let depth_n = 100_000usize;
+    let depth = notifier_benches::itree::TreeOf::new(depth_n).depth();
+
     println!("{{");
     println!(
         "  \"liburcu_sys_membarrier\": {},",
         urcu::has_sys_membarrier()
+    );
+    println!(
+        "  \"itree_depth\": {{ \"n\": {depth_n}, \"order\": \"increasing\", \"depth\": {depth} }},"
     );
     println!("  \"entries\": [");
     for (i, x) in e.iter().enumerate() {
