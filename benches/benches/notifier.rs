@@ -74,32 +74,29 @@ fn empty_call(r: &Range) {
     black_box(r);
 }
 
+/// One start and its end on `mm`.
+#[inline(always)]
+fn start_end(mm: &AddressSpace<P>, r: &Range) {
+    match mm.invalidate_range_start(*black_box(r)) {
+        Ok(inv) => inv.end(),
+        Err(e) => panic!("valid range refused: {e}"),
+    }
+}
+
 fn fast_path(c: &mut Criterion) {
     let mut g = c.benchmark_group("fast_path");
     let r = range();
     g.bench_function("empty_call", |b| b.iter(|| empty_call(black_box(&r))));
     let mm = AddressSpace::<P>::new();
     g.bench_function("no_subscriber", |b| {
-        b.iter(|| {
-            let mm = black_box(&mm);
-            match mm.invalidate_range_start(*black_box(&r)) {
-                Ok(inv) => inv.end(),
-                Err(e) => panic!("valid range refused: {e}"),
-            }
-        })
+        b.iter(|| start_end(black_box(&mm), &r))
     });
     // The per-address-space object exists (`prepare`, or every subscriber gone) but
     // nobody is subscribed: the bracketed path with an empty list.
     let prepared = AddressSpace::<P>::new();
     prepared.prepare().expect("prepare");
     g.bench_function("object_no_subscriber", |b| {
-        b.iter(|| {
-            let mm = black_box(&prepared);
-            match mm.invalidate_range_start(*black_box(&r)) {
-                Ok(inv) => inv.end(),
-                Err(e) => panic!("valid range refused: {e}"),
-            }
-        })
+        b.iter(|| start_end(black_box(&prepared), &r))
     });
     g.finish();
 }

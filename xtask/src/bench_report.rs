@@ -359,18 +359,40 @@ impl Report<'_> {
         let mut push = |target: &str, (measured, ok): (String, Option<bool>)| {
             v.push((target.to_owned(), measured, ok));
         };
-        push(
-            "no address-space object: start + end within 1.5x an empty call",
-            self.ratio_row("fast_path/no_subscriber", "fast_path/empty_call", 1.5),
-        );
-        push(
-            "object, no subscriber: start + end within 2x one liburcu read section",
-            self.ratio_row("fast_path/object_no_subscriber", "read_side/liburcu", 2.0),
-        );
-        push(
-            "SRCU read section within 1.5x liburcu's `rcu_read_lock` + `rcu_read_unlock`",
-            self.ratio_row("read_side/core_srcu", "read_side/liburcu", 1.5),
-        );
+        for (target, a, b, limit) in [
+            (
+                "no address-space object: start + end within 1.5x an empty call",
+                "fast_path/no_subscriber",
+                "fast_path/empty_call",
+                1.5,
+            ),
+            (
+                "object, no subscriber: start + end within 2x one liburcu read section",
+                "fast_path/object_no_subscriber",
+                "read_side/liburcu",
+                2.0,
+            ),
+            (
+                "SRCU read section within 1.5x liburcu's `rcu_read_lock` + `rcu_read_unlock`",
+                "read_side/core_srcu",
+                "read_side/liburcu",
+                1.5,
+            ),
+            (
+                "1 subscriber: within 2x liburcu",
+                "dispatch/core/1",
+                "dispatch/liburcu/1",
+                2.0,
+            ),
+            (
+                "16 subscribers: within 1.2x 16 direct `&dyn` calls",
+                "dispatch/core/16",
+                "dispatch/direct/16",
+                1.2,
+            ),
+        ] {
+            push(target, self.ratio_row(a, b, limit));
+        }
         // The fastest Rust peer of this run at N = 1.
         let fastest = RUST_PEERS
             .iter()
@@ -388,14 +410,6 @@ impl Report<'_> {
                 }
                 None => ("no Rust peer measured".to_owned(), None),
             },
-        );
-        push(
-            "1 subscriber: within 2x liburcu",
-            self.ratio_row("dispatch/core/1", "dispatch/liburcu/1", 2.0),
-        );
-        push(
-            "16 subscribers: within 1.2x 16 direct `&dyn` calls",
-            self.ratio_row("dispatch/core/16", "dispatch/direct/16", 1.2),
         );
         // Churning: every peer measured, at every N.
         let mut behind = Vec::new();
