@@ -18,7 +18,7 @@ use kernel::ffi::{c_int, c_uint, c_ulong, c_void};
 use kernel::prelude::*;
 use kernel::types::ARef;
 use notifier_core::{
-    Error as CoreError, Event, Interval, IntervalOps, IntervalSubscriber, Platform, Range,
+    Error as CoreError, Event, IntervalHandle, IntervalOps, IntervalSubscriber, Platform, Range,
     Subscriber, SubscriberOps, WouldBlock,
 };
 
@@ -26,6 +26,7 @@ use crate::mm::{
     nk_rust_end, nk_rust_start, KernelResult, Mm, MmNotifier, MmWithUser, CLAMPED, FORWARDERS,
     FORWARD_ERRORS, NO_ROOM, OVERFLOWED, REFUSALS, UNFORWARDABLE, UNKNOWN_EVENTS,
 };
+use crate::mmu_notifier::IntervalNotifier;
 use crate::platform::Kernel;
 
 // `mm_struct` is only passed by pointer; rustc flags a field type deep inside it.
@@ -244,13 +245,10 @@ struct Mirror {
     invalidations: AtomicUsize,
 }
 
-impl IntervalOps<Kernel> for Mirror {
-    fn invalidate(
-        &self,
-        iv: &Interval<Kernel>,
-        _r: &Range,
-        cur_seq: u64,
-    ) -> core::result::Result<(), WouldBlock> {
+/// Written once, for every interval handle: the core's `Interval` and the binding's
+/// `KernelInterval` (issue 15: one callback trait for both worlds).
+impl<I: IntervalHandle + ?Sized> IntervalOps<I> for Mirror {
+    fn invalidate(&self, iv: &I, _r: &Range, cur_seq: u64) -> core::result::Result<(), WouldBlock> {
         iv.set_seq(cur_seq);
         self.invalidations.fetch_add(1, Ordering::Relaxed);
         Ok(())
@@ -549,6 +547,53 @@ fn interval_cases(mmn: &MmNotifier) {
             Ok(())
         })(),
     );
+    case(
+        "C-11/C-12 the same ops natively (binding IntervalNotifier over Linux's mmu_interval_notifier): called only for its interval; read_retry",
+        binding_interval_case(),
+    );
+}
+
+/// The scenario of the core's interval case, with the same `Mirror` ops inserted in
+/// Linux's own interval tree through the binding.
+fn binding_interval_case() -> core::result::Result<(), ()> {
+    let mm = MmWithUser::current().ok_or(())?;
+    let addr = map(4)?;
+    let mirror = Mirror {
+        invalidations: AtomicUsize::new(0),
+    };
+    let iv = KBox::pin_init(IntervalNotifier::new(&mm, addr, PAGE, mirror), GFP_KERNEL);
+    ensure!(iv.is_ok(), "IntervalNotifier::new: {:?}", iv.as_ref().err());
+    let iv = iv.map_err(|_| ())?;
+    ensure!(
+        iv.interval().start() == addr && iv.interval().last() == addr + PAGE - 1,
+        "bounds [{:#x}, {:#x}]",
+        iv.interval().start(),
+        iv.interval().last()
+    );
+    ensure!(
+        iv.mm().as_raw() == mm.as_raw(),
+        "not on the loading process's mm"
+    );
+    touch(addr)?;
+    touch(addr + 2 * PAGE)?;
+    let seq = iv.read_begin();
+    unmap(addr + 2 * PAGE, PAGE)?;
+    let n = iv.invalidations.load(Ordering::Relaxed);
+    ensure!(n == 0, "called {} times for a page outside its interval", n);
+    ensure!(
+        !iv.read_retry(seq),
+        "read_retry true without an invalidation"
+    );
+    unmap(addr, PAGE)?;
+    let n = iv.invalidations.load(Ordering::Relaxed);
+    ensure!(n == 1, "called {} times for its page, want 1", n);
+    ensure!(
+        iv.read_retry(seq),
+        "read_retry false after its page was unmapped"
+    );
+    drop(iv);
+    unmap(addr, 4 * PAGE)?;
+    Ok(())
 }
 
 /// Where nkhelper maps its pages (`nkhelper.c`: BASE).

@@ -123,7 +123,7 @@ struct Iv {
     seq_seen: AtomicU32,
 }
 
-impl IntervalOps<P> for Iv {
+impl IntervalOps<Interval<P>> for Iv {
     fn invalidate(&self, iv: &Interval<P>, r: &Range, cur_seq: u64) -> Result<(), WouldBlock> {
         if !r.blockable && self.refuse_nb.load(Ordering::Relaxed) {
             return Err(WouldBlock);

@@ -19,6 +19,11 @@
 //!   It is built in place with pin-init; constructed means registered, and dropping it
 //!   unregisters (`PinnedDrop`). `T` may itself be pin-initialised (a kernel `Mutex`
 //!   inside).
+//! - [`IntervalNotifier<T>`]: an inserted `struct mmu_interval_notifier` over
+//!   `[start, start + length)` whose `invalidate` is `T`, with the sequence protocol
+//!   (`read_begin`, `read_retry`, `set_seq`) and the raw notifier for `hmm_range_fault`
+//!   and `migrate_vma` ([`KernelInterval::as_raw`]). Inserted when constructed, removed
+//!   when dropped.
 //!
 //! # One callback trait for both worlds
 //!
@@ -27,6 +32,12 @@
 //! `notifier_core::Subscriber` on the core (through the forwarder of `mm.rs` on Linux,
 //! directly on Hermit and the simulator). The range a callback gets is the core's
 //! [`Range`]: bounds, [`Event`], blockable flag and owner, as Linux gave them.
+//!
+//! Interval ops implement [`notifier_core::IntervalOps`] over an interval handle:
+//! written generic over every [`IntervalHandle`] (`impl<I: IntervalHandle + ?Sized>
+//! IntervalOps<I> for Mirror`), the same ops go into an [`IntervalNotifier`] here
+//! (handle: [`KernelInterval`]) or into the core as a `notifier_core::IntervalSubscriber`
+//! (handle: `notifier_core::Interval`).
 //!
 //! # Where Linux gives less than the core's contract
 //!
@@ -75,7 +86,7 @@ use kernel::ffi::{c_int, c_ulong};
 use kernel::init::{self, PinInit};
 use kernel::prelude::*;
 use kernel::types::{ARef, AlwaysRefCounted, Opaque};
-use notifier_core::{Event, Range, SubscriberOps};
+use notifier_core::{Event, IntervalHandle, IntervalOps, Range, SubscriberOps, WouldBlock};
 
 // `mm_struct` holds a bindgen-opaque field (`sched_info`); only pointers cross here.
 #[allow(improper_ctypes)]
@@ -519,5 +530,233 @@ impl<T: SubscriberOps> PinnedDrop for MmuNotifier<T> {
             }
             bindings::mmu_notifier_unregister(ptr::addr_of_mut!((*raw).mn), mm);
         }
+    }
+}
+
+// -------------------------------------------------------------------------------------
+// IntervalNotifier
+// -------------------------------------------------------------------------------------
+
+/// The kernel's `struct mmu_interval_notifier`, as the handle an interval callback gets:
+/// the interval's bounds and `set_seq` ([`IntervalHandle`]). The core's own
+/// `notifier_core::Interval` is the other handle: ops written generic over
+/// `I: IntervalHandle` serve both.
+///
+/// # Invariants
+///
+/// Reached only inside an [`IntervalNotifier`]; while that is inserted, the kernel owns
+/// the tree fields (written at insertion, read here) and `invalidate_seq` is written
+/// only through [`set_seq`](IntervalHandle::set_seq) or by the kernel under its lock.
+#[repr(transparent)]
+pub struct KernelInterval {
+    raw: Opaque<bindings::mmu_interval_notifier>,
+}
+
+// SAFETY: the kernel writes the fields under its own locks; `set_seq` is a single
+// `WRITE_ONCE`-style store; nothing is tied to a thread.
+unsafe impl Send for KernelInterval {}
+// SAFETY: as above.
+unsafe impl Sync for KernelInterval {}
+
+impl IntervalHandle for KernelInterval {
+    fn start(&self) -> usize {
+        // SAFETY: written by `mmu_interval_notifier_insert` before any callback
+        // (type invariant); read in place.
+        unsafe { (*self.raw.get()).interval_tree.start }
+    }
+
+    fn last(&self) -> usize {
+        // SAFETY: as in `start`.
+        unsafe { (*self.raw.get()).interval_tree.last }
+    }
+
+    /// `mmu_interval_set_seq`: a `WRITE_ONCE` of the sequence, from `invalidate`, under
+    /// the driver's lock.
+    fn set_seq(&self, cur_seq: u64) {
+        // SAFETY: in bounds of the live notifier; a volatile store is `WRITE_ONCE`.
+        unsafe {
+            ptr::write_volatile(
+                ptr::addr_of_mut!((*self.raw.get()).invalidate_seq),
+                cur_seq as c_ulong,
+            )
+        }
+    }
+}
+
+impl KernelInterval {
+    /// The kernel's notifier, for C APIs: `hmm_range.notifier` of `hmm_range_fault`,
+    /// `migrate_vma`.
+    pub fn as_raw(&self) -> *mut bindings::mmu_interval_notifier {
+        self.raw.get()
+    }
+
+    fn seq(&self) -> u64 {
+        // SAFETY: in bounds of the live notifier; a volatile load is `READ_ONCE`.
+        unsafe { ptr::read_volatile(ptr::addr_of!((*self.raw.get()).invalidate_seq)) as u64 }
+    }
+}
+
+/// An interval of an address space watched through Linux's `struct
+/// mmu_interval_notifier`, whose callbacks are `T` (any [`IntervalOps`] over
+/// [`KernelInterval`], typically ops generic over every [`IntervalHandle`]).
+///
+/// Built in place with [`IntervalNotifier::new`]: the initialiser inserts it
+/// (`mmu_interval_notifier_insert`), so one that exists is inserted. Dropping it removes
+/// it (`mmu_interval_notifier_remove`, which waits for invalidations of it in flight).
+/// Drop it in process context.
+///
+/// The read side is Linux's sequence protocol: [`read_begin`](Self::read_begin) before
+/// reading the CPU page tables (or `hmm_range_fault`), then, under the driver's lock
+/// that its `invalidate` also takes, [`read_retry`](Self::read_retry): if true, an
+/// invalidation came in between and the translation must not be installed.
+///
+/// A `T` whose `TWO_PASS` is set gets `invalidate_start` then at once
+/// `invalidate_finish` (Linux's interval notifier has a single pass). A refusal
+/// (`Err(WouldBlock)`) is passed to Linux only for a non-blockable range; Linux WARNs on
+/// a blockable one, so there it counts as done (the ops' bug, as in the core).
+///
+/// # Invariants
+///
+/// `interval` is inserted in `interval.raw.mm` with `ops` pointing to `Self::OPS` from
+/// the end of initialisation until `drop`; Linux holds `mmgrab` on that mm meanwhile.
+#[pin_data(PinnedDrop)]
+pub struct IntervalNotifier<T: IntervalOps<KernelInterval>> {
+    #[pin]
+    ops: T,
+    /// Initialised last: inserting makes the callbacks reachable.
+    #[pin]
+    interval: KernelInterval,
+    #[pin]
+    _pin: PhantomPinned,
+}
+
+// SAFETY: `T: IntervalOps` is `Sync`; the kernel part is `Send + Sync` (above).
+unsafe impl<T: IntervalOps<KernelInterval> + Send> Send for IntervalNotifier<T> {}
+// SAFETY: as above.
+unsafe impl<T: IntervalOps<KernelInterval>> Sync for IntervalNotifier<T> {}
+
+impl<T: IntervalOps<KernelInterval>> IntervalNotifier<T> {
+    const OPS: bindings::mmu_interval_notifier_ops = bindings::mmu_interval_notifier_ops {
+        invalidate: Some(Self::c_invalidate),
+    };
+
+    /// Watch `[start, start + length)` of `mm` with `ops`.
+    ///
+    /// Errors: `EINVAL` for an empty or overflowing range, `ENOMEM`, or what `ops`'
+    /// initialiser returns. May sleep.
+    pub fn new<'a>(
+        mm: &'a MmWithUser,
+        start: usize,
+        length: usize,
+        ops: impl PinInit<T, Error> + 'a,
+    ) -> impl PinInit<Self, Error> + 'a
+    where
+        T: 'a,
+    {
+        try_pin_init!(Self {
+            ops <- ops,
+            // SAFETY: `slot` is the field's memory inside the `IntervalNotifier` being
+            // built in place (pinned); `ops` is initialised already. On success the
+            // notifier is inserted until `drop` (type invariant); on failure nothing is
+            // inserted and the initialiser drops `ops`.
+            interval <- unsafe {
+                init::pin_init_from_closure(move |slot: *mut KernelInterval| {
+                    let raw = Opaque::raw_get(ptr::addr_of!((*slot).raw));
+                    // All-zero is the state `mmu_interval_notifier_insert` expects.
+                    raw.write_bytes(0, 1);
+                    to_result(bindings::mmu_interval_notifier_insert(
+                        raw,
+                        mm.as_raw(),
+                        start,
+                        length,
+                        &Self::OPS,
+                    ))
+                })
+            },
+            _pin: PhantomPinned,
+        }? Error)
+    }
+
+    /// `mmu_interval_read_begin`: the sequence to check with
+    /// [`read_retry`](Self::read_retry); sleeps while an invalidation of this interval
+    /// is in flight. Not from inside the notifier's own callback.
+    pub fn read_begin(&self) -> u64 {
+        // SAFETY: inserted (type invariant).
+        unsafe { bindings::mmu_interval_read_begin(self.interval.as_raw()) as u64 }
+    }
+
+    /// `mmu_interval_read_retry`: whether an invalidation touched the interval since
+    /// `read_begin` returned `seq`. Call it under the lock `invalidate` takes around
+    /// `set_seq`.
+    pub fn read_retry(&self, seq: u64) -> bool {
+        self.interval.seq() != seq
+    }
+
+    /// `mmu_interval_check_retry`: a lock-free hint that `read_retry` would be true.
+    pub fn check_retry(&self, seq: u64) -> bool {
+        self.read_retry(seq)
+    }
+
+    /// The kernel's interval notifier (also for `hmm_range.notifier`).
+    pub fn interval(&self) -> &KernelInterval {
+        &self.interval
+    }
+
+    /// The callbacks.
+    pub fn ops(&self) -> &T {
+        &self.ops
+    }
+
+    /// The address space it watches.
+    pub fn mm(&self) -> &Mm {
+        // SAFETY: inserted (type invariant): Linux keeps the mm alive with `mmgrab`
+        // until removal.
+        unsafe { Mm::from_raw((*self.interval.as_raw()).mm) }
+    }
+
+    /// # Safety
+    ///
+    /// Called by the kernel only, on interval notifiers whose ops are `OPS`, with a
+    /// live range.
+    unsafe extern "C" fn c_invalidate(
+        sub: *mut bindings::mmu_interval_notifier,
+        r: *const bindings::mmu_notifier_range,
+        cur_seq: c_ulong,
+    ) -> bool {
+        // SAFETY: the kernel calls `OPS` only on the `interval` field of an inserted
+        // `Self` (`KernelInterval` is a transparent wrapper of the notifier), at this
+        // offset, alive while inserted; `r` is the kernel's live range.
+        let (this, r) = unsafe {
+            (
+                &*sub.byte_sub(offset_of!(Self, interval)).cast::<Self>(),
+                range_from_raw(r),
+            )
+        };
+        let (iv, seq) = (&this.interval, cur_seq as u64);
+        let res: core::result::Result<(), WouldBlock> = if T::TWO_PASS {
+            this.ops
+                .invalidate_start(iv, &r, seq)
+                .map(|()| this.ops.invalidate_finish(iv, &r, seq))
+        } else {
+            this.ops.invalidate(iv, &r, seq)
+        };
+        // A refusal reaches Linux only where it is legal (a non-blockable range).
+        res.is_ok() || r.blockable
+    }
+}
+
+impl<T: IntervalOps<KernelInterval>> Deref for IntervalNotifier<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.ops
+    }
+}
+
+#[pinned_drop]
+impl<T: IntervalOps<KernelInterval>> PinnedDrop for IntervalNotifier<T> {
+    fn drop(self: Pin<&mut Self>) {
+        // SAFETY: inserted (type invariant). Removal waits for the invalidations of this
+        // interval in flight; after it the kernel no longer reaches `ops`.
+        unsafe { bindings::mmu_interval_notifier_remove(self.interval.as_raw()) };
     }
 }

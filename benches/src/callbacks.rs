@@ -89,7 +89,7 @@ impl IvCounter {
     }
 }
 
-impl IntervalOps<P> for IvCounter {
+impl IntervalOps<Interval<P>> for IvCounter {
     #[inline]
     fn invalidate(&self, iv: &Interval<P>, range: &Range, cur_seq: u64) -> Result<(), WouldBlock> {
         iv.set_seq(cur_seq);

@@ -104,7 +104,7 @@ impl<const TWO: bool> Iv<TWO> {
     }
 }
 
-impl<const TWO: bool> IntervalOps<P> for Iv<TWO> {
+impl<const TWO: bool> IntervalOps<Interval<P>> for Iv<TWO> {
     const TWO_PASS: bool = TWO;
     fn invalidate(&self, iv: &Interval<P>, range: &Range, cur_seq: u64) -> Result<(), WouldBlock> {
         if self.refuse && !range.blockable {

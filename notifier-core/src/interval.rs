@@ -41,8 +41,57 @@ use crate::primitive::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 use crate::subscriptions::Subscriptions;
 use crate::{task, AddressSpace, Bug, Error, Event, Platform, Range, WouldBlock};
 
-/// The callbacks of an interval subscriber (Linux: `struct mmu_interval_notifier_ops`).
-pub trait IntervalOps<P: Platform>: Sync {
+/// What an interval callback may do with the interval it is called for: read its bounds
+/// and record the invalidation's sequence (C-12).
+///
+/// The core's [`Interval`] is one. A binding to a kernel's own interval notifiers (the
+/// Linux module's `IntervalNotifier`, over `struct mmu_interval_notifier`) is another,
+/// so that a driver writes its [`IntervalOps`] once, generic over the handle, and
+/// inserts the same ops in the core or natively:
+///
+/// ```
+/// use notifier_core::{IntervalHandle, IntervalOps, Range, WouldBlock};
+/// use std::sync::Mutex;
+///
+/// struct Mirror {
+///     table: Mutex<Vec<(usize, u64)>>, // address -> device frame
+/// }
+///
+/// impl<I: IntervalHandle + ?Sized> IntervalOps<I> for Mirror {
+///     fn invalidate(&self, iv: &I, r: &Range, cur_seq: u64) -> Result<(), WouldBlock> {
+///         let mut t = self.table.lock().unwrap();
+///         iv.set_seq(cur_seq);
+///         t.retain(|&(a, _)| a < r.start || a >= r.end);
+///         Ok(())
+///     }
+/// }
+/// ```
+pub trait IntervalHandle {
+    /// First byte covered.
+    fn start(&self) -> usize;
+    /// Last byte covered (inclusive).
+    fn last(&self) -> usize;
+    /// Record the invalidation `cur_seq`, under the subscriber's lock (Linux:
+    /// `mmu_interval_set_seq`).
+    fn set_seq(&self, cur_seq: u64);
+}
+
+impl<P: Platform> IntervalHandle for Interval<P> {
+    fn start(&self) -> usize {
+        Interval::start(self)
+    }
+    fn last(&self) -> usize {
+        Interval::last(self)
+    }
+    fn set_seq(&self, cur_seq: u64) {
+        Interval::set_seq(self, cur_seq)
+    }
+}
+
+/// The callbacks of an interval subscriber (Linux: `struct mmu_interval_notifier_ops`),
+/// for intervals of handle type `I`: [`Interval<P>`] in the core. Implement it for every
+/// [`IntervalHandle`] to use the same ops with a kernel binding as well.
+pub trait IntervalOps<I: IntervalHandle + ?Sized>: Sync {
     /// Whether the core should call [`invalidate_start`](Self::invalidate_start) then,
     /// after every overlapping subscriber's start, [`invalidate_finish`](Self::invalidate_finish)
     /// (C-14). When false only [`invalidate`](Self::invalidate) is called.
@@ -51,18 +100,13 @@ pub trait IntervalOps<P: Platform>: Sync {
     /// `range`, which overlaps the interval, is about to change. Take the subscriber's
     /// lock, call `interval.set_seq(cur_seq)`, zap the translations of the overlap,
     /// unlock. May refuse with [`WouldBlock`] only if `range.blockable` is false (C-08).
-    fn invalidate(
-        &self,
-        interval: &Interval<P>,
-        range: &Range,
-        cur_seq: u64,
-    ) -> Result<(), WouldBlock>;
+    fn invalidate(&self, interval: &I, range: &Range, cur_seq: u64) -> Result<(), WouldBlock>;
 
     /// Two-pass form, first pass: `set_seq` and *queue* the hardware invalidation.
     /// Defaults to [`invalidate`](Self::invalidate).
     fn invalidate_start(
         &self,
-        interval: &Interval<P>,
+        interval: &I,
         range: &Range,
         cur_seq: u64,
     ) -> Result<(), WouldBlock> {
@@ -71,7 +115,7 @@ pub trait IntervalOps<P: Platform>: Sync {
 
     /// Two-pass form, second pass: wait for what `invalidate_start` queued. Called for
     /// every subscriber whose `invalidate_start` succeeded, after all of them ran.
-    fn invalidate_finish(&self, _interval: &Interval<P>, _range: &Range, _cur_seq: u64) {}
+    fn invalidate_finish(&self, _interval: &I, _range: &Range, _cur_seq: u64) {}
 }
 
 type StartFn<P> = unsafe fn(NonNull<Interval<P>>, &Range, u64) -> Result<(), WouldBlock>;
@@ -389,7 +433,7 @@ pub(crate) fn itree_release<P: Platform>(subs: &Subscriptions<P>) {
 /// use std::sync::Mutex;
 ///
 /// struct Mirror { lock: Mutex<()> }
-/// impl IntervalOps<StdPlatform> for Mirror {
+/// impl IntervalOps<Interval<StdPlatform>> for Mirror {
 ///     fn invalidate(&self, iv: &Interval<StdPlatform>, _r: &Range, cur_seq: u64) -> Result<(), WouldBlock> {
 ///         let _g = self.lock.lock().unwrap();
 ///         iv.set_seq(cur_seq);
@@ -406,18 +450,18 @@ pub(crate) fn itree_release<P: Platform>(subs: &Subscriptions<P>) {
 /// assert!(m.interval().read_retry(seq)); // the fault must retry
 /// ```
 #[repr(C)]
-pub struct IntervalSubscriber<T: IntervalOps<P>, P: Platform> {
+pub struct IntervalSubscriber<T: IntervalOps<Interval<P>>, P: Platform> {
     interval: Interval<P>,
     ops: T,
     _pin: PhantomPinned,
 }
 
 // SAFETY: the node is atomics; callbacks reach `T: Sync` through `&T`.
-unsafe impl<T: IntervalOps<P> + Send, P: Platform> Send for IntervalSubscriber<T, P> {}
+unsafe impl<T: IntervalOps<Interval<P>> + Send, P: Platform> Send for IntervalSubscriber<T, P> {}
 // SAFETY: as above.
-unsafe impl<T: IntervalOps<P>, P: Platform> Sync for IntervalSubscriber<T, P> {}
+unsafe impl<T: IntervalOps<Interval<P>>, P: Platform> Sync for IntervalSubscriber<T, P> {}
 
-impl<T: IntervalOps<P>, P: Platform> IntervalSubscriber<T, P> {
+impl<T: IntervalOps<Interval<P>>, P: Platform> IntervalSubscriber<T, P> {
     const VTABLE: IntervalVTable<P> = IntervalVTable {
         start: Self::v_start,
         finish: Self::v_finish,
@@ -705,14 +749,14 @@ impl<T: IntervalOps<P>, P: Platform> IntervalSubscriber<T, P> {
     }
 }
 
-impl<T: IntervalOps<P>, P: Platform> Deref for IntervalSubscriber<T, P> {
+impl<T: IntervalOps<Interval<P>>, P: Platform> Deref for IntervalSubscriber<T, P> {
     type Target = T;
     fn deref(&self) -> &T {
         &self.ops
     }
 }
 
-impl<T: IntervalOps<P>, P: Platform> Drop for IntervalSubscriber<T, P> {
+impl<T: IntervalOps<Interval<P>>, P: Platform> Drop for IntervalSubscriber<T, P> {
     fn drop(&mut self) {
         let p = self
             .interval

@@ -61,7 +61,7 @@
 //! /// Shadow entries: guest address -> host frame.
 //! struct Shadow { spte: Mutex<HashMap<usize, u64>> }
 //!
-//! impl IntervalOps<P> for Shadow {
+//! impl IntervalOps<Interval<P>> for Shadow {
 //!     fn invalidate(&self, iv: &Interval<P>, r: &Range, cur_seq: u64) -> Result<(), WouldBlock> {
 //!         let mut spte = self.spte.lock().unwrap();
 //!         iv.set_seq(cur_seq); // under the same lock the fault path checks
@@ -135,7 +135,7 @@ mod young;
 pub mod std_platform;
 
 pub use error::{Bug, Error, WouldBlock};
-pub use interval::{Interval, IntervalOps, IntervalSubscriber};
+pub use interval::{Interval, IntervalHandle, IntervalOps, IntervalSubscriber};
 pub use platform::{LockClass, Platform, RawLock};
 pub use range::{Event, Range};
 pub use subscriber::{synchronize, Shared, SharedOps, SharedRef, Subscriber, SubscriberOps};

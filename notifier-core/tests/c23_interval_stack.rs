@@ -18,7 +18,7 @@ const PG: usize = 4096;
 #[derive(Default)]
 struct Count(AtomicUsize);
 
-impl IntervalOps<P> for Count {
+impl IntervalOps<Interval<P>> for Count {
     fn invalidate(&self, iv: &Interval<P>, _r: &Range, cur_seq: u64) -> Result<(), WouldBlock> {
         // No fault path here to race with: no lock needed around `set_seq`.
         iv.set_seq(cur_seq);

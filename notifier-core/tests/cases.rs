@@ -642,7 +642,7 @@ fn c08_interval_refusal_unwinds() {
     // Blockable: an interval's refusal is its bug, reported; the invalidation goes on
     // to every subscriber and is not refused.
     struct AlwaysRefuses;
-    impl IntervalOps<P> for AlwaysRefuses {
+    impl IntervalOps<Interval<P>> for AlwaysRefuses {
         fn invalidate(&self, iv: &Interval<P>, _r: &Range, s: u64) -> Result<(), WouldBlock> {
             iv.set_seq(s);
             Err(WouldBlock)
@@ -696,7 +696,7 @@ fn c09_no_stale_translation_kvm_like() {
     struct Shadow {
         spte: Mutex<BTreeMap<usize, usize>>,
     }
-    impl IntervalOps<P> for Shadow {
+    impl IntervalOps<Interval<P>> for Shadow {
         fn invalidate(&self, iv: &Interval<P>, r: &Range, cur_seq: u64) -> Result<(), WouldBlock> {
             let mut spte = self.spte.lock().unwrap();
             iv.set_seq(cur_seq);
@@ -792,7 +792,7 @@ impl Mirror {
         }
     }
 }
-impl IntervalOps<P> for Mirror {
+impl IntervalOps<Interval<P>> for Mirror {
     fn invalidate(&self, iv: &Interval<P>, r: &Range, cur_seq: u64) -> Result<(), WouldBlock> {
         if self.refuse && !r.blockable {
             return Err(WouldBlock);
@@ -920,7 +920,7 @@ fn c13_deferred_insert_and_remove() {
 fn c14_two_pass_all_starts_before_any_finish() {
     static ORDER: Mutex<Vec<(usize, &str)>> = Mutex::new(Vec::new());
     struct Dev(usize);
-    impl IntervalOps<P> for Dev {
+    impl IntervalOps<Interval<P>> for Dev {
         const TWO_PASS: bool = true;
         fn invalidate(&self, iv: &Interval<P>, r: &Range, s: u64) -> Result<(), WouldBlock> {
             self.invalidate_start(iv, r, s)?;
@@ -962,7 +962,7 @@ fn c14_two_pass_all_starts_before_any_finish() {
 fn c14_default_first_pass_is_invalidate() {
     static SEEN: Mutex<Vec<&str>> = Mutex::new(Vec::new());
     struct Dev;
-    impl IntervalOps<P> for Dev {
+    impl IntervalOps<Interval<P>> for Dev {
         const TWO_PASS: bool = true;
         fn invalidate(&self, iv: &Interval<P>, _r: &Range, s: u64) -> Result<(), WouldBlock> {
             iv.set_seq(s);
@@ -993,7 +993,7 @@ fn c08_c12_interval_callbacks_non_blocking_only_when_the_range_is() {
     use notifier_core::std_platform::StdPlatform;
     static SEEN: Mutex<Vec<(bool, bool)>> = Mutex::new(Vec::new());
     struct Probe;
-    impl IntervalOps<P> for Probe {
+    impl IntervalOps<Interval<P>> for Probe {
         const TWO_PASS: bool = true;
         fn invalidate(&self, iv: &Interval<P>, r: &Range, s: u64) -> Result<(), WouldBlock> {
             iv.set_seq(s);
@@ -1192,7 +1192,7 @@ fn c17_many_against_reference_model() {
         }
     }
     struct IvCount(AtomicUsize);
-    impl IntervalOps<P> for IvCount {
+    impl IntervalOps<Interval<P>> for IvCount {
         fn invalidate(&self, iv: &Interval<P>, _r: &Range, s: u64) -> Result<(), WouldBlock> {
             iv.set_seq(s);
             self.0.fetch_add(1, Ordering::Relaxed);

@@ -15,7 +15,7 @@ struct Nop;
 
 impl SubscriberOps for Nop {}
 
-impl IntervalOps<P> for Nop {
+impl IntervalOps<Interval<P>> for Nop {
     fn invalidate(&self, iv: &Interval<P>, _r: &Range, seq: u64) -> Result<(), WouldBlock> {
         iv.set_seq(seq);
         Ok(())

@@ -66,7 +66,7 @@ impl SubscriberOps for Rec {
 }
 
 struct Mirror;
-impl IntervalOps<P> for Mirror {
+impl IntervalOps<Interval<P>> for Mirror {
     fn invalidate(&self, iv: &Interval<P>, _r: &Range, seq: u64) -> Result<(), WouldBlock> {
         iv.set_seq(seq);
         Ok(())
@@ -190,7 +190,7 @@ fn c16_read_begin_inside_its_own_invalidate_is_refused() {
     struct SelfReader {
         got: Mutex<Option<Result<u64, Error>>>,
     }
-    impl IntervalOps<P> for SelfReader {
+    impl IntervalOps<Interval<P>> for SelfReader {
         fn invalidate(&self, iv: &Interval<P>, _r: &Range, seq: u64) -> Result<(), WouldBlock> {
             iv.set_seq(seq);
             *self.got.lock().unwrap() = Some(iv.read_begin());

@@ -58,7 +58,7 @@ struct Mirror {
     refused: Mutex<Vec<Error>>,
 }
 
-impl IntervalOps<P> for Mirror {
+impl IntervalOps<Interval<P>> for Mirror {
     fn invalidate(&self, iv: &Interval<P>, _r: &Range, cur_seq: u64) -> Result<(), WouldBlock> {
         self.seen.note("invalidate");
         iv.set_seq(cur_seq);

@@ -379,7 +379,7 @@ impl Mirror {
     }
 }
 
-impl IntervalOps<P> for Mirror {
+impl IntervalOps<Interval<P>> for Mirror {
     fn invalidate(&self, iv: &Interval<P>, _r: &Range, cur_seq: u64) -> Result<(), WouldBlock> {
         self.invalidations.fetch_add(1, Ordering::Relaxed);
         self.mem.touch();
@@ -1204,7 +1204,7 @@ struct Owned {
     lock: Mutex<()>,
 }
 
-impl IntervalOps<P> for Owned {
+impl IntervalOps<Interval<P>> for Owned {
     fn invalidate(&self, iv: &Interval<P>, _r: &Range, cur_seq: u64) -> Result<(), WouldBlock> {
         self.calls.fetch_add(1, Ordering::Relaxed);
         self.mem.touch();

@@ -252,7 +252,7 @@ struct IvOps {
     lock: Mutex<()>,
 }
 
-impl IntervalOps<P> for IvOps {
+impl IntervalOps<Interval<P>> for IvOps {
     fn invalidate(&self, iv: &Interval<P>, range: &Range, cur_seq: u64) -> Result<(), WouldBlock> {
         let id = range.owner as u64;
         if !range.blockable && self.rec.refusing && refuses(self.rec.id, id) {

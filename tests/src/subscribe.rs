@@ -184,7 +184,7 @@ impl<H: Harness, T: SubscriberOps> Subscription<H, T> for Subscriber<T, H::P> {
 /// Hands the core's interval callbacks to an [`IvOps`] consumer.
 pub struct CoreIvOps<T>(T);
 
-impl<T: IvOps, P: Platform> IntervalOps<P> for CoreIvOps<T> {
+impl<T: IvOps, P: Platform> IntervalOps<Interval<P>> for CoreIvOps<T> {
     const TWO_PASS: bool = T::TWO_PASS;
     fn invalidate(&self, iv: &Interval<P>, r: &Range, cur_seq: u64) -> Result<(), WouldBlock> {
         self.0.invalidate(iv, r, cur_seq)

@@ -8,19 +8,22 @@
 //! unregisters. At load the module registers on the loading process's address space,
 //! maps and unmaps a page there, and checks that the unmap reached the mirror as one
 //! start and one end; then it drops the notifier and checks that `release` ran once.
-//! Replace `Mirror` with the driver's own state.
+//! Then the same with an interval notifier (`PageMirror`, what a driver that calls
+//! `hmm_range_fault` uses): the sequence protocol, and the unmap of its page seen as an
+//! invalidation that makes `read_retry` true. Replace `Mirror` and `PageMirror` with the
+//! driver's own state.
 
 use core::sync::atomic::{AtomicUsize, Ordering};
 
 use kernel::prelude::*;
 use kernel::sync::{new_mutex, Mutex};
-use notifier_core::{Range, SubscriberOps, WouldBlock};
+use notifier_core::{IntervalHandle, IntervalOps, Range, SubscriberOps, WouldBlock};
 
 // Public, as in a driver that hands the binding to its other files.
 #[path = "binding/mmu_notifier.rs"]
 pub mod mmu_notifier;
 
-use mmu_notifier::{MmWithUser, MmuNotifier};
+use mmu_notifier::{IntervalNotifier, MmWithUser, MmuNotifier};
 
 module! {
     type: RustMirror,
@@ -74,9 +77,41 @@ impl SubscriberOps for Mirror {
     }
 }
 
+/// A device page table for one interval, kept by the sequence protocol: a "fault"
+/// reads the CPU page tables after `read_begin` and installs its translation only if
+/// `read_retry` is false under `lock`; `invalidate` takes `lock`, records the sequence
+/// and zaps.
+#[pin_data]
+struct PageMirror {
+    #[pin]
+    lock: Mutex<Option<usize>>,
+    invalidations: AtomicUsize,
+}
+
+/// Written for every interval handle, so the same ops also go into the core
+/// (`notifier_core::IntervalSubscriber`) on Hermit, the simulator, or through the
+/// forwarder.
+impl<I: IntervalHandle + ?Sized> IntervalOps<I> for PageMirror {
+    fn invalidate(&self, iv: &I, _r: &Range, cur_seq: u64) -> core::result::Result<(), WouldBlock> {
+        let mut installed = self.lock.lock();
+        iv.set_seq(cur_seq);
+        *installed = None;
+        self.invalidations.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
 /// `mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE)`
 /// in the calling process, then `munmap`.
 fn map_and_unmap(len: usize) -> Result<usize> {
+    let addr = map(len)?;
+    // SAFETY: `[addr, addr + len)` is the mapping just made.
+    kernel::error::to_result(unsafe { kernel::bindings::vm_munmap(addr, len) })?;
+    Ok(addr)
+}
+
+/// The `mmap` of [`map_and_unmap`].
+fn map(len: usize) -> Result<usize> {
     const PROT_READ_WRITE: usize = 0x1 | 0x2;
     const MAP_PRIVATE_ANONYMOUS_POPULATE: usize = 0x02 | 0x20 | 0x8000;
     // SAFETY: an anonymous mapping in the caller's own address space; no file.
@@ -94,9 +129,51 @@ fn map_and_unmap(len: usize) -> Result<usize> {
     if addr > usize::MAX - 4095 {
         return Err(Error::from_errno(addr as isize as i32));
     }
-    // SAFETY: `[addr, addr + len)` is the mapping just made.
-    kernel::error::to_result(unsafe { kernel::bindings::vm_munmap(addr, len) })?;
     Ok(addr)
+}
+
+/// The interval notifier on one page: a fault that installs, the unmap that zaps it.
+fn interval_demo(mm: &MmWithUser) -> Result {
+    let addr = map(4096)?;
+    let dev = KBox::pin_init(
+        IntervalNotifier::new(
+            mm,
+            addr,
+            4096,
+            try_pin_init!(PageMirror {
+                lock <- new_mutex!(None),
+                invalidations: AtomicUsize::new(0),
+            }? Error),
+        ),
+        GFP_KERNEL,
+    )?;
+    // The device's fault: begin, read the CPU page tables (`hmm_range_fault` with
+    // `dev.interval().as_raw()` as the range's notifier), install unless retried.
+    let seq = dev.read_begin();
+    {
+        let mut installed = dev.lock.lock();
+        if dev.read_retry(seq) {
+            return Err(EAGAIN); // a real driver loops back to `read_begin`
+        }
+        *installed = Some(addr);
+    }
+    // SAFETY: `[addr, addr + 4096)` is the mapping made above.
+    kernel::error::to_result(unsafe { kernel::bindings::vm_munmap(addr, 4096) })?;
+    let zapped = dev.lock.lock().is_none();
+    let n = dev.invalidations.load(Ordering::Relaxed);
+    pr_info!(
+        "interval: munmap of {:#x}: {} invalidation(s), zapped: {}, read_retry: {}\n",
+        addr,
+        n,
+        zapped,
+        dev.read_retry(seq)
+    );
+    if n == 0 || !zapped || !dev.read_retry(seq) {
+        return Err(EINVAL);
+    }
+    // Removed from Linux's interval tree when dropped.
+    drop(dev);
+    Ok(())
 }
 
 struct RustMirror;
@@ -136,6 +213,7 @@ impl kernel::Module for RustMirror {
         if releases != 1 {
             return Err(EINVAL);
         }
+        interval_demo(&mm)?;
         Ok(RustMirror)
     }
 }

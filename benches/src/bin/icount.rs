@@ -40,7 +40,7 @@ impl SubscriberOps for Nop {
 
 struct Iv;
 
-impl IntervalOps<P> for Iv {
+impl IntervalOps<Interval<P>> for Iv {
     fn invalidate(&self, iv: &Interval<P>, _r: &Range, seq: u64) -> Result<(), WouldBlock> {
         iv.set_seq(seq);
         Ok(())

@@ -67,7 +67,7 @@ pub struct MirrorOps<P: Platform, const MODE: u8> {
     callbacks: AtomicU64,
 }
 
-impl<P: Platform, const MODE: u8> IntervalOps<P> for MirrorOps<P, MODE> {
+impl<P: Platform, const MODE: u8> IntervalOps<Interval<P>> for MirrorOps<P, MODE> {
     const TWO_PASS: bool = MODE == TWO_PASS || MODE == TWO_PASS_LAZY;
 
     fn invalidate(&self, iv: &Interval<P>, r: &Range, cur_seq: u64) -> Result<(), WouldBlock> {

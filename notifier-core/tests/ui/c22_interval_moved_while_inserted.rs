@@ -5,7 +5,7 @@ use notifier_core::std_platform::StdPlatform as P;
 use notifier_core::{AddressSpace, Interval, IntervalOps, IntervalSubscriber, Range, WouldBlock};
 
 struct Nop;
-impl IntervalOps<P> for Nop {
+impl IntervalOps<Interval<P>> for Nop {
     fn invalidate(&self, iv: &Interval<P>, _r: &Range, cur_seq: u64) -> Result<(), WouldBlock> {
         iv.set_seq(cur_seq);
         Ok(())
