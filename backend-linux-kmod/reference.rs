@@ -10,9 +10,10 @@
 //! The list subscriptions are the public binding's [`MmuNotifier`]
 //! (`binding/mmu_notifier.rs`, with the secondary-TLB notifier), so the suite exercises
 //! what a driver uses: the suite's consumers are `SubscriberOps`, the trait both worlds
-//! share. An interval subscription is one `mmu_interval_notifier`; the sequence protocol
-//! is Linux's (`mmu_interval_read_begin`, and `read_retry`/`set_seq`, which are static
-//! inlines in C, as the same `READ_ONCE`/`WRITE_ONCE` of `invalidate_seq` here).
+//! share. The interval subscriptions are the binding's [`IntervalNotifier`] (one
+//! `mmu_interval_notifier` each); the sequence protocol is Linux's, through the binding
+//! (`mmu_interval_read_begin`, and the `READ_ONCE`/`WRITE_ONCE` of `invalidate_seq` that
+//! C's static inlines `read_retry`/`set_seq` are).
 //!
 //! What only the core offers (typed misuse errors, direct calls into its
 //! `AddressSpace`, its shared subscribers, two-pass intervals, the export registry) is
@@ -22,19 +23,19 @@ use core::marker::PhantomPinned;
 use core::ops::Deref;
 use core::pin::Pin;
 use core::ptr::{self, NonNull};
-use core::sync::atomic::{AtomicBool, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use kernel::bindings;
-use kernel::ffi::{c_int, c_ulong};
+use kernel::ffi::c_int;
 use kernel::init::PinInit;
 use kernel::types::Opaque;
 use notifier_conformance::harness::{Harness, Mm};
 use notifier_conformance::subscribe::{
     Feature, IntervalSubscription, IvOps, Notifiers, Seq, Subscription,
 };
-use notifier_core::{Error, Range, SubscriberOps, WouldBlock};
+use notifier_core::{Error, IntervalHandle, IntervalOps, Range, SubscriberOps, WouldBlock};
 
-use crate::mmu_notifier::{range_from_raw, MmWithUser, MmuNotifier};
+use crate::mmu_notifier::{IntervalNotifier, KernelInterval, MmWithUser, MmuNotifier};
 
 use crate::platform::Kernel;
 
@@ -226,75 +227,81 @@ impl<T: SubscriberOps> Drop for CSub<T> {
 // Interval subscriptions
 // -------------------------------------------------------------------------------------
 
-/// A suite interval consumer inserted with `mmu_interval_notifier_insert`.
+/// The suite's interval consumer as the binding's interval ops: every call goes to the
+/// `ops` of the [`CInterval`] that inserted it, with that `CInterval` as the suite's
+/// view of the interval ([`Seq`]).
 ///
 /// # Invariants
 ///
-/// `inserted` is true exactly between a successful insert and the matching remove;
-/// while it is, `ivn` is in the mm's interval tree with `ops` pointing to this type's
-/// table, and the kernel calls `invalidate` on it (`mmu_interval_notifier_remove`
-/// waits for those calls).
-#[repr(C)]
-pub(crate) struct CInterval<T> {
-    /// First, so that a pointer to it is one to the whole.
-    ivn: Opaque<bindings::mmu_interval_notifier>,
+/// `0` points to a pinned `CInterval<T>`, which drops the notifier holding this
+/// `IvFwd` before anything else of it (remove or `Drop`).
+struct IvFwd<T: IvOps>(NonNull<CInterval<T>>);
+
+// SAFETY: only `&CInterval<T>` is reached through it, which is `Sync`.
+unsafe impl<T: IvOps> Sync for IvFwd<T> {}
+// SAFETY: as above.
+unsafe impl<T: IvOps> Send for IvFwd<T> {}
+
+/// Linux 6.12's interval notifier has one pass: a two-pass consumer's `invalidate`
+/// does both (the suite reports two-pass as lacking in this mode).
+impl<T: IvOps> IntervalOps<KernelInterval> for IvFwd<T> {
+    fn invalidate(&self, _iv: &KernelInterval, r: &Range, cur_seq: u64) -> Result<(), WouldBlock> {
+        // SAFETY: alive as long as this `IvFwd` (type invariant).
+        let owner = unsafe { self.0.as_ref() };
+        owner.ops.invalidate(owner, r, cur_seq)
+    }
+}
+
+/// A suite interval consumer inserted through the public binding
+/// ([`IntervalNotifier`]): the suite's separate `new` and `insert` become an
+/// `IntervalNotifier` initialised in place at insertion and dropped in place (removed)
+/// at removal.
+///
+/// # Invariants
+///
+/// `notifier` holds an initialised (so inserted) `IntervalNotifier` exactly while
+/// `inserted` is true, whose `IvFwd` points to this `CInterval`. `start` and `last` hold
+/// the bounds of the last insertion.
+pub(crate) struct CInterval<T: IvOps> {
+    notifier: Opaque<IntervalNotifier<IvFwd<T>>>,
     inserted: AtomicBool,
+    start: AtomicUsize,
+    last: AtomicUsize,
     ops: T,
     _pin: PhantomPinned,
 }
 
-// SAFETY: as for `CSub`: the kernel's part is touched by the kernel under its locks
-// and by us only before insert; `ops` is `Sync` (IvOps).
+// SAFETY: `notifier` is written only by insert/remove, which the flag makes exclusive,
+// and otherwise by the kernel under its own locks; `ops` is `Sync` (IvOps).
 unsafe impl<T: IvOps> Sync for CInterval<T> {}
-// SAFETY: as above.
+// SAFETY: as above; nothing is tied to the thread that made it.
 unsafe impl<T: IvOps + Send> Send for CInterval<T> {}
 
 impl<T: IvOps> CInterval<T> {
-    const OPS: bindings::mmu_interval_notifier_ops = bindings::mmu_interval_notifier_ops {
-        invalidate: Some(Self::c_invalidate),
-    };
-
-    /// # Safety
-    ///
-    /// Called by the kernel only: `ivn` is the `ivn` field of an inserted
-    /// `CInterval<T>`, `r` a live range.
-    unsafe extern "C" fn c_invalidate(
-        ivn: *mut bindings::mmu_interval_notifier,
-        r: *const bindings::mmu_notifier_range,
-        cur_seq: c_ulong,
-    ) -> bool {
-        // SAFETY: the kernel calls this only on inserted `CInterval<T>`s (OPS is
-        // theirs), whose first field `ivn` is; alive while inserted. `r` is live.
-        let (s, r) = unsafe { (&*ivn.cast::<Self>(), range_from_raw(r)) };
-        // Linux 6.12 has one pass: a two-pass consumer's `invalidate` does both.
-        s.ops.invalidate(s, &r, cur_seq as u64).is_ok()
+    /// The binding's notifier, while inserted.
+    fn notifier(&self) -> Option<&IntervalNotifier<IvFwd<T>>> {
+        // SAFETY: initialised while `inserted` (type invariant); the suite does not race
+        // a removal with the calls that look at the interval.
+        self.inserted
+            .load(Ordering::Acquire)
+            .then(|| unsafe { &*self.notifier.get() })
     }
 }
 
 impl<T: IvOps> Seq for CInterval<T> {
     fn read_begin(&self) -> Result<u64, Error> {
-        if !self.inserted.load(Ordering::Acquire) {
-            return Err(Error::NotRegistered);
-        }
-        // SAFETY: inserted (invariant): `ivn` is in its mm's tree.
-        Ok(unsafe { bindings::mmu_interval_read_begin(self.ivn.get()) } as u64)
+        Ok(self.notifier().ok_or(Error::NotRegistered)?.read_begin())
     }
 
     fn read_retry(&self, seq: u64) -> bool {
-        // SAFETY: `mmu_interval_read_retry` is `READ_ONCE(invalidate_seq) != seq`: a
-        // volatile read of a field the kernel writes with `WRITE_ONCE`.
-        let cur = unsafe { ptr::read_volatile(ptr::addr_of!((*self.ivn.get()).invalidate_seq)) };
-        cur as u64 != seq
+        // Removed (or never inserted): nothing may be installed, retry.
+        self.notifier().map_or(true, |n| n.read_retry(seq))
     }
 
     fn set_seq(&self, cur_seq: u64) {
-        // SAFETY: `mmu_interval_set_seq` is `WRITE_ONCE(invalidate_seq, cur_seq)`, called
-        // from `invalidate` under the consumer's lock, as here.
-        unsafe {
-            ptr::write_volatile(
-                ptr::addr_of_mut!((*self.ivn.get()).invalidate_seq),
-                cur_seq as c_ulong,
-            )
+        // Only `invalidate` calls it, which runs only while inserted.
+        if let Some(n) = self.notifier() {
+            n.interval().set_seq(cur_seq);
         }
     }
 
@@ -303,13 +310,11 @@ impl<T: IvOps> Seq for CInterval<T> {
     }
 
     fn start(&self) -> usize {
-        // SAFETY: written by insert before `inserted` was set, not changed after.
-        unsafe { (*self.ivn.get()).interval_tree.start }
+        self.start.load(Ordering::Relaxed)
     }
 
     fn last(&self) -> usize {
-        // SAFETY: as in `start`.
-        unsafe { (*self.ivn.get()).interval_tree.last }
+        self.last.load(Ordering::Relaxed)
     }
 }
 
@@ -323,43 +328,48 @@ impl<T: IvOps> Deref for CInterval<T> {
 impl<H: KernelMms, T: IvOps> IntervalSubscription<H, T> for CInterval<T> {
     fn new(ops: T) -> Self {
         CInterval {
-            // SAFETY: all-zero is the not-inserted state the kernel expects.
-            ivn: Opaque::new(unsafe { core::mem::zeroed() }),
+            notifier: Opaque::uninit(),
             inserted: AtomicBool::new(false),
+            start: AtomicUsize::new(0),
+            last: AtomicUsize::new(0),
             ops,
             _pin: PhantomPinned,
         }
     }
 
     fn insert(self: Pin<&Self>, h: &H, mm: Mm, start: usize, len: usize) -> Result<(), Error> {
-        if self.inserted.swap(true, Ordering::AcqRel) {
+        if self.inserted.load(Ordering::Acquire) {
             return Err(Error::AlreadyRegistered);
         }
-        // SAFETY: not inserted, so the kernel does not know `ivn`; `self` is pinned and
-        // removes it before it goes (Drop); the mm has a user reference (KernelMms).
-        let rc = unsafe {
-            bindings::mmu_interval_notifier_insert(
-                self.ivn.get(),
-                h.kernel_mm(mm),
-                start as c_ulong,
-                len as c_ulong,
-                &Self::OPS,
-            )
-        };
-        if rc != 0 {
-            self.inserted.store(false, Ordering::Release);
-            return Err(error(rc));
+        // SAFETY: the harness holds a user reference on the mm (KernelMms) for as long
+        // as the suite inserts on it.
+        let kmm = unsafe { MmWithUser::from_raw(h.kernel_mm(mm)) };
+        // INVARIANT: `IvFwd` points to this pinned `CInterval`, which outlives the
+        // notifier.
+        let init = IntervalNotifier::new(kmm, start, len, IvFwd(NonNull::from(&*self)));
+        // SAFETY: the slot is uninitialised (not inserted) and pinned with `self`; it is
+        // dropped in place, never moved (remove, Drop).
+        match unsafe { init.__pinned_init(self.notifier.get()) } {
+            Ok(()) => {
+                self.start.store(start, Ordering::Relaxed);
+                self.last
+                    .store(start.wrapping_add(len).wrapping_sub(1), Ordering::Relaxed);
+                self.inserted.store(true, Ordering::Release);
+                Ok(())
+            }
+            Err(e) => Err(error(e.to_errno())),
         }
-        Ok(())
     }
 
     fn remove(self: Pin<&Self>) -> Result<(), Error> {
-        if !self.inserted.load(Ordering::Acquire) {
+        if self.notifier().is_none() {
             return Err(Error::NotRegistered);
         }
-        // SAFETY: inserted (invariant); remove waits for invalidations in flight.
-        unsafe { bindings::mmu_interval_notifier_remove(self.ivn.get()) };
         self.inserted.store(false, Ordering::Release);
+        // SAFETY: initialised while inserted (invariant); the suite does not race remove
+        // with itself. Dropping it removes it (PinnedDrop), after the invalidations of
+        // it in flight.
+        unsafe { ptr::drop_in_place(self.notifier.get()) };
         Ok(())
     }
 
@@ -368,11 +378,11 @@ impl<H: KernelMms, T: IvOps> IntervalSubscription<H, T> for CInterval<T> {
     }
 }
 
-impl<T> Drop for CInterval<T> {
+impl<T: IvOps> Drop for CInterval<T> {
     fn drop(&mut self) {
         if *self.inserted.get_mut() {
-            // SAFETY: inserted (invariant).
-            unsafe { bindings::mmu_interval_notifier_remove(self.ivn.get()) };
+            // SAFETY: initialised while inserted (invariant); dropped in place.
+            unsafe { ptr::drop_in_place(self.notifier.get()) };
         }
     }
 }

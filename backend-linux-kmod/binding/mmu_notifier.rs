@@ -590,9 +590,21 @@ impl KernelInterval {
         self.raw.get()
     }
 
-    fn seq(&self) -> u64 {
+    /// `mmu_interval_read_begin`: the sequence to check with
+    /// [`read_retry`](Self::read_retry); sleeps while an invalidation of this interval
+    /// is in flight. Not from inside the notifier's own callback.
+    pub fn read_begin(&self) -> u64 {
+        // SAFETY: inserted (type invariant: reached only inside an `IntervalNotifier`).
+        unsafe { bindings::mmu_interval_read_begin(self.as_raw()) as u64 }
+    }
+
+    /// `mmu_interval_read_retry`: whether an invalidation touched the interval since
+    /// `read_begin` returned `seq`. Call it under the lock `invalidate` takes around
+    /// `set_seq`.
+    pub fn read_retry(&self, seq: u64) -> bool {
         // SAFETY: in bounds of the live notifier; a volatile load is `READ_ONCE`.
-        unsafe { ptr::read_volatile(ptr::addr_of!((*self.raw.get()).invalidate_seq)) as u64 }
+        let cur = unsafe { ptr::read_volatile(ptr::addr_of!((*self.raw.get()).invalidate_seq)) };
+        cur as u64 != seq
     }
 }
 
@@ -681,15 +693,14 @@ impl<T: IntervalOps<KernelInterval>> IntervalNotifier<T> {
     /// [`read_retry`](Self::read_retry); sleeps while an invalidation of this interval
     /// is in flight. Not from inside the notifier's own callback.
     pub fn read_begin(&self) -> u64 {
-        // SAFETY: inserted (type invariant).
-        unsafe { bindings::mmu_interval_read_begin(self.interval.as_raw()) as u64 }
+        self.interval.read_begin()
     }
 
     /// `mmu_interval_read_retry`: whether an invalidation touched the interval since
     /// `read_begin` returned `seq`. Call it under the lock `invalidate` takes around
     /// `set_seq`.
     pub fn read_retry(&self, seq: u64) -> bool {
-        self.interval.seq() != seq
+        self.interval.read_retry(seq)
     }
 
     /// `mmu_interval_check_retry`: a lock-free hint that `read_retry` would be true.
