@@ -16,15 +16,18 @@
 
 use kernel::prelude::*;
 
-/// Layouts measured by the C compiler (`layout.c`), checked against the bindings.
+/// Layouts measured by the C compiler (`forwarder/layout.c`), checked against the
+/// bindings.
 mod layout {
     include!("layout_offsets.rs");
 }
 mod harness;
 mod kbench;
+#[path = "forwarder/mm.rs"]
 pub mod mm;
 #[path = "binding/mmu_notifier.rs"]
 pub mod mmu_notifier;
+#[path = "forwarder/platform.rs"]
 pub mod platform;
 mod reference;
 mod smoke;

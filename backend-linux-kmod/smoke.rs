@@ -613,7 +613,7 @@ struct RefCounts {
 }
 
 const _: () = assert!(
-    core::mem::size_of::<RefCounts>() == crate::layout::NK_REF_COUNTS_SIZE,
+    core::mem::size_of::<RefCounts>() == 6 * core::mem::size_of::<c_uint>(),
     "layout mismatch: struct nk_ref_counts"
 );
 

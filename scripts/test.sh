@@ -29,7 +29,7 @@ if ! skip fmt; then
   rustfmt --edition 2021 --check fuzz/driver.rs fuzz/fuzz_targets/differential.rs
   # The Hermit workspace and the Linux module's Rust files (built by Kbuild, not cargo).
   cargo fmt --manifest-path backend-hermit/Cargo.toml --all --check
-  rustfmt --edition 2021 --check backend-linux-kmod/*.rs backend-linux-kmod/binding/*.rs backend-linux-kmod/examples/*/*.rs
+  rustfmt --edition 2021 --check backend-linux-kmod/*.rs backend-linux-kmod/binding/*.rs backend-linux-kmod/forwarder/*.rs backend-linux-kmod/examples/*/*.rs
 fi
 
 if ! skip clippy; then

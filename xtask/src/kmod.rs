@@ -70,7 +70,7 @@ const LIBCLANG_PATH: &str = "/usr/lib/llvm-19/lib";
 /// The bindgen line works around a layout bug: with SCHEDSTATS off, the empty
 /// cache-aligned `struct sched_statistics` gets alignment 1 in the generated Rust, so
 /// every later `task_struct` field is off by 16 bytes. The module also checks the
-/// layouts it uses at build time (`layout.c`).
+/// layouts it uses at build time (`forwarder/layout.c`).
 const RECIPE: &str = "notifier-kmod kernel recipe 1: tinyconfig + fragment, olddefconfig twice; \
 bindgen --opaque-type sched_statistics --opaque-type slabobj_ext; ARCH=x86_64 LLVM=-19\n";
 const BINDGEN_OPAQUE: &str = "--opaque-type sched_statistics\n--opaque-type slabobj_ext\n";
@@ -614,11 +614,14 @@ fn module_make(
 
     let _ = fs::remove_dir_all(build);
     copy_sources(src, build)?;
-    // The binding (its own directory, what a driver copies) next to the module's files.
-    copy_sources(
-        &root.join("backend-linux-kmod/binding"),
-        &build.join("binding"),
-    )?;
+    // The binding and the core on Linux (their own directories, what a driver copies)
+    // next to the module's files.
+    for dir in ["binding", "forwarder"] {
+        copy_sources(
+            &root.join("backend-linux-kmod").join(dir),
+            &build.join(dir),
+        )?;
+    }
     let mut c = kernel_make(kdir, bindgen_dir);
     c.arg(format!("M={}", build.display()))
         .arg(format!("NOTIFIER_CORE_SRC={}", core_src.display()))
@@ -833,7 +836,7 @@ reboot -f
 ";
 
 /// The lockdep classes of the core's spin locks (`notifier_core::LockClass::name`,
-/// given by the module's `helpers.c`), and whether a run must have registered each:
+/// given by `forwarder/forwarder.c`), and whether a run must have registered each:
 /// the suite always takes an address space's lock and a subscriber's own; the export
 /// registry's are taken only where the page-keyed export runs (not in Linux).
 const LOCK_CLASSES: [&str; 5] = [

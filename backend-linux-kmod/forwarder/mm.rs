@@ -1,13 +1,13 @@
 // SPDX-License-Identifier: GPL-2.0
 
 //! Where Linux's page tables change: one forwarder per `mm_struct` (kernel
-//! `mmu_notifier`s, C side in `helpers.c`) hands every callback of that mm to the
+//! `mmu_notifier`s, C side in `forwarder.c`) hands every callback of that mm to the
 //! core's [`AddressSpace`] of it, and [`MmNotifier`] is how Rust kernel code gets at it.
 //!
 //! The kernel calls `invalidate_range_start` and `invalidate_range_end` as two
 //! callbacks with the same `struct mmu_notifier_range`; the core returns an
 //! [`Invalidation`] from the start that the end consumes. They arrive on two kernel
-//! notifiers (`nk.h`): the start on one without an end, so that it may refuse a
+//! notifiers (`forwarder.h`): the start on one without an end, so that it may refuse a
 //! non-blockable range with `-EAGAIN` as Linux allows, the end on one without a start,
 //! which Linux calls once for every start the first accepted. In between, the
 //! invalidation is parked, keyed by the range's address: in a fixed table without
@@ -49,9 +49,40 @@ extern "C" {
     fn nk_park_lock_init(lock: *mut bindings::spinlock_t);
     fn nk_spin_lock(lock: *mut bindings::spinlock_t);
     fn nk_spin_unlock(lock: *mut bindings::spinlock_t);
+    fn nk_init() -> c_int;
+    fn nk_exit();
 }
 
-/// `struct nk_mm` of `nk.h`: the kernel's three `mmu_notifier`s (the refusable start,
+/// The forwarders' module-wide state (a workqueue for their frees). A module that uses
+/// the core on Linux makes one in its `init`, before any [`MmNotifier::get`], and keeps
+/// it in its module struct: dropping it (at unload, after every [`MmNotifier`] is
+/// dropped) waits until every forwarder is freed and every deferred free of the core
+/// has run.
+pub struct Forwarders {
+    _private: (),
+}
+
+impl Forwarders {
+    /// Set up the forwarders. Once per module.
+    pub fn new() -> KResult<Self> {
+        // SAFETY: no precondition; paired with `nk_exit` in `drop`.
+        let r = unsafe { nk_init() };
+        if r != 0 {
+            return Err(KError::from_errno(r));
+        }
+        Ok(Forwarders { _private: () })
+    }
+}
+
+impl Drop for Forwarders {
+    fn drop(&mut self) {
+        // SAFETY: paired with `nk_init`; the module has dropped its `MmNotifier`s.
+        unsafe { nk_exit() };
+        let _ = notifier_core::synchronize::<Kernel>();
+    }
+}
+
+/// `struct nk_mm` of `forwarder.h`: the kernel's three `mmu_notifier`s (the refusable start,
 /// the end, `arch_invalidate_secondary_tlbs`) and the work item that frees the
 /// forwarder. Only C touches it.
 #[repr(C)]
@@ -501,7 +532,7 @@ pub(crate) unsafe extern "C" fn nk_rust_secondary_tlbs(
     }
 }
 
-/// The ageing calls (`NK_*_YOUNG` of `nk.h`).
+/// The ageing calls (`NK_*_YOUNG` of `forwarder.h`).
 ///
 /// # Safety
 ///
@@ -627,7 +658,9 @@ impl MmNotifier {
         })
     }
 
-    /// The forwarder itself, for the in-kernel tests that drive its callbacks.
+    /// The forwarder itself, for the in-kernel tests that drive its callbacks (a
+    /// module without those tests does not call it).
+    #[allow(dead_code)]
     pub(crate) fn head(&self) -> *mut NkMmHead {
         self.state.as_ptr().cast()
     }

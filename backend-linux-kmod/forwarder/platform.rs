@@ -121,7 +121,7 @@ pub fn sleep_violations() -> usize {
     unsafe { nk_sleep_violations() as usize }
 }
 
-// `helpers.c` keeps `NK_LOCK_CLASSES` (4) lockdep keys, one per class.
+// `forwarder.c` keeps `NK_LOCK_CLASSES` (4) lockdep keys, one per class.
 const _: () = assert!(LockClass::ALL.len() == 4);
 
 /// A `spinlock_t`.
@@ -150,7 +150,7 @@ unsafe impl RawLock for KernelLock {
         let l = KernelLock {
             inner: Opaque::uninit(),
         };
-        // The class table in `helpers.c` has one key per class, by index.
+        // The class table in `forwarder.c` has one key per class, by index.
         let index = class.index() as kernel::ffi::c_uint;
         // SAFETY: `inner` is valid for writes. A `spinlock_t` holds no pointer to
         // itself (lockdep keys it by its static class), so it may move while unlocked.

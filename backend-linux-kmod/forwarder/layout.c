@@ -1,14 +1,15 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
  * Compiled to assembly only: every DEFINE/OFFSET below becomes a `->NAME value` line
- * that Kbuild turns into a Rust constant (layout_offsets.rs). kmod_main.rs asserts at
- * compile time that bindgen's layouts agree, for every field the Rust side reads.
+ * that Kbuild turns into a Rust constant (layout_offsets.rs, the crate's `layout`
+ * module). platform.rs and mm.rs assert at compile time that bindgen's layouts agree,
+ * for every field the Rust side reads.
  */
 #include <linux/kbuild.h>
 #include <linux/mm_types.h>
 #include <linux/sched.h>
 #include <linux/spinlock.h>
-#include "nk.h"
+#include "forwarder.h"
 
 void nk_layout(void);
 
@@ -29,7 +30,6 @@ void nk_layout(void)
 	OFFSET(NK_MM_FREE_WORK, nk_mm, free_work);
 	OFFSET(NK_MM_TLB_REGISTERED, nk_mm, tlb_registered);
 	DEFINE(NK_MM_SIZE, sizeof(struct nk_mm));
-	DEFINE(NK_REF_COUNTS_SIZE, sizeof(struct nk_ref_counts));
 	DEFINE(SPINLOCK_SIZE, sizeof(spinlock_t));
 	DEFINE(SPINLOCK_ALIGN, __alignof__(spinlock_t));
 }
