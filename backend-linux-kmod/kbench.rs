@@ -35,8 +35,8 @@ use crate::mmu_notifier::{MmWithUser, MmuNotifier};
 use crate::platform::Kernel;
 
 /// Invalidations per sample, samples per configuration.
-const ITERS: c_int = 300;
-const ROUNDS: usize = 9;
+const ITERS: c_int = 1000;
+const ROUNDS: usize = 11;
 
 /// `struct nk_cbench`, only ever behind a pointer.
 #[repr(C)]
@@ -200,6 +200,16 @@ fn run_in(mm: &MmWithUser, addr: usize) -> Result {
         let alone = median(&mut alone);
         let [nobody, linux, binding, core] = samples.map(|mut s| median(&mut s) as i64);
         let (l, b, c) = (linux - nobody, binding - nobody, core - nobody);
+        // For `cargo xtask bench-report` (RESULTS.md): the medians, in nanoseconds.
+        pr_info!(
+            "kbench: row n={} nobody={} linux-c={} binding={} core={} core-alone={}\n",
+            n,
+            nobody,
+            linux,
+            binding,
+            core,
+            alone
+        );
         pr_info!(
             "kbench: N={}: {} ns per invalidation with nobody subscribed; extra: linux-c {} ns, binding {} ns, core {} ns; binding {}% and core {}% of linux-c's extra; the core alone (no forwarder, no mm) {} ns per start/end\n",
             n,

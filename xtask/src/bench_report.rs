@@ -192,10 +192,12 @@ fn run(skip_run: bool) -> Result<(), String> {
     let analysis = std::fs::read_to_string(&results_path)
         .ok()
         .and_then(|old| kept_analysis(&old));
+    let kbench = read_kbench(&root.join("target/kmod/kbench.txt"));
     let report = Report {
         m: &medians,
         footprint: &footprint,
         zero_alloc,
+        kbench: &kbench,
     };
     let md = report.render(&meta, analysis.as_deref());
     std::fs::write(&results_path, md)
@@ -277,6 +279,8 @@ struct Meta {
 fn t(ns: f64) -> String {
     if !ns.is_finite() {
         "—".to_owned()
+    } else if ns < 0.0 {
+        format!("−{}", t(-ns))
     } else if ns < 10.0 {
         format!("{ns:.2} ns")
     } else if ns < 1_000.0 {
@@ -304,10 +308,78 @@ fn verdict(ok: Option<bool>) -> &'static str {
     }
 }
 
+/// One row of the in-kernel measurement (`kbench.rs` in the Linux module): medians in
+/// nanoseconds per invalidation, for `n` subscribers of each kind.
+#[derive(Debug, Clone, PartialEq)]
+struct KbenchRow {
+    n: u64,
+    nobody: f64,
+    linux_c: f64,
+    binding: f64,
+    core: f64,
+    core_alone: f64,
+}
+
+/// The in-kernel rows of the last `cargo xtask kmod` and when it wrote them, if it did.
+struct Kbench {
+    rows: Vec<KbenchRow>,
+    when: String,
+}
+
+/// Parse `kbench: row n=1 nobody=.. linux-c=.. binding=.. core=.. core-alone=..` lines
+/// (`target/kmod/kbench.txt` holds them without the `kbench: ` prefix).
+fn parse_kbench(text: &str) -> Vec<KbenchRow> {
+    text.lines()
+        .filter_map(|l| {
+            let l = l.trim().strip_prefix("kbench: ").unwrap_or(l.trim());
+            let rest = l.strip_prefix("row ")?;
+            let kv: BTreeMap<&str, f64> = rest
+                .split_whitespace()
+                .filter_map(|f| f.split_once('='))
+                .filter_map(|(k, v)| Some((k, v.parse().ok()?)))
+                .collect();
+            Some(KbenchRow {
+                n: *kv.get("n")? as u64,
+                nobody: *kv.get("nobody")?,
+                linux_c: *kv.get("linux-c")?,
+                binding: *kv.get("binding")?,
+                core: *kv.get("core")?,
+                core_alone: *kv.get("core-alone")?,
+            })
+        })
+        .collect()
+}
+
+fn read_kbench(path: &Path) -> Option<Kbench> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let rows = parse_kbench(&text);
+    if rows.is_empty() {
+        return None;
+    }
+    let when = std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| {
+            output_of(
+                "date",
+                &[
+                    "-u",
+                    "-d",
+                    &format!("@{}", d.as_secs()),
+                    "+%Y-%m-%d %H:%M UTC",
+                ],
+            )
+        })
+        .unwrap_or_else(|| "unknown".to_owned());
+    Some(Kbench { rows, when })
+}
+
 struct Report<'a> {
     m: &'a BTreeMap<String, Median>,
     footprint: &'a Value,
     zero_alloc: bool,
+    kbench: &'a Option<Kbench>,
 }
 
 impl Report<'_> {
@@ -549,6 +621,40 @@ impl Report<'_> {
         v
     }
 
+    /// The in-kernel section, from the last `cargo xtask kmod` (`kbench.rs`).
+    fn render_kbench(&self, w: &mut String) {
+        let _ = writeln!(w, "\n## In the kernel (QEMU, software emulation)\n");
+        let Some(k) = self.kbench else {
+            let _ = writeln!(
+                w,
+                "Not measured: no `target/kmod/kbench.txt` (run `cargo xtask kmod` first)."
+            );
+            return;
+        };
+        let _ = writeln!(w, "From the last `cargo xtask kmod` ({}): `kbench.rs` in the guest, Linux 6.12 with KASAN and lockdep under QEMU's software emulation (TCG). One invalidation is `zap_page_range_single` of one page of the loading process (what `MADV_DONTNEED` does), with N subscribers that do nothing: Linux's own notifier with C callbacks (`linux-c`), the binding's `MmuNotifier` (Rust callbacks on the same kernel path), and core subscribers behind the forwarder. Medians of 11 samples of 1 000 invalidations, the configurations taking turns. **Emulation distorts absolute times** (every instruction is translated; atomics, fences and lockdep's bookkeeping cost what the emulator and the debug kernel make them cost): read the ratios, and those as a rough guide only.\n", k.when);
+        let _ = writeln!(w, "| N | nobody subscribed | extra: Linux (C) | extra: binding | extra: core via forwarder | binding / Linux | core / Linux | the core alone (start + end, no forwarder) |\n|---|---|---|---|---|---|---|---|");
+        for r in &k.rows {
+            let (l, b, c) = (
+                r.linux_c - r.nobody,
+                r.binding - r.nobody,
+                r.core - r.nobody,
+            );
+            let ratio = |v: f64| if l > 0.0 { x(v / l) } else { "—".to_owned() };
+            let _ = writeln!(
+                w,
+                "| {} | {} | {} | {} | {} | {} | {} | {} |",
+                r.n,
+                t(r.nobody),
+                t(l),
+                t(b),
+                t(c),
+                ratio(b),
+                ratio(c),
+                t(r.core_alone)
+            );
+        }
+    }
+
     fn render(&self, meta: &Meta, analysis: Option<&str>) -> String {
         let mut s = String::new();
         let w = &mut s;
@@ -707,6 +813,8 @@ impl Report<'_> {
             let _ = writeln!(w, "| {label} | {} | {} |", t(self.ns(&format!("grace_period/{key}/idle"))), t(self.ns(&format!("grace_period/{key}/reader"))));
         }
 
+        self.render_kbench(w);
+
         let _ = writeln!(w, "\n## Memory\n");
         let _ = writeln!(w, "From the `footprint` binary (sizes from `size_of`, heap bytes from a counting global allocator).\n");
         let _ = writeln!(w, "| what | bytes |\n|---|---|");
@@ -737,5 +845,32 @@ impl Report<'_> {
             }
         }
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kbench_rows_parse_with_or_without_the_prefix() {
+        let text = "kbench: row n=1 nobody=100 linux-c=110 binding=112 core=150 core-alone=30\n\
+                    N=1: a human line\n\
+                    row n=16 nobody=100 linux-c=200 binding=210 core=400 core-alone=90\n\
+                    row n=4 nobody=oops\n";
+        let rows = parse_kbench(text);
+        assert_eq!(rows.len(), 2);
+        assert_eq!(
+            rows[1],
+            KbenchRow {
+                n: 16,
+                nobody: 100.0,
+                linux_c: 200.0,
+                binding: 210.0,
+                core: 400.0,
+                core_alone: 90.0
+            }
+        );
+        assert_eq!(t(-1500.0), "−1.50 µs");
     }
 }

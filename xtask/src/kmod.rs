@@ -617,10 +617,7 @@ fn module_make(
     // The binding and the core on Linux (their own directories, what a driver copies)
     // next to the module's files.
     for dir in ["binding", "forwarder"] {
-        copy_sources(
-            &root.join("backend-linux-kmod").join(dir),
-            &build.join(dir),
-        )?;
+        copy_sources(&root.join("backend-linux-kmod").join(dir), &build.join(dir))?;
     }
     let mut c = kernel_make(kdir, bindgen_dir);
     c.arg(format!("M={}", build.display()))
