@@ -181,6 +181,31 @@ impl Twin {
             Twin::KvmCountsRefusedStart => &["C-09"],
         }
     }
+
+    /// The cases that must catch it on a backend without the second oracle of C-09
+    /// ([`Harness::translation_oracle`] is `Some`: Linux, Hermit), where only the
+    /// frame-liveness oracle sees a stale translation, that is one to a frame already
+    /// freed. The twins that use old translations of pages that are still allocated
+    /// (zapping or flushing only at `end`, a refused start counted as begun) are then
+    /// caught by nothing, and the interval mirror's by C-12 alone (in C-09 it works in
+    /// the protection-change phase, where no frame is freed). Empty: nothing may fail.
+    pub const fn catches_without_translation_oracle(self) -> &'static [&'static str] {
+        match self {
+            Twin::KvmZapsInEnd | Twin::DeviceTlbFlushesAtEnd | Twin::KvmCountsRefusedStart => &[],
+            Twin::MirrorIgnoresSeq | Twin::MirrorSetsSeqAfterUnlock => &["C-12"],
+            t => t.catches(),
+        }
+    }
+
+    /// The cases that must catch it on `h`: [`catches`](Self::catches) where `h` has
+    /// the second oracle of C-09, else
+    /// [`catches_without_translation_oracle`](Self::catches_without_translation_oracle).
+    pub fn catches_on<H: Harness>(self, h: &H) -> &'static [&'static str] {
+        match h.translation_oracle() {
+            None => self.catches(),
+            Some(_) => self.catches_without_translation_oracle(),
+        }
+    }
 }
 
 /// What to run.

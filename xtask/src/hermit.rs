@@ -29,7 +29,7 @@
 //! 8. The suite's lines, from its header to its closing line exactly as the suite
 //!    printed them, are saved to `target/hermit/suite.txt` (also when the run fails).
 
-use crate::suite_table::{closing_line, ktap};
+use crate::suite_table::{closing_line, ktap, twin_catchers, twin_verdict};
 use crate::util::{finish, output, sh, workspace_root, Result};
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -398,7 +398,7 @@ fn check_log(text: &str, status: i32, suite: bool, broken: bool) -> Result<()> {
         if broken {
             let want: Option<Vec<&str>> = text.lines().find_map(|l| {
                 let rest = l.split_once(TWIN_LINE)?.1;
-                Some(rest.split_once(" catches ")?.1.split_whitespace().collect())
+                twin_catchers(rest)
             });
             let got = k.failed();
             match want {
@@ -408,7 +408,7 @@ fn check_log(text: &str, status: i32, suite: bool, broken: bool) -> Result<()> {
                         "the broken consumer must fail exactly {w:?}, failed: {got:?}"
                     ))
                 }
-                Some(w) => println!("hermit: the broken consumer was caught by exactly {w:?}"),
+                Some(w) => println!("hermit: {}", twin_verdict(&w)),
             }
             if passed == 0 {
                 return Err("the image ran no check".into());

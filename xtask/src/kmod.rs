@@ -34,7 +34,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::suite_table::{closing_line, known_ids, ktap, Ktap, Res, KNOWN_DIFFERENCES};
+use crate::suite_table::{
+    closing_line, known_ids, ktap, twin_catchers, twin_verdict, Ktap, Res, KNOWN_DIFFERENCES,
+};
 use crate::util::{finish, output, sh, workspace_root, Result};
 
 /// The Debian package that carries the kernel source.
@@ -1084,7 +1086,7 @@ fn check_log(text: &str, status: &str, broken: bool, known: &[&str]) -> Result<(
         let prefix = format!("{MODULE}: suite-twin: ");
         let want: Option<Vec<&str>> = text.lines().find_map(|l| {
             let rest = l.trim_end_matches('\r').strip_prefix(prefix.as_str())?;
-            Some(rest.split_once(" catches ")?.1.split(' ').collect())
+            twin_catchers(rest)
         });
         let got = suite.failed();
         match want {
@@ -1094,7 +1096,7 @@ fn check_log(text: &str, status: &str, broken: bool, known: &[&str]) -> Result<(
             Some(w) if w != got => errs.push(format!(
                 "the broken consumer must fail exactly {w:?}, failed: {got:?}"
             )),
-            Some(w) => println!("--- the broken consumer was caught by exactly {w:?}"),
+            Some(w) => println!("--- {}", twin_verdict(&w)),
         }
     } else {
         failed.extend(

@@ -174,6 +174,25 @@ pub(crate) fn result_line(line: &str) -> Option<(usize, &str, &str, Res)> {
     Some((n, id, name, res))
 }
 
+/// The cases after `NAME catches` in a `suite-twin:` line, the ones a run with that
+/// broken consumer must fail: none when the backend cannot catch it (it lacks the
+/// oracle that would), and then no case may fail.
+pub(crate) fn twin_catchers(rest: &str) -> Option<Vec<&str>> {
+    let (_, ids) = rest.trim_end().split_once(" catches")?;
+    Some(ids.split_whitespace().collect())
+}
+
+/// How a run with a broken consumer went, for the log.
+pub(crate) fn twin_verdict(want: &[&str]) -> String {
+    if want.is_empty() {
+        "the broken consumer cannot be caught on this backend (it lacks the oracle that \
+         would see it): no case failed"
+            .to_owned()
+    } else {
+        format!("the broken consumer was caught by exactly {want:?}")
+    }
+}
+
 /// The closing line `N passed, N failed` (optionally `, N skipped`) as (passed, failed,
 /// skipped).
 pub(crate) fn closing_line(line: &str) -> Option<(usize, usize, usize)> {
@@ -450,6 +469,16 @@ mod tests {
         assert_eq!(result_line("# ok 1 C-01 register"), None);
         assert_eq!(result_line("C-01 register ... ok"), None);
         assert_eq!(result_line("ok x C-01 register"), None);
+    }
+
+    #[test]
+    fn twin_lines() {
+        assert_eq!(
+            twin_catchers("kvm-ignores-seq catches C-09 C-12"),
+            Some(vec!["C-09", "C-12"])
+        );
+        assert_eq!(twin_catchers("kvm-zaps-in-end catches"), Some(vec![]));
+        assert_eq!(twin_catchers("kvm-zaps-in-end"), None);
     }
 
     #[test]

@@ -362,7 +362,7 @@ extern "C" fn runtime_entry(_argc: i32, _argv: *const *const u8, _env: *const *c
                 match notifier_conformance::Twin::from_name(name) {
                     Some(t) => {
                         cfg.twin = Some(t);
-                        say!("suite-twin: {} catches {}", name, Words(t.catches()));
+                        say!("suite-twin: {} catches {}", name, Words(t.catches_on(&h)));
                     }
                     None => {
                         say!("suite-twin: FAILED: no broken consumer named {}", name);
