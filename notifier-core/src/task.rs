@@ -316,6 +316,47 @@ mod tests {
         assert!(t.with(9, |s| s.held.load(Ordering::Relaxed)) == 1);
         t.with(9, |s| TaskState::add(&s.held, -1));
         assert_eq!(used(&t), 3);
+        // Every window is the whole table here: nothing was counted as spilled.
+        assert_eq!(t.spilled.load(Ordering::Relaxed), 0);
+    }
+
+    /// A full table: the task that finds no entry is untracked, and the spill count
+    /// still counts exactly the entries held outside their windows.
+    #[test]
+    fn c16_task_table_full_keeps_the_spill_count() {
+        let t = TaskTable::<16>::new();
+        // Ids 16 apart share a start: the first 8 fill the window, the next 8 spill.
+        for j in 0..16 {
+            t.with(7 + 16 * j, |s| TaskState::add(&s.callbacks, 1));
+        }
+        assert_eq!(t.spilled.load(Ordering::Relaxed), 8);
+        t.with(7 + 16 * 16, |s| TaskState::add(&s.callbacks, 1));
+        assert!(!t.with(7 + 16 * 16, |s| s.callbacks.load(Ordering::Relaxed) != 0));
+        assert_eq!(t.spilled.load(Ordering::Relaxed), 8);
+        for j in 0..16 {
+            t.with(7 + 16 * j, |s| TaskState::add(&s.callbacks, -1));
+        }
+        assert_eq!(t.spilled.load(Ordering::Relaxed), 0);
+    }
+
+    /// With nothing spilled a query looks at the task's window only (the point of the
+    /// window: an idle task's query reads 8 entries, not the table). Seen from inside:
+    /// an entry planted outside the window is not found.
+    #[test]
+    fn c16_task_table_query_reads_the_window_only() {
+        let t = TaskTable::<64>::new();
+        let task: usize = 5;
+        let start = task.wrapping_mul(0x9E37_79B9) % 64;
+        let far = (start + TASK_TABLE_WINDOW + 3) % 64;
+        t.entries[far].task.store(task, Ordering::Relaxed);
+        TaskState::add(&t.entries[far].state.callbacks, 1);
+        assert!(
+            !t.with(task, |s| s.callbacks.load(Ordering::Relaxed) != 0),
+            "the query read past the window with nothing spilled"
+        );
+        // Counted as spilled, the same entry is found.
+        t.spilled.store(1, Ordering::Relaxed);
+        assert!(t.with(task, |s| s.callbacks.load(Ordering::Relaxed) != 0));
     }
 
     /// Tasks whose windows are full take entries further away and are still found; the

@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use notifier_core::std_platform::StdPlatform as P;
 use notifier_core::{
-    AddressSpace, Bug, Error, Event, Interval, IntervalOps, IntervalSubscriber, Range, Shared,
-    SharedOps, SharedRef, Subscriber, SubscriberOps, WouldBlock,
+    AddressSpace, Bug, Error, Event, Interval, IntervalHandle, IntervalOps, IntervalSubscriber,
+    Range, Shared, SharedOps, SharedRef, Subscriber, SubscriberOps, WouldBlock,
 };
 
 const PG: usize = 4096;
@@ -1252,4 +1252,36 @@ fn c17_many_against_reference_model() {
         let want = before[i] + usize::from(i % 2 == 1);
         assert_eq!(iv.0.load(Ordering::Relaxed), want);
     }
+}
+
+/// Interval ops written once for every interval handle (what a driver does to use the
+/// same ops with the core and with the Linux binding): through the handle they see the
+/// interval's bounds, and `set_seq` reaches the interval's sequence (C-12).
+#[test]
+fn c12_ops_generic_over_the_interval_handle() {
+    #[derive(Default)]
+    struct Seen {
+        bounds: Mutex<Option<(usize, usize)>>,
+    }
+    impl<I: IntervalHandle + ?Sized> IntervalOps<I> for Seen {
+        fn invalidate(&self, iv: &I, _r: &Range, cur_seq: u64) -> Result<(), WouldBlock> {
+            let mut b = self.bounds.lock().unwrap();
+            iv.set_seq(cur_seq);
+            *b = Some((iv.start(), iv.last()));
+            Ok(())
+        }
+    }
+    let mm = AddressSpace::<P>::new();
+    let iv = Box::pin(IntervalSubscriber::<_, P>::new(Seen::default()));
+    iv.as_ref().insert(&mm, 0x3000, 0x2000).unwrap();
+    let seq = iv.interval().read_begin().unwrap();
+    mm.invalidate_range_start(Range::new(0x4000, 0x5000, Event::Unmap))
+        .unwrap()
+        .end();
+    assert_eq!(*iv.bounds.lock().unwrap(), Some((0x3000, 0x4fff)));
+    assert!(
+        iv.interval().read_retry(seq),
+        "set_seq through the handle did not reach the interval"
+    );
+    iv.as_ref().remove().unwrap();
 }
