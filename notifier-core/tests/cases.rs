@@ -1285,3 +1285,29 @@ fn c12_ops_generic_over_the_interval_handle() {
     );
     iv.as_ref().remove().unwrap();
 }
+
+/// An interval may end exactly at the address limit (C-16: only one that goes past it
+/// overflows); on the hosted platform the limit is the top of the address space.
+#[test]
+fn c16_interval_ending_at_the_address_limit_is_accepted() {
+    struct Nop;
+    impl IntervalOps<Interval<P>> for Nop {
+        fn invalidate(&self, iv: &Interval<P>, _r: &Range, s: u64) -> Result<(), WouldBlock> {
+            iv.set_seq(s);
+            Ok(())
+        }
+    }
+    let mm = AddressSpace::<P>::new();
+    let top = Box::pin(IntervalSubscriber::<_, P>::new(Nop));
+    assert_eq!(
+        top.as_ref().insert(&mm, usize::MAX - PG, PG),
+        Ok(()),
+        "an interval ending at the limit"
+    );
+    let past = Box::pin(IntervalSubscriber::<_, P>::new(Nop));
+    assert_eq!(
+        past.as_ref().insert(&mm, usize::MAX - PG + 1, PG),
+        Err(Error::Overflow)
+    );
+    top.as_ref().remove().unwrap();
+}
