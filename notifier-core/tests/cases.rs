@@ -1311,3 +1311,45 @@ fn c16_interval_ending_at_the_address_limit_is_accepted() {
     );
     top.as_ref().remove().unwrap();
 }
+
+/// A list subscriber's start and end run in a non-blocking region exactly when the range
+/// is not blockable (C-08): a blockable range's callbacks may sleep.
+#[test]
+fn c08_list_callbacks_non_blocking_only_when_the_range_is() {
+    use notifier_core::std_platform::StdPlatform;
+    static SEEN: Mutex<Vec<(&str, bool, bool)>> = Mutex::new(Vec::new());
+    struct Probe;
+    impl SubscriberOps for Probe {
+        fn invalidate_range_start(&self, r: &Range) -> Result<(), WouldBlock> {
+            SEEN.lock()
+                .unwrap()
+                .push(("start", r.blockable, StdPlatform::in_non_block()));
+            Ok(())
+        }
+        fn invalidate_range_end(&self, r: &Range) {
+            SEEN.lock()
+                .unwrap()
+                .push(("end", r.blockable, StdPlatform::in_non_block()));
+        }
+    }
+    let mm = AddressSpace::<P>::new();
+    let s = Box::pin(Subscriber::<_, P>::new(Probe));
+    s.as_ref().register(&mm).unwrap();
+    mm.invalidate_range_start(Range::new(0, PG, Event::Unmap))
+        .unwrap()
+        .end();
+    mm.invalidate_range_start(Range::new(0, PG, Event::Unmap).non_blocking())
+        .unwrap()
+        .end();
+    assert!(!StdPlatform::in_non_block());
+    assert_eq!(
+        *SEEN.lock().unwrap(),
+        vec![
+            ("start", true, false),
+            ("end", true, false),
+            ("start", false, true),
+            ("end", false, true)
+        ]
+    );
+    s.as_ref().unregister().unwrap();
+}
