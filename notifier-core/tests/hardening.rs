@@ -746,3 +746,65 @@ fn c15_default_ageing_callbacks_answer_not_young() {
     assert_eq!(mm.test_young(0), Ok(false));
     s.as_ref().unregister().unwrap();
 }
+
+/// Once `unregister` has hidden the subscriber (after its `release`), no TLB flush or
+/// ageing call begins on it, though it stays linked while unregister waits for the
+/// invalidations in flight (issue 13 item 7; the docs of `SubscriberOps::release`).
+/// The hiding is observed, not timed: probe invalidations stop reaching the subscriber.
+#[test]
+fn c04_no_tlb_flush_or_ageing_call_begins_once_unregister_has_hidden_it() {
+    let mm = Arc::new(AddressSpace::<P>::new());
+    let s = Arc::new(Box::pin(Subscriber::<_, P>::new(Rec::default())));
+    s.as_ref().as_ref().register(&mm).unwrap();
+    // An invalidation held in flight keeps unregister in its grace period, with the
+    // subscriber hidden but still linked.
+    let (held_tx, held) = mpsc::channel();
+    let (go_tx, go) = mpsc::channel::<()>();
+    let holder = {
+        let mm = mm.clone();
+        thread::spawn(move || {
+            let inv = mm
+                .invalidate_range_start(Range::new(0, PG, Event::Unmap))
+                .unwrap();
+            held_tx.send(()).unwrap();
+            go.recv().unwrap();
+            inv.end();
+        })
+    };
+    held.recv().unwrap();
+    let unregistering = {
+        let s = s.clone();
+        thread::spawn(move || s.as_ref().as_ref().unregister())
+    };
+    // Hidden once a fresh invalidation no longer reaches it.
+    let mut hidden = false;
+    for _ in 0..20_000 {
+        let before = s.starts.load(Ordering::SeqCst);
+        unmap(&mm, 2 * PG, 3 * PG);
+        if s.releases.load(Ordering::SeqCst) == 1 && s.starts.load(Ordering::SeqCst) == before {
+            hidden = true;
+            break;
+        }
+        thread::sleep(Duration::from_millis(1));
+    }
+    assert!(hidden, "unregister never hid the subscriber");
+    let (tlbs, young) = (
+        s.tlbs.load(Ordering::SeqCst),
+        s.young.load(Ordering::SeqCst),
+    );
+    mm.invalidate_secondary_tlbs(0, 4 * PG).unwrap();
+    let _ = mm.clear_young(0, 4 * PG);
+    let _ = mm.clear_flush_young(0, 4 * PG);
+    assert_eq!(
+        (
+            s.tlbs.load(Ordering::SeqCst),
+            s.young.load(Ordering::SeqCst)
+        ),
+        (tlbs, young),
+        "a TLB flush or an ageing call reached a hidden subscriber"
+    );
+    go_tx.send(()).unwrap();
+    holder.join().unwrap();
+    assert_eq!(unregistering.join().unwrap(), Ok(()));
+    assert_eq!(s.releases.load(Ordering::SeqCst), 1);
+}
