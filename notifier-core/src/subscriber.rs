@@ -1034,6 +1034,8 @@ mod tests {
                 "old one missed"
             );
             assert_eq!(new.starts.load(Ordering::Relaxed), 1, "new one missed");
+            // The ends are counted (so that the unwinding check below can see one).
+            assert_eq!(new.ends.load(Ordering::Relaxed), 1, "new one's end missed");
             // A refusal by a subscriber registered after both: it is first on the list
             // and nothing started before it, so nobody gets an end.
             let r = pin!(Subscriber::<_, P>::new(Refuses));

@@ -464,6 +464,7 @@ fn c05_get_put_synchronize() {
     let f0 = FREES.load(Ordering::SeqCst);
     let a: SharedRef<Kvm, P> = mm.get().unwrap();
     let b: SharedRef<Kvm, P> = mm.get().unwrap();
+    assert!(!a.as_ptr().is_null());
     assert_eq!(a.as_ptr(), b.as_ptr(), "one shared subscriber per kind");
     assert_eq!(a.users(), 2);
     assert_eq!(ALLOCS.load(Ordering::SeqCst) - a0, 1);
@@ -1351,5 +1352,18 @@ fn c08_list_callbacks_non_blocking_only_when_the_range_is() {
             ("end", false, true)
         ]
     );
+    s.as_ref().unregister().unwrap();
+}
+
+/// `is_released` says whether `release` has run for the current registration (C-04).
+#[test]
+fn c04_is_released_tracks_the_release() {
+    let mm = AddressSpace::<P>::new();
+    let s = Box::pin(Subscriber::<_, P>::new(Rec::default()));
+    assert!(!s.is_released());
+    s.as_ref().register(&mm).unwrap();
+    assert!(!s.is_released(), "released before anything released it");
+    mm.release().unwrap();
+    assert!(s.is_released(), "teardown's release not seen");
     s.as_ref().unregister().unwrap();
 }
