@@ -808,3 +808,58 @@ fn c04_no_tlb_flush_or_ageing_call_begins_once_unregister_has_hidden_it() {
     assert_eq!(unregistering.join().unwrap(), Ok(()));
     assert_eq!(s.releases.load(Ordering::SeqCst), 1);
 }
+
+static PARKED_FREES: AtomicUsize = AtomicUsize::new(0);
+
+/// A shared kind that counts its frees (only `c05_synchronize_*` uses it).
+struct ParkedKind;
+impl SubscriberOps for ParkedKind {}
+// SAFETY: `alloc` returns a fresh leaked box; `free` takes back exactly those.
+unsafe impl SharedOps<P> for ParkedKind {
+    fn alloc(_mm: &AddressSpace<P>) -> Option<std::ptr::NonNull<Shared<Self, P>>> {
+        Some(std::ptr::NonNull::from(Box::leak(Box::new(Shared::new(
+            ParkedKind,
+        )))))
+    }
+    unsafe fn free(this: std::ptr::NonNull<Shared<Self, P>>) {
+        PARKED_FREES.fetch_add(1, Ordering::SeqCst);
+        // SAFETY: from `alloc`, unregistered, not used again (the trait's contract).
+        drop(unsafe { Box::from_raw(this.as_ptr()) });
+    }
+}
+
+/// C-05: `synchronize` returns only once every shared subscriber put so far is freed,
+/// also one whose last `put` came while an invalidation that saw it was still in
+/// flight (it waits, as a zombie, for that invalidation's end).
+#[test]
+fn c05_synchronize_waits_for_a_put_subscriber_parked_behind_an_invalidation() {
+    let mm = Arc::new(AddressSpace::<P>::new());
+    let r = mm.get::<ParkedKind>().unwrap();
+    let (held_tx, held) = mpsc::channel();
+    let (go_tx, go) = mpsc::channel::<()>();
+    let holder = {
+        let mm = mm.clone();
+        thread::spawn(move || {
+            let inv = mm
+                .invalidate_range_start(Range::new(0, PG, Event::Unmap))
+                .unwrap();
+            held_tx.send(()).unwrap();
+            go.recv().unwrap();
+            inv.end();
+        })
+    };
+    held.recv().unwrap();
+    r.put();
+    let syncing = thread::spawn(|| {
+        notifier_core::synchronize::<P>().unwrap();
+        PARKED_FREES.load(Ordering::SeqCst)
+    });
+    thread::sleep(Duration::from_millis(50));
+    go_tx.send(()).unwrap();
+    holder.join().unwrap();
+    assert_eq!(
+        syncing.join().unwrap(),
+        1,
+        "synchronize returned before the put subscriber was freed"
+    );
+}
