@@ -1367,3 +1367,44 @@ fn c04_is_released_tracks_the_release() {
     assert!(s.is_released(), "teardown's release not seen");
     s.as_ref().unregister().unwrap();
 }
+
+/// What an address space says of itself: whether anybody ever subscribed
+/// (`has_subscriptions`, also after `prepare`) and whether it is torn down (`is_dead`);
+/// `prepare` on a torn-down space is refused.
+#[test]
+fn c01_address_space_state_queries() {
+    let mm = AddressSpace::<P>::new();
+    assert!(!mm.has_subscriptions() && !mm.is_dead());
+    mm.prepare().unwrap();
+    assert!(
+        mm.has_subscriptions(),
+        "prepare made no subscriptions object"
+    );
+    assert!(!mm.is_dead());
+    mm.release().unwrap();
+    assert!(mm.is_dead());
+    assert_eq!(mm.prepare(), Err(Error::Dead));
+    let fresh = AddressSpace::<P>::new();
+    fresh.release().unwrap();
+    assert!(fresh.is_dead() && !fresh.has_subscriptions());
+}
+
+/// Two first registrations on a fresh address space race to create its subscriptions
+/// object: the one that loses the race uses the winner's, and both succeed (C-01).
+#[test]
+fn c01_racing_first_registrations_both_succeed() {
+    for _ in 0..n(2_000) {
+        let mm = AddressSpace::<P>::new();
+        let go = Barrier::new(2);
+        let (a, b) = thread::scope(|sc| {
+            let prep = || {
+                go.wait();
+                mm.prepare()
+            };
+            let t = sc.spawn(prep);
+            let b = prep();
+            (t.join().unwrap(), b)
+        });
+        assert_eq!((a, b), (Ok(()), Ok(())));
+    }
+}
