@@ -1056,4 +1056,24 @@ mod tests {
         }
         old.as_ref().unregister().unwrap();
     }
+
+    /// C-04/C-22: unregistering after teardown leaves the list as teardown left it
+    /// (empty): a node teardown unlinked is neither hidden again nor unlinked a second
+    /// time through its stale links (which would put an unregistered node back on the
+    /// list, or write into a freed one).
+    #[test]
+    fn c04_unregister_after_teardown_leaves_the_list_alone() {
+        let mm = AddressSpace::<P>::new();
+        let b = pin!(Subscriber::<_, P>::new(Count::default()));
+        let a = pin!(Subscriber::<_, P>::new(Count::default()));
+        b.as_ref().register(&mm).unwrap();
+        a.as_ref().register(&mm).unwrap();
+        mm.release().unwrap();
+        let head = || mm.subscriptions().unwrap().head.load(Ordering::Relaxed);
+        assert!(head().is_null(), "teardown left nodes on the list");
+        a.as_ref().unregister().unwrap();
+        assert!(head().is_null(), "unregister after teardown relinked a node");
+        b.as_ref().unregister().unwrap();
+        assert!(head().is_null());
+    }
 }
