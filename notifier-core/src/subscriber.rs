@@ -1072,7 +1072,10 @@ mod tests {
         let head = || mm.subscriptions().unwrap().head.load(Ordering::Relaxed);
         assert!(head().is_null(), "teardown left nodes on the list");
         a.as_ref().unregister().unwrap();
-        assert!(head().is_null(), "unregister after teardown relinked a node");
+        assert!(
+            head().is_null(),
+            "unregister after teardown relinked a node"
+        );
         b.as_ref().unregister().unwrap();
         assert!(head().is_null());
     }
