@@ -67,6 +67,12 @@ fi
 
 if ! skip package; then
   stage "cargo package of the publishable crates, and the packaged core's tests outside the repository"
+  # Verifying the suite's package builds it against the core's package through a local
+  # overlay registry, which cargo unpacks under $CARGO_HOME/registry/src and reuses if an
+  # earlier run on this machine left a copy of the same version there: remove those
+  # stale copies of our own crates first (nothing else is ever named so).
+  rm -rf "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/notifier-core-[0-9]* \
+    "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/notifier-conformance-[0-9]*
   cargo package -p notifier-core -p notifier-conformance --allow-dirty
   pkg=$(mktemp -d)
   version=$(sed -n 's/^version = "\(.*\)"/\1/p' notifier-core/Cargo.toml | head -1)
