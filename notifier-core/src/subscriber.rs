@@ -968,14 +968,14 @@ pub fn synchronize<P: Platform>() -> Result<(), Error> {
     P::might_sleep();
     task::may_wait::<P>()?;
     // Shared subscribers whose last `put` came while invalidations were in flight are
-    // unlinked (and their frees queued) once those have ended.
-    loop {
-        P::rcu().barrier();
-        if crate::subscriptions::ZOMBIES.is_zero() {
-            return Ok(());
-        }
+    // unlinked, and their frees queued, once those have ended: wait for that first, then
+    // for the queued frees. (A barrier taken before the count reached zero misses a free
+    // queued right after it: `synchronize` returned with that subscriber not yet freed.)
+    while !crate::subscriptions::ZOMBIES.is_zero() {
         P::relax();
     }
+    P::rcu().barrier();
+    Ok(())
 }
 
 #[cfg(all(test, feature = "std", not(loom)))]
