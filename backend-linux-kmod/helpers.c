@@ -12,6 +12,7 @@
 #include <linux/mmu_notifier.h>
 #include <linux/moduleparam.h>
 #include <linux/pid.h>
+#include <linux/proc_fs.h>
 #include <linux/sched.h>
 #include <linux/sched/signal.h>
 #include <linux/sched/task.h>
@@ -397,6 +398,52 @@ u64 nk_zap_loop(unsigned long addr, int iters)
 	t1 = ktime_get_ns();
 	mmap_read_unlock(mm);
 	return t1 - t0;
+}
+
+/* ---- Real programs, shadowed (shadow.rs) ---- */
+
+/*
+ * /proc/nk_shadow: nkshadow writes one command per write ("attach PID NAME [teeth]",
+ * "report PID EXIT"); shadow.rs carries it out under nk_shadow_mutex.
+ */
+static DEFINE_MUTEX(nk_shadow_mutex);
+static struct proc_dir_entry *nk_shadow_proc;
+
+static ssize_t nk_shadow_write(struct file *f, const char __user *ubuf, size_t n,
+			       loff_t *pos)
+{
+	char buf[128];
+	int ret;
+
+	if (n >= sizeof(buf))
+		return -EINVAL;
+	if (copy_from_user(buf, ubuf, n))
+		return -EFAULT;
+	buf[n] = 0;
+	mutex_lock(&nk_shadow_mutex);
+	ret = nk_shadow_cmd(buf, n);
+	mutex_unlock(&nk_shadow_mutex);
+	return ret ? ret : n;
+}
+
+static const struct proc_ops nk_shadow_ops = {
+	.proc_write = nk_shadow_write,
+};
+
+int nk_shadow_init(void)
+{
+	nk_shadow_proc = proc_create("nk_shadow", 0200, NULL, &nk_shadow_ops);
+	return nk_shadow_proc ? 0 : -ENOMEM;
+}
+
+void nk_shadow_fini(void)
+{
+	if (nk_shadow_proc)
+		proc_remove(nk_shadow_proc);
+	nk_shadow_proc = NULL;
+	mutex_lock(&nk_shadow_mutex);
+	nk_shadow_exit();
+	mutex_unlock(&nk_shadow_mutex);
 }
 
 /* smoke.rs mirrors it as six c_uint fields and asserts the same. */

@@ -13,6 +13,9 @@
 //!   module loads, after the smoke tests.
 //! * `kbench`: what one invalidation costs, Linux's notifier against the binding and
 //!   the core (printed, not judged), run first.
+//! * `shadow`: real programs (Linux's mm selftests) with a recorder on Linux's notifier
+//!   and one on the core, compared when each exits; driven from user space through
+//!   `/proc/nk_shadow` while the module is loaded.
 
 use kernel::prelude::*;
 
@@ -30,6 +33,7 @@ pub mod mmu_notifier;
 #[path = "forwarder/platform.rs"]
 pub mod platform;
 mod reference;
+mod shadow;
 mod smoke;
 
 module! {
@@ -45,6 +49,8 @@ extern "C" {
     fn nk_exit();
     fn nk_h_init() -> kernel::ffi::c_int;
     fn nk_h_exit();
+    fn nk_shadow_init() -> kernel::ffi::c_int;
+    fn nk_shadow_fini();
 }
 
 /// Monotonic milliseconds.
@@ -104,6 +110,10 @@ impl kernel::Module for NotifierKmod {
         match smoke::run_at_init() {
             Ok(at_exit) => {
                 conformance_suite();
+                // SAFETY: called once; `nk_shadow_fini` in `drop` undoes it.
+                if unsafe { nk_shadow_init() } != 0 {
+                    pr_err!("shadow-error: /proc/nk_shadow not created\n");
+                }
                 Ok(NotifierKmod {
                     at_exit: Some(at_exit),
                 })
@@ -120,6 +130,9 @@ impl kernel::Module for NotifierKmod {
 
 impl Drop for NotifierKmod {
     fn drop(&mut self) {
+        // SAFETY: paired with `nk_shadow_init` (harmless if that failed); first, so
+        // that no shadowed process keeps a forwarder.
+        unsafe { nk_shadow_fini() };
         if let Some(a) = self.at_exit.take() {
             a.finish();
         }

@@ -37,6 +37,12 @@ struct nk_cbench;
 struct nk_cbench *nk_cbench_register(struct mm_struct *mm, int n);
 void nk_cbench_unregister(struct nk_cbench *v, struct mm_struct *mm, int n);
 u64 nk_zap_loop(unsigned long addr, int iters);
+int nk_shadow_init(void);
+void nk_shadow_fini(void);
+
+/* Implemented in Rust (shadow.rs), called from C with nk_shadow_mutex held. */
+int nk_shadow_cmd(const char *buf, size_t len);
+void nk_shadow_exit(void);
 
 /* The conformance harness (harness_linux.c, used by harness.rs). */
 int nk_h_init(void);

@@ -20,6 +20,10 @@
 //! 4. An initramfs (busybox-static, a RAM-disk swap, the module, and `nkhelper`, the
 //!    user process the module watches, built static with clang) and a QEMU boot
 //!    (software emulation only), with a timeout.
+//!    While the module is loaded, real programs run shadowed (`nkshadow`, issue 14):
+//!    Linux's own mm selftests, built static from the same kernel tree, each with a
+//!    recorder on Linux's notifier and one on the core; `target/kmod/shadow.txt` has
+//!    the table, and any mismatch fails the run.
 //! 5. The serial log is checked: the module runs its smoke tests and then the
 //!    conformance suite (`tests/`, on real address spaces); both sets of per-case
 //!    lines and both closing lines are printed, and the suite's own lines are saved to
@@ -127,6 +131,11 @@ pub struct Options {
     /// project's kernel configuration)
     #[arg(long, value_name = "DIR")]
     kdir: Option<PathBuf>,
+    /// Boot a second kernel, built with KCSAN (the data-race detector) instead of KASAN
+    /// (the two exclude each other): a one-off check, not part of the test command.
+    /// Its tree is cached apart from the usual one
+    #[arg(long)]
+    kcsan: bool,
     /// Where the kernel tree, bindgen and the builds are kept
     #[arg(
         long,
@@ -205,12 +214,26 @@ fn run(opts: &Options) -> Result<()> {
     let out = root.join("target/kmod");
     let helper = out.join("nkhelper");
     build_helper(&root, &helper)?;
+    // The real programs of the shadowing (issue 14), with a broken consumer left out:
+    // that run is about the suite's verdicts.
+    let shadowed = if opts.broken.is_none() {
+        let t = Instant::now();
+        let progs = build_shadowed(&root, &kdir, &out.join("mm-selftests"))?;
+        step(&format!(
+            "{} mm selftests and nkshadow built ({:.0?})",
+            progs.len() - 1,
+            t.elapsed()
+        ));
+        progs
+    } else {
+        Vec::new()
+    };
     let initramfs = out.join("initramfs.cpio");
     let args = opts
         .broken
         .as_deref()
         .map_or(String::new(), |b| format!("suite_twin={b}"));
-    build_initramfs(&ko, &examples, &helper, &initramfs, &args)?;
+    build_initramfs(&ko, &examples, &helper, &shadowed, &initramfs, &args)?;
     let log = out.join("serial.log");
     let status = boot(&kdir, &initramfs, &log, opts.timeout)?;
     step(&format!("QEMU finished: {status} ({:.0?})", t0.elapsed()));
@@ -243,6 +266,16 @@ fn run(opts: &Options) -> Result<()> {
     let known = fs::read_to_string(root.join(KNOWN_DIFFERENCES))
         .map_err(|e| format!("{KNOWN_DIFFERENCES}: {e}"))?;
     check_log(&text, &status, opts.broken.is_some(), &known_ids(&known))?;
+    if opts.broken.is_none() {
+        let table = check_shadow(&text)?;
+        let path = out.join("shadow.txt");
+        fs::write(&path, &table).map_err(|e| format!("{}: {e}", path.display()))?;
+        step(&format!(
+            "shadowing: {} programs, no mismatch; the teeth run mismatched ({})",
+            SHADOWED.len(),
+            path.display()
+        ));
+    }
     for (_, m) in &examples {
         if !text.contains(&format!("kmod-init: example {m} ok")) {
             return Err(format!(
@@ -260,7 +293,7 @@ fn run(opts: &Options) -> Result<()> {
         // must report (a subscriber's mutex taken in its start callback and held across
         // a registration).
         let t = Instant::now();
-        build_initramfs(&ko, &[], &helper, &initramfs, "lockdep_teeth=1")?;
+        build_initramfs(&ko, &[], &helper, &[], &initramfs, "lockdep_teeth=1")?;
         let log = out.join("serial-lockdep-teeth.log");
         let status = boot(&kdir, &initramfs, &log, opts.timeout)?;
         let text = fs::read(&log).map_err(|e| format!("{}: {e}", log.display()))?;
@@ -472,9 +505,25 @@ fn user_kernel(kdir: &Path) -> Result<PathBuf> {
     Ok(kdir)
 }
 
+/// The `--kcsan` variant of the fragment: every KASAN line dropped, KASAN off, KCSAN
+/// on (its defaults: value-change-only reports, plain aligned writes up to a word
+/// assumed atomic).
+fn kcsan_fragment(text: &str) -> String {
+    let mut out: String = text
+        .lines()
+        .filter(|l| !l.starts_with("KASAN"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    out.push_str("# --kcsan: the data-race detector instead of KASAN.\nKASAN=n\nKCSAN=y\n");
+    out
+}
+
 fn ensure_kernel(opts: &Options, root: &Path, bindgen_dir: &Path) -> Result<PathBuf> {
-    let frag_text = fs::read_to_string(root.join("backend-linux-kmod/kernel.config"))
+    let mut frag_text = fs::read_to_string(root.join("backend-linux-kmod/kernel.config"))
         .map_err(|e| format!("backend-linux-kmod/kernel.config: {e}"))?;
+    if opts.kcsan {
+        frag_text = kcsan_fragment(&frag_text);
+    }
     let frag = fragment(&frag_text)?;
     let version = output(Command::new("dpkg-query").args(["-W", "-f=${Version}", SOURCE_PACKAGE]))?;
     let version = version.split('-').next().unwrap_or("").trim().to_string();
@@ -825,6 +874,7 @@ for c in LOCK_CLASSES; do
   echo \"kmod-init: lockdep class $c: $(grep -c \": $c\" /proc/lockdep)\"
 done
 echo \"kmod-init: lockdep $(grep debug_locks /proc/lockdep_stats)\"
+SHADOW_RUNS
 echo 'kmod-init: rmmod'
 rmmod notifier_kmod || echo 'kmod-init: rmmod failed'
 for m in EXAMPLES; do
@@ -868,12 +918,204 @@ fn build_helper(root: &Path, out: &Path) -> Result<()> {
         .arg(root.join("backend-linux-kmod/nkhelper.c")))
 }
 
+/// Linux's own mm selftests the shadowing runs (issue 14), as built from the kernel
+/// tree's `tools/testing/selftests/mm`: name (its `.c`), whether it links `vm_util.c`
+/// and `thp_settings.c`, its arguments. These build and run in the test kernel's
+/// configuration (no THP, hugetlb, KSM or userfaultfd: the tests that need them skip
+/// those parts, or are not listed).
+const SHADOWED: &[(&str, bool, &[&str])] = &[
+    ("madv_populate", true, &[]),
+    ("mlock2-tests", false, &[]),
+    ("mremap_test", true, &[]),
+    ("mremap_dontunmap", false, &[]),
+    ("map_populate", false, &[]),
+    ("map_fixed_noreplace", false, &[]),
+    ("soft-dirty", true, &[]),
+    ("cow", true, &[]),
+    ("mkdirty", true, &[]),
+    ("mseal_test", true, &[]),
+    ("droppable", false, &[]),
+    ("mdwe_test", false, &[]),
+    ("gup_longterm", true, &[]),
+    ("on-fault-limit", false, &[]),
+];
+/// The workload run a second time with the core recorder ignoring soft-dirty and
+/// protection changes (`nkshadow -T`): the comparison must find mismatches there.
+const SHADOW_TEETH: &str = "soft-dirty";
+/// Seconds one shadowed program may run before `nkshadow` kills it.
+const SHADOW_TIMEOUT: u32 = 240;
+
+/// The init script's lines that run every shadowed program, then the teeth run.
+fn shadow_runs(on: bool) -> String {
+    if !on {
+        return String::new();
+    }
+    let mut s = String::new();
+    for (name, _, args) in SHADOWED {
+        let _ = writeln!(
+            s,
+            "/bin/nkshadow -t {SHADOW_TIMEOUT} {name} /bin/mm/{name} {}",
+            args.join(" ")
+        );
+    }
+    let _ = writeln!(
+        s,
+        "/bin/nkshadow -T -t {SHADOW_TIMEOUT} {SHADOW_TEETH}-teeth /bin/mm/{SHADOW_TEETH}"
+    );
+    s
+}
+
+/// `nkshadow` and the [`SHADOWED`] selftests, static, from the kernel tree's sources
+/// (its UAPI headers installed into `out` first). Returns (name, binary) pairs.
+fn build_shadowed(root: &Path, kdir: &Path, out: &Path) -> Result<Vec<(String, PathBuf)>> {
+    fs::create_dir_all(out.join("inc")).map_err(|e| format!("{}: {e}", out.display()))?;
+    let hdr = out.join("hdr");
+    let stamp = out.join("hdr.stamp");
+    let want = kdir.display().to_string();
+    if fs::read_to_string(&stamp).ok().as_deref() != Some(want.as_str()) {
+        sh(Command::new("make")
+            .arg("-s")
+            .arg("-C")
+            .arg(kdir)
+            .args(["ARCH=x86_64", LLVM, "headers_install"])
+            .arg(format!("INSTALL_HDR_PATH={}", hdr.display())))?;
+        fs::write(&stamp, &want).map_err(|e| format!("{}: {e}", stamp.display()))?;
+    }
+    // What the selftests' Makefile generates: no liburing here.
+    fs::write(out.join("inc/local_config.h"), "").map_err(|e| format!("{}: {e}", out.display()))?;
+    let mm = kdir.join("tools/testing/selftests/mm");
+    let mut built = vec![("nkshadow".to_string(), out.join("nkshadow"))];
+    let mut jobs = vec![Command::new("clang-19")
+        .args(["-static", "-O2", "-Wall", "-Werror", "-o"])
+        .arg(out.join("nkshadow"))
+        .arg(root.join("backend-linux-kmod/nkshadow.c"))
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("clang-19: {e}"))?];
+    for (name, util, _) in SHADOWED {
+        let mut cmd = Command::new("clang-19");
+        // Not our code: its warnings are not ours to fix.
+        cmd.args(["-static", "-O2", "-w", "-D_GNU_SOURCE", "-I"])
+            .arg(out.join("inc"))
+            .arg("-isystem")
+            .arg(hdr.join("include"))
+            .arg("-I")
+            .arg(kdir.join("tools/testing/selftests"))
+            .arg("-I")
+            .arg(kdir.join("tools/include"))
+            .arg("-o")
+            .arg(out.join(name))
+            .arg(mm.join(format!("{name}.c")));
+        if *util {
+            cmd.arg(mm.join("vm_util.c")).arg(mm.join("thp_settings.c"));
+        }
+        cmd.args(["-lpthread", "-lrt", "-lm"])
+            .stderr(Stdio::piped());
+        jobs.push(cmd.spawn().map_err(|e| format!("clang-19: {e}"))?);
+        built.push((name.to_string(), out.join(name)));
+    }
+    let mut errs = Vec::new();
+    for (job, (name, _)) in jobs.into_iter().zip(&built) {
+        let o = job.wait_with_output().map_err(|e| e.to_string())?;
+        if !o.status.success() {
+            errs.push(format!("{name}: {}", String::from_utf8_lossy(&o.stderr)));
+        }
+    }
+    if errs.is_empty() {
+        Ok(built)
+    } else {
+        Err(format!(
+            "building the shadowed programs failed:\n{}",
+            errs.join("\n")
+        ))
+    }
+}
+
+/// The shadowing's verdict from the serial log: every [`SHADOWED`] program reported,
+/// each with no mismatch, and the teeth run with some. Returns the table saved to
+/// `target/kmod/shadow.txt`.
+fn check_shadow(text: &str) -> Result<String> {
+    // Found anywhere in a line: user output on the console (a program's, the init
+    // script's) is flushed apart from the kernel's and may share its line.
+    let prefix = format!("{MODULE}: shadow: ");
+    let lines: Vec<&str> = text
+        .lines()
+        .filter_map(|l| {
+            let at = l.find(prefix.as_str())?;
+            Some(l[at + prefix.len()..].trim_end_matches('\r'))
+        })
+        .collect();
+    let field = |line: &str, key: &str| -> Option<u64> {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
+    };
+    let mut table = String::from(
+        "| workload | exit | invalidations seen by Linux's notifier | by the core | mismatches |\n|---|---|---|---|---|\n",
+    );
+    let mut errs = Vec::new();
+    for l in text.lines() {
+        let l = l.trim_end_matches('\r');
+        if l.contains("shadow-error:") || l.contains("nkshadow: ") {
+            errs.push(l.to_string());
+        }
+    }
+    let names = SHADOWED
+        .iter()
+        .map(|(n, _, _)| n.to_string())
+        .chain([format!("{SHADOW_TEETH}-teeth")]);
+    for name in names {
+        let teeth = name.ends_with("-teeth");
+        let Some(line) = lines
+            .iter()
+            .find(|l| l.split_whitespace().next() == Some(name.as_str()))
+        else {
+            errs.push(format!("no shadow line for {name}"));
+            continue;
+        };
+        let mism = field(line, "mismatches");
+        let seen = field(line, "linux-starts");
+        let core = field(line, "core-starts");
+        let exit = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("exit="))
+            .unwrap_or("?");
+        let _ = writeln!(
+            table,
+            "| {name} | {exit} | {} | {} | {} |",
+            seen.map_or("?".into(), |v| v.to_string()),
+            core.map_or("?".into(), |v| v.to_string()),
+            mism.map_or("?".into(), |v| v.to_string()),
+        );
+        match (teeth, mism, seen) {
+            (_, None, _) | (_, _, None) => errs.push(format!("unreadable shadow line: {line}")),
+            (false, Some(0), Some(0)) => {
+                errs.push(format!("{name}: Linux's notifier saw no invalidation"))
+            }
+            (false, Some(0), _) => {}
+            (false, Some(m), _) => errs.push(format!("{name}: {m} mismatch(es): {line}")),
+            (true, Some(0), _) => errs.push(format!(
+                "{name}: the core recorder ignored protection changes and no mismatch was \
+                 found: the comparison has no teeth"
+            )),
+            (true, Some(_), _) => {}
+        }
+    }
+    print!("--- shadowing (Linux's notifier vs the core)\n{table}");
+    if errs.is_empty() {
+        Ok(table)
+    } else {
+        Err(errs.join("; "))
+    }
+}
+
 /// `args` are the module's parameters beyond `helper_pid`; the `examples` are loaded
-/// and unloaded after it, each checking itself in its `init`.
+/// and unloaded after it, each checking itself in its `init`; the `shadowed` programs
+/// (from [`build_shadowed`]: `nkshadow` and the selftests) run while it is loaded.
 fn build_initramfs(
     ko: &Path,
     examples: &[(PathBuf, String)],
     helper: &Path,
+    shadowed: &[(String, PathBuf)],
     out: &Path,
     args: &str,
 ) -> Result<()> {
@@ -886,8 +1128,17 @@ fn build_initramfs(
         cpio_entry(c, ino, name, mode, data);
         ino += 1;
     };
-    for d in ["bin", "sbin", "proc", "sys", "dev", "tmp"] {
+    for d in ["bin", "bin/mm", "sbin", "proc", "sys", "dev", "tmp"] {
         add(&mut c, d, 0o040755, b"");
+    }
+    for (name, path) in shadowed {
+        let data = fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let at = if name == "nkshadow" {
+            format!("bin/{name}")
+        } else {
+            format!("bin/mm/{name}")
+        };
+        add(&mut c, &at, 0o100755, &data);
     }
     add(&mut c, "bin/busybox", 0o100755, &busybox);
     add(&mut c, "bin/nkhelper", 0o100755, &helper);
@@ -903,6 +1154,7 @@ fn build_initramfs(
         0o100755,
         INIT.replace("SUITE_ARGS", args)
             .replace("LOCK_CLASSES", &LOCK_CLASSES.join(" "))
+            .replace("SHADOW_RUNS", &shadow_runs(!shadowed.is_empty()))
             .replace(
                 "EXAMPLES",
                 &examples
@@ -991,7 +1243,10 @@ fn check_log(text: &str, status: &str, broken: bool, known: &[&str]) -> Result<(
             if !rest.starts_with(SUITE) && !rest.starts_with(SUITE_REF) {
                 smoke = parse_closing(rest).or(smoke);
             }
-        } else if line.starts_with("kmod-init:") || line.starts_with("nkhelper:") {
+        } else if line.starts_with("kmod-init:")
+            || line.starts_with("nkhelper:")
+            || line.starts_with("nkshadow:")
+        {
             println!("{line}");
         }
     }
@@ -1314,6 +1569,52 @@ error[E0308]: mismatched types
         assert!(d[0].contains("= help: for further"));
         assert!(d[1].starts_with("error[E0308]"));
         assert!(own_diagnostics(log, Path::new("/n")).is_empty());
+    }
+
+    fn shadow_log(mismatches: u64, teeth_mismatches: u64) -> String {
+        let mut t = String::new();
+        for (name, _, _) in SHADOWED {
+            let _ = writeln!(
+                t,
+                "{MODULE}: shadow: {name} teeth=0 exit=0 invalidations=9 linux-starts=9 \
+                 core-starts=9 ends=9/9 releases=1/1 unforwardable=0 mismatches={mismatches} pid=1"
+            );
+        }
+        let _ = writeln!(
+            t,
+            "{MODULE}: shadow: {SHADOW_TEETH}-teeth teeth=1 exit=0 invalidations=9 \
+             linux-starts=9 core-starts=7 mismatches={teeth_mismatches} pid=2"
+        );
+        t
+    }
+
+    #[test]
+    fn shadow_verdicts() {
+        let table = check_shadow(&shadow_log(0, 2)).expect("all agree, teeth bite");
+        assert!(table.contains("| cow | 0 | 9 | 9 | 0 |"), "{table}");
+        assert!(
+            check_shadow(&shadow_log(1, 2)).is_err(),
+            "a mismatch passed"
+        );
+        // User output sharing the kernel's line (seen in a run).
+        let glued = shadow_log(0, 2).replace(
+            &format!("{MODULE}: shadow: cow"),
+            &format!("# Totals: pass:86 fail:0{MODULE}: shadow: cow"),
+        );
+        check_shadow(&glued).expect("a line glued to user output");
+        assert!(
+            check_shadow(&shadow_log(0, 0)).is_err(),
+            "toothless teeth passed"
+        );
+        let missing = shadow_log(0, 2).replace("shadow: cow ", "shadow: other ");
+        assert!(check_shadow(&missing).is_err(), "a missing program passed");
+        let err = format!("{}shadow-error: attach to pid 3: ESRCH\n", shadow_log(0, 2));
+        assert!(check_shadow(&err).is_err(), "an attach error passed");
+        let killed = format!(
+            "{}nkshadow: cow: still running after 240 s: killed\n",
+            shadow_log(0, 2)
+        );
+        assert!(check_shadow(&killed).is_err(), "a hung program passed");
     }
 
     #[test]
