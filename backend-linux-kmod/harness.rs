@@ -36,7 +36,7 @@ use kernel::ffi::{c_int, c_long, c_ulong, c_void};
 use kernel::prelude::*;
 use notifier_conformance::harness::{Cap, Frame, Harness, HarnessError, Mm as MmId, Pte};
 use notifier_conformance::{Config, Twin};
-use notifier_core::AddressSpace;
+use notifier_core::{AddressSpace, Platform};
 
 use crate::mm::{Mm, MmNotifier};
 use crate::platform::{self, Kernel};
@@ -49,6 +49,10 @@ extern "C" {
     fn nk_h_fork(i: c_int) -> c_int;
     fn nk_h_teardown(i: c_int);
     fn nk_h_forget(i: c_int);
+    fn nk_h_hold(i: c_int) -> c_long;
+    fn nk_h_unhold();
+    fn nk_h_kill(i: c_int);
+    fn nk_h_mrelease(i: c_int) -> c_long;
     fn nk_h_map(i: c_int, addr: c_ulong, len: c_ulong) -> c_long;
     fn nk_h_unmap(i: c_int, addr: c_ulong, len: c_ulong) -> c_long;
     fn nk_h_protect(i: c_int, addr: c_ulong, len: c_ulong, writable: bool) -> c_long;
@@ -92,16 +96,15 @@ const NK_TOUCH_WRITE: c_int = 2;
 
 const ENOENT: c_long = 2;
 const EBUSY: c_long = 16;
-
-/// Why there is no non-blockable unmap here.
-const NO_REAP: &str = "Linux makes non-blockable invalidations only in the OOM reaper \
-     (mmu_notifier_invalidate_range_start_nonblock), which reaps a killed process whole \
-     and which a module cannot invoke on a range";
+const EAGAIN: c_long = 11;
 
 /// The forwarder handle of one address space, set between `create_mm` (or `fork`) and
-/// `destroy_mm`.
+/// `destroy_mm`, and whether its process was killed for the OOM reaper.
 struct Slot {
     notifier: UnsafeCell<Option<MmNotifier>>,
+    /// A thread of the process is held in the module and the process killed: it is an
+    /// OOM victim, its address space still attached (`reap`).
+    reaped: AtomicBool,
 }
 
 /// The harness: Linux's primary MMU on user processes.
@@ -143,6 +146,7 @@ impl KernelHarness {
         KernelHarness {
             slots: core::array::from_fn(|_| Slot {
                 notifier: UnsafeCell::new(None),
+                reaped: AtomicBool::new(false),
             }),
             arena: arena.map(|p| (p, ARENA_BYTES)),
         }
@@ -180,6 +184,19 @@ impl KernelHarness {
 
     fn slot(mm: MmId) -> c_int {
         mm as c_int
+    }
+
+    /// Let the held thread of a reaped process go, so that it can exit.
+    fn unhold(&self, mm: MmId) {
+        if self
+            .slots
+            .get(mm)
+            .is_some_and(|s| s.reaped.swap(false, Ordering::Relaxed))
+        {
+            // SAFETY: no precondition (it lets every held thread go; the suite holds
+            // threads of one process at a time).
+            unsafe { nk_h_unhold() };
+        }
     }
 
     fn pte(&self, mm: MmId, addr: usize, mode: c_int) -> Result<Pte, c_long> {
@@ -241,7 +258,6 @@ impl Harness for KernelHarness {
 
     fn lacks(&self, cap: Cap) -> Option<&'static str> {
         match cap {
-            Cap::NonBlockingUnmap => Some(NO_REAP),
             // SAFETY: no precondition.
             Cap::Migrate if !unsafe { nk_h_can_migrate() } => {
                 Some("kernel built without DEVICE_MIGRATION (migrate_vma)")
@@ -270,12 +286,14 @@ impl Harness for KernelHarness {
     }
 
     fn teardown(&self, mm: MmId) {
+        self.unhold(mm);
         // SAFETY: harness_linux.c checks the slot; a second teardown does nothing.
         unsafe { nk_h_teardown(Self::slot(mm)) }
     }
 
     fn destroy_mm(&self, mm: MmId) {
         let Some(s) = self.slots.get(mm) else { return };
+        self.unhold(mm);
         // SAFETY: the suite's last use of `mm` (type invariant's writer side).
         let n = unsafe { (*s.notifier.get()).take() };
         if n.is_some() {
@@ -372,8 +390,44 @@ impl Harness for KernelHarness {
         }
     }
 
-    fn reap(&self, _mm: MmId, _addr: usize, _len: usize) -> Result<usize, HarnessError> {
-        Err(HarnessError::Unsupported(NO_REAP))
+    /// The OOM reaper's own code: `process_mrelease(2)` (`__oom_reap_task_mm`, with
+    /// `mmu_notifier_invalidate_range_start_nonblock` for every private mapping) on the
+    /// process, killed on the first call with one of its threads held in the module, so
+    /// that its address space stays attached as an OOM victim's does.
+    fn reap(&self, mm: MmId, addr: usize, len: usize) -> Result<usize, HarnessError> {
+        let s = self
+            .slots
+            .get(mm)
+            .ok_or(HarnessError::Failed("reap: no such mm"))?;
+        let i = Self::slot(mm);
+        if !s.reaped.swap(true, Ordering::Relaxed) {
+            // SAFETY: harness_linux.c checks the slot; sleepable (the suite's kthread).
+            let r = unsafe { nk_h_hold(i) };
+            if r != 0 {
+                s.reaped.store(false, Ordering::Relaxed);
+                return Err(failed("hold a thread of the victim", r));
+            }
+            // SAFETY: as above.
+            unsafe { nk_h_kill(i) };
+        }
+        let pg = Kernel::PAGE_SIZE;
+        let present = || {
+            (addr..addr.saturating_add(len))
+                .step_by(pg)
+                .filter(|a| self.lookup(mm, *a).is_some())
+                .count()
+        };
+        let before = present();
+        // SAFETY: as above.
+        match unsafe { nk_h_mrelease(i) } {
+            0 => Ok(before.saturating_sub(present())),
+            e if e == -EAGAIN => Err(HarnessError::Refused),
+            e => Err(failed("process_mrelease", e)),
+        }
+    }
+
+    fn reap_kills(&self) -> bool {
+        true
     }
 
     fn get_frame(&self, frame: Frame) -> bool {

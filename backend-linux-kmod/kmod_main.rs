@@ -75,7 +75,13 @@ fn conformance_suite() {
         return;
     }
     let t0 = now_ms();
-    match harness::run() {
+    let bugs = platform::Kernel::bugs();
+    let r = harness::run();
+    smoke::SUITE_BUGS.store(
+        platform::Kernel::bugs() - bugs,
+        core::sync::atomic::Ordering::Relaxed,
+    );
+    match r {
         Ok(failed) => pr_info!(
             "suite-done: {} case(s) failed, {} ms\n",
             failed,

@@ -72,6 +72,10 @@ impl<H: KernelMms> Notifiers<H> for LinuxC {
             }
             Feature::TwoPass => "Linux 6.12 has no two-pass interval notifiers",
             Feature::Export => "no page-free hook for exporters on this platform",
+            Feature::ListRefusal => {
+                "Linux WARNs when a notifier with an end fails its start \
+                 (mn_hlist_invalidate_range_start); here an interval notifier refuses"
+            }
             // `Feature` may grow (`#[non_exhaustive]`); what this mode predates it lacks.
             _ => "a core-only feature this mode does not know",
         })

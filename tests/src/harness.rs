@@ -168,8 +168,22 @@ pub trait Harness: Sync {
 
     /// Unmap `[addr, addr + len)` from a context that cannot sleep (Linux: the OOM
     /// reaper): the invalidation is non-blockable; if a subscriber refuses,
-    /// [`HarnessError::Refused`] and the page tables are untouched.
+    /// [`HarnessError::Refused`] and the page tables are untouched. Returns the pages
+    /// of the range that were unmapped.
+    ///
+    /// Where [`reap_kills`](Self::reap_kills) is true, this is the real OOM reaper: the
+    /// first call kills the address space's process (keeping the address space
+    /// attached, as a victim's is), and a reap that is not refused unmaps every private
+    /// mapping, not only the range.
     fn reap(&self, mm: Mm, addr: usize, len: usize) -> Result<usize, HarnessError>;
+
+    /// Whether [`reap`](Self::reap) is the real OOM reaper: after the first call the
+    /// address space's process is gone, and only lookups and reaps may follow (cases
+    /// reap last). The default: false, a reap unmaps the range alone and the address
+    /// space goes on.
+    fn reap_kills(&self) -> bool {
+        false
+    }
 
     /// Take a reference on a frame for a secondary MMU (Linux: `get_page`): it is not
     /// freed before the matching [`put_frame`](Self::put_frame). False if the frame is

@@ -112,6 +112,9 @@ pub enum Feature {
     TwoPass,
     /// The core's page-keyed export registry (C-18 to C-21).
     Export,
+    /// List subscribers that refuse a non-blockable start (C-08). Linux WARNs when a
+    /// notifier with an end fails its start; the core allows it.
+    ListRefusal,
 }
 
 /// A list subscription wrapping the consumer `T`, of some [`Notifiers`] mode.
