@@ -464,31 +464,57 @@ fn c02_teardown_during_an_invalidation_still_delivers_its_end() {
     s.as_ref().unregister().unwrap();
 }
 
-static LATE_STARTS: AtomicUsize = AtomicUsize::new(0);
-static LATE_ENDS: AtomicUsize = AtomicUsize::new(0);
+/// Counters of the [`Counted`] kinds, one slot per kind: the tests that use them run in
+/// parallel.
+static KIND_STARTS: [AtomicUsize; 2] = [const { AtomicUsize::new(0) }; 2];
+static KIND_ENDS: [AtomicUsize; 2] = [const { AtomicUsize::new(0) }; 2];
+static KIND_FREES: [AtomicUsize; 2] = [const { AtomicUsize::new(0) }; 2];
+/// The kind of `c02_last_put_during_*`.
+const LATE: usize = 0;
+/// The kind of `c05_synchronize_*`.
+const PARKED: usize = 1;
 
-/// A shared kind that counts its starts and ends (only `c02_last_put_during_*` uses it).
-struct LateKind;
-impl SubscriberOps for LateKind {
+/// A shared kind that counts its starts, ends and frees in slot `K` (one test each).
+struct Counted<const K: usize>;
+impl<const K: usize> SubscriberOps for Counted<K> {
     fn invalidate_range_start(&self, _r: &Range) -> Result<(), WouldBlock> {
-        LATE_STARTS.fetch_add(1, Ordering::SeqCst);
+        KIND_STARTS[K].fetch_add(1, Ordering::SeqCst);
         Ok(())
     }
     fn invalidate_range_end(&self, _r: &Range) {
-        LATE_ENDS.fetch_add(1, Ordering::SeqCst);
+        KIND_ENDS[K].fetch_add(1, Ordering::SeqCst);
     }
 }
 // SAFETY: `alloc` returns a fresh leaked box; `free` takes back exactly those.
-unsafe impl SharedOps<P> for LateKind {
+unsafe impl<const K: usize> SharedOps<P> for Counted<K> {
     fn alloc(_mm: &AddressSpace<P>) -> Option<std::ptr::NonNull<Shared<Self, P>>> {
         Some(std::ptr::NonNull::from(Box::leak(Box::new(Shared::new(
-            LateKind,
+            Counted::<K>,
         )))))
     }
     unsafe fn free(this: std::ptr::NonNull<Shared<Self, P>>) {
+        KIND_FREES[K].fetch_add(1, Ordering::SeqCst);
         // SAFETY: from `alloc`, unregistered, not used again (the trait's contract).
         drop(unsafe { Box::from_raw(this.as_ptr()) });
     }
+}
+
+/// Start an invalidation of the first page of `mm` on another thread and return once it
+/// is in flight: it ends when the returned sender sends (or is dropped).
+fn hold_invalidation(mm: &Arc<AddressSpace<P>>) -> (mpsc::Sender<()>, thread::JoinHandle<()>) {
+    let (held_tx, held) = mpsc::channel();
+    let (go_tx, go) = mpsc::channel::<()>();
+    let mm = mm.clone();
+    let holder = thread::spawn(move || {
+        let inv = mm
+            .invalidate_range_start(Range::new(0, PG, Event::Unmap))
+            .unwrap();
+        held_tx.send(()).unwrap();
+        let _ = go.recv();
+        inv.end();
+    });
+    held.recv().unwrap();
+    (go_tx, holder)
 }
 
 /// The last `put` of a shared subscriber while another thread's registration waits for
@@ -506,21 +532,8 @@ unsafe impl SharedOps<P> for LateKind {
 #[test]
 fn c02_last_put_during_a_registration_grace_period_still_gets_the_end() {
     let mm = Arc::new(AddressSpace::<P>::new());
-    let r = mm.get::<LateKind>().unwrap();
-    let (r_started_tx, r_started) = mpsc::channel();
-    let (r_go_tx, r_go) = mpsc::channel::<()>();
-    let holder = {
-        let mm = mm.clone();
-        thread::spawn(move || {
-            let inv = mm
-                .invalidate_range_start(Range::new(0, PG, Event::Unmap))
-                .unwrap();
-            r_started_tx.send(()).unwrap();
-            r_go.recv().unwrap();
-            inv.end();
-        })
-    };
-    r_started.recv().unwrap();
+    let r = mm.get::<Counted<LATE>>().unwrap();
+    let (r_go_tx, holder) = hold_invalidation(&mm);
     let registered = Arc::new(AtomicBool::new(false));
     let registrar = {
         let (mm, registered) = (mm.clone(), registered.clone());
@@ -536,7 +549,7 @@ fn c02_last_put_during_a_registration_grace_period_still_gets_the_end() {
     let inv = mm
         .invalidate_range_start(Range::new(0, PG, Event::Unmap))
         .unwrap();
-    assert_eq!(LATE_STARTS.load(Ordering::SeqCst), 2);
+    assert_eq!(KIND_STARTS[LATE].load(Ordering::SeqCst), 2);
     r.put();
     r_go_tx.send(()).unwrap();
     holder.join().unwrap();
@@ -553,8 +566,8 @@ fn c02_last_put_during_a_registration_grace_period_still_gets_the_end() {
     notifier_core::synchronize::<P>().unwrap();
     assert_eq!(
         (
-            LATE_STARTS.load(Ordering::SeqCst),
-            LATE_ENDS.load(Ordering::SeqCst)
+            KIND_STARTS[LATE].load(Ordering::SeqCst),
+            KIND_ENDS[LATE].load(Ordering::SeqCst)
         ),
         (2, 2),
         "C-02: a start without its end (the zombie was unlinked too early)"
@@ -758,20 +771,7 @@ fn c04_no_tlb_flush_or_ageing_call_begins_once_unregister_has_hidden_it() {
     s.as_ref().as_ref().register(&mm).unwrap();
     // An invalidation held in flight keeps unregister in its grace period, with the
     // subscriber hidden but still linked.
-    let (held_tx, held) = mpsc::channel();
-    let (go_tx, go) = mpsc::channel::<()>();
-    let holder = {
-        let mm = mm.clone();
-        thread::spawn(move || {
-            let inv = mm
-                .invalidate_range_start(Range::new(0, PG, Event::Unmap))
-                .unwrap();
-            held_tx.send(()).unwrap();
-            go.recv().unwrap();
-            inv.end();
-        })
-    };
-    held.recv().unwrap();
+    let (go_tx, holder) = hold_invalidation(&mm);
     let unregistering = {
         let s = s.clone();
         thread::spawn(move || s.as_ref().as_ref().unregister())
@@ -809,50 +809,18 @@ fn c04_no_tlb_flush_or_ageing_call_begins_once_unregister_has_hidden_it() {
     assert_eq!(s.releases.load(Ordering::SeqCst), 1);
 }
 
-static PARKED_FREES: AtomicUsize = AtomicUsize::new(0);
-
-/// A shared kind that counts its frees (only `c05_synchronize_*` uses it).
-struct ParkedKind;
-impl SubscriberOps for ParkedKind {}
-// SAFETY: `alloc` returns a fresh leaked box; `free` takes back exactly those.
-unsafe impl SharedOps<P> for ParkedKind {
-    fn alloc(_mm: &AddressSpace<P>) -> Option<std::ptr::NonNull<Shared<Self, P>>> {
-        Some(std::ptr::NonNull::from(Box::leak(Box::new(Shared::new(
-            ParkedKind,
-        )))))
-    }
-    unsafe fn free(this: std::ptr::NonNull<Shared<Self, P>>) {
-        PARKED_FREES.fetch_add(1, Ordering::SeqCst);
-        // SAFETY: from `alloc`, unregistered, not used again (the trait's contract).
-        drop(unsafe { Box::from_raw(this.as_ptr()) });
-    }
-}
-
 /// C-05: `synchronize` returns only once every shared subscriber put so far is freed,
 /// also one whose last `put` came while an invalidation that saw it was still in
 /// flight (it waits, as a zombie, for that invalidation's end).
 #[test]
 fn c05_synchronize_waits_for_a_put_subscriber_parked_behind_an_invalidation() {
     let mm = Arc::new(AddressSpace::<P>::new());
-    let r = mm.get::<ParkedKind>().unwrap();
-    let (held_tx, held) = mpsc::channel();
-    let (go_tx, go) = mpsc::channel::<()>();
-    let holder = {
-        let mm = mm.clone();
-        thread::spawn(move || {
-            let inv = mm
-                .invalidate_range_start(Range::new(0, PG, Event::Unmap))
-                .unwrap();
-            held_tx.send(()).unwrap();
-            go.recv().unwrap();
-            inv.end();
-        })
-    };
-    held.recv().unwrap();
+    let r = mm.get::<Counted<PARKED>>().unwrap();
+    let (go_tx, holder) = hold_invalidation(&mm);
     r.put();
     let syncing = thread::spawn(|| {
         notifier_core::synchronize::<P>().unwrap();
-        PARKED_FREES.load(Ordering::SeqCst)
+        KIND_FREES[PARKED].load(Ordering::SeqCst)
     });
     thread::sleep(Duration::from_millis(50));
     go_tx.send(()).unwrap();
