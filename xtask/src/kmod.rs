@@ -121,6 +121,11 @@ pub struct Options {
     /// then passes only if exactly the cases that must catch it fail
     #[arg(long, value_name = "TWIN", value_parser = twin_name)]
     broken: Option<String>,
+    /// With --broken: boot this many times and report in how many runs the broken
+    /// consumer was caught by exactly its cases (issue 14's catch rate); fails unless
+    /// every run caught it
+    #[arg(long, value_name = "N", default_value = "1", requires = "broken")]
+    runs: u32,
     /// Skip the second boot, in which lockdep must report a subscriber lock held across
     /// a registration and taken in a callback (the invalidation map's teeth)
     #[arg(long)]
@@ -234,6 +239,9 @@ fn run(opts: &Options) -> Result<()> {
         .as_deref()
         .map_or(String::new(), |b| format!("suite_twin={b}"));
     build_initramfs(&ko, &examples, &helper, &shadowed, &initramfs, &args)?;
+    if opts.runs > 1 {
+        return catch_rate(opts, &root, &kdir, &initramfs, &out);
+    }
     let log = out.join("serial.log");
     let status = boot(&kdir, &initramfs, &log, opts.timeout)?;
     step(&format!("QEMU finished: {status} ({:.0?})", t0.elapsed()));
@@ -304,6 +312,51 @@ fn run(opts: &Options) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+/// `--broken NAME --runs N`: N boots of the same image; in how many the broken consumer
+/// was caught by exactly the cases that must catch it. Each run's log is kept
+/// (`target/kmod/serial-run-K.log`).
+fn catch_rate(
+    opts: &Options,
+    root: &Path,
+    kdir: &Path,
+    initramfs: &Path,
+    out: &Path,
+) -> Result<()> {
+    let known = fs::read_to_string(root.join(KNOWN_DIFFERENCES))
+        .map_err(|e| format!("{KNOWN_DIFFERENCES}: {e}"))?;
+    let twin = opts.broken.as_deref().unwrap_or("?");
+    let mut caught = 0;
+    let mut missed = Vec::new();
+    for k in 1..=opts.runs {
+        let log = out.join(format!("serial-run-{k}.log"));
+        let status = boot(kdir, initramfs, &log, opts.timeout)?;
+        let text = fs::read(&log).map_err(|e| format!("{}: {e}", log.display()))?;
+        match check_log(
+            &String::from_utf8_lossy(&text),
+            &status,
+            true,
+            &known_ids(&known),
+        ) {
+            Ok(()) => caught += 1,
+            Err(e) => missed.push(format!("run {k}: {e}")),
+        }
+        step(&format!(
+            "{twin}: run {k} of {}: caught in {caught}",
+            opts.runs
+        ));
+    }
+    let line = format!("{twin}: caught in {caught} of {} runs", opts.runs);
+    let path = out.join(format!("catch-rate-{twin}.txt"));
+    fs::write(&path, format!("{line}\n{}\n", missed.join("\n")))
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    step(&line);
+    if missed.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("{line}:\n  {}", missed.join("\n  ")))
+    }
 }
 
 /// The lockdep teeth boot: the scenario ran to its end, and lockdep reported a circular
