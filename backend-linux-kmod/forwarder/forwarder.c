@@ -77,6 +77,34 @@ void nk_invalidation_map_release(void)
 	lock_map_release(&nk_invalidation_map);
 }
 
+/*
+ * The core's sleeping locks (Platform::sleep_lock_acquired/released): one lockdep map
+ * per SleepClass, in its order (notifier_core::SleepClass::index), so that lockdep sees
+ * them as it sees a kernel mutex.
+ */
+#ifdef CONFIG_LOCKDEP
+static struct lockdep_map nk_sleep_maps[NK_SLEEP_CLASSES] = {
+	{ .name = "notifier_grace_period" },
+	{ .name = "notifier_get" },
+};
+#endif
+
+void nk_sleep_lock_acquire(unsigned int class, bool try_lock)
+{
+	if (class >= NK_SLEEP_CLASSES)
+		return;
+	if (try_lock)
+		lock_map_acquire_try(&nk_sleep_maps[class]);
+	else
+		lock_map_acquire(&nk_sleep_maps[class]);
+}
+
+void nk_sleep_lock_release(unsigned int class)
+{
+	if (class < NK_SLEEP_CLASSES)
+		lock_map_release(&nk_sleep_maps[class]);
+}
+
 unsigned int nk_cpu(void)
 {
 	return raw_smp_processor_id();

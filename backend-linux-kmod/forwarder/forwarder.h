@@ -62,6 +62,10 @@ void nk_non_block_start(void);
 void nk_non_block_end(void);
 void nk_invalidation_map_acquire(void);
 void nk_invalidation_map_release(void);
+/* The core's sleeping locks, one lockdep map per notifier_core::SleepClass. */
+#define NK_SLEEP_CLASSES 2
+void nk_sleep_lock_acquire(unsigned int class, bool try_lock);
+void nk_sleep_lock_release(unsigned int class);
 unsigned int nk_cpu(void);
 void *nk_current(void);
 void nk_relax(void);

@@ -18,7 +18,7 @@ use kernel::bindings;
 use kernel::types::Opaque;
 use notifier_core::primitive::AtomicU32;
 use notifier_core::srcu::{RcuFn, RcuHead, SleepableRcu};
-use notifier_core::{Bug, LockClass, Platform, RawLock};
+use notifier_core::{Bug, LockClass, Platform, RawLock, SleepClass};
 
 extern "C" {
     fn nk_might_sleep();
@@ -27,6 +27,8 @@ extern "C" {
     fn nk_non_block_end();
     fn nk_invalidation_map_acquire();
     fn nk_invalidation_map_release();
+    fn nk_sleep_lock_acquire(class: kernel::ffi::c_uint, try_lock: bool);
+    fn nk_sleep_lock_release(class: kernel::ffi::c_uint);
     fn nk_cpu() -> kernel::ffi::c_uint;
     fn nk_current() -> *mut kernel::ffi::c_void;
     fn nk_relax();
@@ -123,6 +125,8 @@ pub fn sleep_violations() -> usize {
 
 // `forwarder.c` keeps `NK_LOCK_CLASSES` (4) lockdep keys, one per class.
 const _: () = assert!(LockClass::ALL.len() == 4);
+// And `NK_SLEEP_CLASSES` (2) lockdep maps, one per sleeping-lock class.
+const _: () = assert!(SleepClass::ALL.len() == 2);
 
 /// A `spinlock_t`.
 ///
@@ -238,6 +242,18 @@ unsafe impl Platform for Kernel {
     fn invalidation_map_release() {
         // SAFETY: paired with `invalidation_map_acquire` by the core.
         unsafe { nk_invalidation_map_release() }
+    }
+
+    fn sleep_lock_acquired(class: SleepClass, try_lock: bool) {
+        // SAFETY: a static lockdep map per class (forwarder.c, `NK_SLEEP_CLASSES` of
+        // them, in `SleepClass::index` order; a larger index is ignored there); paired
+        // with `sleep_lock_released` by the core, in the same task.
+        unsafe { nk_sleep_lock_acquire(class.index() as kernel::ffi::c_uint, try_lock) }
+    }
+
+    fn sleep_lock_released(class: SleepClass) {
+        // SAFETY: as above.
+        unsafe { nk_sleep_lock_release(class.index() as kernel::ffi::c_uint) }
     }
 
     fn report_bug(bug: Bug) {

@@ -136,7 +136,7 @@ pub mod std_platform;
 
 pub use error::{Bug, Error, WouldBlock};
 pub use interval::{Interval, IntervalHandle, IntervalOps, IntervalSubscriber};
-pub use platform::{LockClass, Platform, RawLock};
+pub use platform::{LockClass, Platform, RawLock, SleepClass};
 pub use range::{Event, Range};
 pub use subscriber::{synchronize, Shared, SharedOps, SharedRef, Subscriber, SubscriberOps};
 pub use subscriptions::{AddressSpace, Invalidation};

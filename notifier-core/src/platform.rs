@@ -105,6 +105,47 @@ impl LockClass {
     }
 }
 
+/// The core's sleeping locks (its own mutexes, built on [`Platform::wait`]), each a
+/// class of its own for a lock validator: see [`Platform::sleep_lock_acquired`].
+///
+/// ```
+/// use notifier_core::SleepClass;
+///
+/// assert_eq!(SleepClass::GracePeriod.name(), "notifier_grace_period");
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum SleepClass {
+    /// The grace-period mutex of a set of reader counters: the in-flight invalidations
+    /// of one address space (registration, unregistration, the zombie sweep's
+    /// try-lock), or the portable SRCU domain.
+    GracePeriod,
+    /// The mutex that makes `AddressSpace::get` create one shared subscriber per kind.
+    Get,
+}
+
+impl SleepClass {
+    /// Every class, in the order of [`index`](Self::index).
+    pub const ALL: [SleepClass; 2] = [SleepClass::GracePeriod, SleepClass::Get];
+
+    /// A small number, below `ALL.len()`, for a platform that keeps a table of
+    /// validator maps.
+    pub const fn index(self) -> usize {
+        match self {
+            SleepClass::GracePeriod => 0,
+            SleepClass::Get => 1,
+        }
+    }
+
+    /// The name a validator prints.
+    pub const fn name(self) -> &'static str {
+        match self {
+            SleepClass::GracePeriod => "notifier_grace_period",
+            SleepClass::Get => "notifier_get",
+        }
+    }
+}
+
 /// Everything the core asks of its host kernel. Implemented by a zero-sized type per
 /// backend; every method is an associated function, so the dispatch is static.
 ///
@@ -206,6 +247,18 @@ pub unsafe trait Platform: Sized + Send + Sync + 'static {
 
     /// See [`invalidation_map_acquire`](Self::invalidation_map_acquire).
     fn invalidation_map_release() {}
+
+    /// Lock-validator annotation (Linux: `lock_map_acquire` on a map per class, what
+    /// `mutex_lock` does for a kernel mutex): the calling task is about to wait for one
+    /// of the core's sleeping locks of `class` (`try_lock` false), or has just taken one
+    /// without waiting (`try_lock` true). Paired with
+    /// [`sleep_lock_released`](Self::sleep_lock_released) in the same task. Default:
+    /// nothing.
+    fn sleep_lock_acquired(_class: SleepClass, _try_lock: bool) {}
+
+    /// See [`sleep_lock_acquired`](Self::sleep_lock_acquired): the lock is about to be
+    /// released.
+    fn sleep_lock_released(_class: SleepClass) {}
 
     /// Lock-validator annotation: the calling task is about to wait for invalidations in
     /// flight (`read_begin` for one that touched its interval, `remove` for a walk of

@@ -185,7 +185,7 @@ impl Readers {
         Readers {
             completed: AtomicUsize::new(0),
             slots: [const { Slot::new() }; SLOTS],
-            gp: SleepMutex::new(),
+            gp: SleepMutex::new(crate::SleepClass::GracePeriod),
         }
     }
 
@@ -195,7 +195,7 @@ impl Readers {
         Readers {
             completed: AtomicUsize::new(0),
             slots: core::array::from_fn(|_| Slot::new()),
-            gp: SleepMutex::new(),
+            gp: SleepMutex::new(crate::SleepClass::GracePeriod),
         }
     }
 

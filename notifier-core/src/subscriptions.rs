@@ -128,7 +128,7 @@ impl<P: Platform> Subscriptions<P> {
             sweep_again: AtomicBool::new(false),
             torn_down: AtomicBool::new(false),
             wq: WaitQueue::new(),
-            get_lock: SleepMutex::new(),
+            get_lock: SleepMutex::new(crate::SleepClass::Get),
             refs: AtomicUsize::new(1),
             _p: PhantomData,
         }

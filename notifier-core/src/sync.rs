@@ -12,7 +12,7 @@ use core::marker::PhantomData;
 use core::ops::{Deref, DerefMut};
 
 use crate::primitive::{fence, AtomicU32, Ordering};
-use crate::{LockClass, Platform, RawLock};
+use crate::{LockClass, Platform, RawLock, SleepClass};
 
 /// Data behind the platform's [`RawLock`] (Linux: a `spinlock_t` and what it protects).
 ///
@@ -93,24 +93,29 @@ impl<P: Platform, T> Drop for SpinGuard<'_, P, T> {
 }
 
 /// A mutex whose waiters sleep in [`Platform::wait`] (the classic three-state futex
-/// mutex). Serialises grace periods, which may take long.
+/// mutex). Serialises grace periods, which may take long. Each is of a
+/// [`SleepClass`], which the platform's lock validator sees
+/// ([`Platform::sleep_lock_acquired`]).
 pub(crate) struct SleepMutex {
     // 0: unlocked, 1: locked, 2: locked with possible sleepers.
     state: AtomicU32,
+    class: SleepClass,
 }
 
 impl SleepMutex {
     #[cfg(not(loom))]
-    pub(crate) const fn new() -> Self {
+    pub(crate) const fn new(class: SleepClass) -> Self {
         SleepMutex {
             state: AtomicU32::new(0),
+            class,
         }
     }
 
     #[cfg(loom)]
-    pub(crate) fn new() -> Self {
+    pub(crate) fn new(class: SleepClass) -> Self {
         SleepMutex {
             state: AtomicU32::new(0),
+            class,
         }
     }
 
@@ -119,13 +124,19 @@ impl SleepMutex {
         self.state
             .compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed)
             .ok()
-            .map(|_| SleepGuard {
-                m: self,
-                _p: PhantomData,
+            .map(|_| {
+                P::sleep_lock_acquired(self.class, true);
+                SleepGuard {
+                    m: self,
+                    _p: PhantomData,
+                }
             })
     }
 
     pub(crate) fn lock<P: Platform>(&self) -> SleepGuard<'_, P> {
+        // Announced before waiting, as a kernel mutex is: a validator reports the
+        // deadlock instead of sleeping in it.
+        P::sleep_lock_acquired(self.class, false);
         if self
             .state
             .compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed)
@@ -159,6 +170,7 @@ impl SleepMutex {
 
 impl<P: Platform> Drop for SleepGuard<'_, P> {
     fn drop(&mut self) {
+        P::sleep_lock_released(self.m.class);
         if self.m.state.swap(0, Ordering::SeqCst) == 2 {
             P::wake_all(&self.m.state);
         }

@@ -327,36 +327,14 @@ fn catch_rate(
     let known = fs::read_to_string(root.join(KNOWN_DIFFERENCES))
         .map_err(|e| format!("{KNOWN_DIFFERENCES}: {e}"))?;
     let twin = opts.broken.as_deref().unwrap_or("?");
-    let mut caught = 0;
-    let mut missed = Vec::new();
-    for k in 1..=opts.runs {
+    let file = out.join(format!("catch-rate-{twin}.txt"));
+    crate::util::catch_rate(twin, opts.runs, &file, step, |k| {
         let log = out.join(format!("serial-run-{k}.log"));
         let status = boot(kdir, initramfs, &log, opts.timeout)?;
         let text = fs::read(&log).map_err(|e| format!("{}: {e}", log.display()))?;
-        match check_log(
-            &String::from_utf8_lossy(&text),
-            &status,
-            true,
-            &known_ids(&known),
-        ) {
-            Ok(()) => caught += 1,
-            Err(e) => missed.push(format!("run {k}: {e}")),
-        }
-        step(&format!(
-            "{twin}: run {k} of {}: caught in {caught}",
-            opts.runs
-        ));
-    }
-    let line = format!("{twin}: caught in {caught} of {} runs", opts.runs);
-    let path = out.join(format!("catch-rate-{twin}.txt"));
-    fs::write(&path, format!("{line}\n{}\n", missed.join("\n")))
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    step(&line);
-    if missed.is_empty() {
-        Ok(())
-    } else {
-        Err(format!("{line}:\n  {}", missed.join("\n  ")))
-    }
+        let text = String::from_utf8_lossy(&text);
+        Ok(check_log(&text, &status, true, &known_ids(&known)))
+    })
 }
 
 /// The lockdep teeth boot: the scenario ran to its end, and lockdep reported a circular
@@ -938,17 +916,21 @@ reboot -f
 ";
 
 /// The lockdep classes of the core's spin locks (`notifier_core::LockClass::name`,
-/// given by `forwarder/forwarder.c`), and whether a run must have registered each:
-/// the suite always takes an address space's lock and a subscriber's own; the export
-/// registry's are taken only where the page-keyed export runs (not in Linux).
-const LOCK_CLASSES: [&str; 5] = [
+/// given by `forwarder/forwarder.c`), of its invalidation map and of its sleeping locks
+/// (`notifier_core::SleepClass::name`), and whether a run must have registered each:
+/// the suite always takes an address space's lock and a subscriber's own, waits for
+/// grace periods and gets shared subscribers; the export registry's are taken only
+/// where the page-keyed export runs (not in Linux).
+const LOCK_CLASSES: [&str; 7] = [
     "notifier_subscriptions",
     "notifier_secondary",
     "notifier_invalidation",
+    "notifier_grace_period",
+    "notifier_get",
     "notifier_export_page",
     "notifier_export_registry",
 ];
-const LOCK_CLASSES_REQUIRED: usize = 3;
+const LOCK_CLASSES_REQUIRED: usize = 5;
 
 /// Each lock class the init script counted in `/proc/lockdep`, and how many entries.
 fn lock_classes(text: &str) -> Vec<(&str, usize)> {
