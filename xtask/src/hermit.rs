@@ -95,6 +95,10 @@ pub struct Options {
     /// then passes only if exactly the cases that must catch it fail
     #[arg(long, value_name = "TWIN", value_parser = crate::kmod::twin_name, conflicts_with = "smoke_only")]
     broken: Option<String>,
+    /// With --broken: boot this many times and report in how many runs the broken
+    /// consumer was caught by exactly its cases; fails unless every run caught it
+    #[arg(long, value_name = "N", default_value = "1", requires = "broken")]
+    runs: u32,
     /// Seconds QEMU may run (the suite takes a few minutes under software emulation)
     #[arg(long, value_name = "SECS", default_value = DEFAULT_TIMEOUT, value_parser = crate::secs)]
     timeout: Duration,
@@ -164,6 +168,16 @@ fn run(opts: &Options) -> Result<()> {
         "booting under QEMU (2 CPUs, software emulation, timeout {} s)",
         opts.timeout.as_secs()
     ));
+    if opts.runs > 1 {
+        let twin = opts.broken.as_deref().unwrap_or("?");
+        let file = opts.cache.join(format!("catch-rate-{twin}.txt"));
+        return crate::util::catch_rate(twin, opts.runs, &file, step, |k| {
+            let log = opts.cache.join(format!("serial-run-{k}.log"));
+            let status = run_qemu(&loader, &image, &log, opts.timeout, Some(root.as_path()))?;
+            let text = fs::read_to_string(&log).map_err(|e| format!("{}: {e}", log.display()))?;
+            Ok(check_log(&text, status, true, true))
+        });
+    }
     let log = opts.cache.join("serial.log");
     let status = run_qemu(
         &loader,

@@ -48,3 +48,34 @@ pub fn finish(name: &str, r: Result<()>) -> ExitCode {
         }
     }
 }
+
+/// A broken consumer's catch rate (`--broken NAME --runs N`): `run(k)` boots run `k`
+/// and judges it (`Ok(Err(why))`: not caught); `say` reports progress. Writes
+/// `NAME: caught in K of N runs` and the misses to `file`, and fails unless every run
+/// caught it.
+pub fn catch_rate(
+    twin: &str,
+    runs: u32,
+    file: &Path,
+    say: impl Fn(&str),
+    mut run: impl FnMut(u32) -> Result<Result<()>>,
+) -> Result<()> {
+    let mut caught = 0;
+    let mut missed = Vec::new();
+    for k in 1..=runs {
+        match run(k)? {
+            Ok(()) => caught += 1,
+            Err(e) => missed.push(format!("run {k}: {e}")),
+        }
+        say(&format!("{twin}: run {k} of {runs}: caught in {caught}"));
+    }
+    let line = format!("{twin}: caught in {caught} of {runs} runs");
+    std::fs::write(file, format!("{line}\n{}\n", missed.join("\n")))
+        .map_err(|e| format!("{}: {e}", file.display()))?;
+    say(&line);
+    if missed.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("{line}:\n  {}", missed.join("\n  ")))
+    }
+}
