@@ -32,12 +32,12 @@
  * (smoke.rs, lockdep_teeth). Lockdep must report the cycle through the invalidation
  * map; the normal run never sets the parameter.
  */
-static bool lockdep_teeth;
-module_param(lockdep_teeth, bool, 0444);
-MODULE_PARM_DESC(lockdep_teeth, "run only the scenario lockdep must report, then fail to load");
+static int lockdep_teeth;
+module_param(lockdep_teeth, int, 0444);
+MODULE_PARM_DESC(lockdep_teeth, "run only a scenario lockdep must report (1: through the invalidation map, 2: through get's mutex), then fail to load");
 static DEFINE_MUTEX(nk_teeth_mutex);
 
-bool nk_lockdep_teeth(void)
+int nk_lockdep_teeth(void)
 {
 	return lockdep_teeth;
 }

@@ -16,7 +16,7 @@ struct nk_ref_counts {
 struct nk_ref;
 
 /* Implemented in C (helpers.c), called from Rust. */
-bool nk_lockdep_teeth(void);
+int nk_lockdep_teeth(void);
 void nk_teeth_lock(void);
 void nk_teeth_unlock(void);
 int nk_touch_user(unsigned long addr);

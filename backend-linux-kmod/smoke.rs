@@ -18,8 +18,8 @@ use kernel::ffi::{c_int, c_uint, c_ulong, c_void};
 use kernel::prelude::*;
 use kernel::types::ARef;
 use notifier_core::{
-    Error as CoreError, Event, IntervalHandle, IntervalOps, IntervalSubscriber, Platform, Range,
-    Subscriber, SubscriberOps, WouldBlock,
+    AddressSpace, Error as CoreError, Event, IntervalHandle, IntervalOps, IntervalSubscriber,
+    Platform, Range, Shared, SharedOps, Subscriber, SubscriberOps, WouldBlock,
 };
 
 use crate::mm::{
@@ -828,7 +828,7 @@ fn process_cases() {
 }
 
 extern "C" {
-    fn nk_lockdep_teeth() -> bool;
+    fn nk_lockdep_teeth() -> c_int;
     fn nk_teeth_lock();
     fn nk_teeth_unlock();
 }
@@ -836,7 +836,7 @@ extern "C" {
 /// Whether the module was loaded for the lockdep teeth run only.
 pub(crate) fn lockdep_teeth_run() -> bool {
     // SAFETY: reads a module parameter.
-    unsafe { nk_lockdep_teeth() }
+    unsafe { nk_lockdep_teeth() != 0 }
 }
 
 /// A subscriber that takes a mutex of its own in its start callback.
@@ -856,12 +856,57 @@ impl SubscriberOps for TakesItsLock {
     }
 }
 
-/// The lockdep teeth run: a subscriber's own mutex is taken in its start callback (under
-/// the invalidation map) and held across a registration (which announces that it may
-/// wait for invalidations). The two never deadlock here, but they could; lockdep must
-/// report the cycle (`cargo xtask kmod --lockdep-teeth` checks that it does).
-pub(crate) fn lockdep_teeth() {
-    pr_info!("lockdep-teeth: a subscriber lock held across register and taken in a callback\n");
+/// A shared kind whose `alloc` takes the teeth mutex: under `get`'s mutex.
+struct AllocTakesItsLock;
+
+impl SubscriberOps for AllocTakesItsLock {}
+
+// SAFETY: `alloc` returns a fresh `KBox`, leaked; `free` takes back exactly those.
+unsafe impl SharedOps<Kernel> for AllocTakesItsLock {
+    fn alloc(_mm: &AddressSpace<Kernel>) -> Option<NonNull<Shared<Self, Kernel>>> {
+        // SAFETY: a static mutex; `alloc` runs in `get`, which may sleep.
+        unsafe {
+            nk_teeth_lock();
+            nk_teeth_unlock();
+        }
+        let b = KBox::new(Shared::new(AllocTakesItsLock), GFP_KERNEL).ok()?;
+        NonNull::new(KBox::into_raw(b))
+    }
+
+    unsafe fn free(this: NonNull<Shared<Self, Kernel>>) {
+        // SAFETY: from `alloc`, unregistered and not used again (the trait's contract).
+        drop(unsafe { KBox::from_raw(this.as_ptr()) });
+    }
+}
+
+/// The second lockdep teeth run (`lockdep_teeth=2`): a shared kind's `alloc` takes a
+/// mutex (under `get`'s sleeping mutex), and a task holding that mutex calls `get`.
+/// Lockdep must report the cycle through `notifier_get`, the core's sleeping lock.
+fn lockdep_teeth_get() {
+    pr_info!("lockdep-teeth: a mutex taken in a shared kind's alloc and held across get\n");
+    with_teeth_forwarder(|mmn| {
+        // Edge 1: get's mutex, then the teeth mutex (in `alloc`).
+        let Ok(first) = mmn.get::<AllocTakesItsLock>() else {
+            pr_err!("lockdep-teeth: get failed\n");
+            return;
+        };
+        // Edge 2: the teeth mutex, then get's mutex (the kind exists: no `alloc`).
+        // SAFETY: a static mutex, released below; `get` may sleep.
+        unsafe { nk_teeth_lock() };
+        let second = mmn.get::<AllocTakesItsLock>();
+        // SAFETY: taken above.
+        unsafe { nk_teeth_unlock() };
+        if let Ok(s) = second {
+            s.put();
+        }
+        first.put();
+        let _ = notifier_core::synchronize::<Kernel>();
+        pr_info!("lockdep-teeth: done (get)\n");
+    });
+}
+
+/// Run a teeth scenario with the forwarder of the loading task's mm.
+fn with_teeth_forwarder(f: impl FnOnce(&MmNotifier)) {
     crate::mm::with_current_mm(|mm| {
         let Some(mm) = mm else {
             pr_err!("lockdep-teeth: no mm\n");
@@ -871,11 +916,28 @@ pub(crate) fn lockdep_teeth() {
             pr_err!("lockdep-teeth: mmu_notifier_get failed\n");
             return;
         };
+        f(&mmn);
+    });
+}
+
+/// The lockdep teeth run: a subscriber's own mutex is taken in its start callback (under
+/// the invalidation map) and held across a registration (which announces that it may
+/// wait for invalidations). The two never deadlock here, but they could; lockdep must
+/// report the cycle (`cargo xtask kmod --lockdep-teeth` checks that it does). With
+/// `lockdep_teeth=2`, the cycle through `get`'s mutex instead.
+pub(crate) fn lockdep_teeth() {
+    // SAFETY: reads a module parameter.
+    if unsafe { nk_lockdep_teeth() } == 2 {
+        lockdep_teeth_get();
+        return;
+    }
+    pr_info!("lockdep-teeth: a subscriber lock held across register and taken in a callback\n");
+    with_teeth_forwarder(|mmn| {
         let sub = pin!(Subscriber::<TakesItsLock, Kernel>::new(TakesItsLock(
             AtomicUsize::new(0)
         )));
         let sub = sub.into_ref();
-        if sub.register(&mmn).is_err() {
+        if sub.register(mmn).is_err() {
             pr_err!("lockdep-teeth: register failed\n");
             return;
         }
@@ -890,7 +952,7 @@ pub(crate) fn lockdep_teeth() {
         let other = other.into_ref();
         // SAFETY: a static mutex, released below; registering may sleep.
         unsafe { nk_teeth_lock() };
-        let r = other.register(&mmn);
+        let r = other.register(mmn);
         // SAFETY: taken above.
         unsafe { nk_teeth_unlock() };
         if r.is_ok() {

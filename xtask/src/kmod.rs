@@ -297,19 +297,27 @@ fn run(opts: &Options) -> Result<()> {
         examples.len()
     ));
     if opts.broken.is_none() && !opts.no_lockdep_teeth {
-        // The lockdep annotations must bite: a boot that only runs the scenario lockdep
-        // must report (a subscriber's mutex taken in its start callback and held across
-        // a registration).
-        let t = Instant::now();
-        build_initramfs(&ko, &[], &helper, &[], &initramfs, "lockdep_teeth=1")?;
-        let log = out.join("serial-lockdep-teeth.log");
-        let status = boot(&kdir, &initramfs, &log, opts.timeout)?;
-        let text = fs::read(&log).map_err(|e| format!("{}: {e}", log.display()))?;
-        check_teeth_log(&String::from_utf8_lossy(&text), &status)?;
-        step(&format!(
-            "lockdep reported the planted lock cycle through the invalidation map ({:.0?})",
-            t.elapsed()
-        ));
+        // The lockdep annotations must bite: boots that only run a scenario lockdep must
+        // report (one report per boot: lockdep turns itself off after it). 1: a
+        // subscriber's mutex taken in its start callback and held across a
+        // registration; 2: a mutex taken in a shared kind's `alloc` and held across
+        // `get` (the core's sleeping lock).
+        for (k, class, what) in [
+            (1, "notifier_invalidation", "the invalidation map"),
+            (2, "notifier_get", "get's sleeping mutex"),
+        ] {
+            let t = Instant::now();
+            let args = format!("lockdep_teeth={k}");
+            build_initramfs(&ko, &[], &helper, &[], &initramfs, &args)?;
+            let log = out.join(format!("serial-lockdep-teeth-{k}.log"));
+            let status = boot(&kdir, &initramfs, &log, opts.timeout)?;
+            let text = fs::read(&log).map_err(|e| format!("{}: {e}", log.display()))?;
+            check_teeth_log(&String::from_utf8_lossy(&text), &status, class)?;
+            step(&format!(
+                "lockdep reported the planted lock cycle through {what} ({:.0?})",
+                t.elapsed()
+            ));
+        }
     }
     Ok(())
 }
@@ -337,9 +345,9 @@ fn catch_rate(
     })
 }
 
-/// The lockdep teeth boot: the scenario ran to its end, and lockdep reported a circular
-/// dependency between the subscriber's mutex and the core's invalidation map.
-fn check_teeth_log(text: &str, status: &str) -> Result<()> {
+/// A lockdep teeth boot: the scenario ran to its end, and lockdep reported a circular
+/// dependency between the scenario's mutex and the core's lock class `class`.
+fn check_teeth_log(text: &str, status: &str, class: &str) -> Result<()> {
     if status.starts_with("TIMEOUT") {
         return Err(format!("lockdep teeth boot: {status}"));
     }
@@ -347,13 +355,12 @@ fn check_teeth_log(text: &str, status: &str) -> Result<()> {
         return Err("lockdep teeth boot: the scenario did not run to its end".into());
     }
     let report = text.contains("possible circular locking dependency detected");
-    let names = text.contains("notifier_invalidation") && text.contains("nk_teeth_mutex");
+    let names = text.contains(class) && text.contains("nk_teeth_mutex");
     if !(report && names) {
-        return Err(
-            "lockdep teeth boot: no circular-dependency report naming notifier_invalidation \
-             and the subscriber's mutex: the invalidation map has no teeth"
-                .into(),
-        );
+        return Err(format!(
+            "lockdep teeth boot: no circular-dependency report naming {class} and the \
+             scenario's mutex: that class has no teeth"
+        ));
     }
     Ok(())
 }
@@ -1453,6 +1460,8 @@ mod tests {
                kmod-init: lockdep class notifier_subscriptions: 1\n\
                kmod-init: lockdep class notifier_secondary: 1\n\
                kmod-init: lockdep class notifier_invalidation: 1\n\
+               kmod-init: lockdep class notifier_grace_period: 1\n\
+               kmod-init: lockdep class notifier_get: 1\n\
                kmod-init: lockdep class notifier_export_page: 0\n\
                kmod-init: done\n"
     }
@@ -1478,14 +1487,16 @@ mod tests {
                       WARNING: possible circular locking dependency detected\n\
                       (nk_teeth_mutex){+.+.}-{4:4}\n(notifier_invalidation){+.+.}-{0:0}\n\
                       lockdep-teeth: done\n";
-        assert_eq!(check_teeth_log(caught, "exited"), Ok(()));
-        assert!(check_teeth_log(caught, "TIMEOUT after 1s").is_err());
+        let map = "notifier_invalidation";
+        assert_eq!(check_teeth_log(caught, "exited", map), Ok(()));
+        assert!(check_teeth_log(caught, "TIMEOUT after 1s", map).is_err());
+        assert!(check_teeth_log(caught, "exited", "notifier_get").is_err());
         let silent = "lockdep-teeth: a subscriber lock held\nlockdep-teeth: done\n";
-        assert!(check_teeth_log(silent, "exited").is_err());
+        assert!(check_teeth_log(silent, "exited", map).is_err());
         let other = caught.replace("notifier_invalidation", "some_other_map");
-        assert!(check_teeth_log(&other, "exited").is_err());
+        assert!(check_teeth_log(&other, "exited", map).is_err());
         let unfinished = caught.replace("lockdep-teeth: done\n", "");
-        assert!(check_teeth_log(&unfinished, "exited").is_err());
+        assert!(check_teeth_log(&unfinished, "exited", map).is_err());
     }
 
     #[test]
@@ -1534,6 +1545,8 @@ mod tests {
                       kmod-init: lockdep class notifier_subscriptions: 2\n\
                       kmod-init: lockdep class notifier_secondary: 1\n\
                       kmod-init: lockdep class notifier_invalidation: 1\n\
+               kmod-init: lockdep class notifier_grace_period: 1\n\
+               kmod-init: lockdep class notifier_get: 1\n\
                       kmod-init: done\n";
         assert_eq!(check_log(caught, "exited", true, &[]), Ok(()));
         assert!(check_log(caught, "exited", false, &[]).is_err());
