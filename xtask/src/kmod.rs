@@ -199,8 +199,15 @@ fn run(opts: &Options) -> Result<()> {
             .join(", "),
         t0.elapsed()
     ));
+    let dmirror = build_dmirror(&root, &kdir, &bindgen_dir)?;
+    step(&format!(
+        "rust_dmirror built: {} ({:.0?})",
+        dmirror.display(),
+        t0.elapsed()
+    ));
     let t_clippy = Instant::now();
     clippy_module(&root, &kdir, &bindgen_dir, &root.join("backend-linux-kmod"))?;
+    clippy_module(&root, &kdir, &bindgen_dir, &root.join(DMIRROR_DIR))?;
     for (ko, _) in &examples {
         // The example's own directory, named like its scratch build directory.
         let name = ko.parent().and_then(|p| p.file_name()).unwrap_or_default();
@@ -221,7 +228,7 @@ fn run(opts: &Options) -> Result<()> {
     build_helper(&root, &helper)?;
     // The real programs of the shadowing (issue 14), with a broken consumer left out:
     // that run is about the suite's verdicts.
-    let shadowed = if opts.broken.is_none() {
+    let (shadowed, hmm) = if opts.broken.is_none() {
         let t = Instant::now();
         let progs = build_shadowed(&root, &kdir, &out.join("mm-selftests"))?;
         step(&format!(
@@ -229,16 +236,17 @@ fn run(opts: &Options) -> Result<()> {
             progs.len() - 1,
             t.elapsed()
         ));
-        progs
+        let hmm = hmm_files(&kdir, &out.join("mm-selftests"), &dmirror)?;
+        (progs, hmm)
     } else {
-        Vec::new()
+        (Vec::new(), Vec::new())
     };
     let initramfs = out.join("initramfs.cpio");
     let args = opts
         .broken
         .as_deref()
         .map_or(String::new(), |b| format!("suite_twin={b}"));
-    build_initramfs(&ko, &examples, &helper, &shadowed, &initramfs, &args)?;
+    build_initramfs(&ko, &examples, &helper, &shadowed, &hmm, &initramfs, &args)?;
     if opts.runs > 1 {
         return catch_rate(opts, &root, &kdir, &initramfs, &out);
     }
@@ -284,6 +292,17 @@ fn run(opts: &Options) -> Result<()> {
             path.display()
         ));
     }
+    if opts.broken.is_none() {
+        let table = check_hmm(&text)?;
+        let path = out.join("hmm-tests.txt");
+        fs::write(&path, &table).map_err(|e| format!("{}: {e}", path.display()))?;
+        print!("{table}");
+        step(&format!(
+            "hmm-tests: the {} required tests pass on rust_dmirror ({})",
+            HMM_REQUIRED.len(),
+            path.display()
+        ));
+    }
     for (_, m) in &examples {
         if !text.contains(&format!("kmod-init: example {m} ok")) {
             return Err(format!(
@@ -308,7 +327,7 @@ fn run(opts: &Options) -> Result<()> {
         ] {
             let t = Instant::now();
             let args = format!("lockdep_teeth={k}");
-            build_initramfs(&ko, &[], &helper, &[], &initramfs, &args)?;
+            build_initramfs(&ko, &[], &helper, &[], &[], &initramfs, &args)?;
             let log = out.join(format!("serial-lockdep-teeth-{k}.log"));
             let status = boot(&kdir, &initramfs, &log, opts.timeout)?;
             let text = fs::read(&log).map_err(|e| format!("{}: {e}", log.display()))?;
@@ -484,8 +503,8 @@ fn fnv1a(data: &[u8]) -> u64 {
     h
 }
 
-/// The fragment's lines as (symbol, wanted-on).
-fn fragment(text: &str) -> Result<Vec<(String, bool)>> {
+/// The fragment's lines as (symbol, wanted value: `'y'`, `'m'` or `'n'`).
+fn fragment(text: &str) -> Result<Vec<(String, char)>> {
     let mut v = Vec::new();
     for l in text.lines().map(str::trim) {
         if l.is_empty() || l.starts_with('#') {
@@ -494,12 +513,13 @@ fn fragment(text: &str) -> Result<Vec<(String, bool)>> {
         let (s, val) = l
             .split_once('=')
             .ok_or_else(|| format!("kernel.config: bad line `{l}`"))?;
-        let on = match val {
-            "y" => true,
-            "n" => false,
-            _ => return Err(format!("kernel.config: only =y and =n are used: `{l}`")),
+        let want = match val {
+            "y" => 'y',
+            "m" => 'm',
+            "n" => 'n',
+            _ => return Err(format!("kernel.config: only =y, =m and =n are used: `{l}`")),
         };
-        v.push((s.to_string(), on));
+        v.push((s.to_string(), want));
     }
     Ok(v)
 }
@@ -599,8 +619,13 @@ fn ensure_kernel(opts: &Options, root: &Path, bindgen_dir: &Path) -> Result<Path
         for _ in 0..2 {
             let mut c = Command::new("scripts/config");
             c.current_dir(&kdir).args(["--file", ".config"]);
-            for (s, on) in &frag {
-                c.arg(if *on { "-e" } else { "-d" }).arg(s);
+            for (s, want) in &frag {
+                c.arg(match want {
+                    'y' => "-e",
+                    'm' => "-m",
+                    _ => "-d",
+                })
+                .arg(s);
             }
             sh(&mut c)?;
             sh(kernel_make(&kdir, bindgen_dir).arg("olddefconfig"))?;
@@ -625,17 +650,23 @@ fn ensure_kernel(opts: &Options, root: &Path, bindgen_dir: &Path) -> Result<Path
 }
 
 /// Fail loudly if `olddefconfig` dropped a symbol the fragment asks for.
-fn check_config(kdir: &Path, frag: &[(String, bool)]) -> Result<()> {
+fn check_config(kdir: &Path, frag: &[(String, char)]) -> Result<()> {
     let cfg = fs::read_to_string(kdir.join(".config")).map_err(|e| format!(".config: {e}"))?;
-    let on = |s: &str| cfg.lines().any(|l| l == format!("CONFIG_{s}=y"));
+    let value = |s: &str| {
+        let key = format!("CONFIG_{s}=");
+        cfg.lines()
+            .find_map(|l| l.strip_prefix(&key))
+            .and_then(|v| v.chars().next())
+            .unwrap_or('n')
+    };
     let mut bad = Vec::new();
     for (s, want) in frag {
-        if on(s) != *want {
-            bad.push(format!("{s}={}", if *want { "y" } else { "n" }));
+        if value(s) != *want {
+            bad.push(format!("{s}={want}"));
         }
     }
     // Selected, not set: SGX selects it.
-    if !on("MMU_NOTIFIER") {
+    if value("MMU_NOTIFIER") != 'y' {
         bad.push("MMU_NOTIFIER=y".into());
     }
     if bad.is_empty() {
@@ -742,10 +773,35 @@ fn copy_sources(from: &Path, to: &Path) -> Result<()> {
 }
 
 fn build_module(root: &Path, kdir: &Path, bindgen_dir: &Path) -> Result<PathBuf> {
-    let build = root.join("target/kmod/module");
-    let src = root.join("backend-linux-kmod");
-    sh(&mut module_make(root, kdir, bindgen_dir, &src, &build)?)?;
-    let ko = build.join(format!("{MODULE}.ko"));
+    build_ko(
+        root,
+        kdir,
+        bindgen_dir,
+        "backend-linux-kmod",
+        "module",
+        MODULE,
+    )
+}
+
+/// The module in `src` (relative to the workspace) built in `target/kmod/<build>`:
+/// the path of its `name.ko`.
+fn build_ko(
+    root: &Path,
+    kdir: &Path,
+    bindgen_dir: &Path,
+    src: &str,
+    build: &str,
+    name: &str,
+) -> Result<PathBuf> {
+    let build = root.join("target/kmod").join(build);
+    sh(&mut module_make(
+        root,
+        kdir,
+        bindgen_dir,
+        &root.join(src),
+        &build,
+    )?)?;
+    let ko = build.join(format!("{name}.ko"));
     if ko.exists() {
         Ok(ko)
     } else {
@@ -918,6 +974,7 @@ rmmod notifier_kmod || echo 'kmod-init: rmmod failed'
 for m in EXAMPLES; do
   insmod /$m.ko && rmmod $m && echo \"kmod-init: example $m ok\"
 done
+HMM_RUNS
 echo 'kmod-init: done'
 reboot -f
 ";
@@ -1073,6 +1130,217 @@ fn build_shadowed(root: &Path, kdir: &Path, out: &Path) -> Result<Vec<(String, P
     }
 }
 
+/// The Rust port of `lib/test_hmm.c`'s dmirror device (issue 15), on the binding.
+const DMIRROR_DIR: &str = "backend-linux-kmod/dmirror";
+
+/// `rust_dmirror.ko`, built as the templates are (the binding copied next to it).
+fn build_dmirror(root: &Path, kdir: &Path, bindgen_dir: &Path) -> Result<PathBuf> {
+    build_ko(
+        root,
+        kdir,
+        bindgen_dir,
+        DMIRROR_DIR,
+        "dmirror",
+        "rust_dmirror",
+    )
+}
+
+/// Linux's `hmm-tests`, static, from the kernel tree (in `out`, next to the shadowed
+/// programs, whose installed headers it uses), and the files the hmm stage puts in the
+/// initramfs: the test program, Linux's `test_hmm.ko` (built with the kernel,
+/// `TEST_HMM=m`) and `rust_dmirror.ko`.
+fn hmm_files(kdir: &Path, out: &Path, dmirror: &Path) -> Result<Vec<(String, PathBuf)>> {
+    let mm = kdir.join("tools/testing/selftests/mm");
+    let bin = out.join("hmm-tests");
+    let o = Command::new("clang-19")
+        // Not our code: its warnings are not ours to fix.
+        .args(["-static", "-O2", "-w", "-D_GNU_SOURCE", "-I"])
+        .arg(out.join("inc"))
+        .arg("-isystem")
+        .arg(out.join("hdr/include"))
+        // <lib/test_hmm_uapi.h> and <mm/gup_test.h> come from the tree's root.
+        .arg("-I")
+        .arg(kdir)
+        .arg("-I")
+        .arg(kdir.join("tools/testing/selftests"))
+        .arg("-I")
+        .arg(kdir.join("tools/include"))
+        .arg("-o")
+        .arg(&bin)
+        .arg(mm.join("hmm-tests.c"))
+        .arg(mm.join("vm_util.c"))
+        .args(["-lpthread", "-lrt", "-lm"])
+        .output()
+        .map_err(|e| format!("clang-19: {e}"))?;
+    if !o.status.success() {
+        return Err(format!(
+            "building hmm-tests failed:\n{}",
+            String::from_utf8_lossy(&o.stderr)
+        ));
+    }
+    let test_hmm = kdir.join("lib/test_hmm.ko");
+    if !test_hmm.exists() {
+        return Err(format!(
+            "{} is missing (the kernel is built with TEST_HMM=m)",
+            test_hmm.display()
+        ));
+    }
+    Ok(vec![
+        ("bin/mm/hmm-tests".into(), bin),
+        ("test_hmm.ko".into(), test_hmm),
+        ("rust_dmirror.ko".into(), dmirror.to_path_buf()),
+    ])
+}
+
+/// The modules hmm-tests runs against, in order, each alone (they name their devices
+/// alike).
+const HMM_MODULES: [&str; 2] = ["test_hmm", "rust_dmirror"];
+/// The init script's hmm stage: each module loaded, hmm-tests run against it (its
+/// output kept in a file, then printed with the module's name before each line, so the
+/// kernel's messages cannot split a verdict), the module removed.
+const HMM_RUNS: &str = r#"for m in test_hmm rust_dmirror; do
+  if insmod /$m.ko; then
+    timeout 1200 /bin/mm/hmm-tests > /tmp/hmm-$m.txt 2>&1
+    echo "kmod-init: hmm-tests on $m exited $?"
+    while read -r l; do echo "hmm[$m]: $l"; done < /tmp/hmm-$m.txt
+    rmmod $m || echo "kmod-init: rmmod $m failed"
+  else
+    echo "kmod-init: insmod $m failed"
+  fi
+done"#;
+/// The hmm-tests that must pass against `rust_dmirror` (device-private variant).
+const HMM_REQUIRED: [&str; 13] = [
+    "open_close",
+    "anon_read",
+    "anon_read_prot",
+    "anon_write",
+    "anon_write_prot",
+    "anon_write_child",
+    "anon_write_child_shared",
+    "anon_write_huge",
+    "file_read",
+    "file_write",
+    "anon_read_multiple",
+    "anon_teardown",
+    "mixedmap",
+];
+
+/// One hmm-tests verdict: "pass", "fail" or "skip", and the reason printed with it (the
+/// last assertion message before a failure, the skip's directive).
+#[derive(Clone, Debug, PartialEq)]
+struct HmmVerdict {
+    verdict: &'static str,
+    reason: String,
+}
+
+/// Each module's hmm-tests verdicts by test name (`hmm.hmm_device_private.anon_read`).
+fn hmm_verdicts(text: &str, module: &str) -> Vec<(String, HmmVerdict)> {
+    let prefix = format!("hmm[{module}]: ");
+    let mut out = Vec::new();
+    let mut last_msg = String::new();
+    for l in text.lines() {
+        let Some(at) = l.find(&prefix) else { continue };
+        let l = l[at + prefix.len()..].trim_end_matches('\r');
+        // An assertion's message: `# <path>/hmm-tests.c:LINE:test:Expected ...`.
+        if let Some((_, msg)) = l
+            .strip_prefix("# ")
+            .and_then(|m| m.split_once("hmm-tests.c:"))
+        {
+            last_msg = msg.to_string();
+            continue;
+        }
+        let (verdict, rest) = if let Some(r) = l.strip_prefix("not ok ") {
+            ("fail", r)
+        } else if let Some(r) = l.strip_prefix("ok ") {
+            ("pass", r)
+        } else {
+            continue;
+        };
+        let Some((_num, rest)) = rest.split_once(' ') else {
+            continue;
+        };
+        let (name, directive) = match rest.split_once(" #") {
+            Some((n, d)) => (n.trim(), d.trim()),
+            None => (rest.trim(), ""),
+        };
+        let (verdict, reason) = if let Some(r) = directive.strip_prefix("SKIP") {
+            ("skip", r.trim().to_string())
+        } else if verdict == "fail" {
+            (verdict, std::mem::take(&mut last_msg))
+        } else {
+            (verdict, String::new())
+        };
+        last_msg.clear();
+        out.push((name.to_string(), HmmVerdict { verdict, reason }));
+    }
+    out
+}
+
+/// The hmm stage's verdict: both modules ran hmm-tests, and every [`HMM_REQUIRED`]
+/// test of the device-private variant passed against `rust_dmirror`. Returns the
+/// side-by-side table (every test either module reported).
+fn check_hmm(text: &str) -> Result<String> {
+    for m in HMM_MODULES {
+        if !text.contains(&format!("kmod-init: hmm-tests on {m} exited")) {
+            return Err(format!("hmm-tests did not run against {m}"));
+        }
+    }
+    let c = hmm_verdicts(text, HMM_MODULES[0]);
+    let rust = hmm_verdicts(text, HMM_MODULES[1]);
+    let mut names: Vec<&str> = c.iter().chain(&rust).map(|(n, _)| n.as_str()).collect();
+    let mut seen = std::collections::HashSet::new();
+    names.retain(|n| seen.insert(*n));
+    let find = |v: &[(String, HmmVerdict)], n: &str| {
+        v.iter().find(|(m, _)| m == n).map(|(_, v)| v.clone())
+    };
+    let mut table = format!(
+        "{:<48} {:<9} {:<13} {}\n",
+        "hmm-tests (Linux 6.12)",
+        "test_hmm",
+        "rust_dmirror",
+        "why (rust_dmirror, when not passing)"
+    );
+    let mut bad = Vec::new();
+    for n in &names {
+        let (cv, rv) = (find(&c, n), find(&rust, n));
+        let short = |v: &Option<HmmVerdict>| v.as_ref().map_or("-", |v| v.verdict);
+        let why = rv
+            .as_ref()
+            .filter(|v| v.verdict != "pass")
+            .map_or(String::new(), |v| v.reason.clone());
+        let _ = writeln!(table, "{n:<48} {:<9} {:<13} {why}", short(&cv), short(&rv));
+    }
+    for t in HMM_REQUIRED {
+        let name = format!("hmm.hmm_device_private.{t}");
+        match find(&rust, &name) {
+            Some(v) if v.verdict == "pass" => {}
+            Some(v) => bad.push(format!("{t}: {} {}", v.verdict, v.reason)),
+            None => bad.push(format!("{t}: not reported")),
+        }
+    }
+    let count = |v: &[(String, HmmVerdict)], what: &str| {
+        v.iter().filter(|(_, x)| x.verdict == what).count()
+    };
+    for (m, v) in [(HMM_MODULES[0], &c), (HMM_MODULES[1], &rust)] {
+        let _ = writeln!(
+            table,
+            "{m}: {} passed, {} failed, {} skipped",
+            count(v, "pass"),
+            count(v, "fail"),
+            count(v, "skip")
+        );
+    }
+    if bad.is_empty() {
+        Ok(table)
+    } else {
+        print!("{table}");
+        Err(format!(
+            "hmm-tests against rust_dmirror: required tests not passing: {}",
+            bad.join("; ")
+        ))
+    }
+}
+
 /// The shadowing's verdict from the serial log: every [`SHADOWED`] program reported,
 /// each with no mismatch, and the teeth run with some. Returns the table saved to
 /// `target/kmod/shadow.txt`.
@@ -1158,6 +1426,7 @@ fn build_initramfs(
     examples: &[(PathBuf, String)],
     helper: &Path,
     shadowed: &[(String, PathBuf)],
+    hmm: &[(String, PathBuf)],
     out: &Path,
     args: &str,
 ) -> Result<()> {
@@ -1182,11 +1451,20 @@ fn build_initramfs(
         };
         add(&mut c, &at, 0o100755, &data);
     }
+    for (at, path) in hmm {
+        let data = fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let mode = if at.ends_with(".ko") {
+            0o100644
+        } else {
+            0o100755
+        };
+        add(&mut c, at, mode, &data);
+    }
     add(&mut c, "bin/busybox", 0o100755, &busybox);
     add(&mut c, "bin/nkhelper", 0o100755, &helper);
     for applet in [
         "sh", "mount", "mkswap", "swapon", "insmod", "rmmod", "reboot", "echo", "cat", "sleep",
-        "grep",
+        "grep", "timeout",
     ] {
         add(&mut c, &format!("bin/{applet}"), 0o120777, b"busybox");
     }
@@ -1197,6 +1475,7 @@ fn build_initramfs(
         INIT.replace("SUITE_ARGS", args)
             .replace("LOCK_CLASSES", &LOCK_CLASSES.join(" "))
             .replace("SHADOW_RUNS", &shadow_runs(!shadowed.is_empty()))
+            .replace("HMM_RUNS", if hmm.is_empty() { "" } else { HMM_RUNS })
             .replace(
                 "EXAMPLES",
                 &examples
@@ -1674,12 +1953,55 @@ error[E0308]: mismatched types
     }
 
     #[test]
+    fn hmm_verdicts_parse() {
+        let log = "hmm[rust_dmirror]: #  RUN           hmm.hmm_device_private.open_close ...\n\
+            hmm[rust_dmirror]: ok 1 hmm.hmm_device_private.open_close\n\
+            hmm[rust_dmirror]: # /k/tools/testing/selftests/mm/hmm-tests.c:1001:migrate:Expected ret (-22) == 0 (0)\n\
+            [   5.0] kernel says hmm[rust_dmirror]: not ok 2 hmm.hmm_device_private.migrate\n\
+            hmm[test_hmm]: ok 2 hmm.hmm_device_private.migrate\n\
+            hmm[rust_dmirror]: ok 3 hmm.hmm_device_coherent.open_close # SKIP DEVICE_COHERENT not available\n";
+        let v = hmm_verdicts(log, "rust_dmirror");
+        assert_eq!(v.len(), 3);
+        assert_eq!(v[0].0, "hmm.hmm_device_private.open_close");
+        assert_eq!(v[0].1.verdict, "pass");
+        assert_eq!(v[1].1.verdict, "fail");
+        assert_eq!(v[1].1.reason, "1001:migrate:Expected ret (-22) == 0 (0)");
+        assert_eq!(v[2].1.verdict, "skip");
+        assert_eq!(v[2].1.reason, "DEVICE_COHERENT not available");
+        assert_eq!(hmm_verdicts(log, "test_hmm").len(), 1);
+        // Both ran, but the required tests are missing from rust_dmirror's run.
+        let ran = format!(
+            "{log}kmod-init: hmm-tests on test_hmm exited 0\nkmod-init: hmm-tests on rust_dmirror exited 1\n"
+        );
+        let e = check_hmm(&ran).unwrap_err();
+        assert!(e.contains("anon_read: not reported"), "{e}");
+        assert!(!e.contains("open_close"), "{e}");
+        let mut all = ran.clone();
+        for (i, t) in HMM_REQUIRED.iter().enumerate() {
+            all.push_str(&format!(
+                "hmm[rust_dmirror]: ok {} hmm.hmm_device_private.{t}\n",
+                10 + i
+            ));
+        }
+        let table = check_hmm(&all).unwrap();
+        assert!(
+            table.contains("rust_dmirror: 14 passed, 1 failed, 1 skipped"),
+            "{table}"
+        );
+        assert!(check_hmm(log).is_err());
+    }
+
+    #[test]
     fn fragment_parses() {
-        let f = fragment("# c\nRUST=y\nMODVERSIONS=n\n").unwrap();
+        let f = fragment("# c\nRUST=y\nMODVERSIONS=n\nTEST_HMM=m\n").unwrap();
         assert_eq!(
             f,
-            vec![("RUST".into(), true), ("MODVERSIONS".into(), false)]
+            vec![
+                ("RUST".into(), 'y'),
+                ("MODVERSIONS".into(), 'n'),
+                ("TEST_HMM".into(), 'm')
+            ]
         );
-        assert!(fragment("X=m\n").is_err());
+        assert!(fragment("X=2\n").is_err());
     }
 }
