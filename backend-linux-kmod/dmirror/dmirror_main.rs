@@ -18,10 +18,13 @@
 //! `tools/testing/selftests/mm/hmm-tests` runs unchanged against it.
 //!
 //! Ported: `open`/`release`, `mmap` of the device (zeroed pages inserted with
-//! `vm_insert_page`), and the `HMM_DMIRROR_READ`, `HMM_DMIRROR_WRITE` and
-//! `HMM_DMIRROR_SNAPSHOT` ioctls. Not ported: device memory (`MIGRATE_TO_DEV`,
-//! `MIGRATE_TO_SYS`, `EXCLUSIVE`, `CHECK_EXCLUSIVE`, `RELEASE` return `EINVAL`), so
-//! the hmm-tests about migration and exclusive access fail here by design.
+//! `vm_insert_page`), and the `HMM_DMIRROR_READ`, `HMM_DMIRROR_WRITE`,
+//! `HMM_DMIRROR_SNAPSHOT`, `HMM_DMIRROR_EXCLUSIVE` and `HMM_DMIRROR_CHECK_EXCLUSIVE`
+//! ioctls. Not ported: device memory (`MIGRATE_TO_DEV`, `MIGRATE_TO_SYS` and `RELEASE`
+//! return `EINVAL`), so the hmm-tests that migrate to the device fail here.
+//!
+//! The module parameter `teeth=1` (glue.c) makes `invalidate` keep the device's
+//! entries: the broken driver `cargo xtask kmod` checks hmm-tests catch.
 //!
 //! Where it differs from the C driver: 6.12's kernel `Mutex` has no `try_lock`, so a
 //! non-blockable invalidation (the OOM reaper's) is refused (Linux retries it) where
@@ -108,6 +111,8 @@ unsafe impl AsBytes for DmirrorCmd {}
 const HMM_DMIRROR_READ: u32 = _IOWR::<DmirrorCmd>(b'H' as u32, 0x00);
 const HMM_DMIRROR_WRITE: u32 = _IOWR::<DmirrorCmd>(b'H' as u32, 0x01);
 const HMM_DMIRROR_SNAPSHOT: u32 = _IOWR::<DmirrorCmd>(b'H' as u32, 0x04);
+const HMM_DMIRROR_EXCLUSIVE: u32 = _IOWR::<DmirrorCmd>(b'H' as u32, 0x05);
+const HMM_DMIRROR_CHECK_EXCLUSIVE: u32 = _IOWR::<DmirrorCmd>(b'H' as u32, 0x06);
 
 /// `struct hmm_range` of <linux/hmm.h> (6.12's Rust bindings do not include that
 /// header; glue.c asserts this layout).
@@ -129,6 +134,7 @@ const _: () = assert!(core::mem::size_of::<HmmRange>() == 64);
 extern "C" {
     fn hmm_range_fault(range: *mut HmmRange) -> c_int;
     fn rdm_devices_add() -> c_int;
+    fn rdm_teeth() -> c_int;
     fn rdm_devices_del();
     fn rdm_mmap_read_lock(mm: *mut bindings::mm_struct);
     fn rdm_mmap_read_unlock(mm: *mut bindings::mm_struct);
@@ -138,6 +144,14 @@ extern "C" {
     fn rdm_is_zero_pfn(pfn: c_ulong) -> bool;
     fn rdm_memcpy_from_page(to: *mut u8, page: *mut bindings::page);
     fn rdm_memcpy_to_page(page: *mut bindings::page, from: *const u8);
+    fn make_device_exclusive_range(
+        mm: *mut bindings::mm_struct,
+        start: c_ulong,
+        end: c_ulong,
+        pages: *mut *mut bindings::page,
+        owner: *mut c_void,
+    ) -> c_int;
+    fn rdm_unlock_put_page(page: *mut bindings::page);
     fn rdm_deadline(ms: c_uint) -> c_ulong;
     fn rdm_past(deadline: c_ulong) -> bool;
 }
@@ -146,6 +160,12 @@ extern "C" {
 // The device page table
 // -------------------------------------------------------------------------------------
 
+/// The tag of an entry the device may only read through.
+const READ_TAG: usize = 0;
+/// The tag of an entry the device holds for exclusive (atomic) access
+/// (`DPT_XA_TAG_ATOMIC`): the CPU's entry is a device-exclusive one, and the CPU's
+/// next access revokes it (an `Exclusive` invalidation).
+const ATOMIC_TAG: usize = 1;
 /// The tag of an entry the device may write through (`DPT_XA_TAG_WRITE`).
 const WRITE_TAG: usize = 3;
 
@@ -156,7 +176,8 @@ const WRITE_TAG: usize = 3;
 /// # Invariants
 ///
 /// `xa` is initialised (`xa_init`) from construction until drop, which destroys it;
-/// every entry is a `struct page *` (4-aligned) with a tag of 0 or [`WRITE_TAG`]. The
+/// every entry is a `struct page *` (4-aligned) tagged [`READ_TAG`], [`ATOMIC_TAG`] or
+/// [`WRITE_TAG`]. The
 /// xarray lives in a box of its own (its nodes point back to it, so it must not move;
 /// 6.12's `Mutex` takes its data by value).
 struct PageTable {
@@ -178,17 +199,18 @@ impl PageTable {
         })
     }
 
-    /// The page at `index` and whether the device may write it.
-    fn get(&self, index: usize) -> Option<(*mut bindings::page, bool)> {
+    /// The page at `index` and its tag.
+    fn get(&self, index: usize) -> Option<(*mut bindings::page, usize)> {
         // SAFETY: initialised (type invariant).
         let e = unsafe { bindings::xa_load(self.xa.get(), index as c_ulong) } as usize;
         let page = (e & !3) as *mut bindings::page;
-        (!page.is_null()).then_some((page, e & 3 == WRITE_TAG))
+        (!page.is_null()).then_some((page, e & 3))
     }
 
-    /// Map `index` to `page` (atomic allocation: called under the table's mutex).
-    fn store(&self, index: usize, page: *mut bindings::page, write: bool) -> Result {
-        let entry = (page as usize | if write { WRITE_TAG } else { 0 }) as *mut c_void;
+    /// Map `index` to `page` with `tag` (atomic allocation: called under the table's
+    /// mutex).
+    fn store(&self, index: usize, page: *mut bindings::page, tag: usize) -> Result {
+        let entry = (page as usize | tag) as *mut c_void;
         // SAFETY: initialised (type invariant); the entry is a tagged page pointer.
         let old = unsafe {
             bindings::xa_store(self.xa.get(), index as c_ulong, entry, bindings::GFP_ATOMIC)
@@ -246,6 +268,11 @@ impl<I: IntervalHandle + ?Sized> IntervalOps<I> for Mirror {
         }
         let pt = self.pt.lock();
         iv.set_seq(cur_seq);
+        // SAFETY: reads a module parameter.
+        if unsafe { rdm_teeth() } == 1 {
+            // The broken driver of the teeth run: translations outlive the invalidation.
+            return Ok(());
+        }
         if r.end > r.start {
             // As the C driver: the page holding `end` too (ranges are page-aligned).
             pt.zap(r.start >> PAGE_SHIFT, r.end >> PAGE_SHIFT);
@@ -421,7 +448,8 @@ impl Dmirror {
                 }
                 // SAFETY: a valid pfn hmm_range_fault returned (memmap exists).
                 let page = unsafe { rdm_pfn_to_page(e & !HMM_PFN_FLAGS) };
-                pt.store((addr >> PAGE_SHIFT) + i, page, writable)?;
+                let tag = if writable { WRITE_TAG } else { READ_TAG };
+                pt.store((addr >> PAGE_SHIFT) + i, page, tag)?;
             }
             drop(pt);
             addr = next;
@@ -441,8 +469,8 @@ impl Dmirror {
     ) -> Result {
         let pt = self.notifier.pt.lock();
         for index in from >> PAGE_SHIFT..end >> PAGE_SHIFT {
-            let (page, writable) = pt.get(index).ok_or(ENOENT)?;
-            if write && !writable {
+            let (page, tag) = pt.get(index).ok_or(ENOENT)?;
+            if write && tag != WRITE_TAG {
                 return Err(ENOENT);
             }
             let off = (index << PAGE_SHIFT) - base;
@@ -542,6 +570,100 @@ impl Dmirror {
         Ok(())
     }
 
+    /// `dmirror_exclusive`: take `npages` from `addr` for exclusive device access
+    /// (`make_device_exclusive_range`: the CPU's entries become device-exclusive ones
+    /// that the CPU's next touch revokes), map them [`ATOMIC_TAG`], and return what the
+    /// device reads there.
+    fn exclusive(&self, cmd: &mut DmirrorCmd) -> Result {
+        let start = cmd.addr as usize;
+        let size = (cmd.npages as usize) << PAGE_SHIFT;
+        let end = start.checked_add(size).ok_or(EINVAL)?;
+        let mm = self.notifier.mm().mmget_not_zero().ok_or(EINVAL)?;
+        let mut pages = [core::ptr::null_mut(); CHUNK];
+        // SAFETY: `mm` has a user reference.
+        unsafe { rdm_mmap_read_lock(mm.as_raw()) };
+        let mut res = Ok(());
+        let mut addr = start;
+        while addr < end {
+            let next = addr.saturating_add(CHUNK * PAGE_SIZE).min(end);
+            let n = (next - addr) >> PAGE_SHIFT;
+            // SAFETY: mmap lock held for reading; `pages` holds `n` <= CHUNK entries.
+            let got = unsafe {
+                make_device_exclusive_range(
+                    mm.as_raw(),
+                    addr,
+                    next,
+                    pages.as_mut_ptr(),
+                    core::ptr::null_mut(),
+                )
+            };
+            // Map only if every page was made exclusive: the others' fields are unset.
+            let mapped = if got == n as c_int {
+                self.atomic_map(addr, &pages[..n])
+            } else {
+                Ok(0)
+            };
+            for &p in &pages[..got.max(0) as usize] {
+                if !p.is_null() {
+                    // SAFETY: returned locked and referenced by
+                    // `make_device_exclusive_range`; ours to release.
+                    unsafe { rdm_unlock_put_page(p) };
+                }
+            }
+            match mapped {
+                Ok(m) if m == n => {}
+                Ok(_) => res = Err(EBUSY),
+                Err(e) => res = Err(e),
+            }
+            if res.is_err() {
+                break;
+            }
+            addr = next;
+        }
+        // SAFETY: taken above.
+        unsafe { rdm_mmap_read_unlock(mm.as_raw()) };
+        res?;
+        // What the device reads through its exclusive entries.
+        let mut bounce = VVec::from_elem(0u8, size, GFP_KERNEL)?;
+        let mut done = 0;
+        let read = self.access((start, start, end), &mut bounce, false, &mut done);
+        cmd.cpages = done;
+        read?;
+        UserSlice::new(cmd.ptr as usize, size)
+            .writer()
+            .write_slice(&bounce)
+    }
+
+    /// Map the exclusive `pages` from `start` [`ATOMIC_TAG`]; how many were mapped.
+    fn atomic_map(&self, start: usize, pages: &[*mut bindings::page]) -> Result<usize> {
+        let pt = self.notifier.pt.lock();
+        let mut mapped = 0;
+        for (i, &p) in pages.iter().enumerate() {
+            if p.is_null() {
+                continue;
+            }
+            pt.store((start >> PAGE_SHIFT) + i, p, ATOMIC_TAG)?;
+            mapped += 1;
+        }
+        Ok(mapped)
+    }
+
+    /// `dmirror_check_atomic`: `EPERM` if the device still holds a page of `npages`
+    /// from `addr` for exclusive access (the CPU's touch must have revoked it).
+    fn check_exclusive(&self, cmd: &DmirrorCmd) -> Result {
+        let start = cmd.addr as usize;
+        let end = start
+            .checked_add((cmd.npages as usize) << PAGE_SHIFT)
+            .ok_or(EINVAL)?;
+        let pt = self.notifier.pt.lock();
+        for index in start >> PAGE_SHIFT..end >> PAGE_SHIFT {
+            if matches!(pt.get(index), Some((_, ATOMIC_TAG))) {
+                return Err(EPERM);
+            }
+        }
+        Ok(())
+    }
+
     fn ioctl(&self, command: u32, arg: usize) -> Result {
         let (mut reader, mut writer) =
             UserSlice::new(arg, core::mem::size_of::<DmirrorCmd>()).reader_writer();
@@ -558,7 +680,9 @@ impl Dmirror {
             HMM_DMIRROR_READ => self.read_write(&mut cmd, false)?,
             HMM_DMIRROR_WRITE => self.read_write(&mut cmd, true)?,
             HMM_DMIRROR_SNAPSHOT => self.snapshot(&mut cmd)?,
-            // Migration, exclusive access and device memory are not ported.
+            HMM_DMIRROR_EXCLUSIVE => self.exclusive(&mut cmd)?,
+            HMM_DMIRROR_CHECK_EXCLUSIVE => self.check_exclusive(&cmd)?,
+            // Device memory (migration to and from it, releasing it) is not ported.
             _ => return Err(EINVAL),
         }
         writer.write(&cmd)

@@ -20,9 +20,27 @@
 #include <linux/mm.h>
 #include <linux/mmap_lock.h>
 #include <linux/module.h>
+#include <linux/pagemap.h>
+#include <linux/rmap.h>
 #include <linux/xarray.h>
 
 #define RDM_NDEVICES 2
+
+/*
+ * The hmm stage's teeth (cargo xtask kmod): with teeth=1 the mirror's invalidate
+ * records the sequence but leaves the device's entries in place (a stale translation),
+ * and hmm-tests must fail.
+ */
+static int teeth;
+module_param(teeth, int, 0444);
+MODULE_PARM_DESC(teeth, "1: invalidate keeps the device's entries (a broken driver, for the tests' teeth)");
+
+int rdm_teeth(void);
+
+int rdm_teeth(void)
+{
+	return teeth;
+}
 
 /* dmirror_main.rs declares `struct hmm_range` itself (6.12's Rust bindings lack it). */
 static_assert(sizeof(struct hmm_range) == 64);
@@ -136,6 +154,7 @@ struct page *rdm_pfn_to_page(unsigned long pfn);
 bool rdm_is_zero_pfn(unsigned long pfn);
 void rdm_memcpy_from_page(char *to, struct page *page);
 void rdm_memcpy_to_page(struct page *page, const char *from);
+void rdm_unlock_put_page(struct page *page);
 unsigned long rdm_deadline(unsigned int ms);
 bool rdm_past(unsigned long deadline);
 
@@ -177,6 +196,12 @@ void rdm_memcpy_from_page(char *to, struct page *page)
 void rdm_memcpy_to_page(struct page *page, const char *from)
 {
 	memcpy_to_page(page, 0, from, PAGE_SIZE);
+}
+
+void rdm_unlock_put_page(struct page *page)
+{
+	unlock_page(page);
+	put_page(page);
 }
 
 unsigned long rdm_deadline(unsigned int ms)
