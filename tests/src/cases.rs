@@ -1093,6 +1093,32 @@ fn c09_no_stale<H: Harness, S: Notifiers<H>>(h: &H, cfg: &Config) -> CaseResult 
             &primary, &vcpu2, &vcpu3, &device2, &mirror1, &mirror2, &reaper, &newcomer,
         ]);
     }
+    // Part 3 (issue 14): the exporter alone with the primary, each map request held in
+    // its window until an invalidation of its page has ended, and each grant used at
+    // once: an exporter that grants while an invalidation is in flight and revokes only
+    // at `end` (its twin) then hands out a stale grant in every run, not only in the
+    // runs where a single yield happened to straddle an `end`. Last, so that the
+    // phases above keep the schedules they had.
+    exp.widen.store(true, Ordering::Relaxed);
+    stop.store(false, Ordering::Relaxed);
+    let primary = || unmap_and_migrate(h, &sp, cfg, 3, &err, &stop);
+    let remote = || {
+        let mut i = 0;
+        while !stop.load(Ordering::Relaxed) {
+            let imp = i % IMPORTERS;
+            let a = addr::<H>(i % PAGES);
+            if exp.remote_access(imp, a).is_none() && exp.request_map(imp, a).is_ok() {
+                // A node imports a page to use it.
+                exp.remote_access(imp, a);
+            }
+            i += 1;
+            if i % PAGES == 0 {
+                h.yield_now();
+            }
+        }
+    };
+    h.run_concurrently(&[&primary, &remote]);
+    exp.widen.store(false, Ordering::Relaxed);
     windows.iter().for_each(|w| w.open(false));
     // Afterwards, every cached translation is still checked once more.
     let pages = (0..PAGES).map(addr::<H>).chain((0..FORKS).map(fresh_addr));

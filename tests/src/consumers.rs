@@ -112,12 +112,6 @@ impl Window {
     }
 }
 
-/// Whether the exporter's map request waits in its window. Not yet: on the simulator
-/// its broken twin was then caught by no seed (a grant that waited for the end of an
-/// invalidation did not end up stale there; not understood yet), so it keeps the single
-/// yield it had.
-const WIDEN_EXPORTER: bool = false;
-
 fn page_size<H: Harness>() -> usize {
     <H::P as notifier_core::Platform>::PAGE_SIZE
 }
@@ -756,6 +750,12 @@ pub struct Exporter<'h, H: Harness> {
     pub messages: AtomicU32,
     /// The map request's race window.
     pub window: Window,
+    /// Whether a map request waits in its window (while it is open) until an
+    /// invalidation of its page has ended, instead of yielding once. C-09 sets it only
+    /// in a phase of its own, with no other secondary MMU running: the exporter's twin
+    /// is wrong only about a grant that lands after `end`'s revocations, and the wait
+    /// makes every request that raced an invalidation land there.
+    pub widen: AtomicBool,
 }
 
 impl<'h, H: Harness> Exporter<'h, H> {
@@ -772,6 +772,7 @@ impl<'h, H: Harness> Exporter<'h, H> {
             refusals: AtomicU32::new(0),
             messages: AtomicU32::new(0),
             window: Window::default(),
+            widen: AtomicBool::new(false),
         }
     }
 
@@ -796,7 +797,8 @@ impl<'h, H: Harness> Exporter<'h, H> {
             return Err(FaultError::Refused);
         }
         // The message travels to the remote node; the entry may be cleared meanwhile.
-        self.window.wait(self.h, addr, mark, WIDEN_EXPORTER);
+        self.window
+            .wait(self.h, addr, mark, self.widen.load(Ordering::Relaxed));
         let mut st = self.st.lock();
         if !self.ignores() && (st.seq != seq || st.active > 0) {
             drop(st);
@@ -889,7 +891,6 @@ impl<H: Harness> SubscriberOps for Exporter<'_, H> {
     }
 
     fn invalidate_range_end(&self, r: &Range) {
-        self.window.ended::<H>(r);
         let mut st = self.st.lock();
         st.active = st.active.saturating_sub(1);
         st.seq = st.seq.wrapping_add(1);
@@ -901,6 +902,11 @@ impl<H: Harness> SubscriberOps for Exporter<'_, H> {
             // Flushing after `end` is safe: our references keep the pages (C-10).
             self.revoke(&mut st, r.start, r.end);
         }
+        drop(st);
+        // Counted once this end's revocations are done: a map request waiting in its
+        // window for the end then lands after them (counted first, it could land
+        // before them and be revoked with the rest).
+        self.window.ended::<H>(r);
     }
 
     fn release(&self) {
