@@ -53,10 +53,11 @@
 //! # Example
 //!
 //! ```ignore
+//! // A spinlock: the start callback must complete non-blockable ranges too.
 //! #[pin_data]
 //! struct Mirror {
 //!     #[pin]
-//!     table: Mutex<PageTable>,
+//!     table: SpinLock<PageTable>,
 //! }
 //!
 //! impl SubscriberOps for Mirror {
@@ -68,7 +69,7 @@
 //!
 //! let mm = MmWithUser::current().ok_or(ESRCH)?;
 //! let mirror = KBox::pin_init(
-//!     MmuNotifier::<Mirror>::new(&mm, try_pin_init!(Mirror { table <- new_mutex!(PageTable::new()) }? Error)),
+//!     MmuNotifier::<Mirror>::new(&mm, try_pin_init!(Mirror { table <- new_spinlock!(PageTable::new()) }? Error)),
 //!     GFP_KERNEL,
 //! )?;
 //! // Registered: every later change of the mm's page tables reaches `Mirror`.

@@ -199,15 +199,26 @@ fn run(opts: &Options) -> Result<()> {
             .join(", "),
         t0.elapsed()
     ));
-    let dmirror = build_dmirror(&root, &kdir, &bindgen_dir)?;
-    step(&format!(
-        "rust_dmirror built: {} ({:.0?})",
-        dmirror.display(),
-        t0.elapsed()
-    ));
+    // The Rust dmirror needs `hmm_range_fault` (HMM_MIRROR) and device-exclusive
+    // entries (DEVICE_PRIVATE); a user's tree (`--kdir`) may have neither.
+    let hmm = hmm_configured(&kdir)?;
+    let dmirror = if hmm {
+        let ko = build_dmirror(&root, &kdir, &bindgen_dir)?;
+        step(&format!(
+            "rust_dmirror built: {} ({:.0?})",
+            ko.display(),
+            t0.elapsed()
+        ));
+        Some(ko)
+    } else {
+        step("rust_dmirror not built: the tree lacks CONFIG_HMM_MIRROR or CONFIG_DEVICE_PRIVATE");
+        None
+    };
     let t_clippy = Instant::now();
     clippy_module(&root, &kdir, &bindgen_dir, &root.join("backend-linux-kmod"))?;
-    clippy_module(&root, &kdir, &bindgen_dir, &root.join(DMIRROR_DIR))?;
+    if hmm {
+        clippy_module(&root, &kdir, &bindgen_dir, &root.join(DMIRROR_DIR))?;
+    }
     for (ko, _) in &examples {
         // The example's own directory, named like its scratch build directory.
         let name = ko.parent().and_then(|p| p.file_name()).unwrap_or_default();
@@ -236,7 +247,10 @@ fn run(opts: &Options) -> Result<()> {
             progs.len() - 1,
             t.elapsed()
         ));
-        let hmm = hmm_files(&kdir, &out.join("mm-selftests"), &dmirror)?;
+        let dmirror = dmirror
+            .as_deref()
+            .ok_or("the project's kernel has no HMM_MIRROR")?;
+        let hmm = hmm_files(&kdir, &out.join("mm-selftests"), dmirror)?;
         (progs, hmm)
     } else {
         (Vec::new(), Vec::new())
@@ -1132,6 +1146,15 @@ fn build_shadowed(root: &Path, kdir: &Path, out: &Path) -> Result<Vec<(String, P
 
 /// The Rust port of `lib/test_hmm.c`'s dmirror device (issue 15), on the binding.
 const DMIRROR_DIR: &str = "backend-linux-kmod/dmirror";
+
+/// Whether the tree in `kdir` is configured with what `rust_dmirror` links against.
+fn hmm_configured(kdir: &Path) -> Result<bool> {
+    let config = fs::read_to_string(kdir.join(".config"))
+        .map_err(|e| format!("{}: {e}", kdir.join(".config").display()))?;
+    Ok(["CONFIG_HMM_MIRROR=y", "CONFIG_DEVICE_PRIVATE=y"]
+        .iter()
+        .all(|want| config.lines().any(|l| l == *want)))
+}
 
 /// `rust_dmirror.ko`, built as the templates are (the binding copied next to it).
 fn build_dmirror(root: &Path, kdir: &Path, bindgen_dir: &Path) -> Result<PathBuf> {

@@ -3,7 +3,7 @@
 //! A template for a driver that keeps a secondary MMU coherent with a process's page
 //! tables, with the binding (`binding/mmu_notifier.rs`).
 //!
-//! The "device" here is a table of mirrored ranges behind a kernel `Mutex`: the ops
+//! The "device" here is a table of mirrored ranges behind a kernel `SpinLock`: the ops
 //! are pin-initialised, the notifier is registered by constructing it, and dropping it
 //! unregisters. At load the module registers on the loading process's address space,
 //! maps and unmaps a page there, and checks that the unmap reached the mirror as one
@@ -16,7 +16,7 @@
 use core::sync::atomic::{AtomicUsize, Ordering};
 
 use kernel::prelude::*;
-use kernel::sync::{new_mutex, Mutex};
+use kernel::sync::{new_mutex, new_spinlock, Mutex, SpinLock};
 use notifier_core::{IntervalHandle, IntervalOps, Range, SubscriberOps, WouldBlock};
 
 // Public, as in a driver that hands the binding to its other files.
@@ -45,12 +45,16 @@ struct Table {
     last: Option<(usize, usize)>,
 }
 
-/// The secondary MMU: its state behind a kernel mutex, which the notifier callbacks
-/// take (they may sleep when the range is blockable).
+/// The secondary MMU: its state behind a kernel spinlock, which the notifier callbacks
+/// take. A spinlock, because a list notifier must complete every start, the
+/// non-blockable ones (the OOM reaper's) included, without sleeping: Linux WARNs when a
+/// notifier that has an `end` fails its start. A driver that would rather refuse a
+/// non-blockable range (and keep a mutex) uses an interval notifier, as `PageMirror`
+/// below.
 #[pin_data]
 struct Mirror {
     #[pin]
-    table: Mutex<Table>,
+    table: SpinLock<Table>,
 }
 
 impl SubscriberOps for Mirror {
@@ -61,11 +65,7 @@ impl SubscriberOps for Mirror {
     }
 
     fn invalidate_range_start(&self, r: &Range) -> core::result::Result<(), WouldBlock> {
-        if !r.blockable {
-            // A mutex may sleep. A driver that must answer here without sleeping uses
-            // a spinlock; one that can refuse uses an interval notifier.
-            return Err(WouldBlock);
-        }
+        // Blockable or not: a spinlock does not sleep.
         let mut t = self.table.lock();
         t.starts += 1;
         t.last = Some((r.start, r.end));
@@ -92,7 +92,12 @@ struct PageMirror {
 /// (`notifier_core::IntervalSubscriber`) on Hermit, the simulator, or through the
 /// forwarder.
 impl<I: IntervalHandle + ?Sized> IntervalOps<I> for PageMirror {
-    fn invalidate(&self, iv: &I, _r: &Range, cur_seq: u64) -> core::result::Result<(), WouldBlock> {
+    fn invalidate(&self, iv: &I, r: &Range, cur_seq: u64) -> core::result::Result<(), WouldBlock> {
+        if !r.blockable {
+            // The mutex may sleep: refuse, which an interval notifier may (Linux retries
+            // the reap later).
+            return Err(WouldBlock);
+        }
         let mut installed = self.lock.lock();
         iv.set_seq(cur_seq);
         *installed = None;
@@ -185,7 +190,7 @@ impl kernel::Module for RustMirror {
             MmuNotifier::<Mirror>::new(
                 &mm,
                 try_pin_init!(Mirror {
-                    table <- new_mutex!(Table::default()),
+                    table <- new_spinlock!(Table::default()),
                 }? Error),
             ),
             GFP_KERNEL,
