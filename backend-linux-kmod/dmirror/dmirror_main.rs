@@ -24,7 +24,8 @@
 //! return `EINVAL`), so the hmm-tests that migrate to the device fail here.
 //!
 //! The module parameter `teeth=1` (glue.c) makes `invalidate` keep the device's
-//! entries: the broken driver `cargo xtask kmod` checks hmm-tests catch.
+//! entries: the broken driver `cargo xtask kmod` checks hmm-tests catch. It pins (and
+//! leaks) every page it maps, so its stale entries never reach a freed page.
 //!
 //! Where it differs from the C driver: 6.12's kernel `Mutex` has no `try_lock`, so a
 //! non-blockable invalidation (the OOM reaper's) is refused (Linux retries it) where
@@ -152,6 +153,7 @@ extern "C" {
         owner: *mut c_void,
     ) -> c_int;
     fn rdm_unlock_put_page(page: *mut bindings::page);
+    fn rdm_get_page(page: *mut bindings::page);
     fn rdm_deadline(ms: c_uint) -> c_ulong;
     fn rdm_past(deadline: c_ulong) -> bool;
 }
@@ -210,6 +212,15 @@ impl PageTable {
     /// Map `index` to `page` with `tag` (atomic allocation: called under the table's
     /// mutex).
     fn store(&self, index: usize, page: *mut bindings::page, tag: usize) -> Result {
+        // SAFETY: reads a module parameter.
+        if unsafe { rdm_teeth() } == 1 {
+            // The broken driver keeps stale entries: it pins each page it maps (and never
+            // lets go), so that a stale read finds old contents, not a freed page (a
+            // KASAN report would end the whole run).
+            // SAFETY: `page` is mapped by the process now (hmm_range_fault's answer, or
+            // a page made exclusive, locked and referenced): taking a reference is valid.
+            unsafe { rdm_get_page(page) };
+        }
         let entry = (page as usize | tag) as *mut c_void;
         // SAFETY: initialised (type invariant); the entry is a tagged page pointer.
         let old = unsafe {

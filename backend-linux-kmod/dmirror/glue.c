@@ -155,6 +155,7 @@ bool rdm_is_zero_pfn(unsigned long pfn);
 void rdm_memcpy_from_page(char *to, struct page *page);
 void rdm_memcpy_to_page(struct page *page, const char *from);
 void rdm_unlock_put_page(struct page *page);
+void rdm_get_page(struct page *page);
 unsigned long rdm_deadline(unsigned int ms);
 bool rdm_past(unsigned long deadline);
 
@@ -202,6 +203,11 @@ void rdm_unlock_put_page(struct page *page)
 {
 	unlock_page(page);
 	put_page(page);
+}
+
+void rdm_get_page(struct page *page)
+{
+	get_page(page);
 }
 
 unsigned long rdm_deadline(unsigned int ms)
