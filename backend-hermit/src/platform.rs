@@ -9,7 +9,7 @@ use core::alloc::Layout;
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 
-use notifier_core::srcu::Srcu;
+use notifier_core::srcu::{ReaderCounts, Srcu};
 use notifier_core::{Bug, Platform, RawLock};
 
 use crate::sys;
@@ -19,6 +19,8 @@ use crate::sys;
 pub struct HermitPlatform;
 
 static RCU: Srcu<HermitPlatform> = Srcu::new();
+/// Invalidations that found nobody subscribed (`Platform::unsubscribed`).
+static UNSUBSCRIBED: ReaderCounts = ReaderCounts::new();
 
 /// `spin`'s relax strategy for Hermit: give the core to another task.
 #[derive(Debug)]
@@ -108,6 +110,10 @@ unsafe impl Platform for HermitPlatform {
 
     fn rcu() -> &'static Srcu<HermitPlatform> {
         &RCU
+    }
+
+    fn unsubscribed() -> &'static ReaderCounts {
+        &UNSUBSCRIBED
     }
 
     fn slot() -> usize {

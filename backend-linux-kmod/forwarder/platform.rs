@@ -17,7 +17,7 @@ use core::sync::atomic::{AtomicUsize, Ordering};
 use kernel::bindings;
 use kernel::types::Opaque;
 use notifier_core::primitive::AtomicU32;
-use notifier_core::srcu::{RcuFn, RcuHead, SleepableRcu};
+use notifier_core::srcu::{RcuFn, RcuHead, ReaderCounts, SleepableRcu};
 use notifier_core::{Bug, LockClass, Platform, RawLock, SleepClass};
 
 extern "C" {
@@ -50,6 +50,8 @@ extern "C" {
 pub struct Kernel;
 
 static RCU: KernelSrcu = KernelSrcu;
+/// Invalidations that found nobody subscribed (`Platform::unsubscribed`).
+static UNSUBSCRIBED: ReaderCounts = ReaderCounts::new();
 
 /// The module's SRCU domain (`DEFINE_STATIC_SRCU(nk_srcu)` in `srcu.c`).
 pub struct KernelSrcu;
@@ -190,6 +192,10 @@ unsafe impl Platform for Kernel {
 
     fn rcu() -> &'static KernelSrcu {
         &RCU
+    }
+
+    fn unsubscribed() -> &'static ReaderCounts {
+        &UNSUBSCRIBED
     }
 
     fn slot() -> usize {

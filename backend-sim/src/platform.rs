@@ -9,7 +9,7 @@ use core::alloc::Layout;
 use core::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
-use notifier_core::srcu::Srcu;
+use notifier_core::srcu::{ReaderCounts, Srcu};
 use notifier_core::{Bug, Platform, RawLock};
 
 use crate::sched;
@@ -22,6 +22,8 @@ pub struct SimPlatform;
 /// One sleepable RCU domain for the whole process, as Linux has one for all address
 /// spaces: a subscriber's deferred free must be waited for by any later `synchronize`.
 static RCU: Srcu<SimPlatform> = Srcu::new();
+/// Invalidations that found nobody subscribed (`Platform::unsubscribed`).
+static UNSUBSCRIBED: ReaderCounts = ReaderCounts::new();
 
 /// A test-and-test-and-set spin lock whose spinning is a scheduling point.
 #[derive(Debug)]
@@ -63,6 +65,10 @@ unsafe impl Platform for SimPlatform {
 
     fn rcu() -> &'static Srcu<SimPlatform> {
         &RCU
+    }
+
+    fn unsubscribed() -> &'static ReaderCounts {
+        &UNSUBSCRIBED
     }
 
     fn slot() -> usize {

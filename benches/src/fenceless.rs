@@ -14,7 +14,7 @@ use core::alloc::Layout;
 use core::ptr::NonNull;
 use std::sync::atomic::{compiler_fence, fence, AtomicU32, Ordering};
 
-use notifier_core::srcu::Srcu;
+use notifier_core::srcu::{ReaderCounts, Srcu};
 use notifier_core::std_platform::{StdPlatform, StdRawLock};
 use notifier_core::{Bug, Platform};
 
@@ -23,6 +23,8 @@ use notifier_core::{Bug, Platform};
 pub struct Fenceless;
 
 static RCU: Srcu<Fenceless> = Srcu::new();
+/// Invalidations that found nobody subscribed (`Platform::unsubscribed`).
+static UNSUBSCRIBED: ReaderCounts = ReaderCounts::new();
 
 // SAFETY: allocation, the RCU domain and the task state are `StdPlatform`'s. The barrier
 // promise is kept only in x86-64 hardware (the reader's counter update is a `lock`ed
@@ -35,6 +37,10 @@ unsafe impl Platform for Fenceless {
     fn rcu() -> &'static Srcu<Fenceless> {
         &RCU
     }
+    fn unsubscribed() -> &'static ReaderCounts {
+        &UNSUBSCRIBED
+    }
+
     fn slot() -> usize {
         StdPlatform::slot()
     }

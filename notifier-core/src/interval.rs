@@ -629,7 +629,7 @@ impl<T: IntervalOps<Interval<P>>, P: Platform> IntervalSubscriber<T, P> {
         if must_wait {
             task::annotate_wait::<P>();
             subs.synchronize_inflight();
-            mm.wait_unbracketed();
+            AddressSpace::wait_unbracketed(subs);
             subs.itree_armed.store(true, Ordering::Release);
         }
         let cur = iv.owner.load(Ordering::Acquire);

@@ -11,7 +11,7 @@ use core::alloc::Layout;
 use core::ptr::NonNull;
 
 use crate::primitive::{fence, AtomicU32, Ordering};
-use crate::srcu::SleepableRcu;
+use crate::srcu::{ReaderCounts, ReaderSlot, SleepableRcu};
 use crate::task::TaskState;
 use crate::Bug;
 
@@ -162,9 +162,15 @@ impl SleepClass {
 /// - [`rcu`](Self::rcu) returns the same domain on every call;
 /// - [`with_task_state`](Self::with_task_state) passes each task its own state, the
 ///   same one on every call from that task;
+/// - [`unsubscribed`](Self::unsubscribed) returns the same counters on every call, and
+///   no other platform returns them;
+/// - [`reader_slot`](Self::reader_slot) keeps [`OwnedSlot::new`]'s promise for every
+///   `Owned` slot it returns;
 /// - [`reader_barrier`](Self::reader_barrier) and
 ///   [`writer_barrier`](Self::writer_barrier) together order memory at least as a full
 ///   fence on each side would.
+///
+/// [`OwnedSlot::new`]: crate::srcu::OwnedSlot::new
 pub unsafe trait Platform: Sized + Send + Sync + 'static {
     /// The writer-side lock.
     type RawLock: RawLock;
@@ -187,6 +193,27 @@ pub unsafe trait Platform: Sized + Send + Sync + 'static {
     /// that run at the same time should get different slots for speed; correctness
     /// never depends on it, and the value may change between two calls of one thread.
     fn slot() -> usize;
+
+    /// The reader slot the caller counts itself in, and how. The default,
+    /// `ReaderSlot::Shared(Self::slot())`, is always correct: the counters are then
+    /// updated with atomic read-modify-writes. A platform that can give a thread a slot
+    /// of its own for a while (a registry of thread slots, as liburcu's reader
+    /// registration) returns [`ReaderSlot::Owned`] and the read side takes no locked
+    /// instruction; [`OwnedSlot::new`]'s contract is the promise it makes.
+    ///
+    /// [`OwnedSlot::new`]: crate::srcu::OwnedSlot::new
+    #[inline]
+    fn reader_slot() -> ReaderSlot {
+        ReaderSlot::Shared(Self::slot())
+    }
+
+    /// The counters of invalidations that found nobody subscribed to their address
+    /// space (no per-address-space object yet): such an invalidation counts itself
+    /// there, and the first registration on an address space waits for a grace period
+    /// of them. One static per platform (`static UNSUBSCRIBED: ReaderCounts =
+    /// ReaderCounts::new();`, returned here; see [`ReaderCounts`]), not shared with
+    /// another platform: their slot numbers and their `wait`/`wake_all` need not agree.
+    fn unsubscribed() -> &'static ReaderCounts;
 
     /// A non-zero id of the running thread or task, unique among live ones.
     fn current_task() -> usize;

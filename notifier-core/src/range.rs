@@ -105,6 +105,7 @@ impl Range {
 
 /// `[start, end)` must be non-empty, ordered, inside the address space and, where the
 /// platform asks for it, page aligned.
+#[inline(always)]
 pub(crate) fn validate_bounds<P: Platform>(start: usize, end: usize) -> Result<(), Error> {
     if start == end {
         return Err(Error::EmptyRange);

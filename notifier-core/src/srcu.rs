@@ -10,18 +10,28 @@
 //!
 //! 1. reads the index, increments `lock[idx]` of *its* slot (the CPU's, or the thread's),
 //!    then issues [`Platform::reader_barrier`] (B);
-//! 2. on exit issues the barrier again (C) and increments `unlock[idx]` of whatever slot
-//!    it runs on then: the sums matter, not the slots.
+//! 2. on exit increments `unlock[idx]` of whatever slot it runs on then, with release
+//!    ordering (C): the sums matter, not the slots.
 //!
 //! No lock, and no atomic read-modify-write on a cache line that other slots' readers
-//! use. A grace period (`synchronize`) waits until the readers of the *inactive* index
-//! have left, flips the index, then waits until the readers of the formerly active
-//! index have left. "Have left" is checked by summing all `unlock[idx]`, a barrier (A),
-//! then summing all `lock[idx]`: equal sums mean that at some moment no reader of that
-//! index was inside. A reader that read the old index but incremented `lock` only after
-//! the check is harmless: barrier B orders its increment before its reads, barrier A
-//! orders our update before the check, so it sees the update (store buffering forbids
-//! both missing each other). This is the classic Linux SRCU (`srcu_readers_active_idx_check`).
+//! use. Where the platform gives a thread a slot of its own ([`ReaderSlot::Owned`]) an
+//! increment is a plain load and store, no locked instruction at all (the hosted
+//! platform does this, as liburcu's registered readers do); and where it has an
+//! asymmetric heavy barrier (Linux's `membarrier`, the kernel's IPIs) barrier B may be
+//! only a compiler fence, the writer paying once per grace period (`A'` below).
+//!
+//! A grace period (`synchronize`) issues the platform's writer barrier (A') after the
+//! update it waits for, waits until the readers of the *inactive* index have left, flips
+//! the index, then waits until the readers of the formerly active index have left.
+//! "Have left" is checked by summing all `unlock[idx]` (acquire), a fence (A), then
+//! summing all `lock[idx]`: equal sums mean that at some moment no reader of that index
+//! was inside. A reader whose increment the check misses is harmless: barrier B orders
+//! its increment before its reads, barrier A' orders the update before every check, so
+//! it sees the update (store buffering forbids both missing each other). A reader
+//! counted out left with a release increment, so its section happened before what
+//! follows the grace period. This is the classic Linux SRCU
+//! (`srcu_readers_active_idx_check`), with the writer's heavy barrier once per grace
+//! period instead of once per check.
 //!
 //! The counters are also used on their own (the crate's internal `Readers`) to track
 //! invalidations in flight on one address space: `start` enters, `end` leaves, possibly
@@ -38,6 +48,54 @@ use crate::Platform;
 /// Number of reader slots. CPUs (or threads) beyond this share slots, which costs
 /// contention, never correctness.
 pub const SLOTS: usize = if cfg!(loom) { 2 } else { 32 };
+
+/// Where a reader counts itself, and how: what [`Platform::reader_slot`] returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReaderSlot {
+    /// Slot `i % SLOTS`, which other threads (or the same CPU's next task) may count in
+    /// at the same time: increments are atomic read-modify-writes (a locked instruction
+    /// on x86). Always correct.
+    Shared(usize),
+    /// A slot only the calling thread counts in for now: increments are a plain load
+    /// and store.
+    Owned(OwnedSlot),
+}
+
+/// A slot index a thread owns (see [`ReaderSlot::Owned`]).
+///
+/// # Invariants
+///
+/// The index is below [`SLOTS`]. While a thread is handed `Owned` of it, no other
+/// thread is handed `Owned` of the same index or `Shared(j)` with `j % SLOTS` equal to
+/// it, and the thread does not count in it from a context that interrupts its own
+/// counting (a signal or interrupt handler).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OwnedSlot(u8);
+
+impl OwnedSlot {
+    /// Slot `index` as owned by the calling thread; `None` when `index >= SLOTS`.
+    ///
+    /// # Safety
+    ///
+    /// From now until the thread gives the slot up, the thread is the only one given
+    /// this index (as `Owned`, or as `Shared(j)` with `j % SLOTS == index`), it never
+    /// counts in the slot from a handler that interrupts its own counting, and the slot
+    /// changes hands with release/acquire ordering (the next owner must see the last
+    /// owner's counts). The type's invariant holds from then on.
+    pub const unsafe fn new(index: usize) -> Option<Self> {
+        if index < SLOTS {
+            // Below SLOTS, so it fits in a `u8` (SLOTS is 32).
+            Some(OwnedSlot(index as u8))
+        } else {
+            None
+        }
+    }
+
+    /// The slot's index, below [`SLOTS`].
+    pub const fn index(self) -> usize {
+        self.0 as usize
+    }
+}
 
 /// A sleepable RCU domain.
 ///
@@ -202,34 +260,72 @@ impl Readers {
     #[inline]
     pub(crate) fn enter<P: Platform>(&self) -> ReadToken {
         let idx = self.completed.load(Ordering::Relaxed) & 1;
-        let slot = &self.slots[P::slot() % SLOTS];
-        slot.lock[idx].fetch_add(1, Ordering::Relaxed);
+        match P::reader_slot() {
+            ReaderSlot::Owned(o) => {
+                // Only this thread writes the slot's counters (`OwnedSlot` invariant).
+                let c = &self.slots[o.index()].lock[idx];
+                c.store(c.load(Ordering::Relaxed).wrapping_add(1), Ordering::Relaxed);
+            }
+            ReaderSlot::Shared(i) => {
+                self.slots[i % SLOTS].lock[idx].fetch_add(1, Ordering::Relaxed);
+            }
+        }
         // B: order the increment before the section's reads (pairs with A).
         P::reader_barrier();
         ReadToken(idx)
     }
 
+    /// Leave the section of `token`. C: the release increment orders the section's
+    /// accesses before it; a grace period that counts it (acquire) happens after them.
     #[inline]
     pub(crate) fn exit<P: Platform>(&self, token: ReadToken) {
-        // C: order the section's reads before the increment.
-        P::reader_barrier();
-        let slot = &self.slots[P::slot() % SLOTS];
-        // SeqCst (on x86 the same locked add as Release): a load the exiting reader
-        // makes afterwards is ordered after it, which the zombie sweep's handshake
-        // relies on (`Subscriptions::sweep_zombies`).
-        slot.unlock[token.0].fetch_add(1, Ordering::SeqCst);
+        self.unlock_inc::<P>(token, Ordering::Release);
     }
 
-    fn idle<P: Platform>(&self, idx: usize) -> bool {
+    /// [`exit`](Self::exit), then order the increment before the loads the caller makes
+    /// next: the exiting half of a store-then-load handshake whose other half is a
+    /// [`Platform::writer_barrier`] (the zombie sweep, `Subscriptions::sweep_zombies`).
+    #[inline]
+    pub(crate) fn exit_then_load<P: Platform>(&self, token: ReadToken) {
+        if self.unlock_inc::<P>(token, Ordering::SeqCst) {
+            P::reader_barrier();
+        } else {
+            crate::primitive::seqcst_rmw_then_load();
+        }
+    }
+
+    /// Count the exit of `token`'s section; true if it was a plain store (owned slot),
+    /// false if a read-modify-write with `order`.
+    #[inline]
+    fn unlock_inc<P: Platform>(&self, token: ReadToken, order: Ordering) -> bool {
+        match P::reader_slot() {
+            ReaderSlot::Owned(o) => {
+                // Only this thread writes the slot's counters (`OwnedSlot` invariant).
+                let c = &self.slots[o.index()].unlock[token.0];
+                c.store(c.load(Ordering::Relaxed).wrapping_add(1), Ordering::Release);
+                true
+            }
+            ReaderSlot::Shared(i) => {
+                // SeqCst where asked (on x86 the same locked add as Release): a load the
+                // exiting reader makes afterwards is ordered after it.
+                self.slots[i % SLOTS].unlock[token.0].fetch_add(1, order);
+                false
+            }
+        }
+    }
+
+    fn idle(&self, idx: usize) -> bool {
         let mut unlocks = 0usize;
         for s in &self.slots {
             unlocks = unlocks.wrapping_add(s.unlock[idx].load(Ordering::Acquire));
         }
         // A: every unlock counted above happened before the locks counted below are read.
-        // The platform's writer barrier, not a plain fence: it is what pairs with a
-        // reader barrier that is only a compiler fence (asymmetric barriers), as Linux's
-        // `srcu_readers_active_idx_check` uses `smp_mb()` paired with the readers'.
-        P::writer_barrier();
+        // A plain fence: what pairs with the readers' barrier B is the writer barrier
+        // every caller issues after the update it waits for and before its first check
+        // (A' in `synchronize` and `poll`); a check repeated in a wait loop follows it
+        // too. Linux's `srcu_readers_active_idx_check` has `smp_mb()` here because its
+        // readers' barriers are full fences, so any full fence pairs with them.
+        crate::primitive::fence(Ordering::SeqCst);
         let mut locks = 0usize;
         for s in &self.slots {
             locks = locks.wrapping_add(s.lock[idx].load(Ordering::Relaxed));
@@ -239,7 +335,7 @@ impl Readers {
 
     fn wait_idle<P: Platform>(&self, idx: usize) {
         let mut spins = 0u32;
-        while !self.idle::<P>(idx) {
+        while !self.idle(idx) {
             spins = spins.saturating_add(1);
             if spins < 64 {
                 crate::primitive::spin_hint();
@@ -251,9 +347,12 @@ impl Readers {
 
     /// A cookie for [`poll`](Self::poll): once `poll(cookie)` is true, every section
     /// entered before this call has exited.
-    pub(crate) fn cookie<P: Platform>(&self) -> usize {
-        // A': the caller's updates before the counters are read by any later check.
-        P::writer_barrier();
+    pub(crate) fn cookie(&self) -> usize {
+        // The caller's updates before `completed` is read: a flip we do not see is
+        // then followed, under the grace-period mutex, by a writer barrier that comes
+        // after our updates, and the checks that lead to the next flip follow it (see
+        // `poll`). A plain fence suffices for that order.
+        crate::primitive::fence(Ordering::SeqCst);
         self.completed.load(Ordering::Acquire).wrapping_add(2)
     }
 
@@ -271,13 +370,18 @@ impl Readers {
             let Some(_gp) = self.gp.try_lock::<P>() else {
                 return Poll::Busy;
             };
+            // A': the writer barrier (the heavy one of an asymmetric pair) after every
+            // update made before the cookie, *and after the last flip*, before the
+            // check that allows the next flip. A check that followed only a barrier
+            // older than the last flip could miss a reader that entered before a cookie
+            // taken just before that flip.
             P::writer_barrier();
             let c = self.completed.load(Ordering::Relaxed);
-            if !self.idle::<P>((c & 1) ^ 1) {
+            if !self.idle((c & 1) ^ 1) {
                 return Poll::NotYet;
             }
             self.completed.store(c.wrapping_add(1), Ordering::Release);
-            P::writer_barrier();
+            crate::primitive::fence(Ordering::SeqCst);
         }
         if (self.completed.load(Ordering::Acquire).wrapping_sub(cookie) as isize) >= 0 {
             Poll::Done
@@ -295,19 +399,84 @@ impl Readers {
     pub(crate) fn synchronize<P: Platform>(&self) {
         P::might_sleep();
         let _gp = self.gp.lock::<P>();
-        // A': the caller's updates before any counter is read.
+        // A': the caller's updates (and, under the mutex, the last flip) before any
+        // counter is read. The only writer barrier of the grace period (with
+        // `membarrier` as the heavy half, the one that interrupts running readers):
+        // every check below follows it, and the flip below is preceded by a check
+        // that follows it (see `poll` for why that matters).
         P::writer_barrier();
         let idx = (self.completed.load(Ordering::Relaxed) & 1) ^ 1;
         // Readers still on the inactive index entered before the previous flip.
         self.wait_idle::<P>(idx);
         self.completed.fetch_add(1, Ordering::Relaxed);
-        P::writer_barrier();
+        // A reader that reads the new index entered after A' and sees the updates;
+        // the plain fence only orders the flip before the checks below.
+        crate::primitive::fence(Ordering::SeqCst);
         self.wait_idle::<P>(idx ^ 1);
-        P::writer_barrier();
+        // Every reader counted out left with a release increment that the checks read
+        // with acquire: what follows the grace period is ordered after their sections.
+        crate::primitive::fence(Ordering::SeqCst);
     }
 }
 
 impl Default for Readers {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Reader counters on their own, without an RCU's callbacks: what a platform keeps for
+/// the invalidations that find nobody subscribed to their address space (see
+/// [`Platform::unsubscribed`]). Such an invalidation counts itself here instead of in a
+/// word of the address space, so that it costs no locked instruction on a platform with
+/// owned reader slots, and the first registration waits for a grace period of these
+/// counters before it returns (C-02).
+///
+/// ```
+/// use notifier_core::srcu::ReaderCounts;
+///
+/// // One static per platform, returned by its `Platform::unsubscribed`.
+/// static UNSUBSCRIBED: ReaderCounts = ReaderCounts::new();
+/// ```
+pub struct ReaderCounts {
+    readers: Readers,
+}
+
+impl ReaderCounts {
+    /// Counters nobody is inside.
+    #[cfg(not(loom))]
+    pub const fn new() -> Self {
+        ReaderCounts {
+            readers: Readers::new(),
+        }
+    }
+
+    /// Counters nobody is inside.
+    #[cfg(loom)]
+    pub fn new() -> Self {
+        ReaderCounts {
+            readers: Readers::new(),
+        }
+    }
+
+    #[inline]
+    pub(crate) fn enter<P: Platform>(&self) -> ReadToken {
+        self.readers.enter::<P>()
+    }
+
+    #[inline]
+    pub(crate) fn exit<P: Platform>(&self, token: ReadToken) {
+        self.readers.exit::<P>(token);
+    }
+
+    /// Wait until every section entered before this call has exited. May sleep.
+    pub(crate) fn synchronize<P: Platform>(&self) {
+        self.readers.synchronize::<P>();
+    }
+}
+
+#[cfg(not(loom))]
+impl Default for ReaderCounts {
     fn default() -> Self {
         Self::new()
     }

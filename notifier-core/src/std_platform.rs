@@ -4,6 +4,18 @@
 //!
 //! It is what the unit tests, the documentation examples and the benchmarks use; the
 //! simulator has its own platform with a deterministic scheduler.
+//!
+//! # The read side
+//!
+//! As liburcu does for registered threads, the platform gives each thread a reader slot
+//! of its own ([`ReaderSlot::Owned`]) from a registry of `SLOTS - 1` slots, taken on
+//! the thread's first read-side section and given back when the thread exits; threads
+//! beyond share the last slot. A read-side section then takes no locked instruction:
+//! a plain increment, one full fence (barrier B), and a release increment on exit.
+//! The barriers are the default full fences: `membarrier` as the writer's heavy half
+//! (and a compiler fence on the read side) was measured and left out: the read
+//! section was no faster on this host, and every grace period with a reader running
+//! became 50 times slower (`benches/RESULTS.md`).
 
 extern crate std;
 
@@ -13,7 +25,7 @@ use core::ptr::NonNull;
 use std::sync::{Condvar, Mutex};
 
 use crate::primitive::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
-use crate::srcu::Srcu;
+use crate::srcu::{OwnedSlot, ReaderCounts, ReaderSlot, Srcu, SLOTS};
 use crate::{Bug, Platform, RawLock};
 
 /// The hosted platform.
@@ -21,6 +33,7 @@ use crate::{Bug, Platform, RawLock};
 pub struct StdPlatform;
 
 static RCU: Srcu<StdPlatform> = Srcu::new();
+static UNSUBSCRIBED: ReaderCounts = ReaderCounts::new();
 static NEXT_TASK: AtomicUsize = AtomicUsize::new(1);
 static SLEEP_VIOLATIONS: AtomicUsize = AtomicUsize::new(0);
 static REFUSED_WHILE_BLOCKABLE: AtomicUsize = AtomicUsize::new(0);
@@ -39,6 +52,67 @@ std::thread_local! {
         AtomicUsize::new(0),
     ]));
     static TASK_STATE: crate::task::TaskState = const { crate::task::TaskState::new() };
+    /// The thread's reader slot, taken on first use and given back at thread exit.
+    static READER_SLOT: SlotClaim = SlotClaim::claim();
+}
+
+/// Reader slots owned by a thread: bit `i` set while a thread owns slot `i`. Slot
+/// `SLOTS - 1` is never owned: it is the shared slot of the threads that found every
+/// other taken (and of a thread whose claim is already destroyed at its exit).
+static SLOT_OWNERS: AtomicU32 = AtomicU32::new(0);
+const SHARED_SLOT: usize = SLOTS - 1;
+
+/// One thread's claim on an owned reader slot.
+///
+/// # Invariants
+///
+/// `Some(i)`: bit `i` of `SLOT_OWNERS` was set by this claim, `i < SHARED_SLOT`, and is
+/// cleared only by its drop, on the thread that made the claim.
+struct SlotClaim(Option<OwnedSlot>);
+
+impl SlotClaim {
+    fn claim() -> Self {
+        let mut cur = SLOT_OWNERS.load(Ordering::Relaxed);
+        loop {
+            let free = !cur & ((1u32 << SHARED_SLOT) - 1);
+            if free == 0 {
+                return SlotClaim(None);
+            }
+            let i = free.trailing_zeros();
+            // Acquire: the previous owner's counts (given back with release) are seen
+            // before this thread's first plain increment builds on them.
+            match SLOT_OWNERS.compare_exchange_weak(
+                cur,
+                cur | (1 << i),
+                Ordering::Acquire,
+                Ordering::Relaxed,
+            ) {
+                // SAFETY: the bit is ours until the drop clears it: no other thread is
+                // handed this index, the shared slot is `SHARED_SLOT` (never owned), the
+                // hand-over is the release clear and the acquire set, and the core never
+                // counts from a signal handler on this platform.
+                Ok(_) => return SlotClaim(unsafe { OwnedSlot::new(i as usize) }),
+                Err(now) => cur = now,
+            }
+        }
+    }
+
+    #[inline]
+    fn slot(&self) -> ReaderSlot {
+        match self.0 {
+            Some(o) => ReaderSlot::Owned(o),
+            None => ReaderSlot::Shared(SHARED_SLOT),
+        }
+    }
+}
+
+impl Drop for SlotClaim {
+    fn drop(&mut self) {
+        if let Some(o) = self.0.take() {
+            // Release: the next owner sees this thread's last counts.
+            SLOT_OWNERS.fetch_and(!(1u32 << o.index()), Ordering::Release);
+        }
+    }
 }
 
 const BUCKETS: usize = 64;
@@ -149,7 +223,7 @@ impl WaitAnnotations {
     }
 }
 
-// SAFETY: the global allocator, one static SRCU domain, a thread-local task state, and full fences as barriers: the promises of `Platform`.
+// SAFETY: the global allocator, one static SRCU domain and one static set of unsubscribed counters, a thread-local task state, owned reader slots from a registry that hands each index to one live thread at a time (`SlotClaim`), and full fences as barriers: the promises of `Platform`.
 unsafe impl Platform for StdPlatform {
     type RawLock = StdRawLock;
     type Rcu = Srcu<StdPlatform>;
@@ -161,6 +235,19 @@ unsafe impl Platform for StdPlatform {
     #[inline]
     fn slot() -> usize {
         TASK.with(|t| *t)
+    }
+
+    #[inline]
+    fn unsubscribed() -> &'static ReaderCounts {
+        &UNSUBSCRIBED
+    }
+
+    /// An owned slot from the registry (see the [module docs](self)), or the shared one.
+    #[inline]
+    fn reader_slot() -> ReaderSlot {
+        READER_SLOT
+            .try_with(SlotClaim::slot)
+            .unwrap_or(ReaderSlot::Shared(SHARED_SLOT))
     }
 
     #[inline]

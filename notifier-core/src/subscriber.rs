@@ -340,7 +340,7 @@ impl<P: Platform> Node<P> {
         task::annotate_wait::<P>();
         subs.synchronize_inflight();
         // And those that started before the subscriptions object existed.
-        mm.wait_unbracketed();
+        AddressSpace::wait_unbracketed(subs);
         // Every invalidation still in flight started at `gen` or later: the node is
         // visible to all of them, as it is to every later one. Teardown may have hidden
         // it meanwhile; then it stays hidden.

@@ -82,6 +82,10 @@ pub(crate) struct Subscriptions<P: Platform> {
     zombie_cookie: AtomicUsize,
     /// A sweep found the grace-period mutex taken: the holder looks again.
     sweep_again: AtomicBool,
+    /// Set once a grace period of the platform's `unsubscribed` counters has passed
+    /// since this object was published: no invalidation that missed it is still in
+    /// flight, and registrations no longer wait for them.
+    pub(crate) unbracketed_drained: AtomicBool,
     /// Set when the first teardown has finished (a second one waits for it, C-04).
     pub(crate) torn_down: AtomicBool,
     pub(crate) wq: WaitQueue,
@@ -126,6 +130,7 @@ impl<P: Platform> Subscriptions<P> {
             zombies: AtomicUsize::new(0),
             zombie_cookie: AtomicUsize::new(0),
             sweep_again: AtomicBool::new(false),
+            unbracketed_drained: AtomicBool::new(false),
             torn_down: AtomicBool::new(false),
             wq: WaitQueue::new(),
             get_lock: SleepMutex::new(crate::SleepClass::Get),
@@ -181,7 +186,7 @@ impl<P: Platform> Subscriptions<P> {
     /// linked until the invalidations in flight now have ended.
     pub(crate) fn add_zombie_locked(&self) {
         ZOMBIES.add();
-        let cookie = self.inflight.cookie::<P>();
+        let cookie = self.inflight.cookie();
         self.zombie_cookie.store(cookie, Ordering::Relaxed);
         // SeqCst: the store half of the handshake with an ending invalidation (see
         // `sweep_zombies`); the poll that follows begins with a full barrier.
@@ -399,11 +404,12 @@ impl ZombieCount {
 /// (Linux: `mm->notifier_subscriptions`) and calls from wherever its primary MMU
 /// changes page tables.
 ///
-/// It is two words wide. The `Subscriptions` behind it are allocated on the first
+/// It is one word wide. The `Subscriptions` behind it are allocated on the first
 /// registration (with [`Platform::alloc`], or ahead of time with
 /// [`prepare`](Self::prepare)) and published; until then an invalidation only counts
-/// itself in the second word, so that the first registration can wait for it (C-02:
-/// Linux gets the same from `mm_take_all_locks` in `mmu_notifier_register`).
+/// itself in the platform's [`unsubscribed`](Platform::unsubscribed) counters, so that
+/// the first registration can wait for it (C-02: Linux gets the same from
+/// `mm_take_all_locks` in `mmu_notifier_register`).
 ///
 /// Dropping an address space tears it down ([`release`](Self::release)) if that has not
 /// happened yet.
@@ -413,7 +419,7 @@ impl ZombieCount {
 /// use notifier_core::{AddressSpace, Event, Range};
 ///
 /// let mm = AddressSpace::<StdPlatform>::new();
-/// // Nobody subscribed: a valid range costs two atomic adds on the address space...
+/// // Nobody subscribed: a valid range only counts itself in a per-thread slot...
 /// let inv = mm.invalidate_range_start(Range::new(0x1000, 0x2000, Event::Unmap)).unwrap();
 /// // ... the primary MMU changes its page tables and flushes its TLB here ...
 /// inv.end();
@@ -422,10 +428,6 @@ impl ZombieCount {
 /// ```
 pub struct AddressSpace<P: Platform> {
     subs: AtomicPtr<Subscriptions<P>>,
-    /// Invalidations in flight that found no subscriptions object (they bracket
-    /// nothing). Once the object is published no new one is counted for long: it sees
-    /// the object and goes the usual way.
-    unbracketed: AtomicUsize,
 }
 
 // SAFETY: all shared state behind the pointer is atomics or under locks.
@@ -445,7 +447,6 @@ impl<P: Platform> AddressSpace<P> {
     pub const fn new() -> Self {
         AddressSpace {
             subs: AtomicPtr::new(ptr::null_mut()),
-            unbracketed: AtomicUsize::new(0),
         }
     }
 
@@ -454,7 +455,6 @@ impl<P: Platform> AddressSpace<P> {
     pub fn new() -> Self {
         AddressSpace {
             subs: AtomicPtr::new(ptr::null_mut()),
-            unbracketed: AtomicUsize::new(0),
         }
     }
 
@@ -503,7 +503,8 @@ impl<P: Platform> AddressSpace<P> {
         // SAFETY: `mem` is fresh memory of the right layout.
         unsafe { mem.as_ptr().write(Subscriptions::new()) };
         // SeqCst: the store half of the handshake with invalidations that found no
-        // object (`start_unbracketed`); registrations then wait for them.
+        // object (`start_unbracketed`); registrations then wait for a grace period of
+        // them (`wait_unbracketed`, whose writer barrier orders this store first).
         match self.subs.compare_exchange(
             ptr::null_mut(),
             mem.as_ptr(),
@@ -565,7 +566,7 @@ impl<P: Platform> AddressSpace<P> {
     /// page tables untouched and retry later from a blockable context (C-08).
     ///
     /// Bad ranges get a typed error and change nothing (C-16).
-    #[inline]
+    #[inline(always)]
     pub fn invalidate_range_start(&self, range: Range) -> Result<Invalidation<'_, P>, Error> {
         validate_bounds::<P>(range.start, range.end)?;
         match self.subscriptions() {
@@ -574,16 +575,20 @@ impl<P: Platform> AddressSpace<P> {
         }
     }
 
-    /// Nobody subscribed yet. The invalidation counts itself, then looks again: either
-    /// a registration that publishes the object now sees the count and waits for its
-    /// end, or this invalidation sees the object and brackets normally (both sides
-    /// write, then read the other's word, sequentially consistent).
-    #[inline]
+    /// Nobody subscribed yet. The invalidation counts itself in the platform's
+    /// [`unsubscribed`](Platform::unsubscribed) counters (a read-side section of them:
+    /// on the hosted platform a plain increment of the thread's own slot and a fence),
+    /// then looks again: either the first registration, which publishes the object and
+    /// then waits for a grace period of those counters, sees the count and waits for
+    /// this invalidation's end, or this invalidation sees the object and brackets
+    /// normally (store buffering: each side writes, issues its barrier, then reads the
+    /// other's word).
+    #[inline(always)]
     fn start_unbracketed(&self, range: Range) -> Result<Invalidation<'_, P>, Error> {
-        self.unbracketed.fetch_add(1, Ordering::SeqCst);
-        crate::primitive::seqcst_rmw_then_load();
-        if self.subs.load(Ordering::SeqCst).addr() & !TORN_DOWN != 0 {
-            self.unbracketed.fetch_sub(1, Ordering::Release);
+        let counts = P::unsubscribed();
+        let token = counts.enter::<P>();
+        if self.subs.load(Ordering::Acquire).addr() & !TORN_DOWN != 0 {
+            counts.exit::<P>(token);
             let s = self.subscriptions().ok_or(Error::Dead)?;
             return self.start_slow(s, range);
         }
@@ -591,19 +596,24 @@ impl<P: Platform> AddressSpace<P> {
         Ok(Invalidation {
             range,
             inner: None,
-            unbracketed: Some(&self.unbracketed),
+            unbracketed: Some(token),
             _not_send: PhantomData,
         })
     }
 
-    /// Wait until no invalidation that started before the subscriptions object was
-    /// published is still in flight (they bracket nothing and cannot be waited for
-    /// otherwise). Called by every registration and insertion after the object exists.
-    pub(crate) fn wait_unbracketed(&self) {
-        crate::primitive::fence(Ordering::SeqCst);
-        while self.unbracketed.load(Ordering::SeqCst) != 0 {
-            P::relax();
+    /// Wait until no invalidation that found no subscriptions object is still in flight
+    /// (they bracket nothing and cannot be waited for otherwise): a grace period of the
+    /// platform's [`unsubscribed`](Platform::unsubscribed) counters, once per object.
+    /// Called by every registration and insertion after the object `s` exists.
+    pub(crate) fn wait_unbracketed(s: &Subscriptions<P>) {
+        if s.unbracketed_drained.load(Ordering::Acquire) {
+            return;
         }
+        // Begins with the platform's writer barrier, after the object was published:
+        // every invalidation that missed it counted itself before (see
+        // `start_unbracketed`) and is waited for.
+        P::unsubscribed().synchronize::<P>();
+        s.unbracketed_drained.store(true, Ordering::Release);
     }
 
     /// Create the per-address-space object now, while nothing can race it (when the
@@ -752,8 +762,8 @@ impl<P: Platform> Drop for InFlight<'_, P> {
         if self.itree {
             crate::interval::itree_inv_end(self.subs);
         }
-        self.subs.inflight.exit::<P>(self.token);
-        crate::primitive::seqcst_rmw_then_load();
+        // Exit, then read `zombies`: the ending half of the sweep's handshake.
+        self.subs.inflight.exit_then_load::<P>(self.token);
         self.subs.sweep_zombies();
     }
 }
@@ -788,8 +798,8 @@ impl<P: Platform> Drop for InFlight<'_, P> {
 pub struct Invalidation<'a, P: Platform> {
     range: Range,
     inner: Option<Started<'a, P>>,
-    /// Counted in the address space's `unbracketed` (nobody had subscribed).
-    unbracketed: Option<&'a AtomicUsize>,
+    /// Counted in the platform's `unsubscribed` counters (nobody had subscribed).
+    unbracketed: Option<ReadToken>,
     _not_send: PhantomData<*mut ()>,
 }
 
@@ -801,19 +811,20 @@ impl<P: Platform> Invalidation<'_, P> {
 
     /// `invalidate_range_end`: tell every subscriber that saw the start that the
     /// entries are changed (C-07).
+    #[inline(always)]
     pub fn end(self) {
         drop(self)
     }
 }
 
 impl<P: Platform> Drop for Invalidation<'_, P> {
-    /// Inline: with nobody subscribed, ending is a branch and one atomic subtraction.
-    #[inline]
+    /// Inline: with nobody subscribed, ending is a branch and one counter increment.
+    #[inline(always)]
     fn drop(&mut self) {
         if let Some(st) = self.inner.take() {
             Self::end_slow(&self.range, st);
-        } else if let Some(u) = self.unbracketed.take() {
-            u.fetch_sub(1, Ordering::Release);
+        } else if let Some(t) = self.unbracketed.take() {
+            P::unsubscribed().exit::<P>(t);
             task::unhold::<P>();
         }
     }

@@ -6,7 +6,8 @@
 //! * `rcu()`: the crate's portable [`Srcu`], one per loom execution (`loom::lazy_static!`
 //!   values are dropped and re-created for every execution).
 //! * `slot()` / `current_task()`: a per-loom-thread id from a per-execution counter
-//!   (starting at 1, so never zero).
+//!   (starting at 1, so never zero). `reader_slot()`: task 1 owns reader slot 0, the
+//!   others share slot 1.
 //! * `wait`: a yield (spurious returns are allowed by the trait); `wake_all`: nothing.
 
 use core::alloc::Layout;
@@ -14,7 +15,7 @@ use core::ptr::NonNull;
 
 use loom::sync::atomic::{AtomicBool, Ordering};
 use notifier_core::primitive::AtomicU32;
-use notifier_core::srcu::Srcu;
+use notifier_core::srcu::{OwnedSlot, ReaderCounts, ReaderSlot, Srcu};
 use notifier_core::{Bug, Platform, RawLock};
 
 /// The loom platform.
@@ -50,6 +51,7 @@ unsafe impl RawLock for LoomRawLock {
 
 loom::lazy_static! {
     static ref RCU: Srcu<LoomPlatform> = Srcu::new();
+    static ref UNSUBSCRIBED: ReaderCounts = ReaderCounts::new();
     // A plain (non-loom) counter: loom runs one thread at a time, and the value only
     // names threads; reset with every execution, so executions are deterministic.
     static ref NEXT_TASK: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(1);
@@ -71,8 +73,26 @@ unsafe impl Platform for LoomPlatform {
         &RCU
     }
 
+    fn unsubscribed() -> &'static ReaderCounts {
+        &UNSUBSCRIBED
+    }
+
     fn slot() -> usize {
         TASK.with(|t| *t)
+    }
+
+    /// Task 1 owns slot 0 (plain increments); every other task shares slot 1 (atomic
+    /// ones), so the models check both kinds of reader, and their mix, against every
+    /// grace period.
+    fn reader_slot() -> ReaderSlot {
+        if TASK.with(|t| *t) == 1 {
+            // SAFETY: task ids are unique within an execution, so only task 1 is
+            // handed index 0, and every other task gets `Shared(1)` (1 % SLOTS is 1);
+            // loom runs no handler inside a thread.
+            ReaderSlot::Owned(unsafe { OwnedSlot::new(0) }.expect("SLOTS is 2 under loom"))
+        } else {
+            ReaderSlot::Shared(1)
+        }
     }
 
     fn current_task() -> usize {

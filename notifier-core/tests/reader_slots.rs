@@ -1,0 +1,200 @@
+//! The hosted platform's reader slots (`StdPlatform::reader_slot`): a registry that gives
+//! each thread a slot of its own, so that SRCU read sections and in-flight counts take
+//! no locked instruction, and shares one slot among the threads beyond.
+//!
+//! Alone in its test binary: the registry is process-wide, and these tests count what
+//! it hands out.
+
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
+use std::sync::{Arc, Barrier, Mutex};
+use std::thread;
+
+use notifier_core::srcu::{ReaderSlot, SleepableRcu, SLOTS};
+use notifier_core::std_platform::StdPlatform;
+use notifier_core::{AddressSpace, Event, Platform, Range};
+
+/// Sizes: smaller under Miri, which runs every access through its checks.
+const WAVES: usize = if cfg!(miri) { 2 } else { 6 };
+const THREADS: usize = if cfg!(miri) { SLOTS + 2 } else { 40 };
+const ROUNDS: usize = if cfg!(miri) { 4 } else { 300 };
+
+/// The tests take turns: the first counts every slot handed out.
+static TURN: Mutex<()> = Mutex::new(());
+
+/// The slots `n` threads get while all of them are alive at once. Joined one by one
+/// (not a scope, which may end before its threads' thread-local destructors, which give
+/// the slots back, have run).
+fn slots_of_live_threads(n: usize) -> Vec<ReaderSlot> {
+    let all = Arc::new(Barrier::new(n));
+    let handles: Vec<_> = (0..n)
+        .map(|_| {
+            let all = Arc::clone(&all);
+            thread::spawn(move || {
+                let slot = StdPlatform::reader_slot();
+                // The same slot on every call of the thread.
+                assert_eq!(StdPlatform::reader_slot(), slot);
+                // Nobody exits (and gives its slot back) before everybody has one.
+                all.wait();
+                slot
+            })
+        })
+        .collect();
+    handles.into_iter().map(|h| h.join().unwrap()).collect()
+}
+
+/// `WAVES` waves of `THREADS` threads, each running `body` `ROUNDS` times. Every thread
+/// of a wave takes its slot before any of them runs `body`, so that more threads than
+/// slots are alive at once: some count through the shared slot.
+fn waves_of_threads(body: impl Fn() + Sync) {
+    for _wave in 0..WAVES {
+        let all = Barrier::new(THREADS);
+        thread::scope(|w| {
+            for _ in 0..THREADS {
+                w.spawn(|| {
+                    let _ = StdPlatform::reader_slot();
+                    all.wait();
+                    for _ in 0..ROUNDS {
+                        body();
+                    }
+                });
+            }
+        });
+    }
+}
+
+fn owned_indices(slots: &[ReaderSlot]) -> Vec<usize> {
+    let mut v: Vec<usize> = slots
+        .iter()
+        .filter_map(|s| match s {
+            ReaderSlot::Owned(o) => Some(o.index()),
+            ReaderSlot::Shared(_) => None,
+        })
+        .collect();
+    v.sort_unstable();
+    v
+}
+
+/// Live threads own distinct slots below `SLOTS - 1`; the threads beyond share the last
+/// one; a thread's slot goes back to the registry when it exits, so a second crowd of
+/// threads owns slots again.
+#[test]
+fn c22_owned_reader_slots_are_distinct_shared_beyond_and_given_back() {
+    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    let n = SLOTS + 8;
+    for round in 0..if cfg!(miri) { 2 } else { 3 } {
+        // The other tests' threads (scoped: their scope may end before their
+        // thread-local destructors ran) may still hold slots for a moment: try again
+        // a few times before calling a slot lost.
+        let mut tries = 0;
+        let (slots, owned) = loop {
+            let slots = slots_of_live_threads(n);
+            let owned = owned_indices(&slots);
+            tries += 1;
+            if owned.len() == SLOTS - 1 || tries == 20 {
+                break (slots, owned);
+            }
+            thread::sleep(std::time::Duration::from_millis(10));
+        };
+        let mut distinct = owned.clone();
+        distinct.dedup();
+        assert_eq!(
+            distinct, owned,
+            "round {round}: two live threads own one slot"
+        );
+        assert!(
+            owned.iter().all(|&i| i < SLOTS - 1),
+            "round {round}: {owned:?}"
+        );
+        // Every owned slot is handed out (the test's own threads hold none): the
+        // exits of the previous round gave theirs back.
+        assert_eq!(
+            owned.len(),
+            SLOTS - 1,
+            "round {round}: slots not given back"
+        );
+        for s in &slots {
+            if let ReaderSlot::Shared(i) = s {
+                assert_eq!(*i % SLOTS, SLOTS - 1, "a shared slot that some thread owns");
+            }
+        }
+    }
+}
+
+/// Grace periods stay exact while slots change hands: short-lived threads (many more
+/// than there are slots, some sharing) read an object under the portable SRCU while a
+/// writer replaces and poisons it after each grace period. A reader that sees the
+/// poison read an object freed under it; a count lost when a slot changed hands would
+/// hang a grace period (the test's time limit) or end one early (the poison).
+#[test]
+fn c22_grace_periods_stay_exact_while_slots_change_hands() {
+    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    const LIVE: u64 = 0x1111_2222;
+    const DEAD: u64 = 0xdead_dead;
+    let rcu = StdPlatform::rcu();
+    let cur = AtomicPtr::new(Box::into_raw(Box::new(AtomicUsize::new(LIVE as usize))));
+    let stop = AtomicBool::new(false);
+    let bad = AtomicUsize::new(0);
+    let reads = AtomicUsize::new(0);
+    thread::scope(|s| {
+        // The writer.
+        s.spawn(|| {
+            let mut retired = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let new = Box::into_raw(Box::new(AtomicUsize::new(LIVE as usize)));
+                let old = cur.swap(new, Ordering::AcqRel);
+                rcu.synchronize();
+                // SAFETY: unreachable since the swap, and a grace period has passed.
+                unsafe { (*old).store(DEAD as usize, Ordering::Relaxed) };
+                retired.push(old);
+            }
+            for p in retired {
+                // SAFETY: from `Box::into_raw`, poisoned above, no longer read.
+                drop(unsafe { Box::from_raw(p) });
+            }
+        });
+        waves_of_threads(|| {
+            let _g = rcu.read_lock();
+            let p = cur.load(Ordering::Acquire);
+            // SAFETY: read under the section: not freed (that is what is tested: the
+            // value must not be the poison).
+            let v = unsafe { (*p).load(Ordering::Relaxed) };
+            if v != LIVE as usize {
+                bad.fetch_add(1, Ordering::Relaxed);
+            }
+            reads.fetch_add(1, Ordering::Relaxed);
+        });
+        stop.store(true, Ordering::Relaxed);
+    });
+    // SAFETY: the last object, never retired.
+    drop(unsafe { Box::from_raw(cur.load(Ordering::Relaxed)) });
+    assert_eq!(
+        bad.load(Ordering::Relaxed),
+        0,
+        "a reader saw a freed object"
+    );
+    assert_eq!(reads.load(Ordering::Relaxed), WAVES * THREADS * ROUNDS);
+}
+
+/// Invalidations on address spaces nobody subscribed to count themselves in the
+/// platform's `unsubscribed` counters from threads that come and go, more of them alive
+/// than there are slots; the first registration's wait for them ends (no count is lost
+/// with a slot or in the shared one).
+#[test]
+fn c02_unsubscribed_counts_survive_slot_hand_over() {
+    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    let mm = AddressSpace::<StdPlatform>::new();
+    waves_of_threads(|| {
+        let inv = mm
+            .invalidate_range_start(Range::new(0x1000, 0x2000, Event::Unmap))
+            .unwrap();
+        inv.end();
+    });
+    // Waits for a grace period of the unsubscribed counters, which would never end
+    // if a count had been lost.
+    let sub = Box::pin(notifier_core::Subscriber::<Nop, StdPlatform>::new(Nop));
+    sub.as_ref().register(&mm).unwrap();
+    sub.as_ref().unregister().unwrap();
+}
+
+struct Nop;
+impl notifier_core::SubscriberOps for Nop {}
