@@ -617,9 +617,10 @@ impl<P: Platform> AddressSpace<P> {
     }
 
     /// Create the per-address-space object now, while nothing can race it (when the
-    /// address space is created, before its page tables can change), so that the
-    /// first registration does not have to wait for invalidations that found none.
-    /// Optional: registration creates it otherwise. Never on an invalidation path (it
+    /// address space is created, before its page tables can change), so that every
+    /// invalidation takes the bracketed path from then on (the first registration still
+    /// waits once for a grace period of the platform's `unsubscribed` counters, short
+    /// when no invalidation is in flight). Optional: registration creates it otherwise. Never on an invalidation path (it
     /// allocates). May sleep.
     ///
     /// Errors: [`Error::Dead`], [`Error::NoMemory`].
