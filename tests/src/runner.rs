@@ -668,10 +668,20 @@ fn c09<'h, H: Harness, C: SecondaryMmu<'h, H>>(h: &'h H, cfg: &Config) -> CaseRe
     subscribe::<H, C>(c.as_ref())?;
     let err = FirstError::<H::P>::new();
     let stop = AtomicBool::new(false);
-    // Two tasks use the consumer (two vCPUs, two device queues).
+    // Two tasks use the consumer (two vCPUs, two device queues). Once the primary has
+    // stopped they go on, for a bounded number of rounds, until some translation was
+    // used: on a loaded machine the users may not have run while the primary did, and a
+    // race with no use checks nothing.
     let user = |pages: usize, writes: usize, stride: usize| {
         let mut i = 0;
-        while !stop.load(Ordering::Relaxed) {
+        let mut after = 0;
+        loop {
+            if stop.load(Ordering::Relaxed) {
+                if u.count() > 0 || after >= 4 * pages {
+                    break;
+                }
+                after += 1;
+            }
             let a = addr::<H>((stride * i) % pages);
             if let Err(e) = run_once(&*c, &u, a, i % writes == 0) {
                 if let Some(f) = fatal(e) {
