@@ -571,8 +571,28 @@ impl<P: Platform> AddressSpace<P> {
         validate_bounds::<P>(range.start, range.end)?;
         match self.subscriptions() {
             None => self.start_unbracketed(range),
-            Some(s) => self.start_slow(s, range),
+            Some(s) => Self::start_bracketed(s, range),
         }
+    }
+
+    /// The bracketed start. The out-of-line part returns what `end` needs in registers
+    /// and the [`Invalidation`] is built here, in the caller's frame: built out of line,
+    /// it would come back through memory, and the caller's copy of it, right after the
+    /// callee's stores, would stall on store forwarding.
+    #[inline(always)]
+    fn start_bracketed(s: &Subscriptions<P>, range: Range) -> Result<Invalidation<'_, P>, Error> {
+        let word = Self::start_slow(s, &range)?;
+        Ok(Invalidation {
+            range,
+            inner: Some(Started {
+                subs: s,
+                gen: word >> 2,
+                itree: word & 2 != 0,
+                token: ReadToken::from_index((word & 1) as usize),
+            }),
+            unbracketed: None,
+            _not_send: PhantomData,
+        })
     }
 
     /// Nobody subscribed yet. The invalidation counts itself in the platform's
@@ -590,7 +610,7 @@ impl<P: Platform> AddressSpace<P> {
         if self.subs.load(Ordering::Acquire).addr() & !TORN_DOWN != 0 {
             counts.exit::<P>(token);
             let s = self.subscriptions().ok_or(Error::Dead)?;
-            return self.start_slow(s, range);
+            return Self::start_bracketed(s, range);
         }
         task::hold::<P>();
         Ok(Invalidation {
@@ -629,12 +649,11 @@ impl<P: Platform> AddressSpace<P> {
         self.subscriptions_or_create().map(|_| ())
     }
 
+    /// Count the invalidation in flight and call the subscribers. Returns the started
+    /// state packed in one word: the generation, shifted left by two, whether the
+    /// interval tree was entered (bit 1) and the in-flight read token (bit 0).
     #[inline(never)]
-    fn start_slow<'a>(
-        &'a self,
-        s: &'a Subscriptions<P>,
-        range: Range,
-    ) -> Result<Invalidation<'a, P>, Error> {
+    fn start_slow(s: &Subscriptions<P>, range: &Range) -> Result<u64, Error> {
         if range.blockable {
             P::might_sleep();
         }
@@ -655,28 +674,19 @@ impl<P: Platform> AddressSpace<P> {
             // The interval callbacks run under the validator's invalidation map (the
             // list's take it inside their read-side section, `hlist_start`).
             let _map = task::InvalidationMap::<P>::acquire();
-            if let Err(e) = crate::interval::itree_invalidate(s, &range) {
+            if let Err(e) = crate::interval::itree_invalidate(s, range) {
                 // Refused: `itree_invalidate` has ended its part already.
                 guard.itree = false;
                 return Err(e);
             }
         }
         if !s.head.load(Ordering::Relaxed).is_null() {
-            s.hlist_start(&range, g)?;
+            s.hlist_start(range, g)?;
         }
         task::hold::<P>();
         guard.armed = false;
-        Ok(Invalidation {
-            range,
-            inner: Some(Started {
-                subs: s,
-                gen: g,
-                itree: guard.itree,
-                token: guard.token,
-            }),
-            unbracketed: None,
-            _not_send: PhantomData,
-        })
+        // Generations stay below 2^62 (`GEN_MASK`): the shift loses nothing.
+        Ok(g << 2 | u64::from(guard.itree) << 1 | guard.token.index() as u64)
     }
 
     /// The 2008 single-page form: a start/end pair over the page at `addr` with event
@@ -822,8 +832,10 @@ impl<P: Platform> Drop for Invalidation<'_, P> {
     /// Inline: with nobody subscribed, ending is a branch and one counter increment.
     #[inline(always)]
     fn drop(&mut self) {
-        if let Some(st) = self.inner.take() {
-            Self::end_slow(&self.range, st);
+        if self.inner.is_some() {
+            // By reference: moving the started state out here would copy it through the
+            // stack right after `start` wrote it (a stalled store forward).
+            Self::end_slow(self);
         } else if let Some(t) = self.unbracketed.take() {
             P::unsubscribed().exit::<P>(t);
             task::unhold::<P>();
@@ -833,7 +845,11 @@ impl<P: Platform> Drop for Invalidation<'_, P> {
 
 impl<P: Platform> Invalidation<'_, P> {
     #[inline(never)]
-    fn end_slow(range: &Range, st: Started<'_, P>) {
+    fn end_slow(&mut self) {
+        let Some(st) = self.inner.take() else {
+            return;
+        };
+        let range = &self.range;
         if range.blockable {
             P::might_sleep();
         }
