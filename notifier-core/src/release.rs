@@ -81,6 +81,7 @@ impl<P: Platform> AddressSpace<P> {
             // (which waits for a grace period) or, for a zombie, until its free runs
             // after one.
             let _inner = s.lock.lock();
+            let mut pended = false;
             let mut cur = s.head.load(Ordering::Relaxed);
             while let Some(p) = NonNull::new(cur) {
                 // SAFETY: linked nodes are valid while we hold the lock.
@@ -88,20 +89,24 @@ impl<P: Platform> AddressSpace<P> {
                 cur = n.next.load(Ordering::Relaxed);
                 n.mark_unlinked();
                 if n.clear_zombie() {
-                    s.zombies
-                        .store(s.zombies.load(Ordering::Relaxed) - 1, Ordering::Relaxed);
-                    // SAFETY: unlinked from now on; the free waits for a grace period
-                    // of `P::rcu()`, which covers readers still on it.
-                    unsafe { n.queue_free() };
-                    crate::subscriptions::ZOMBIES.sub();
+                    // Invalidations that began after it was hidden may be walking
+                    // over it: its free waits on the pending list (still counted).
+                    s.pend_unlinked_zombie_locked(n);
+                    pended = true;
                 }
             }
             s.head.store(ptr::null_mut(), Ordering::Release);
+            if pended {
+                s.set_zombie_cookie_locked();
+            }
         }
         crate::interval::itree_release(s);
         // A `release` started by a racing `unregister` runs in a read-side section:
         // wait for it before the caller frees pages.
         P::rcu().synchronize();
+        // Invalidations still walking over the nodes unlinked above: the zombies among
+        // them are freed once these have left (the sweep in `synchronize_inflight`).
+        s.synchronize_inflight();
         s.torn_down.store(true, Ordering::Release);
         s.wq.wake_all::<P>();
         Ok(())

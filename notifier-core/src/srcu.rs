@@ -457,6 +457,12 @@ pub struct ReaderCounts {
     readers: Readers,
 }
 
+impl Default for ReaderCounts {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl ReaderCounts {
     /// Counters nobody is inside.
     #[cfg(not(loom))]
@@ -490,12 +496,6 @@ impl ReaderCounts {
     }
 }
 
-#[cfg(not(loom))]
-impl Default for ReaderCounts {
-    fn default() -> Self {
-        Self::new()
-    }
-}
 
 /// The portable sleepable RCU domain.
 ///

@@ -121,15 +121,24 @@ const KIND_MASK: u64 = 3 << KIND_SHIFT;
 /// - A node that an invalidation started stays on the list until that invalidation has
 ///   ended: unregister, teardown and the zombie sweep unlink only after a grace period
 ///   of `Subscriptions::inflight` that began after the node was hidden.
+/// - Its memory is given back (unregister returns, a shared node's free runs) only
+///   after grace periods of both `Subscriptions::inflight` and `P::rcu()` that began
+///   after it was unlinked: every walker that may still be on it has left.
 #[repr(C)]
 pub(crate) struct Node<P: Platform> {
     pub(crate) next: AtomicPtr<Node<P>>,
     /// The link that points at this node (the list head or the previous node's
-    /// `next`): unlinking is O(1) (Linux: `hlist_node::pprev`).
+    /// `next`): unlinking is O(1) (Linux: `hlist_node::pprev`). Once a shared node is
+    /// unlinked and waits for its free, the next node on `Subscriptions::pending`.
     pprev: AtomicPtr<AtomicPtr<Node<P>>>,
     vtable: &'static VTable<P>,
     state: AtomicU64,
     owner: AtomicPtr<Subscriptions<P>>,
+    /// Under loom only: the node's memory as the model checker sees it. Every walk
+    /// reads it and the moment the memory is given back writes it, so loom reports a
+    /// walk not ordered before that moment (the type invariant above, checked).
+    #[cfg(loom)]
+    witness: loom::cell::UnsafeCell<()>,
 }
 
 /// The address of a link, as a node's `pprev` stores it.
@@ -145,7 +154,36 @@ impl<P: Platform> Node<P> {
             vtable,
             state: AtomicU64::new(UNLINKED),
             owner: AtomicPtr::new(ptr::null_mut()),
+            #[cfg(loom)]
+            witness: loom::cell::UnsafeCell::new(()),
         }
+    }
+
+    /// A walker reads the node (checked under loom against [`witness_give_back`]).
+    ///
+    /// [`witness_give_back`]: Self::witness_give_back
+    #[inline(always)]
+    pub(crate) fn witness_walk(&self) {
+        #[cfg(loom)]
+        self.witness.with(|_| ());
+    }
+
+    /// The node's memory goes back to its owner now: no walker may be on it.
+    #[inline(always)]
+    pub(crate) fn witness_give_back(&self) {
+        #[cfg(loom)]
+        self.witness.with_mut(|_| ());
+    }
+
+    /// The next node on `Subscriptions::pending` (this node is on it).
+    pub(crate) fn pending_next(&self) -> *mut Node<P> {
+        self.pprev.load(Ordering::Relaxed).cast()
+    }
+
+    /// Chain this unlinked node before `next` on `Subscriptions::pending`. `next` is a
+    /// whole-node pointer (it keeps its provenance through the cast back).
+    pub(crate) fn set_pending_next(&self, next: *mut Node<P>) {
+        self.pprev.store(next.cast(), Ordering::Relaxed);
     }
 
     /// Whether an invalidation that started at generation `g` calls this node. The
@@ -434,16 +472,21 @@ impl<P: Platform> Node<P> {
             task::annotate_wait::<P>();
             subs.synchronize_inflight();
         }
-        // 4. Unlink, 5. wait until no callback runs any more (C-03).
+        // 4. Unlink, 5. wait until no callback runs any more (C-03) and no walker is
+        //    on the node: the other walkers' sections of `P::rcu()`, and the
+        //    invalidations', whose in-flight section is their read-side section (they
+        //    may have reached the node after it was hidden, by whoever unlinked it).
         {
             let _inner = subs.lock.lock();
             this.unlink_locked(subs);
         }
         P::rcu().synchronize();
+        subs.synchronize_inflight();
         this.owner.store(ptr::null_mut(), Ordering::Release);
         // SAFETY: the reference taken at registration, dropped once, through the
         // pointer loaded from `owner`.
         unsafe { Subscriptions::put_ref(subs_ptr) };
+        this.witness_give_back();
     }
 }
 
@@ -801,9 +844,10 @@ impl<T: SharedOps<P>, P: Platform> Shared<T, P> {
         let off = core::mem::offset_of!(Self, rcu);
         // SAFETY: `head` is the `rcu` field of a `Self` (queued by `v_free`).
         let this = unsafe { NonNull::new_unchecked(head.as_ptr().byte_sub(off).cast::<Self>()) };
-        // SAFETY: a grace period has passed since the node was unlinked; nobody
-        // reaches it.
+        // SAFETY: grace periods of the in-flight count and of `P::rcu()` have passed
+        // since the node was unlinked; nobody reaches it.
         let node = unsafe { &this.as_ref().sub.node };
+        node.witness_give_back();
         let subs = node.subscriptions_ptr();
         node.owner.store(ptr::null_mut(), Ordering::Relaxed);
         if let Some(subs) = NonNull::new(subs) {
@@ -884,15 +928,16 @@ impl<T: SharedOps<P>, P: Platform> Drop for SharedRef<T, P> {
                 node.set_flags(ZOMBIE);
                 subs.add_zombie_locked();
             } else {
-                // Teardown unlinked it already (after its in-flight invalidations).
-                drop(_inner);
-                // SAFETY: the node is unlinked and its free is queued only here.
-                unsafe { NodeRef::<P>::new(self.ptr.cast()).queue_free() };
-                return;
+                // Teardown unlinked it already (after the invalidations that started
+                // it), but invalidations that began later may still be walking over
+                // it: its free waits for them on the pending list.
+                // SAFETY: `self.ptr` covers the whole shared subscriber (node at
+                // offset 0), alive until its free, which is queued only from there.
+                subs.add_pending_locked(unsafe { NodeRef::<P>::new(self.ptr.cast()) });
             }
         }
-        // Unlinks it now if no invalidation is in flight, else the end of the last
-        // one does.
+        // Unlinks (or frees) it now if no invalidation is in flight, else the end of
+        // the last one does.
         subs.sweep_zombies();
     }
 }

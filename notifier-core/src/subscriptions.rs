@@ -45,14 +45,20 @@ pub(crate) struct Inner<P: Platform> {
 ///
 /// # Invariants
 ///
-/// - `head` is an RCU list: nodes are linked at the head and unlinked under `lock`, and
-///   freed (or reused) only after a grace period of `P::rcu()` (unregister, put).
-///   Nodes are only ever linked at the head, so the list is ordered from the newest
-///   registration to the oldest.
+/// - `head` is an RCU list with two kinds of reader: invalidations walk it inside their
+///   in-flight section of `inflight` (one read-side section per start/end pair), every
+///   other walker (secondary-TLB flushes, ageing, release, `put`) inside a section of
+///   `P::rcu()`. Nodes are linked at the head and unlinked under `lock`, and freed (or
+///   reused) only after a grace period of **both** that began after the unlink
+///   (unregister waits for both; a shared node waits on `pending` for the first, then
+///   its free is queued behind the second). Nodes are only ever linked at the head, so
+///   the list is ordered from the newest registration to the oldest.
 /// - `gen` only grows (62 bits: it never wraps), and changes only under `lock`, after
 ///   the node state that names it is written and the node linked (`publish_gen`).
-/// - `zombies` counts the nodes on the list tagged `ZOMBIE`; it and `zombie_cookie`
-///   change only under `lock`.
+/// - `zombies` counts the shared nodes whose last user is gone and whose free is not
+///   queued yet: on the list tagged `ZOMBIE`, or unlinked and waiting on `pending`. It,
+///   `pending` and `zombie_cookie` change only under `lock`, and `zombie_cookie` is
+///   taken after every zombie was hidden and every pending node unlinked.
 /// - The interval tree changes only under `lock`, and only while `invalidate_seq` is
 ///   even or no invalidation walks it; walkers walk it only while `invalidate_seq` is
 ///   odd and they are counted in `active_invalidate_ranges`.
@@ -78,8 +84,13 @@ pub(crate) struct Subscriptions<P: Platform> {
     /// Shared subscribers hidden by their last `put` while invalidations were in
     /// flight, still linked so that those invalidations deliver their ends (C-02).
     pub(crate) zombies: AtomicUsize,
-    /// `inflight` cookie after which every zombie may be unlinked.
+    /// `inflight` cookie after which every zombie may be unlinked and every pending
+    /// node freed.
     zombie_cookie: AtomicUsize,
+    /// Shared nodes unlinked while invalidations may still be walking over them,
+    /// chained through their (unused once unlinked) `pprev`: their frees are queued
+    /// once a grace period of `inflight` has passed since (`free_pending_locked`).
+    pending: AtomicPtr<Node<P>>,
     /// A sweep found the grace-period mutex taken: the holder looks again.
     sweep_again: AtomicBool,
     /// Set once a grace period of the platform's `unsubscribed` counters has passed
@@ -103,6 +114,10 @@ impl<P: Platform> Drop for Subscriptions<P> {
             self.zombies.load(Ordering::Relaxed),
             0,
             "zombies counted when the subscriptions object is freed"
+        );
+        debug_assert!(
+            self.pending.load(Ordering::Relaxed).is_null(),
+            "pending frees when the subscriptions object is freed"
         );
     }
 }
@@ -129,6 +144,7 @@ impl<P: Platform> Subscriptions<P> {
             itree_armed: AtomicBool::new(false),
             zombies: AtomicUsize::new(0),
             zombie_cookie: AtomicUsize::new(0),
+            pending: AtomicPtr::new(ptr::null_mut()),
             sweep_again: AtomicBool::new(false),
             unbracketed_drained: AtomicBool::new(false),
             torn_down: AtomicBool::new(false),
@@ -194,6 +210,46 @@ impl<P: Platform> Subscriptions<P> {
             .store(self.zombies.load(Ordering::Relaxed) + 1, Ordering::SeqCst);
     }
 
+    /// Queue the free of `node`, a shared node whose last user is gone and which someone
+    /// else (teardown) unlinked: invalidations that were walking the list then may
+    /// still be on it, so it waits on `pending` for a grace period of `inflight`. Lock
+    /// held; the caller sweeps after unlocking.
+    pub(crate) fn add_pending_locked(&self, node: NodeRef<'_, P>) {
+        ZOMBIES.add();
+        self.push_pending_locked(node);
+        self.set_zombie_cookie_locked();
+        // SeqCst: the store half of the sweep's handshake, as in `add_zombie_locked`.
+        self.zombies
+            .store(self.zombies.load(Ordering::Relaxed) + 1, Ordering::SeqCst);
+    }
+
+    /// Chain the unlinked `node` on `pending` (through its `pprev`, unused once
+    /// unlinked; `next` stays intact for the walkers still on it). Lock held.
+    fn push_pending_locked(&self, node: NodeRef<'_, P>) {
+        node.set_pending_next(self.pending.load(Ordering::Relaxed));
+        self.pending.store(node.as_ptr(), Ordering::Relaxed);
+    }
+
+    /// Queue the frees of every pending node: a grace period of `inflight` has passed
+    /// since each was unlinked (the caller polled a cookie taken after the last unlink).
+    /// Lock held.
+    fn free_pending_locked(&self) {
+        let mut cur = self.pending.swap(ptr::null_mut(), Ordering::Relaxed);
+        while let Some(p) = NonNull::new(cur) {
+            // SAFETY: pending nodes are unlinked shared nodes, valid until the free
+            // queued below runs (after a grace period of `P::rcu()`); the pointer was
+            // stored with the provenance of the whole subscriber.
+            let n = unsafe { NodeRef::new(p) };
+            cur = n.pending_next();
+            self.zombies
+                .store(self.zombies.load(Ordering::Relaxed) - 1, Ordering::Relaxed);
+            // SAFETY: unlinked a grace period of `inflight` ago (no invalidation walks
+            // it); the free waits for one of `P::rcu()` for the other walkers.
+            unsafe { n.queue_free() };
+            ZOMBIES.sub();
+        }
+    }
+
     /// Unlink the zombies once the invalidations that may have started them have
     /// ended; never waits. Called after every invalidation's end while zombies exist,
     /// and by the last `put` itself.
@@ -222,9 +278,15 @@ impl<P: Platform> Subscriptions<P> {
             match self.inflight.poll::<P>(cookie) {
                 Poll::Done => {
                     let _inner = self.lock.lock();
-                    // Zombies made after the cookie was read carry a later cookie.
+                    // Zombies hidden, and pending nodes unlinked, after the cookie was
+                    // read carry a later cookie.
                     if self.zombie_cookie.load(Ordering::Relaxed) == cookie {
-                        self.unlink_zombies_locked();
+                        self.free_pending_locked();
+                        // The zombies unlinked now wait for the next grace period:
+                        // invalidations that skipped them may still be walking them.
+                        if self.unlink_zombies_locked() {
+                            self.set_zombie_cookie_locked();
+                        }
                     }
                 }
                 // Another sweep (or a grace period) holds the mutex: ask it to look
@@ -250,37 +312,54 @@ impl<P: Platform> Subscriptions<P> {
     }
 
     /// Unlink the zombies after a full grace period of `inflight` that began after
-    /// generation `upto` was read: invalidations that could see them have ended.
+    /// generation `upto` was read: invalidations that could see them have ended. Their
+    /// frees wait on `pending` for the next grace period (the caller sweeps).
     pub(crate) fn sweep_zombies_after_gp(&self, upto: u64) {
         if self.zombies.load(Ordering::Relaxed) == 0 {
             return;
         }
         let _inner = self.lock.lock();
-        self.unlink_zombies_locked_upto(upto);
+        if self.unlink_zombies_locked_upto(upto) {
+            self.set_zombie_cookie_locked();
+        }
     }
 
-    fn unlink_zombies_locked(&self) {
-        self.unlink_zombies_locked_upto(u64::MAX);
+    fn unlink_zombies_locked(&self) -> bool {
+        self.unlink_zombies_locked_upto(u64::MAX)
     }
 
-    fn unlink_zombies_locked_upto(&self, upto: u64) {
+    /// Move the zombies hidden at or before `upto` from the list to `pending`; true if
+    /// there was one. The caller takes a new `zombie_cookie` then.
+    fn unlink_zombies_locked_upto(&self, upto: u64) -> bool {
+        let mut moved = false;
         let mut cur = self.head.load(Ordering::Relaxed);
         while let Some(p) = NonNull::new(cur) {
             // SAFETY: linked nodes are valid while we hold the lock; a zombie is freed
-            // only after it is unlinked here and a grace period of `P::rcu()` passed.
+            // only after it is unlinked here and grace periods of `inflight` and
+            // `P::rcu()` passed.
             let n = unsafe { NodeRef::new(p) };
             cur = n.next.load(Ordering::Relaxed);
             if n.owner_flags() & ZOMBIE != 0 && n.hidden_at().is_some_and(|h| h <= upto) {
                 n.unlink_locked(self);
                 n.clear_zombie();
-                self.zombies
-                    .store(self.zombies.load(Ordering::Relaxed) - 1, Ordering::Relaxed);
-                // SAFETY: unlinked; readers still on it are covered by the grace period
-                // the free waits for.
-                unsafe { n.queue_free() };
-                ZOMBIES.sub();
+                self.push_pending_locked(n);
+                moved = true;
             }
         }
+        moved
+    }
+
+    /// Teardown's unlink of a zombie (`release`): it waits on `pending` like the
+    /// sweep's. Lock held; the caller then calls
+    /// [`set_zombie_cookie_locked`](Self::set_zombie_cookie_locked) and sweeps.
+    pub(crate) fn pend_unlinked_zombie_locked(&self, n: NodeRef<'_, P>) {
+        self.push_pending_locked(n);
+    }
+
+    /// A new `zombie_cookie`, after nodes were moved to `pending`. Lock held.
+    pub(crate) fn set_zombie_cookie_locked(&self) {
+        self.zombie_cookie
+            .store(self.inflight.cookie(), Ordering::Relaxed);
     }
 
     /// Wait for a grace period of the invalidations in flight, then unlink the zombies
@@ -289,22 +368,29 @@ impl<P: Platform> Subscriptions<P> {
         let upto = self.gen.load(Ordering::Acquire);
         self.inflight.synchronize::<P>();
         self.sweep_zombies_after_gp(upto);
-        // Zombies made during the grace period: a sweep that found its mutex taken
-        // left them to us.
+        // Zombies made (or nodes made pending) during the grace period: a sweep that
+        // found its mutex taken left them to us. The grace period's unlock (a
+        // sequentially consistent swap) is ordered before the load of `zombies`, as
+        // the sweep's store of `sweep_again` is before its load of the mutex: one of
+        // us sees the other.
+        crate::primitive::seqcst_rmw_then_load();
         self.sweep_zombies();
     }
 
     /// Walk the RCU list, calling `f` on every node. The caller holds a read-side
-    /// section of `P::rcu()`.
+    /// section of `P::rcu()`, or is an invalidation inside its section of `inflight`,
+    /// or holds the lock.
     #[inline]
     pub(crate) fn for_each_node(&self, mut f: impl FnMut(NodeRef<'_, P>) -> bool) {
         let mut cur = self.head.load(Ordering::Acquire);
         while let Some(p) = NonNull::new(cur) {
             // SAFETY: nodes reachable from `head` were linked with the provenance of
-            // their whole subscriber and are freed only after a grace period of
-            // `P::rcu()`; the caller is inside a read-side section or holds the lock
-            // (type invariant).
+            // their whole subscriber and are freed only after grace periods of both
+            // `P::rcu()` and `inflight` that began after their unlink; the caller is
+            // inside a read-side section of one of them or holds the lock (type
+            // invariant).
             let n = unsafe { NodeRef::new(p) };
+            n.witness_walk();
             if !f(n) {
                 return;
             }
@@ -312,12 +398,12 @@ impl<P: Platform> Subscriptions<P> {
         }
     }
 
-    /// The list part of `start`: call every node visible at generation `g`.
+    /// The list part of `start`: call every node visible at generation `g`. The
+    /// caller's in-flight section (entered before `g` was read) is the walk's read-side
+    /// section: no node it can reach is freed before it exits (type invariant).
     fn hlist_start(&self, range: &Range, g: u64) -> Result<(), Error> {
-        let rcu = P::rcu().read_lock();
-        // Inside the read-side section, right around the callbacks: a validator that
-        // tracks the (recursive-read) SRCU section would otherwise see no direct edge
-        // from the map to a lock a callback takes.
+        // Right around the callbacks: a validator then sees a direct edge from the map
+        // to a lock a callback takes.
         let map = task::InvalidationMap::<P>::acquire();
         let _mark = task::CallbackMark::<P>::new();
         let mut failed: Option<*mut Node<P>> = None;
@@ -341,7 +427,6 @@ impl<P: Platform> Subscriptions<P> {
         });
         let Some(failed) = failed else {
             drop(map);
-            drop(rcu);
             return Ok(());
         };
         // C-08 unwinding: every node whose start succeeded gets its end. Those are the
@@ -359,12 +444,11 @@ impl<P: Platform> Subscriptions<P> {
             true
         });
         drop(map);
-        drop(rcu);
         Err(Error::WouldBlock)
     }
 
+    /// The list part of `end`, inside the same in-flight section as its start.
     fn hlist_end(&self, range: &Range, g: u64) {
-        let _rcu = P::rcu().read_lock();
         let _map = task::InvalidationMap::<P>::acquire();
         let _mark = task::CallbackMark::<P>::new();
         self.for_each_node(|n| {

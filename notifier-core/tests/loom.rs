@@ -655,6 +655,73 @@ fn c05_get_put_synchronize() {
     });
 }
 
+/// The last `put` of a shared subscriber while thread C invalidates, then a grace
+/// period of `P::rcu()` on the main thread, which runs the frees queued by then (the
+/// loom platform runs `call`ed callbacks at the next grace period). C's invalidation
+/// walks the list inside its in-flight section only (one read-side section per
+/// start/end pair): a node it may be on is freed only after C has left that section,
+/// also when C began after the node was hidden (it skips the node's callbacks but
+/// follows its `next`). The core's node witness (`Node::witness_walk` /
+/// `witness_give_back`) makes loom report a walk not ordered before the free; the
+/// mutant that queues a zombie's free as soon as the sweep unlinks it fails here.
+#[test]
+fn c05_shared_free_waits_for_walking_invalidations() {
+    builder(2).check(|| {
+        let mm = Arc::new(AddressSpace::<P>::new());
+        let r = mm.get::<Kind>().unwrap();
+        let c = {
+            let mm = mm.clone();
+            thread::spawn(move || {
+                mm.invalidate_range_start(Range::new(0, PAGE, Event::Unmap))
+                    .unwrap()
+                    .end();
+            })
+        };
+        r.put();
+        // Frees queued so far run now, possibly while C still walks.
+        P::rcu().synchronize();
+        c.join().unwrap();
+        notifier_core::synchronize::<P>().unwrap();
+        assert_eq!(
+            FREES.load(Ordering::Relaxed),
+            1,
+            "C-05: free not run exactly once"
+        );
+    });
+}
+
+/// As `c05_shared_free_waits_for_walking_invalidations`, with teardown racing the last
+/// `put` (thread B) and an invalidation (thread C): whoever unlinks the shared node
+/// (the put's sweep, teardown's unlink of every node, or the put after that unlink),
+/// its free waits until C cannot be on it; teardown's own grace periods of `P::rcu()`
+/// run the frees queued so far.
+#[test]
+fn c05_shared_free_waits_for_walkers_during_teardown() {
+    builder(2).check(|| {
+        let mm = Arc::new(AddressSpace::<P>::new());
+        let r = mm.get::<Kind>().unwrap();
+        let b = thread::spawn(move || r.put());
+        let c = {
+            let mm = mm.clone();
+            thread::spawn(move || {
+                if let Ok(inv) = mm.invalidate_range_start(Range::new(0, PAGE, Event::Unmap)) {
+                    inv.end();
+                }
+            })
+        };
+        mm.release().unwrap();
+        b.join().unwrap();
+        c.join().unwrap();
+        drop(mm);
+        notifier_core::synchronize::<P>().unwrap();
+        assert_eq!(
+            FREES.load(Ordering::Relaxed),
+            1,
+            "C-05: free not run exactly once"
+        );
+    });
+}
+
 /// The last `put` of a shared subscriber races the address space's teardown. The
 /// zombie it makes is unlinked by whoever comes first: the put's own sweep, the sweep
 /// after one of teardown's grace periods, or teardown's final unlink (when the put
