@@ -496,7 +496,6 @@ impl ReaderCounts {
     }
 }
 
-
 /// The portable sleepable RCU domain.
 ///
 /// Callbacks queued with [`SleepableRcu::call`] are run by the next grace period that

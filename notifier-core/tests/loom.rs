@@ -669,25 +669,34 @@ fn c05_shared_free_waits_for_walking_invalidations() {
     builder(2).check(|| {
         let mm = Arc::new(AddressSpace::<P>::new());
         let r = mm.get::<Kind>().unwrap();
-        let c = {
-            let mm = mm.clone();
-            thread::spawn(move || {
-                mm.invalidate_range_start(Range::new(0, PAGE, Event::Unmap))
-                    .unwrap()
-                    .end();
-            })
-        };
+        let c = invalidate_on_thread(&mm);
         r.put();
         // Frees queued so far run now, possibly while C still walks.
         P::rcu().synchronize();
         c.join().unwrap();
-        notifier_core::synchronize::<P>().unwrap();
-        assert_eq!(
-            FREES.load(Ordering::Relaxed),
-            1,
-            "C-05: free not run exactly once"
-        );
+        assert_freed_once();
     });
+}
+
+/// Thread C: one invalidation (start, end) of the first page, if the address space
+/// still takes one.
+fn invalidate_on_thread(mm: &Arc<AddressSpace<P>>) -> thread::JoinHandle<()> {
+    let mm = mm.clone();
+    thread::spawn(move || {
+        if let Ok(inv) = mm.invalidate_range_start(Range::new(0, PAGE, Event::Unmap)) {
+            inv.end();
+        }
+    })
+}
+
+/// After `notifier_core::synchronize`, the shared subscriber's `free` has run once.
+fn assert_freed_once() {
+    notifier_core::synchronize::<P>().unwrap();
+    assert_eq!(
+        FREES.load(Ordering::Relaxed),
+        1,
+        "C-05: free not run exactly once"
+    );
 }
 
 /// As `c05_shared_free_waits_for_walking_invalidations`, with teardown racing the last
@@ -701,24 +710,12 @@ fn c05_shared_free_waits_for_walkers_during_teardown() {
         let mm = Arc::new(AddressSpace::<P>::new());
         let r = mm.get::<Kind>().unwrap();
         let b = thread::spawn(move || r.put());
-        let c = {
-            let mm = mm.clone();
-            thread::spawn(move || {
-                if let Ok(inv) = mm.invalidate_range_start(Range::new(0, PAGE, Event::Unmap)) {
-                    inv.end();
-                }
-            })
-        };
+        let c = invalidate_on_thread(&mm);
         mm.release().unwrap();
         b.join().unwrap();
         c.join().unwrap();
         drop(mm);
-        notifier_core::synchronize::<P>().unwrap();
-        assert_eq!(
-            FREES.load(Ordering::Relaxed),
-            1,
-            "C-05: free not run exactly once"
-        );
+        assert_freed_once();
     });
 }
 
