@@ -987,12 +987,28 @@ fn c09_no_stale<H: Harness, S: Notifiers<H>>(h: &H, cfg: &Config) -> CaseResult 
             }
         }
     };
+    // A second vCPU touches only pages whose invalidation is in flight (their primary
+    // entries may be changing right now) and never faults: a shadow MMU that still maps
+    // them there (one that zaps only at `end`) is caught in nearly every run rather than
+    // when the first vCPU, mostly waiting in its faults' windows, happens to use that
+    // page at that moment. A correct shadow MMU zapped them at `start` and misses.
+    let in_flight_vcpu = || {
+        while !stop.load(Ordering::Relaxed) {
+            if let Some(a) = (0..PAGES)
+                .map(addr::<H>)
+                .find(|&a| kvm.window.in_flight::<H>(a))
+            {
+                let _ = kvm.access_for(a, false);
+            }
+            h.yield_now();
+        }
+    };
     let (vcpu1, device1) = (|| vcpu(PAGES, 3), || device(PAGES));
     // Faults wait in their race windows for an invalidation of their page (issue 14):
     // a consumer that ignores one installs a stale translation in every run.
     let windows = [&kvm.window, &exp.window, &mir.window];
     windows.iter().for_each(|w| w.open(true));
-    h.run_concurrently(&[&primary, &vcpu1, &remote, &device1]);
+    h.run_concurrently(&[&primary, &vcpu1, &in_flight_vcpu, &remote, &device1]);
     err.check()?;
     // Part 2: protection changes that keep the frames (mprotect, fork's copy-on-write
     // and the breaks of two vCPUs' writes), where only the second oracle sees a stale

@@ -87,6 +87,13 @@ impl Window {
         Self::count::<H>(&self.ends, r);
     }
 
+    /// Whether an invalidation of `addr`'s page is between its start and its end, for a
+    /// consumer that counts both (a hint: the two counts are read one after the other).
+    pub fn in_flight<H: Harness>(&self, addr: usize) -> bool {
+        let s = Self::slot::<H>(addr);
+        self.starts[s].load(Ordering::SeqCst) != self.ends[s].load(Ordering::SeqCst)
+    }
+
     /// Before the fault reads the primary entry of `addr`: what it waits to change.
     /// `until_end`: an invalidation of the page must have ended (a consumer that
     /// revokes at `end` is wrong only about a translation that lands after it).
@@ -538,6 +545,8 @@ impl<H: Harness> SubscriberOps for Kvm<'_, H> {
                         st.seq = st.seq.wrapping_add(1);
                         st.in_progress -= 1;
                     }
+                    // No `end` follows a refusal: the window's count of it neither.
+                    self.window.ended::<H>(r);
                     return Err(WouldBlock);
                 }
             }
@@ -569,6 +578,9 @@ impl<H: Harness> SubscriberOps for Kvm<'_, H> {
         }
         st.seq = st.seq.wrapping_add(1);
         st.in_progress -= 1;
+        drop(st);
+        // Last: the guest's accesses aimed at a page in flight (C-09) go on until now.
+        self.window.ended::<H>(r);
     }
 
     fn clear_flush_young(&self, start: usize, end: usize) -> bool {
