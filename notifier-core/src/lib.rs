@@ -23,7 +23,11 @@
 //!   the first registration.
 //! * A [`Subscriber`] is a pinned, intrusive node with your [`SubscriberOps`] callbacks.
 //!   Registration allocates nothing. The list of subscribers is read under a sleepable
-//!   RCU ([`srcu`]), so the invalidation path takes no lock and allocates nothing.
+//!   RCU ([`srcu`]), so the invalidation path takes no lock and allocates nothing. An
+//!   invalidation counts itself in flight from its start to its end (registration and
+//!   unregistration wait for that count), and that one read-side section also keeps
+//!   the nodes it walks alive: a node's memory goes back only after grace periods of
+//!   both the in-flight count and the platform's RCU that began after its unlink.
 //! * The primary MMU brackets every page-table change:
 //!   [`AddressSpace::invalidate_range_start`] **before** clearing entries (pages still
 //!   mapped and referenced), then [`Invalidation::end`] **after** the entries changed and

@@ -466,13 +466,17 @@ fn c02_teardown_during_an_invalidation_still_delivers_its_end() {
 
 /// Counters of the [`Counted`] kinds, one slot per kind: the tests that use them run in
 /// parallel.
-static KIND_STARTS: [AtomicUsize; 2] = [const { AtomicUsize::new(0) }; 2];
-static KIND_ENDS: [AtomicUsize; 2] = [const { AtomicUsize::new(0) }; 2];
-static KIND_FREES: [AtomicUsize; 2] = [const { AtomicUsize::new(0) }; 2];
+static KIND_STARTS: [AtomicUsize; 5] = [const { AtomicUsize::new(0) }; 5];
+static KIND_ENDS: [AtomicUsize; 5] = [const { AtomicUsize::new(0) }; 5];
+static KIND_FREES: [AtomicUsize; 5] = [const { AtomicUsize::new(0) }; 5];
 /// The kind of `c02_last_put_during_*`.
 const LATE: usize = 0;
 /// The kind of `c05_synchronize_*`.
 const PARKED: usize = 1;
+/// The kind of `c05_last_put_after_teardown_*`.
+const AFTER_TEARDOWN: usize = 2;
+/// The two kinds of `c05_two_zombies_*`.
+const PAIR: [usize; 2] = [3, 4];
 
 /// A shared kind that counts its starts, ends and frees in slot `K` (one test each).
 struct Counted<const K: usize>;
@@ -830,4 +834,40 @@ fn c05_synchronize_waits_for_a_put_subscriber_parked_behind_an_invalidation() {
         1,
         "synchronize returned before the put subscriber was freed"
     );
+}
+
+/// C-05: the last `put` of a shared subscriber that teardown has already unlinked (the
+/// address space was torn down while a user still held it). Invalidations that began
+/// before that unlink may still be walking over it, so its free waits on the pending
+/// list for them; with none in flight the put's own sweep queues it, and `synchronize`
+/// returns once it has run, exactly once.
+#[test]
+fn c05_last_put_after_teardown_frees_once() {
+    let mm = AddressSpace::<P>::new();
+    let r = mm.get::<Counted<AFTER_TEARDOWN>>().unwrap();
+    mm.release().unwrap();
+    r.put();
+    notifier_core::synchronize::<P>().unwrap();
+    assert_eq!(KIND_FREES[AFTER_TEARDOWN].load(Ordering::SeqCst), 1);
+    drop(mm);
+    notifier_core::synchronize::<P>().unwrap();
+    assert_eq!(KIND_FREES[AFTER_TEARDOWN].load(Ordering::SeqCst), 1);
+}
+
+/// C-05: two shared subscribers put while an invalidation is in flight both become
+/// zombies; its end unlinks both onto the pending list, and both are freed.
+#[test]
+fn c05_two_zombies_both_freed() {
+    let mm = Arc::new(AddressSpace::<P>::new());
+    let a = mm.get::<Counted<{ PAIR[0] }>>().unwrap();
+    let b = mm.get::<Counted<{ PAIR[1] }>>().unwrap();
+    let (go_tx, holder) = hold_invalidation(&mm);
+    a.put();
+    b.put();
+    go_tx.send(()).unwrap();
+    holder.join().unwrap();
+    notifier_core::synchronize::<P>().unwrap();
+    for k in PAIR {
+        assert_eq!(KIND_FREES[k].load(Ordering::SeqCst), 1, "kind {k}");
+    }
 }
