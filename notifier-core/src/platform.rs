@@ -174,8 +174,10 @@ impl SleepClass {
 pub unsafe trait Platform: Sized + Send + Sync + 'static {
     /// The writer-side lock.
     type RawLock: RawLock;
-    /// The sleepable RCU domain that protects subscriber lists (Linux uses one static
-    /// SRCU domain for all address spaces; so does this core).
+    /// The sleepable RCU domain that protects subscriber lists for every walker but
+    /// the invalidations (whose in-flight count keeps the nodes they walk alive) and
+    /// defers the frees of shared subscribers (Linux uses one static SRCU domain for
+    /// all address spaces; so does this core).
     type Rcu: SleepableRcu;
 
     /// The page size; ranges must be multiples of it when
