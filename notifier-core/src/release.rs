@@ -78,8 +78,8 @@ impl<P: Platform> AddressSpace<P> {
         {
             // Unlink everything at once. Readers already inside keep following the
             // nodes' `next` pointers, which stay intact until each node unregisters
-            // (which waits for a grace period) or, for a zombie, until its free runs
-            // after one.
+            // (which waits for grace periods of both the in-flight count and the
+            // RCU) or, for a zombie, until its free runs after both.
             let _inner = s.lock.lock();
             let mut pended = false;
             let mut cur = s.head.load(Ordering::Relaxed);
@@ -91,7 +91,7 @@ impl<P: Platform> AddressSpace<P> {
                 if n.clear_zombie() {
                     // Invalidations that began after it was hidden may be walking
                     // over it: its free waits on the pending list (still counted).
-                    s.pend_unlinked_zombie_locked(n);
+                    s.push_pending_locked(n);
                     pended = true;
                 }
             }

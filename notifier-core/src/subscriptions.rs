@@ -198,8 +198,9 @@ impl<P: Platform> Subscriptions<P> {
         self.gen.store(g, Ordering::Release);
     }
 
-    /// Make `node` (hidden under the lock, which the caller holds) a zombie: it stays
-    /// linked until the invalidations in flight now have ended.
+    /// Count a zombie: a node hidden under the lock (which the caller holds) that stays
+    /// linked until the invalidations in flight now have ended, or one already moved to
+    /// `pending` (`add_pending_locked`). Its cookie is taken after either.
     pub(crate) fn add_zombie_locked(&self) {
         ZOMBIES.add();
         let cookie = self.inflight.cookie();
@@ -215,17 +216,16 @@ impl<P: Platform> Subscriptions<P> {
     /// still be on it, so it waits on `pending` for a grace period of `inflight`. Lock
     /// held; the caller sweeps after unlocking.
     pub(crate) fn add_pending_locked(&self, node: NodeRef<'_, P>) {
-        ZOMBIES.add();
         self.push_pending_locked(node);
-        self.set_zombie_cookie_locked();
-        // SeqCst: the store half of the sweep's handshake, as in `add_zombie_locked`.
-        self.zombies
-            .store(self.zombies.load(Ordering::Relaxed) + 1, Ordering::SeqCst);
+        // Counted as a zombie, with a cookie taken after it was unlinked.
+        self.add_zombie_locked();
     }
 
     /// Chain the unlinked `node` on `pending` (through its `pprev`, unused once
-    /// unlinked; `next` stays intact for the walkers still on it). Lock held.
-    fn push_pending_locked(&self, node: NodeRef<'_, P>) {
+    /// unlinked; `next` stays intact for the walkers still on it). Lock held; the
+    /// caller takes a new `zombie_cookie` afterwards
+    /// ([`set_zombie_cookie_locked`](Self::set_zombie_cookie_locked)).
+    pub(crate) fn push_pending_locked(&self, node: NodeRef<'_, P>) {
         node.set_pending_next(self.pending.load(Ordering::Relaxed));
         self.pending.store(node.as_ptr(), Ordering::Relaxed);
     }
@@ -347,13 +347,6 @@ impl<P: Platform> Subscriptions<P> {
             }
         }
         moved
-    }
-
-    /// Teardown's unlink of a zombie (`release`): it waits on `pending` like the
-    /// sweep's. Lock held; the caller then calls
-    /// [`set_zombie_cookie_locked`](Self::set_zombie_cookie_locked) and sweeps.
-    pub(crate) fn pend_unlinked_zombie_locked(&self, n: NodeRef<'_, P>) {
-        self.push_pending_locked(n);
     }
 
     /// A new `zombie_cookie`, after nodes were moved to `pending`. Lock held.
@@ -724,8 +717,8 @@ impl<P: Platform> AddressSpace<P> {
     /// address space is created, before its page tables can change), so that every
     /// invalidation takes the bracketed path from then on (the first registration still
     /// waits once for a grace period of the platform's `unsubscribed` counters, short
-    /// when no invalidation is in flight). Optional: registration creates it otherwise. Never on an invalidation path (it
-    /// allocates). May sleep.
+    /// when no invalidation is in flight). Optional: registration creates it otherwise.
+    /// Never on an invalidation path (it allocates). May sleep.
     ///
     /// Errors: [`Error::Dead`], [`Error::NoMemory`].
     pub fn prepare(&self) -> Result<(), Error> {

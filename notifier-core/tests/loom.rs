@@ -645,13 +645,7 @@ fn c05_get_put_synchronize() {
         // linked until that invalidation has ended (its end must reach it, C-02);
         // `synchronize` waits for that too, so join C first to keep the model small.
         c.join().unwrap();
-        notifier_core::synchronize::<P>().unwrap();
-        assert_eq!(ALLOCS.load(Ordering::Relaxed), 1);
-        assert_eq!(
-            FREES.load(Ordering::Relaxed),
-            1,
-            "C-05: free not run exactly once"
-        );
+        assert_freed_once();
     });
 }
 
@@ -689,9 +683,11 @@ fn invalidate_on_thread(mm: &Arc<AddressSpace<P>>) -> thread::JoinHandle<()> {
     })
 }
 
-/// After `notifier_core::synchronize`, the shared subscriber's `free` has run once.
+/// After `notifier_core::synchronize`, the one shared subscriber allocated has been
+/// freed, once.
 fn assert_freed_once() {
     notifier_core::synchronize::<P>().unwrap();
+    assert_eq!(ALLOCS.load(Ordering::Relaxed), 1);
     assert_eq!(
         FREES.load(Ordering::Relaxed),
         1,
@@ -735,13 +731,7 @@ fn c05_last_put_races_teardown() {
         mm.release().unwrap();
         b.join().unwrap();
         drop(mm);
-        notifier_core::synchronize::<P>().unwrap();
-        assert_eq!(ALLOCS.load(Ordering::Relaxed), 1);
-        assert_eq!(
-            FREES.load(Ordering::Relaxed),
-            1,
-            "C-05: free not run exactly once"
-        );
+        assert_freed_once();
     });
 }
 
