@@ -11,11 +11,28 @@
 //! of its own ([`ReaderSlot::Owned`]) from a registry of `SLOTS - 1` slots, taken on
 //! the thread's first read-side section and given back when the thread exits; threads
 //! beyond share the last slot. A read-side section then takes no locked instruction:
-//! a plain increment, one full fence (barrier B), and a release increment on exit.
-//! The barriers are the default full fences: `membarrier` as the writer's heavy half
-//! (and a compiler fence on the read side) was measured and left out: the read
-//! section was no faster on this host, and every grace period with a reader running
-//! became 50 times slower (`benches/RESULTS.md`).
+//! a plain increment, barrier B, and a release increment on exit.
+//!
+//! # The barriers
+//!
+//! On a Linux host that has `membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED)` (Linux 4.14
+//! and later) the barriers are asymmetric, as liburcu's `urcu-memb` flavour: the read
+//! side's [`reader_barrier`](Platform::reader_barrier) is a compiler fence only, and
+//! every grace period's [`writer_barrier`](Platform::writer_barrier) is the system
+//! call, which makes each CPU that runs a thread of this process execute a full barrier
+//! before it returns. That is what a full fence on each side would order: a reader
+//! whose counter store the grace period misses stored it after its CPU's barrier, so
+//! its later loads see what the writer stored before the call. The read side is where
+//! the time goes (every invalidation takes one section: the fence after its counter
+//! update drains the store buffer, which then holds the invalidation's own stores, and
+//! was half of a start + end with one subscriber); the grace periods pay a system call
+//! instead, and interrupt the CPUs that run this process's threads right then.
+//!
+//! The choice is made once per process, on the first read-side section or grace
+//! period, and never changes: elsewhere (other hosts, Miri, a kernel without the
+//! command) both barriers are full fences. A reader that ran before the choice used a
+//! full fence, which pairs with either kind of writer barrier.
+//! [`StdPlatform::asymmetric_barriers`] says which was chosen.
 
 extern crate std;
 
@@ -27,6 +44,91 @@ use std::sync::{Condvar, Mutex};
 use crate::primitive::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use crate::srcu::{OwnedSlot, ReaderCounts, ReaderSlot, Srcu, SLOTS};
 use crate::{Bug, Platform, RawLock};
+
+/// How the barriers pair in this process (see [the barriers](self#the-barriers)):
+/// `UNDECIDED` until the first read-side section or grace period, then `MEMBARRIER` or
+/// `FENCES` for good.
+static BARRIERS: core::sync::atomic::AtomicU8 = core::sync::atomic::AtomicU8::new(UNDECIDED);
+const UNDECIDED: u8 = 0;
+const MEMBARRIER: u8 = 1;
+const FENCES: u8 = 2;
+
+/// The heavy barrier, on Linux hosts.
+#[cfg(all(target_os = "linux", not(miri)))]
+mod membarrier {
+    // From the kernel's `include/uapi/linux/membarrier.h`.
+    const CMD_QUERY: libc::c_long = 0;
+    const CMD_PRIVATE_EXPEDITED: libc::c_long = 1 << 3;
+    const CMD_REGISTER_PRIVATE_EXPEDITED: libc::c_long = 1 << 4;
+
+    fn call(cmd: libc::c_long) -> libc::c_long {
+        // SAFETY: `membarrier(cmd, flags = 0, cpu_id = 0)` reads and writes no memory of
+        // ours; every argument is a plain integer.
+        unsafe {
+            libc::syscall(
+                libc::SYS_membarrier,
+                cmd,
+                0 as libc::c_long,
+                0 as libc::c_long,
+            )
+        }
+    }
+
+    /// Register the process for private expedited barriers; false where the host
+    /// kernel lacks them.
+    pub(super) fn register() -> bool {
+        let cmds = call(CMD_QUERY);
+        cmds >= 0 && cmds & CMD_PRIVATE_EXPEDITED != 0 && call(CMD_REGISTER_PRIVATE_EXPEDITED) == 0
+    }
+
+    /// A full barrier on every CPU that runs a thread of this process. Only after
+    /// `register` succeeded.
+    pub(super) fn private_expedited() {
+        // A process whose registration was lost (a child of `fork` on a kernel that did
+        // not carry it over) registers again once.
+        if call(CMD_PRIVATE_EXPEDITED) != 0
+            && (call(CMD_REGISTER_PRIVATE_EXPEDITED) != 0 || call(CMD_PRIVATE_EXPEDITED) != 0)
+        {
+            // Readers that trusted the barrier would go unordered: stop rather than
+            // free memory under them.
+            std::eprintln!("notifier-core: membarrier failed after registration");
+            std::process::abort();
+        }
+    }
+}
+
+#[cfg(not(all(target_os = "linux", not(miri))))]
+mod membarrier {
+    pub(super) fn register() -> bool {
+        false
+    }
+    pub(super) fn private_expedited() {
+        unreachable!("never registered")
+    }
+}
+
+/// Decide how the barriers pair, once per process; returns the decision.
+#[cold]
+fn decide_barriers() -> u8 {
+    let mode = if membarrier::register() {
+        MEMBARRIER
+    } else {
+        FENCES
+    };
+    // Release: a thread that reads MEMBARRIER also sees that the process is registered.
+    match BARRIERS.compare_exchange(UNDECIDED, mode, Ordering::AcqRel, Ordering::Acquire) {
+        Ok(_) => mode,
+        Err(decided) => decided,
+    }
+}
+
+/// The decision, made now if it was not yet.
+fn barriers() -> u8 {
+    match BARRIERS.load(Ordering::Acquire) {
+        UNDECIDED => decide_barriers(),
+        decided => decided,
+    }
+}
 
 /// The hosted platform.
 #[derive(Debug, Clone, Copy, Default)]
@@ -72,6 +174,9 @@ struct SlotClaim(Option<OwnedSlot>);
 
 impl SlotClaim {
     fn claim() -> Self {
+        // The thread's first read-side section: choose the barriers now, so that this
+        // and later sections can take the light one.
+        barriers();
         let mut cur = SLOT_OWNERS.load(Ordering::Relaxed);
         loop {
             let free = !cur & ((1u32 << SHARED_SLOT) - 1);
@@ -179,6 +284,20 @@ impl StdPlatform {
         }
     }
 
+    /// Whether this process pairs a compiler fence on the read side with `membarrier` in
+    /// grace periods (true), or uses full fences on both sides (see
+    /// [the barriers](self#the-barriers)). Decides now if nothing did yet.
+    ///
+    /// ```
+    /// use notifier_core::std_platform::StdPlatform;
+    /// // Asymmetric on a Linux host with `membarrier`, never under Miri.
+    /// let asymmetric = StdPlatform::asymmetric_barriers();
+    /// assert_eq!(asymmetric, StdPlatform::asymmetric_barriers()); // fixed once chosen
+    /// ```
+    pub fn asymmetric_barriers() -> bool {
+        barriers() == MEMBARRIER
+    }
+
     /// Whether the current thread is inside a non-blockable region.
     #[inline]
     pub fn in_non_block() -> bool {
@@ -223,7 +342,7 @@ impl WaitAnnotations {
     }
 }
 
-// SAFETY: the global allocator, one static SRCU domain and one static set of unsubscribed counters, a thread-local task state, owned reader slots from a registry that hands each index to one live thread at a time (`SlotClaim`), and full fences as barriers: the promises of `Platform`.
+// SAFETY: the global allocator, one static SRCU domain and one static set of unsubscribed counters, a thread-local task state, owned reader slots from a registry that hands each index to one live thread at a time (`SlotClaim`), and barriers that order as full fences on both sides do (full fences, or a compiler fence against `membarrier`, chosen once per process: `BARRIERS`): the promises of `Platform`.
 unsafe impl Platform for StdPlatform {
     type RawLock = StdRawLock;
     type Rcu = Srcu<StdPlatform>;
@@ -321,6 +440,27 @@ unsafe impl Platform for StdPlatform {
             w.0[1].fetch_add(held, Ordering::SeqCst);
             w.0[0].fetch_add(1, Ordering::SeqCst);
         });
+    }
+
+    /// A compiler fence where grace periods use `membarrier`, else a full fence (see
+    /// [the barriers](self#the-barriers)).
+    #[inline]
+    fn reader_barrier() {
+        if BARRIERS.load(Ordering::Relaxed) == MEMBARRIER {
+            core::sync::atomic::compiler_fence(Ordering::SeqCst);
+        } else {
+            core::sync::atomic::fence(Ordering::SeqCst);
+        }
+    }
+
+    /// A full fence, then, where the host has it, `membarrier`: every reader of this
+    /// process that runs right now executes a full barrier too (see
+    /// [the barriers](self#the-barriers)).
+    fn writer_barrier() {
+        core::sync::atomic::fence(Ordering::SeqCst);
+        if barriers() == MEMBARRIER {
+            membarrier::private_expedited();
+        }
     }
 
     fn report_bug(bug: Bug) {
