@@ -14,8 +14,9 @@
 //! | `read_side` | `core_srcu`, `liburcu`, `linux_srcu` | an empty read-side section |
 //! | `teardown` | `unregister_all/32000`, `address_space_drop/32000` | every one of 32 000 subscribers unregistered, or the address space torn down under them |
 //!
-//! `dispatch/core_fenceless/<N>` and `read_side/core_srcu_fenceless` are what-if
-//! figures for the analysis: the core on [`Fenceless`], without read-side fences.
+//! `dispatch/core_fenced/<N>` and `read_side/core_srcu_fenced` are what-if figures for
+//! the analysis: the core on [`Fenced`], with a full fence on the read side instead of
+//! the hosted platform's `membarrier` pairing.
 
 use std::hint::black_box;
 use std::pin::Pin;
@@ -25,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use criterion::measurement::WallTime;
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, BenchmarkId, Criterion};
-use notifier_benches::fenceless::Fenceless;
+use notifier_benches::fenced::Fenced;
 use notifier_benches::intervals::{touching, CoreIntervals, LinearScan, Positions};
 use notifier_benches::itree::TreeOf;
 use notifier_benches::lists::{
@@ -139,7 +140,7 @@ fn dispatch(c: &mut Criterion) {
         dispatch_alone::<Urcu>(&mut g, n);
         dispatch_alone::<LinuxSrcu>(&mut g, n);
         // What-if (analysis only): the core without read-side fences.
-        dispatch_alone::<Core<Fenceless>>(&mut g, n);
+        dispatch_alone::<Core<Fenced>>(&mut g, n);
     }
     g.finish();
     let mut g = c.benchmark_group("dispatch_churn");
@@ -314,8 +315,8 @@ fn srcu_sections<Q: Platform>(iters: u64) -> Duration {
 fn read_side(c: &mut Criterion) {
     let mut g = c.benchmark_group("read_side");
     g.bench_function("core_srcu", |b| b.iter_custom(srcu_sections::<P>));
-    g.bench_function("core_srcu_fenceless", |b| {
-        b.iter_custom(srcu_sections::<Fenceless>)
+    g.bench_function("core_srcu_fenced", |b| {
+        b.iter_custom(srcu_sections::<Fenced>)
     });
     g.bench_function("liburcu", |b| {
         b.iter_custom(|iters| {

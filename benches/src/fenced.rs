@@ -1,48 +1,49 @@
-//! A what-if platform, for the analysis only: [`StdPlatform`] without the full fences
-//! the default [`Platform::reader_barrier`] puts on the SRCU read side.
+//! A what-if platform, for the analysis only: [`StdPlatform`] with full fences on both
+//! sides of every SRCU handshake, as the hosted platform had before it paired a
+//! compiler fence on the read side with `membarrier` in grace periods.
 //!
-//! On x86-64 every SRCU reader barrier sits next to the `fetch_add` of a reader counter,
-//! which compiles to a `lock`-prefixed instruction, itself a full barrier in hardware;
-//! the `mfence` after it orders nothing more there. This platform replaces it with a
-//! compiler fence on x86-64 (and keeps the fence elsewhere) to measure what those fences
-//! cost. It is not a recommendation as it stands: in the Rust memory model a relaxed
-//! read-modify-write is not a fence, so a real platform would make the counter update
-//! itself `SeqCst` or pair a light reader barrier with a heavy writer one (membarrier),
-//! which the core's grace-period check would then have to use too (see RESULTS.md).
+//! Everything else is `StdPlatform`'s, the owned reader slots included, so the
+//! difference between `dispatch/core/<N>` and `dispatch/core_fenced/<N>` (and between
+//! `read_side/core_srcu` and `read_side/core_srcu_fenced`) is what the read side's fences
+//! cost, measured in the same run. Where the host has no `membarrier` the two platforms
+//! are the same.
 
 use core::alloc::Layout;
 use core::ptr::NonNull;
-use std::sync::atomic::{compiler_fence, fence, AtomicU32, Ordering};
+use std::sync::atomic::AtomicU32;
 
-use notifier_core::srcu::{ReaderCounts, Srcu};
+use notifier_core::srcu::{ReaderCounts, ReaderSlot, Srcu};
 use notifier_core::std_platform::{StdPlatform, StdRawLock};
 use notifier_core::{Bug, Platform};
 
-/// [`StdPlatform`] with compiler-only SRCU reader barriers on x86-64.
+/// [`StdPlatform`] with the default barriers: a full fence on each side.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct Fenceless;
+pub struct Fenced;
 
-static RCU: Srcu<Fenceless> = Srcu::new();
+static RCU: Srcu<Fenced> = Srcu::new();
 /// Invalidations that found nobody subscribed (`Platform::unsubscribed`).
 static UNSUBSCRIBED: ReaderCounts = ReaderCounts::new();
 
-// SAFETY: allocation, the RCU domain and the task state are `StdPlatform`'s. The barrier
-// promise is kept only in x86-64 hardware (the reader's counter update is a `lock`ed
-// instruction, a full barrier there), not in the Rust memory model: this what-if platform
-// exists to measure what the fences cost, in benchmarks only (see the module docs).
-unsafe impl Platform for Fenceless {
+// SAFETY: allocation, the task state and the reader slots are `StdPlatform`'s, which
+// keeps those promises (a thread's owned slot is its own in every platform's counters);
+// the RCU domain and the unsubscribed counters are this platform's own statics; the
+// barriers are the trait's defaults, full fences.
+unsafe impl Platform for Fenced {
     type RawLock = StdRawLock;
-    type Rcu = Srcu<Fenceless>;
+    type Rcu = Srcu<Fenced>;
 
-    fn rcu() -> &'static Srcu<Fenceless> {
+    fn rcu() -> &'static Srcu<Fenced> {
         &RCU
     }
     fn unsubscribed() -> &'static ReaderCounts {
         &UNSUBSCRIBED
     }
-
     fn slot() -> usize {
         StdPlatform::slot()
+    }
+    #[inline]
+    fn reader_slot() -> ReaderSlot {
+        StdPlatform::reader_slot()
     }
     fn current_task() -> usize {
         StdPlatform::current_task()
@@ -56,9 +57,11 @@ unsafe impl Platform for Fenceless {
     fn relax() {
         StdPlatform::relax()
     }
+    #[inline]
     fn might_sleep() {
         StdPlatform::might_sleep()
     }
+    #[inline]
     fn with_task_state<R>(f: impl FnOnce(&notifier_core::task::TaskState) -> R) -> R {
         StdPlatform::with_task_state(f)
     }
@@ -67,14 +70,6 @@ unsafe impl Platform for Fenceless {
     }
     fn non_block_end() {
         StdPlatform::non_block_end()
-    }
-    #[inline]
-    fn reader_barrier() {
-        if cfg!(target_arch = "x86_64") {
-            compiler_fence(Ordering::SeqCst);
-        } else {
-            fence(Ordering::SeqCst);
-        }
     }
     fn report_bug(bug: Bug) {
         StdPlatform::report_bug(bug)

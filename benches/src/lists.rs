@@ -5,7 +5,7 @@
 //! |---|---|---|
 //! | [`Direct`] (the limit) | `&dyn` calls over a slice, no synchronisation | — |
 //! | [`Core`] | `invalidate_range_start` + `end` | `register` / `unregister` (pinned, intrusive) |
-//! | `Core<Fenceless>` (what-if) | the same on [`Fenceless`] | the same |
+//! | `Core<Fenced>` (what-if) | the same on [`Fenced`](crate::fenced::Fenced): full fences, no `membarrier` | the same |
 //! | [`RwLockList`] | `read()` | `write()` + `push` / `retain` |
 //! | [`ArcSwapList`] | `load()` | `rcu()` with a modified copy |
 //! | [`EpochList`] | `epoch::pin()` + a linked list | mutex, link / unlink + `defer_destroy` |
@@ -31,7 +31,7 @@ use notifier_core::{AddressSpace, Platform, Range, Subscriber};
 use rcu_clean::ArcRcu;
 
 use crate::callbacks::{Callbacks, Counter};
-use crate::fenceless::Fenceless;
+use crate::fenced::Fenced;
 use crate::urcu::{self, ReaderThread, ShimList, ShimNode};
 use crate::P;
 
@@ -135,8 +135,8 @@ impl BenchPlatform for P {
     const CORE_NAME: &'static str = "core";
 }
 
-impl BenchPlatform for Fenceless {
-    const CORE_NAME: &'static str = "core_fenceless";
+impl BenchPlatform for Fenced {
+    const CORE_NAME: &'static str = "core_fenced";
 }
 
 /// `notifier-core`: pinned intrusive subscribers on one address space, on platform `Q`

@@ -35,8 +35,8 @@ const LISTS: [(&str, &str); 9] = [
         "Linux's algorithm (C): hlist under 6.12's SRCU read side",
     ),
     (
-        "core_fenceless",
-        "what-if: notifier-core without read-side fences",
+        "core_fenced",
+        "what-if: notifier-core with a full fence on the read side (no `membarrier`)",
     ),
 ];
 
@@ -680,7 +680,15 @@ impl Report<'_> {
                 None => "unknown",
             }
         );
-        let _ = writeln!(w, "| platform of the core | `StdPlatform` (hosted; SRCU with full fences on the read side) |");
+        let _ = writeln!(
+            w,
+            "| platform of the core | `StdPlatform` (hosted; {}) |",
+            match self.footprint["core_asymmetric_barriers"].as_bool() {
+                Some(true) => "owned reader slots; a compiler fence on the read side, `membarrier` in grace periods",
+                Some(false) => "owned reader slots; no `membarrier` here: a full fence on each side",
+                None => "unknown barriers",
+            }
+        );
         let _ = writeln!(w, "\nAll times are criterion medians per operation (95 % confidence interval in the raw data under `$CARGO_TARGET_DIR/criterion`). Ratios are against the baseline measured in the same run.\n");
 
         let _ = writeln!(w, "## Targets\n");
@@ -727,8 +735,8 @@ impl Report<'_> {
             ),
             ("read_side/core_srcu", "core `Srcu::read_lock()` + drop"),
             (
-                "read_side/core_srcu_fenceless",
-                "what-if: the same without the read-side fences",
+                "read_side/core_srcu_fenced",
+                "what-if: the same with a full fence on the read side (no `membarrier`)",
             ),
             (
                 "read_side/linux_srcu",
@@ -751,7 +759,7 @@ impl Report<'_> {
             let _ = writeln!(w, "\n## {title}\n\n{what}\n");
             let lists: Vec<_> = LISTS
                 .iter()
-                .filter(|(k, _)| group == "dispatch" || !matches!(*k, "direct" | "core_fenceless"))
+                .filter(|(k, _)| group == "dispatch" || !matches!(*k, "direct" | "core_fenced"))
                 .collect();
             let _ = write!(w, "| list |");
             for n in NS {

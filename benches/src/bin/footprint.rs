@@ -138,6 +138,10 @@ fn main() {
         urcu::has_sys_membarrier()
     );
     println!(
+        "  \"core_asymmetric_barriers\": {},",
+        notifier_core::std_platform::StdPlatform::asymmetric_barriers()
+    );
+    println!(
         "  \"itree_depth\": {{ \"n\": {depth_n}, \"order\": \"increasing\", \"depth\": {depth} }},"
     );
     println!("  \"entries\": [");
