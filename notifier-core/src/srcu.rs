@@ -278,7 +278,8 @@ impl Readers {
         match P::reader_slot() {
             ReaderSlot::Owned(o) => {
                 // Only this thread writes the slot's counters (`OwnedSlot` invariant).
-                let c = &self.slots[o.index()].lock[idx];
+                // The index is below SLOTS already; the mask spares a bounds check.
+                let c = &self.slots[o.index() % SLOTS].lock[idx];
                 c.store(c.load(Ordering::Relaxed).wrapping_add(1), Ordering::Relaxed);
             }
             ReaderSlot::Shared(i) => {
@@ -316,14 +317,14 @@ impl Readers {
         match P::reader_slot() {
             ReaderSlot::Owned(o) => {
                 // Only this thread writes the slot's counters (`OwnedSlot` invariant).
-                let c = &self.slots[o.index()].unlock[token.0];
+                let c = &self.slots[o.index() % SLOTS].unlock[token.0 & 1];
                 c.store(c.load(Ordering::Relaxed).wrapping_add(1), Ordering::Release);
                 true
             }
             ReaderSlot::Shared(i) => {
                 // SeqCst where asked (on x86 the same locked add as Release): a load the
                 // exiting reader makes afterwards is ordered after it.
-                self.slots[i % SLOTS].unlock[token.0].fetch_add(1, order);
+                self.slots[i % SLOTS].unlock[token.0 & 1].fetch_add(1, order);
                 false
             }
         }

@@ -154,9 +154,17 @@ std::thread_local! {
         AtomicUsize::new(0),
     ]));
     static TASK_STATE: crate::task::TaskState = const { crate::task::TaskState::new() };
-    /// The thread's reader slot, taken on first use and given back at thread exit.
+    /// The thread's claim on a reader slot, taken on first use and given back at thread
+    /// exit.
     static READER_SLOT: SlotClaim = SlotClaim::claim();
+    /// What every read-side section reads (a plain thread-local byte, no lazy state):
+    /// `UNCLAIMED` until the thread's first section, then the index its claim owns, or
+    /// `SHARED_SLOT` (no slot was free, or the claim was given back at thread exit).
+    static SLOT_INDEX: Cell<u8> = const { Cell::new(UNCLAIMED) };
 }
+
+/// `SLOT_INDEX` before the thread's first read-side section.
+const UNCLAIMED: u8 = u8::MAX;
 
 /// Reader slots owned by a thread: bit `i` set while a thread owns slot `i`. Slot
 /// `SLOTS - 1` is never owned: it is the shared slot of the threads that found every
@@ -169,7 +177,9 @@ const SHARED_SLOT: usize = SLOTS - 1;
 /// # Invariants
 ///
 /// `Some(i)`: bit `i` of `SLOT_OWNERS` was set by this claim, `i < SHARED_SLOT`, and is
-/// cleared only by its drop, on the thread that made the claim.
+/// cleared only by its drop, on the thread that made the claim. The thread's
+/// `SLOT_INDEX` is `i` from the claim until the drop, which sets it to `SHARED_SLOT`
+/// before it clears the bit; it is never below `SHARED_SLOT` otherwise.
 struct SlotClaim(Option<OwnedSlot>);
 
 impl SlotClaim {
@@ -181,6 +191,7 @@ impl SlotClaim {
         loop {
             let free = !cur & ((1u32 << SHARED_SLOT) - 1);
             if free == 0 {
+                SLOT_INDEX.with(|c| c.set(SHARED_SLOT as u8));
                 return SlotClaim(None);
             }
             let i = free.trailing_zeros();
@@ -196,7 +207,10 @@ impl SlotClaim {
                 // handed this index, the shared slot is `SHARED_SLOT` (never owned), the
                 // hand-over is the release clear and the acquire set, and the core never
                 // counts from a signal handler on this platform.
-                Ok(_) => return SlotClaim(unsafe { OwnedSlot::new(i as usize) }),
+                Ok(_) => {
+                    SLOT_INDEX.with(|c| c.set(i as u8));
+                    return SlotClaim(unsafe { OwnedSlot::new(i as usize) });
+                }
                 Err(now) => cur = now,
             }
         }
@@ -211,9 +225,21 @@ impl SlotClaim {
     }
 }
 
+/// The thread's first read-side section: take a slot (or learn that the claim is gone).
+#[cold]
+#[inline(never)]
+fn claim_reader_slot() -> ReaderSlot {
+    READER_SLOT
+        .try_with(SlotClaim::slot)
+        .unwrap_or(ReaderSlot::Shared(SHARED_SLOT))
+}
+
 impl Drop for SlotClaim {
     fn drop(&mut self) {
         if let Some(o) = self.0.take() {
+            // From now on this thread counts in the shared slot (a later section in
+            // another thread-local's destructor, say).
+            SLOT_INDEX.with(|c| c.set(SHARED_SLOT as u8));
             // Release: the next owner sees this thread's last counts.
             SLOT_OWNERS.fetch_and(!(1u32 << o.index()), Ordering::Release);
         }
@@ -364,9 +390,18 @@ unsafe impl Platform for StdPlatform {
     /// An owned slot from the registry (see the [module docs](self)), or the shared one.
     #[inline]
     fn reader_slot() -> ReaderSlot {
-        READER_SLOT
-            .try_with(SlotClaim::slot)
-            .unwrap_or(ReaderSlot::Shared(SHARED_SLOT))
+        let i = SLOT_INDEX.with(Cell::get);
+        if usize::from(i) < SHARED_SLOT {
+            // SAFETY: `SLOT_INDEX` is below `SHARED_SLOT` only while this thread's
+            // `SlotClaim` owns that index (its invariant): the claim's promise.
+            if let Some(o) = unsafe { OwnedSlot::new(usize::from(i)) } {
+                return ReaderSlot::Owned(o);
+            }
+        }
+        if i == UNCLAIMED {
+            return claim_reader_slot();
+        }
+        ReaderSlot::Shared(SHARED_SLOT)
     }
 
     #[inline]
