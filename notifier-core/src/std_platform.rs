@@ -28,6 +28,11 @@
 //! was half of a start + end with one subscriber); the grace periods pay a system call
 //! instead, and interrupt the CPUs that run this process's threads right then.
 //!
+//! The zombie sweep at an invalidation's end may issue a writer barrier too, so the
+//! system call can run inside a non-blockable region; it may wait briefly in the host
+//! kernel, but it never waits for this process's own tasks, which is what a
+//! non-blockable region forbids (and what [`StdPlatform::sleep_violations`] counts).
+//!
 //! The choice is made once per process, on the first read-side section or grace
 //! period, and never changes: elsewhere (other hosts, Miri, a kernel without the
 //! command) both barriers are full fences. A reader that ran before the choice used a
@@ -82,15 +87,12 @@ mod membarrier {
     }
 
     /// A full barrier on every CPU that runs a thread of this process. Only after
-    /// `register` succeeded.
+    /// `register` succeeded (the registration belongs to the address space: threads
+    /// share it, a child of `fork` inherits it, `exec` drops it with everything else).
     pub(super) fn private_expedited() {
-        // A process whose registration was lost (a child of `fork` on a kernel that did
-        // not carry it over) registers again once.
-        if call(CMD_PRIVATE_EXPEDITED) != 0
-            && (call(CMD_REGISTER_PRIVATE_EXPEDITED) != 0 || call(CMD_PRIVATE_EXPEDITED) != 0)
-        {
-            // Readers that trusted the barrier would go unordered: stop rather than
-            // free memory under them.
+        if call(CMD_PRIVATE_EXPEDITED) != 0 {
+            // Cannot fail once registered (membarrier(2)); were it to, readers that
+            // trusted it would go unordered: stop rather than free memory under them.
             std::eprintln!("notifier-core: membarrier failed after registration");
             std::process::abort();
         }
