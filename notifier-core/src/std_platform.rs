@@ -37,7 +37,8 @@
 //! period, and never changes: elsewhere (other hosts, Miri, a kernel without the
 //! command) both barriers are full fences. A reader that ran before the choice used a
 //! full fence, which pairs with either kind of writer barrier.
-//! [`StdPlatform::asymmetric_barriers`] says which was chosen.
+//! [`StdPlatform::asymmetric_barriers`] says which was chosen; `NOTIFIER_MEMBARRIER=0`
+//! in the environment keeps the full fences.
 
 extern crate std;
 
@@ -109,10 +110,13 @@ mod membarrier {
     }
 }
 
-/// Decide how the barriers pair, once per process; returns the decision.
+/// Decide how the barriers pair, once per process; returns the decision. The
+/// environment variable `NOTIFIER_MEMBARRIER=0` keeps full fences (to compare, or to
+/// test that pairing on a host that has `membarrier`).
 #[cold]
 fn decide_barriers() -> u8 {
-    let mode = if membarrier::register() {
+    let off = std::env::var_os("NOTIFIER_MEMBARRIER").is_some_and(|v| v == "0");
+    let mode = if !off && membarrier::register() {
         MEMBARRIER
     } else {
         FENCES
