@@ -63,7 +63,6 @@ const FENCES: u8 = 2;
 #[cfg(all(target_os = "linux", not(miri)))]
 mod membarrier {
     // From the kernel's `include/uapi/linux/membarrier.h`.
-    const CMD_QUERY: libc::c_long = 0;
     const CMD_PRIVATE_EXPEDITED: libc::c_long = 1 << 3;
     const CMD_REGISTER_PRIVATE_EXPEDITED: libc::c_long = 1 << 4;
 
@@ -81,10 +80,10 @@ mod membarrier {
     }
 
     /// Register the process for private expedited barriers; false where the host
-    /// kernel lacks them.
+    /// kernel lacks them (no system call: `ENOSYS`; Linux 4.3 to 4.13, no such
+    /// command: `EINVAL`).
     pub(super) fn register() -> bool {
-        let cmds = call(CMD_QUERY);
-        cmds >= 0 && cmds & CMD_PRIVATE_EXPEDITED != 0 && call(CMD_REGISTER_PRIVATE_EXPEDITED) == 0
+        call(CMD_REGISTER_PRIVATE_EXPEDITED) == 0
     }
 
     /// A full barrier on every CPU that runs a thread of this process. Only after
