@@ -139,7 +139,7 @@ fn dispatch(c: &mut Criterion) {
         dispatch_alone::<RcuCleanList>(&mut g, n);
         dispatch_alone::<Urcu>(&mut g, n);
         dispatch_alone::<LinuxSrcu>(&mut g, n);
-        // What-if (analysis only): the core without read-side fences.
+        // What-if (analysis only): the core with full fences on both sides.
         dispatch_alone::<Core<Fenced>>(&mut g, n);
     }
     g.finish();

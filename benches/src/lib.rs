@@ -19,7 +19,7 @@
 //! * [`intervals`]: interval subscribers in the core against a linear scan;
 //! * [`itree`]: the interval tree alone: depth, insert + remove, walk;
 //! * [`urcu`]: the bindings of the liburcu shim;
-//! * [`fenced`]: a what-if platform with full fences on the read side, for the analysis;
+//! * [`fenced`]: a what-if platform with full fences on both sides (no `membarrier`), for the analysis;
 //! * [`alloc_count`]: the counting global allocator of the zero-allocation test and the
 //!   `footprint` binary.
 
