@@ -5,7 +5,7 @@
 //! |---|---|---|
 //! | [`Direct`] (the limit) | `&dyn` calls over a slice, no synchronisation | — |
 //! | [`Core`] | `invalidate_range_start` + `end` | `register` / `unregister` (pinned, intrusive) |
-//! | `Core<Fenced>` (what-if) | the same on [`Fenced`](crate::fenced::Fenced): full fences, no `membarrier` | the same |
+//! | `Core<Fenced>` (what-if) | the same on [`Fenced`]: full fences, no `membarrier` | the same |
 //! | [`RwLockList`] | `read()` | `write()` + `push` / `retain` |
 //! | [`ArcSwapList`] | `load()` | `rcu()` with a modified copy |
 //! | [`EpochList`] | `epoch::pin()` + a linked list | mutex, link / unlink + `defer_destroy` |
