@@ -287,27 +287,24 @@ pub(crate) fn itree_invalidate<P: Platform>(
     range: &Range,
 ) -> Result<(), Error> {
     let last = range.end - 1;
-    let (any, cur_seq) = {
+    let (matches, cur_seq) = {
         let mut inner = subs.lock.lock();
         inner.active_invalidate_ranges += 1;
-        let any = inner.itree.overlaps(range.start, last);
-        if any {
-            // The tree is frozen from here until the last in-flight invalidation ends.
+        // SAFETY: when some interval meets the range, the tree is frozen from here (the
+        // lock is held, and `invalidate_seq` is made odd below before it is released;
+        // we are counted in `active_invalidate_ranges`) until the last in-flight
+        // invalidation ends, which is after this invalidation's walks: insert and
+        // remove defer, remove waits. Reading the root under the lock orders the walks
+        // after every tree change.
+        let matches = unsafe { inner.itree.freeze_matches(range.start, last) };
+        if matches.is_some() {
             let s = subs.invalidate_seq.load(Ordering::Relaxed) | 1;
             subs.invalidate_seq.store(s, Ordering::Release);
         }
-        (any, subs.invalidate_seq.load(Ordering::Relaxed))
+        (matches, subs.invalidate_seq.load(Ordering::Relaxed))
     };
-    if !any {
+    let Some(frozen) = matches else {
         return Ok(());
-    }
-    let frozen = {
-        // Reading the root under the lock orders the walk after every tree change.
-        let inner = subs.lock.lock();
-        // SAFETY: the tree is frozen until the last in-flight invalidation ends
-        // (`invalidate_seq` odd, and we are counted in `active_invalidate_ranges`),
-        // which is after this walk: insert and remove defer, remove waits.
-        unsafe { inner.itree.freeze() }
     };
     let _mark = task::CallbackMark::<P>::new();
     let mut failed: Option<*const Interval<P>> = None;
@@ -337,7 +334,7 @@ pub(crate) fn itree_invalidate<P: Platform>(
             }
         }
     };
-    let _ = frozen.walk(range.start, last, &mut first_pass);
+    let _ = frozen.walk(&mut first_pass);
     // C-14: every first pass has run; now the second passes, for every subscriber whose
     // first pass succeeded (those before the refusing one, in the same order).
     if two_pass {
@@ -359,7 +356,7 @@ pub(crate) fn itree_invalidate<P: Platform>(
             }
             ControlFlow::Continue(())
         };
-        let _ = frozen.walk(range.start, last, &mut second_pass);
+        let _ = frozen.walk(&mut second_pass);
     }
     if failed.is_some() {
         // C-08: the subscribers already told have recorded `cur_seq`; ending rolls the

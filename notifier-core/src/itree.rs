@@ -24,7 +24,10 @@
 //! fixed, small stack whatever the size or shape of the tree, so the callback gets all
 //! the rest. (The ring is for speed: climbing parent links alone made a walk wait for
 //! each node's cache miss before it could start the next one; a 64-match walk over
-//! 100 000 scattered intervals took about 2 to 3 times as long.)
+//! 100 000 scattered intervals took about 2 to 3 times as long. For the same reason
+//! each step down asks for the right child's cache line while the left child's, whose
+//! `max_last` decides the way, is on its way; and [`Tree::freeze_matches`] lets the
+//! core find the first match once, under its lock, and walk on from it.)
 //! A node costs one [`Links`]: five words (40 bytes on 64-bit targets).
 //!
 //! # Concurrency: the frozen-tree rule
@@ -485,7 +488,28 @@ impl<N: Node> Tree<N> {
 
     /// Whether some node meets `[first, last]`: O(log n).
     pub fn overlaps(&self, first: usize, last: usize) -> bool {
-        walk(self.root(), first, last, |_| ControlFlow::Break(())).is_break()
+        first_match(self.root(), first, last).is_some()
+    }
+
+    /// A snapshot of the nodes meeting `[first, last]` (`first <= last`), to walk without
+    /// the lock; `None` if there is none. The first of them is found now, under the
+    /// lock, and the walk goes on from it ([`FrozenMatches::walk`]), so that the caller
+    /// that needs to know whether any node matches (and then freezes the tree) descends
+    /// the tree once, not twice (Linux: `mn_itree_inv_start_range` returns the first
+    /// node it found under its lock).
+    ///
+    /// # Safety
+    ///
+    /// As for [`freeze`](Self::freeze): until the returned snapshot is dropped the tree
+    /// is frozen. (When `None` is returned nothing needs to stay frozen.)
+    pub unsafe fn freeze_matches(&self, first: usize, last: usize) -> Option<FrozenMatches<N>> {
+        debug_assert!(first <= last);
+        first_match(self.root(), first, last).map(|m| FrozenMatches {
+            first_match: m.ptr,
+            first,
+            last,
+            _not_send: PhantomData,
+        })
     }
 
     /// A snapshot of the tree to walk without the lock.
@@ -582,6 +606,32 @@ impl<N: Node> Frozen<N> {
     }
 }
 
+/// The nodes of a frozen [`Tree`] meeting a range, from the first of them (see
+/// [`Tree::freeze_matches`]). Not `Send`: it is walked by the thread that froze the tree.
+///
+/// # Invariants
+///
+/// The tree is frozen while this lives (the contract of [`Tree::freeze_matches`]), and
+/// `first_match` is its first node in order meeting `[first, last]`, `first <= last`.
+pub struct FrozenMatches<N: Node> {
+    first_match: NonNull<N>,
+    first: usize,
+    last: usize,
+    _not_send: PhantomData<*mut ()>,
+}
+
+impl<N: Node> FrozenMatches<N> {
+    /// Visit every node meeting the range, in order of `(start, address)`, until `f`
+    /// breaks (as [`Tree::walk`], without descending again to the first match: from it,
+    /// the walk climbs the parent links where [`Tree::walk`] would pop its ring).
+    pub fn walk(&self, f: impl FnMut(NonNull<N>) -> ControlFlow<()>) -> ControlFlow<()> {
+        // SAFETY: type invariant: a node of the frozen tree, which stays valid and
+        // unchanged while `self` lives.
+        let x = unsafe { Ref::new(self.first_match) };
+        walk_from(x, Ancestors::new(), false, self.first, self.last, f)
+    }
+}
+
 /// How many of the nodes the walk will come back to it keeps on its stack.
 const RING: usize = 8;
 
@@ -635,34 +685,99 @@ fn walk<'a, N: Node>(
     root: Option<Ref<'a, N>>,
     first: usize,
     last: usize,
+    f: impl FnMut(NonNull<N>) -> ControlFlow<()>,
+) -> ControlFlow<()> {
+    debug_assert!(first <= last);
+    match root.filter(|r| r.max_last() >= first) {
+        Some(x) => walk_from(x, Ancestors::new(), true, first, last, f),
+        None => ControlFlow::Continue(()),
+    }
+}
+
+/// The first node in order that meets `[first, last]`: the descent of [`walk`] alone.
+fn first_match<'a, N: Node>(
+    root: Option<Ref<'a, N>>,
+    first: usize,
+    last: usize,
+) -> Option<Ref<'a, N>> {
+    let mut x = root.filter(|r| r.max_last() >= first)?;
+    let mut ancestors = Ancestors::new();
+    descend(&mut x, &mut ancestors, first, last)?;
+    // `descend` stops at a match or at the first node starting after `last`.
+    (x.start() <= last).then_some(x)
+}
+
+/// Go down from `x`, whose subtree holds an interval ending at or after `first`, to the
+/// leftmost node of that subtree ending at or after `first` or starting after `last`:
+/// the first candidate, as the ones after it in order start no earlier. `None` only if
+/// the invariant did not hold (unreachable; the walk then ends, the safe answer).
+#[inline(always)]
+fn descend<'a, N: Node>(
+    x: &mut Ref<'a, N>,
+    ancestors: &mut Ancestors<'a, N>,
+    first: usize,
+    last: usize,
+) -> Option<()> {
+    loop {
+        let (l, r) = (x.left(), x.right());
+        // The right child's line is wanted if the walk turns right: fetch it while the
+        // left child's arrives (its `max_last` decides), so that a step to the right
+        // waits for one miss, not two in a row.
+        if let Some(r) = r {
+            prefetch(r.ptr);
+        }
+        match l {
+            Some(l) if l.max_last() >= first => {
+                ancestors.push(*x);
+                *x = l;
+            }
+            // A match, or too late to be one: the caller deals with both.
+            _ if x.last() >= first || x.start() > last => return Some(()),
+            _ => match r {
+                Some(r) if r.max_last() >= first => *x = r,
+                _ => return None,
+            },
+        }
+    }
+}
+
+/// Ask for the cache line of `n` ahead of its use. Only a hint: it reads nothing
+/// (a prefetch never faults, and the node is valid anyway) and changes nothing.
+#[inline(always)]
+fn prefetch<N>(n: NonNull<N>) {
+    #[cfg(all(target_arch = "x86_64", target_feature = "sse", not(miri), not(loom)))]
+    // SAFETY: `_mm_prefetch` is a hint with no effect on memory or on program state; the
+    // `sse` target feature it needs is enabled (checked by the `cfg` above).
+    unsafe {
+        core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(
+            n.as_ptr().cast::<i8>(),
+        );
+    }
+    #[cfg(not(all(target_arch = "x86_64", target_feature = "sse", not(miri), not(loom))))]
+    let _ = n;
+}
+
+/// The in-order walk of [`walk`] from node `x`. With `down`, `x` is a subtree holding an
+/// interval ending at or after `first` (the walk first descends into it); without, `x`
+/// is the first match in order and `ancestors` may be empty (the walk climbs the parent
+/// links when it is).
+fn walk_from<'a, N: Node>(
+    mut x: Ref<'a, N>,
+    mut ancestors: Ancestors<'a, N>,
+    mut down: bool,
+    first: usize,
+    last: usize,
     mut f: impl FnMut(NonNull<N>) -> ControlFlow<()>,
 ) -> ControlFlow<()> {
     use ControlFlow::Continue;
-    debug_assert!(first <= last);
-    let Some(mut x) = root.filter(|r| r.max_last() >= first) else {
-        return Continue(());
-    };
-    let mut ancestors = Ancestors::new();
-    // Invariant at the top of this loop: the subtree of `x` holds an interval ending at
-    // or after `first`, and every node before that subtree in order has been dealt with.
-    'descend: loop {
-        // The leftmost node of the subtree ending at or after `first`: the first
-        // candidate, as the ones after it in order start no earlier.
-        loop {
-            match x.left() {
-                Some(l) if l.max_last() >= first => {
-                    ancestors.push(x);
-                    x = l;
-                }
-                // A match, or too late to be one: the loop below deals with both.
-                _ if x.last() >= first || x.start() > last => break,
-                _ => match x.right() {
-                    Some(r) if r.max_last() >= first => x = r,
-                    // Unreachable by the invariant; ending is the safe answer.
-                    _ => return Continue(()),
-                },
-            }
+    // Invariant at the top of this loop: with `down`, the subtree of `x` holds an
+    // interval ending at or after `first`, and every node before that subtree in order
+    // has been dealt with; without, every node before `x` in order has been.
+    loop {
+        if down && descend(&mut x, &mut ancestors, first, last).is_none() {
+            return Continue(());
         }
+        down = true;
         // `x` and the nodes before it are done with, its left subtree too; go on in
         // order: its right subtree if it may hold a match, else the next ancestor.
         loop {
@@ -676,7 +791,7 @@ fn walk<'a, N: Node>(
             if let Some(r) = x.right() {
                 if r.max_last() >= first {
                     x = r;
-                    continue 'descend;
+                    break;
                 }
             }
             match ancestors.next(x) {

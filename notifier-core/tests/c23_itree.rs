@@ -115,6 +115,32 @@ impl<'p> Checked<'p> {
         seen
     }
 
+    /// The same through [`Tree::freeze_matches`]: the first match found up front, the
+    /// walk going on from it with no ring of ancestors (it climbs the parent links).
+    fn walk_matches(&self, first: usize, last: usize, limit: usize) -> Vec<usize> {
+        let mut seen = Vec::new();
+        // SAFETY: nothing changes the tree while `matches` lives (it is dropped at the
+        // end of this function, which holds `&self`); the nodes live in the pool.
+        let Some(matches) = (unsafe { self.tree.freeze_matches(first, last) }) else {
+            return seen;
+        };
+        let flow = matches.walk(|n| {
+            // SAFETY: nodes of the tree are nodes of the pool, alive.
+            seen.push(unsafe { n.as_ref() }.id);
+            if seen.len() == limit {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        });
+        assert_eq!(flow.is_break(), seen.len() == limit && limit > 0);
+        assert!(
+            !seen.is_empty(),
+            "freeze_matches found a match the walk did not"
+        );
+        seen
+    }
+
     /// Ids the model says meet `[first, last]`, in order of (start, address).
     fn model(&self, first: usize, last: usize) -> Vec<usize> {
         let mut v: Vec<usize> = (0..self.present.len())
@@ -198,17 +224,23 @@ fn c23_random_inserts_removes_and_walks_match_the_model() {
                     let b = a + rng.below(span / 2 + 1);
                     let all = t.model(a, b);
                     assert_eq!(t.walk(a, b, usize::MAX), all, "seed {seed} op {op}");
+                    assert_eq!(t.walk_matches(a, b, usize::MAX), all, "seed {seed} op {op}");
                     assert_eq!(t.tree.overlaps(a, b), !all.is_empty());
                     // Stopping early stops at the same place.
                     let limit = 1 + rng.below(all.len() + 1);
                     let want = &all[..limit.min(all.len())];
                     assert_eq!(t.walk(a, b, limit), want, "seed {seed} op {op}");
+                    assert_eq!(t.walk_matches(a, b, limit), want, "seed {seed} op {op}");
                 }
             }
             t.check();
         }
         // The whole tree in order.
         assert_eq!(t.walk(0, usize::MAX, usize::MAX), t.model(0, usize::MAX));
+        assert_eq!(
+            t.walk_matches(0, usize::MAX, usize::MAX),
+            t.model(0, usize::MAX)
+        );
     }
 }
 
@@ -250,6 +282,7 @@ fn c23_walks_of_a_deep_tree_match_the_model() {
             .filter(|&i| pool.nodes[i].start <= b && pool.nodes[i].last >= a)
             .collect();
         assert_eq!(t.walk(a, b, usize::MAX), want, "query {q}");
+        assert_eq!(t.walk_matches(a, b, usize::MAX), want, "query {q}");
     }
 }
 
