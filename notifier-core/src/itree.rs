@@ -702,21 +702,21 @@ fn first_match<'a, N: Node>(
 ) -> Option<Ref<'a, N>> {
     let mut x = root.filter(|r| r.max_last() >= first)?;
     let mut ancestors = Ancestors::new();
-    descend(&mut x, &mut ancestors, first, last)?;
+    descend(&mut x, &mut ancestors, first)?;
     // `descend` stops at a match or at the first node starting after `last`.
     (x.start() <= last).then_some(x)
 }
 
 /// Go down from `x`, whose subtree holds an interval ending at or after `first`, to the
-/// leftmost node of that subtree ending at or after `first` or starting after `last`:
-/// the first candidate, as the ones after it in order start no earlier. `None` only if
-/// the invariant did not hold (unreachable; the walk then ends, the safe answer).
+/// leftmost node of that subtree ending at or after `first`: the first candidate, as
+/// the ones after it in order start no earlier (whether it starts after the range's
+/// `last` is the caller's question). `None` only if the invariant did not hold
+/// (unreachable; the walk then ends, the safe answer).
 #[inline(always)]
 fn descend<'a, N: Node>(
     x: &mut Ref<'a, N>,
     ancestors: &mut Ancestors<'a, N>,
     first: usize,
-    last: usize,
 ) -> Option<()> {
     loop {
         let (l, r) = (x.left(), x.right());
@@ -731,8 +731,9 @@ fn descend<'a, N: Node>(
                 ancestors.push(*x);
                 *x = l;
             }
-            // A match, or too late to be one: the caller deals with both.
-            _ if x.last() >= first || x.start() > last => return Some(()),
+            // A match, or too late to be one (it starts after `last`): the caller deals
+            // with both. (A node starting after `last` ends after `first` too.)
+            _ if x.last() >= first => return Some(()),
             _ => match r {
                 Some(r) if r.max_last() >= first => *x = r,
                 _ => return None,
@@ -774,7 +775,7 @@ fn walk_from<'a, N: Node>(
     // interval ending at or after `first`, and every node before that subtree in order
     // has been dealt with; without, every node before `x` in order has been.
     loop {
-        if down && descend(&mut x, &mut ancestors, first, last).is_none() {
+        if down && descend(&mut x, &mut ancestors, first).is_none() {
             return Continue(());
         }
         down = true;

@@ -412,6 +412,7 @@ fn c23_frozen_walk_from_another_thread() {
             ControlFlow::Continue(())
         });
         assert!(frozen.overlaps(0, 0));
+        assert!(!frozen.overlaps(3 * n + 6, usize::MAX));
         assert_eq!(mine, h.join().unwrap());
         mine
     });
