@@ -236,21 +236,6 @@ pub(crate) enum Poll {
 #[must_use]
 pub(crate) struct ReadToken(usize);
 
-impl ReadToken {
-    /// The counter index the section entered (0 or 1).
-    #[inline]
-    pub(crate) fn index(self) -> usize {
-        self.0
-    }
-
-    /// The token of a section that entered counter `index` (0 or 1), as
-    /// [`index`](Self::index) gave it.
-    #[inline]
-    pub(crate) fn from_index(index: usize) -> Self {
-        ReadToken(index & 1)
-    }
-}
-
 impl Readers {
     /// Counters with no reader inside.
     #[cfg(not(loom))]

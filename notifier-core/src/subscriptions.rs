@@ -652,20 +652,38 @@ impl<P: Platform> AddressSpace<P> {
         }
     }
 
-    /// The bracketed start. The out-of-line part returns what `end` needs in registers
-    /// and the [`Invalidation`] is built here, in the caller's frame: built out of line,
-    /// it would come back through memory, and the caller's copy of it, right after the
-    /// callee's stores, would stall on store forwarding.
+    /// The bracketed start. Counted in flight before anything is read, so that a
+    /// registration either sees this invalidation (and waits for its end) or is seen by
+    /// it (C-02). With nobody to call (an empty list, no interval tree) it is done here,
+    /// inline; otherwise the out-of-line part calls the subscribers and returns what
+    /// `end` needs in registers, and the [`Invalidation`] is built here, in the caller's
+    /// frame: built out of line, it would come back through memory, and the caller's
+    /// copy of it, right after the callee's stores, would stall on store forwarding.
     #[inline(always)]
     fn start_bracketed(s: &Subscriptions<P>, range: Range) -> Result<Invalidation<'_, P>, Error> {
-        let word = Self::start_slow(s, &range)?;
+        if range.blockable {
+            P::might_sleep();
+        }
+        let token = s.inflight.enter::<P>();
+        let g = s.gen.load(Ordering::Acquire);
+        // Read after `enter` (its barrier pairs with the first registration's and the
+        // first insertion's grace periods): either this invalidation sees the node or
+        // the tree, or the registration waits for it.
+        let (itree, word) =
+            if s.head.load(Ordering::Relaxed).is_null() && !s.has_itree.load(Ordering::Relaxed) {
+                task::hold::<P>();
+                (false, g)
+            } else {
+                let itree = Self::start_slow(s, &range, token, g)?;
+                (itree, g)
+            };
         Ok(Invalidation {
             range,
             inner: Some(Started {
                 subs: s,
-                gen: word >> 2,
-                itree: word & 2 != 0,
-                token: ReadToken::from_index((word & 1) as usize),
+                gen: word,
+                itree,
+                token,
             }),
             unbracketed: None,
             _not_send: PhantomData,
@@ -726,24 +744,24 @@ impl<P: Platform> AddressSpace<P> {
         self.subscriptions_or_create().map(|_| ())
     }
 
-    /// Count the invalidation in flight and call the subscribers. Returns the started
-    /// state packed in one word: the generation, shifted left by two, whether the
-    /// interval tree was entered (bit 1) and the in-flight read token (bit 0).
+    /// Call the subscribers of an invalidation counted in flight (`token`, entered before
+    /// generation `g` was read). Returns whether the interval tree was entered (the
+    /// caller's `end` owes it its end).
     #[inline(never)]
-    fn start_slow(s: &Subscriptions<P>, range: &Range) -> Result<u64, Error> {
-        if range.blockable {
-            P::might_sleep();
-        }
-        // Counted in flight before anything is read, so that a registration either sees
-        // this invalidation (and waits for its end) or is seen by it (C-02). Until the
-        // start has succeeded, `guard` undoes the count if a callback panics.
+    fn start_slow(
+        s: &Subscriptions<P>,
+        range: &Range,
+        token: ReadToken,
+        g: u64,
+    ) -> Result<bool, Error> {
+        // Until the start has succeeded, `guard` undoes the count if a callback panics or
+        // a subscriber refuses.
         let mut guard = InFlight {
             subs: s,
             itree: false,
-            token: s.inflight.enter::<P>(),
+            token,
             armed: true,
         };
-        let g = s.gen.load(Ordering::Acquire);
         // Read after `enter` (its barrier pairs with the first insertion's grace
         // period): either this invalidation sees the tree, or the insertion waits for it.
         if s.has_itree.load(Ordering::Relaxed) {
@@ -762,8 +780,7 @@ impl<P: Platform> AddressSpace<P> {
         }
         task::hold::<P>();
         guard.armed = false;
-        // Generations stay below 2^62 (`GEN_MASK`): the shift loses nothing.
-        Ok(g << 2 | u64::from(guard.itree) << 1 | guard.token.index() as u64)
+        Ok(guard.itree)
     }
 
     /// The 2008 single-page form: a start/end pair over the page at `addr` with event
