@@ -744,17 +744,21 @@ fn descend<'a, N: Node>(
 
 /// Ask for the cache line of `n` ahead of its use. Only a hint: it reads nothing
 /// (a prefetch never faults, and the node is valid anyway) and changes nothing.
+/// `prefetcht0` is in every x86-64 CPU, with or without the SSE registers (kernels
+/// build without them).
 #[inline(always)]
 fn prefetch<N>(n: NonNull<N>) {
-    #[cfg(all(target_arch = "x86_64", target_feature = "sse", not(miri), not(loom)))]
-    // SAFETY: `_mm_prefetch` is a hint with no effect on memory or on program state; the
-    // `sse` target feature it needs is enabled (checked by the `cfg` above).
+    #[cfg(all(target_arch = "x86_64", not(miri), not(loom)))]
+    // SAFETY: `prefetcht0` reads no memory architecturally, cannot fault, and writes no
+    // register, flag or memory; the operand is a plain address.
     unsafe {
-        core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(
-            n.as_ptr().cast::<i8>(),
+        core::arch::asm!(
+            "prefetcht0 [{0}]",
+            in(reg) n.as_ptr(),
+            options(nostack, preserves_flags, readonly)
         );
     }
-    #[cfg(not(all(target_arch = "x86_64", target_feature = "sse", not(miri), not(loom))))]
+    #[cfg(not(all(target_arch = "x86_64", not(miri), not(loom))))]
     let _ = n;
 }
 

@@ -669,19 +669,18 @@ impl<P: Platform> AddressSpace<P> {
         // Read after `enter` (its barrier pairs with the first registration's and the
         // first insertion's grace periods): either this invalidation sees the node or
         // the tree, or the registration waits for it.
-        let (itree, word) =
+        let itree =
             if s.head.load(Ordering::Relaxed).is_null() && !s.has_itree.load(Ordering::Relaxed) {
                 task::hold::<P>();
-                (false, g)
+                false
             } else {
-                let itree = Self::start_slow(s, &range, token, g)?;
-                (itree, g)
+                Self::start_slow(s, &range, token, g)?
             };
         Ok(Invalidation {
             range,
             inner: Some(Started {
                 subs: s,
-                gen: word,
+                gen: g,
                 itree,
                 token,
             }),

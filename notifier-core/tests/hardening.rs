@@ -345,6 +345,36 @@ fn c16_register_and_unregister_while_holding_an_invalidation_are_refused() {
     );
 }
 
+/// The same refusal whatever path the held invalidation took: no subscriptions object
+/// yet (counted in the platform's unsubscribed counters), the object with an empty list
+/// (the inline bracketed path), and a subscriber to call (the out-of-line path). Each
+/// must count itself as held, or the registration waits for it: a hang.
+#[test]
+fn c16_register_while_holding_an_invalidation_is_refused_on_every_path() {
+    for state in ["no object", "object, no subscriber", "one subscriber"] {
+        let got = must_return(state, move || {
+            let mm = AddressSpace::<P>::new();
+            let a = Box::pin(Subscriber::<_, P>::new(Rec::default()));
+            match state {
+                "no object" => {}
+                "object, no subscriber" => mm.prepare().unwrap(),
+                _ => a.as_ref().register(&mm).unwrap(),
+            }
+            let inv = mm
+                .invalidate_range_start(Range::new(0, PG, Event::Unmap))
+                .unwrap();
+            let b = Box::pin(Subscriber::<_, P>::new(Rec::default()));
+            let r = b.as_ref().register(&mm);
+            inv.end();
+            if a.is_registered() {
+                a.as_ref().unregister().unwrap();
+            }
+            r
+        });
+        assert_eq!(got, Err(Error::InvalidationHeld), "{state}");
+    }
+}
+
 /// A callback that panics leaves nothing in flight: later registrations return.
 #[test]
 fn c16_registration_after_a_callback_panicked_returns() {

@@ -1053,16 +1053,26 @@ fn srcu_two_readers_detects_reader_leaving_early() {
 /// while it is between `start` and `end`; the main thread registers a subscriber and,
 /// once `register` returned, checks the C-02 promise "no primary change that began
 /// before it is still in flight unseen": if a change is still open, the subscriber was
-/// told of it. `fresh` starts from an address space nobody ever subscribed to;
-/// otherwise another subscriber is registered first, so the per-address-space object
-/// exists. With `change_before_start` the primary MMU opens its change before calling
+/// told of it. `Before::Fresh` starts from an address space nobody ever subscribed to;
+/// `Before::Prepared` from one whose per-address-space object exists with nobody on its
+/// list (the invalidation takes the inline bracketed path); `Before::Subscribed` from
+/// one where another subscriber is registered first. With `change_before_start` the primary MMU opens its change before calling
 /// `invalidate_range_start` (the broken twin: no core can see that change).
-fn c02_register_settled_model(fresh: bool, change_before_start: bool) {
+#[derive(Clone, Copy, PartialEq)]
+enum Before {
+    Fresh,
+    Prepared,
+    Subscribed,
+}
+
+fn c02_register_settled_model(before: Before, change_before_start: bool) {
     builder(3).check(move || {
         let mm = Arc::new(AddressSpace::<P>::new());
         let other = Box::pin(Subscriber::<_, P>::new(Pairs::default()));
-        if !fresh {
-            other.as_ref().register(&mm).unwrap();
+        match before {
+            Before::Fresh => {}
+            Before::Prepared => mm.prepare().unwrap(),
+            Before::Subscribed => other.as_ref().register(&mm).unwrap(),
         }
         let sub = Arc::new(Box::pin(Subscriber::<_, P>::new(Pairs::default())));
         let open = Arc::new(AtomicUsize::new(0));
@@ -1098,7 +1108,7 @@ fn c02_register_settled_model(fresh: bool, change_before_start: bool) {
         let (s, e) = (latest(&sub.starts), latest(&sub.ends));
         assert_eq!(s, e, "C-02: half pair (starts {s}, ends {e})");
         sub.as_ref().as_ref().unregister().unwrap();
-        if !fresh {
+        if before == Before::Subscribed {
             other.as_ref().unregister().unwrap();
         }
     });
@@ -1107,7 +1117,14 @@ fn c02_register_settled_model(fresh: bool, change_before_start: bool) {
 /// C-02 on an address space that already has subscriptions.
 #[test]
 fn c02_register_returns_after_missed_invalidations() {
-    c02_register_settled_model(false, false);
+    c02_register_settled_model(Before::Subscribed, false);
+}
+
+/// C-02 on an address space whose object exists with an empty list: the invalidation
+/// counts itself and returns inline, calling nobody.
+#[test]
+fn c02_register_returns_after_missed_invalidations_prepared() {
+    c02_register_settled_model(Before::Prepared, false);
 }
 
 /// C-02 on an address space nobody subscribed to yet: the invalidation took the
@@ -1116,7 +1133,7 @@ fn c02_register_returns_after_missed_invalidations() {
 fn c02_register_returns_after_missed_invalidations_fresh() {
     isolated(
         "c02_register_returns_after_missed_invalidations_fresh",
-        || c02_register_settled_model(true, false),
+        || c02_register_settled_model(Before::Fresh, false),
     );
 }
 
@@ -1126,7 +1143,7 @@ fn c02_detects_change_before_start() {
     must_fail(
         "c02_detects_change_before_start",
         &["C-02: register returned"],
-        || c02_register_settled_model(false, true),
+        || c02_register_settled_model(Before::Subscribed, true),
     );
 }
 
