@@ -41,6 +41,72 @@
 //! safely without the lock. Every field of [`Links`] is an atomic accessed with relaxed
 //! ordering, so that such a lock-free read is well defined; ordering between the writer
 //! and the readers comes from the lock and from the sequence, not from these fields.
+//!
+//! # Example
+//!
+//! ```
+//! use core::ops::ControlFlow;
+//! use core::ptr::NonNull;
+//! use notifier_core::itree::{Links, Node, Tree};
+//!
+//! struct Iv {
+//!     links: Links<Iv>,
+//!     start: usize,
+//!     last: usize,
+//! }
+//!
+//! // SAFETY: `links` is always the same embedded field; `start` and `last` never change.
+//! unsafe impl Node for Iv {
+//!     fn links(&self) -> &Links<Self> {
+//!         &self.links
+//!     }
+//!     fn start(&self) -> usize {
+//!         self.start
+//!     }
+//!     fn last(&self) -> usize {
+//!         self.last
+//!     }
+//! }
+//!
+//! let nodes: Vec<Iv> = [(0, 9), (5, 5), (20, 29)]
+//!     .into_iter()
+//!     .map(|(start, last)| Iv { links: Links::new(), start, last })
+//!     .collect();
+//! let node = |i: usize| NonNull::from(&nodes[i]);
+//! let starts = |n: NonNull<Iv>, met: &mut Vec<usize>| {
+//!     // SAFETY: every node of the tree is an element of `nodes`, alive.
+//!     met.push(unsafe { n.as_ref() }.start);
+//!     ControlFlow::Continue(())
+//! };
+//!
+//! let mut tree = Tree::new();
+//! for i in 0..nodes.len() {
+//!     // SAFETY: each node once; `nodes` neither moves nor is dropped before the
+//!     // removals below; no snapshot of the tree exists yet.
+//!     unsafe { tree.insert(node(i)) };
+//! }
+//!
+//! // Every interval meeting [4, 6], in order of start.
+//! let mut met = Vec::new();
+//! let _ = tree.walk(4, 6, |n| starts(n, &mut met));
+//! assert_eq!(met, [0, 5]);
+//! assert!(!tree.overlaps(10, 19));
+//!
+//! // The same from a snapshot, as an invalidation walks it without the lock: the first
+//! // match is found once, when the tree is frozen.
+//! // SAFETY: nothing changes the tree while `matches` lives.
+//! let matches = unsafe { tree.freeze_matches(6, 25) }.expect("two intervals meet [6, 25]");
+//! let mut met = Vec::new();
+//! let _ = matches.walk(|n| starts(n, &mut met));
+//! assert_eq!(met, [0, 20]);
+//! drop(matches);
+//!
+//! for i in 0..nodes.len() {
+//!     // SAFETY: in the tree, and the snapshot is gone.
+//!     unsafe { tree.remove(node(i)) };
+//! }
+//! assert!(tree.is_empty());
+//! ```
 
 use core::marker::PhantomData;
 use core::ops::ControlFlow;
