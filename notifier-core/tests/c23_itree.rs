@@ -101,39 +101,18 @@ impl<'p> Checked<'p> {
 
     /// Ids the tree visits for `[first, last]`, stopping after `limit` of them.
     fn walk(&self, first: usize, last: usize, limit: usize) -> Vec<usize> {
-        let mut seen = Vec::new();
-        let flow = self.tree.walk(first, last, |n| {
-            // SAFETY: nodes of the tree are nodes of the pool, alive.
-            seen.push(unsafe { n.as_ref() }.id);
-            if seen.len() == limit {
-                ControlFlow::Break(())
-            } else {
-                ControlFlow::Continue(())
-            }
-        });
-        assert_eq!(flow.is_break(), seen.len() == limit && limit > 0);
-        seen
+        visit(limit, |f| self.tree.walk(first, last, f))
     }
 
     /// The same through [`Tree::freeze_matches`]: the first match found up front, the
     /// walk going on from it with no ring of ancestors (it climbs the parent links).
     fn walk_matches(&self, first: usize, last: usize, limit: usize) -> Vec<usize> {
-        let mut seen = Vec::new();
         // SAFETY: nothing changes the tree while `matches` lives (it is dropped at the
         // end of this function, which holds `&self`); the nodes live in the pool.
         let Some(matches) = (unsafe { self.tree.freeze_matches(first, last) }) else {
-            return seen;
+            return Vec::new();
         };
-        let flow = matches.walk(|n| {
-            // SAFETY: nodes of the tree are nodes of the pool, alive.
-            seen.push(unsafe { n.as_ref() }.id);
-            if seen.len() == limit {
-                ControlFlow::Break(())
-            } else {
-                ControlFlow::Continue(())
-            }
-        });
-        assert_eq!(flow.is_break(), seen.len() == limit && limit > 0);
+        let seen = visit(limit, |f| matches.walk(f));
         assert!(
             !seen.is_empty(),
             "freeze_matches found a match the walk did not"
@@ -155,6 +134,26 @@ impl<'p> Checked<'p> {
         assert_eq!(self.tree.validate(), Ok(self.len));
         assert_depth(&self.tree, self.len);
     }
+}
+
+/// Ids of the nodes `walk` hands to its callback, which stops after `limit` of them;
+/// checks that the walk reports a break exactly when the callback made one.
+fn visit(
+    limit: usize,
+    walk: impl FnOnce(&mut dyn FnMut(NonNull<T>) -> ControlFlow<()>) -> ControlFlow<()>,
+) -> Vec<usize> {
+    let mut seen = Vec::new();
+    let flow = walk(&mut |n| {
+        // SAFETY: nodes of the tree are nodes of the pool, alive.
+        seen.push(unsafe { n.as_ref() }.id);
+        if seen.len() == limit {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
+    });
+    assert_eq!(flow.is_break(), seen.len() == limit && limit > 0);
+    seen
 }
 
 impl Drop for Checked<'_> {
