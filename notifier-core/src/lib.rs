@@ -34,7 +34,11 @@
 //!   the TLB is flushed. Between the two a secondary MMU must not establish a
 //!   translation inside the range. Why a bracket and not one call: a secondary MMU that
 //!   faults *during* the change could otherwise read the old entry after its
-//!   invalidation ran and keep it forever (the 2008 race, C-09).
+//!   invalidation ran and keep it forever (the 2008 race, C-09). A kernel whose
+//!   page-table changes already exclude registration (Linux: `mmap_lock` and the
+//!   reverse-map locks, all taken by `mmu_notifier_register`) starts them through a
+//!   [`RegistrationExcluded`] proof instead: with nobody ever subscribed that start is
+//!   one load and one branch.
 //! * An [`IntervalSubscriber`] covers one virtual range and uses the sequence protocol
 //!   ([`interval`]): faults snapshot a sequence with [`Interval::read_begin`], read the
 //!   primary entries, and retry if [`Interval::read_retry`] says an invalidation
@@ -143,4 +147,4 @@ pub use interval::{Interval, IntervalHandle, IntervalOps, IntervalSubscriber};
 pub use platform::{LockClass, Platform, RawLock, SleepClass};
 pub use range::{Event, Range};
 pub use subscriber::{synchronize, Shared, SharedOps, SharedRef, Subscriber, SubscriberOps};
-pub use subscriptions::{AddressSpace, Invalidation};
+pub use subscriptions::{AddressSpace, Invalidation, RegistrationExcluded};

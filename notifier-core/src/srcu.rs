@@ -236,6 +236,12 @@ pub(crate) enum Poll {
 #[must_use]
 pub(crate) struct ReadToken(usize);
 
+impl ReadToken {
+    /// A token of no section, for an invalidation that counted itself nowhere (never
+    /// passed to `exit`).
+    pub(crate) const UNUSED: ReadToken = ReadToken(0);
+}
+
 impl Readers {
     /// Counters with no reader inside.
     #[cfg(not(loom))]

@@ -684,7 +684,7 @@ impl<P: Platform> AddressSpace<P> {
                 itree,
                 token,
             }),
-            unbracketed: None,
+            unbracketed: Unbracketed::No(ReadToken::UNUSED),
             _not_send: PhantomData,
         })
     }
@@ -710,7 +710,7 @@ impl<P: Platform> AddressSpace<P> {
         Ok(Invalidation {
             range,
             inner: None,
-            unbracketed: Some(token),
+            unbracketed: Unbracketed::Yes(token),
             _not_send: PhantomData,
         })
     }
@@ -840,6 +840,130 @@ impl<P: Platform> Drop for AddressSpace<P> {
     }
 }
 
+/// Proof that no registration on one address space runs while it lives: what a backend
+/// holds when its invalidations already exclude registration, as Linux's do (they run
+/// under `mmap_lock` or the reverse-map locks, and `mmu_notifier_register` takes every
+/// one of those for writing, through `mm_take_all_locks`). With that proof an
+/// invalidation of an address space nobody ever subscribed to is one load and one
+/// branch, and its end nothing at all: Linux's `mm_has_notifiers`.
+///
+/// [`AddressSpace::invalidate_range_start`] cannot assume that, so with no
+/// per-address-space object yet it counts itself where the first registration waits
+/// for it (C-02). [`invalidate_range_start`](Self::invalidate_range_start) here does not:
+/// a registration cannot have missed an invalidation it waits behind. Once the object
+/// exists both take the same bracketed path.
+///
+/// Typically a backend makes one in the function that takes its own lock (the one every
+/// registration on the address space holds exclusively) for reading, and keeps it next
+/// to the guard; every [`Invalidation`] started through it borrows it, so none outlives
+/// the lock. It is neither `Send` nor `Sync`, like the guard it stands for.
+///
+/// # Invariants
+///
+/// While a value exists, no call that adds a subscriber to `mm` ([`Subscriber::register`],
+/// [`IntervalSubscriber::insert`](crate::IntervalSubscriber::insert), an
+/// [`AddressSpace::get`] that registers) is running.
+///
+/// ```
+/// use std::sync::RwLock;
+/// use notifier_core::std_platform::StdPlatform;
+/// use notifier_core::{AddressSpace, Event, Range, RegistrationExcluded};
+///
+/// /// A backend's address space: `mmap` is held for reading around every change of
+/// /// the page tables and for writing around every registration.
+/// struct Mm {
+///     mmap: RwLock<()>,
+///     notifiers: AddressSpace<StdPlatform>,
+/// }
+///
+/// let mm = Mm { mmap: RwLock::new(()), notifiers: AddressSpace::new() };
+/// let _read = mm.mmap.read().unwrap();
+/// // SAFETY: every registration on `mm.notifiers` holds `mm.mmap` for writing, and
+/// // `_read` holds it for reading until after `excluded` is dropped.
+/// let excluded = unsafe { RegistrationExcluded::new(&mm.notifiers) };
+/// let inv = excluded
+///     .invalidate_range_start(Range::new(0x1000, 0x2000, Event::Unmap))
+///     .unwrap();
+/// // ... the page-table entries change, the TLB is flushed ...
+/// inv.end();
+/// // A bad range is refused here as on the counted path.
+/// assert!(excluded.invalidate_range_start(Range::new(0x2000, 0x1000, Event::Unmap)).is_err());
+/// ```
+///
+/// [`Subscriber::register`]: crate::Subscriber::register
+pub struct RegistrationExcluded<'a, P: Platform> {
+    mm: &'a AddressSpace<P>,
+    _not_send: PhantomData<*mut ()>,
+}
+
+impl<'a, P: Platform> RegistrationExcluded<'a, P> {
+    /// The proof for `mm`.
+    ///
+    /// # Safety
+    ///
+    /// Until the returned value is dropped, no call that adds a subscriber to `mm` runs
+    /// (see the type's invariants): for example, the caller holds for reading a lock
+    /// that every registration on `mm` holds for writing across its whole call.
+    ///
+    /// A false proof does not make the core misbehave in memory, but it lets a
+    /// registration return while an invalidation it missed is still changing page
+    /// tables: the new subscriber's secondary MMU may then map a page that is about to
+    /// be freed (C-02), which is what this crate exists to prevent.
+    #[inline(always)]
+    pub unsafe fn new(mm: &'a AddressSpace<P>) -> Self {
+        // INVARIANT: the caller's promise.
+        RegistrationExcluded {
+            mm,
+            _not_send: PhantomData,
+        }
+    }
+
+    /// The address space this proof is for.
+    pub fn address_space(&self) -> &'a AddressSpace<P> {
+        self.mm
+    }
+
+    /// [`AddressSpace::invalidate_range_start`], for a caller that excludes
+    /// registration: with no per-address-space object the range is checked, one word
+    /// is loaded, and the returned [`Invalidation`] has nothing to end (no call, no
+    /// counter, no task state).
+    /// The invalidation borrows the proof, so it ends before registration can run.
+    ///
+    /// Errors, callbacks, refusals and the bracketed path are those of
+    /// [`AddressSpace::invalidate_range_start`].
+    #[inline(always)]
+    pub fn invalidate_range_start(&self, range: Range) -> Result<Invalidation<'_, P>, Error> {
+        validate_bounds::<P>(range.start, range.end)?;
+        if let Some(s) = self.mm.subscriptions() {
+            return AddressSpace::start_bracketed(s, range);
+        }
+        // No registration has published the object, and none can run before this
+        // invalidation ends (the type's invariant, and the borrow of `self`): no
+        // subscriber can exist that should have seen it, and none can appear in time to
+        // miss it, so nothing is counted (C-02 holds by exclusion).
+        Ok(Invalidation {
+            range,
+            inner: None,
+            unbracketed: Unbracketed::No(ReadToken::UNUSED),
+            _not_send: PhantomData,
+        })
+    }
+}
+
+/// Whether an [`Invalidation`] counted itself in the platform's `unsubscribed`
+/// counters. Not an `Option<ReadToken>`: both variants carry a token (`UNUSED` when
+/// not counted), so that every byte of an invalidation with nothing to end is defined
+/// and the compiler moves it in whole words; around an undefined word it copies in
+/// unaligned pieces, and a piece that straddles two earlier stores waits for both to
+/// reach the cache (a failed store forward, several nanoseconds per invalidation).
+#[derive(Clone, Copy)]
+enum Unbracketed {
+    /// Not counted.
+    No(#[expect(dead_code, reason = "never read: it only defines the word")] ReadToken),
+    /// Counted, in the section of this token.
+    Yes(ReadToken),
+}
+
 pub(crate) struct Started<'a, P: Platform> {
     subs: &'a Subscriptions<P>,
     gen: u64,
@@ -902,8 +1026,9 @@ impl<P: Platform> Drop for InFlight<'_, P> {
 pub struct Invalidation<'a, P: Platform> {
     range: Range,
     inner: Option<Started<'a, P>>,
-    /// Counted in the platform's `unsubscribed` counters (nobody had subscribed).
-    unbracketed: Option<ReadToken>,
+    /// Whether it is counted in the platform's `unsubscribed` counters (nobody had
+    /// subscribed).
+    unbracketed: Unbracketed,
     _not_send: PhantomData<*mut ()>,
 }
 
@@ -929,7 +1054,8 @@ impl<P: Platform> Drop for Invalidation<'_, P> {
             // By reference: moving the started state out here would copy it through the
             // stack right after `start` wrote it (a stalled store forward).
             Self::end_slow(self);
-        } else if let Some(t) = self.unbracketed.take() {
+        } else if let Unbracketed::Yes(t) = self.unbracketed {
+            self.unbracketed = Unbracketed::No(ReadToken::UNUSED);
             P::unsubscribed().exit::<P>(t);
             task::unhold::<P>();
         }

@@ -36,14 +36,14 @@ use std::ptr::NonNull;
 use loom::cell::UnsafeCell;
 use loom::model::Builder;
 use loom::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
-use loom::sync::{Arc, Mutex};
+use loom::sync::{Arc, Mutex, RwLock};
 use loom::thread;
 
 use loom_platform::LoomPlatform as P;
 use notifier_core::srcu::SleepableRcu;
 use notifier_core::{
-    AddressSpace, Event, Interval, IntervalOps, IntervalSubscriber, Platform, Range, Shared,
-    SharedOps, Subscriber, SubscriberOps, WouldBlock,
+    AddressSpace, Event, Interval, IntervalOps, IntervalSubscriber, Platform, Range,
+    RegistrationExcluded, Shared, SharedOps, Subscriber, SubscriberOps, WouldBlock,
 };
 
 const PAGE: usize = 4096;
@@ -1056,8 +1056,7 @@ fn srcu_two_readers_detects_reader_leaving_early() {
 /// told of it. `Before::Fresh` starts from an address space nobody ever subscribed to;
 /// `Before::Prepared` from one whose per-address-space object exists with nobody on its
 /// list (the invalidation takes the inline bracketed path); `Before::Subscribed` from
-/// one where another subscriber is registered first. With `change_before_start` the primary MMU opens its change before calling
-/// `invalidate_range_start` (the broken twin: no core can see that change).
+/// one where another subscriber is registered first. [`How`] says how B starts.
 #[derive(Clone, Copy, PartialEq)]
 enum Before {
     Fresh,
@@ -1065,9 +1064,28 @@ enum Before {
     Subscribed,
 }
 
-fn c02_register_settled_model(before: Before, change_before_start: bool) {
+/// How thread B of [`c02_register_settled_model`] starts its invalidation.
+#[derive(Clone, Copy, PartialEq)]
+enum How {
+    /// `AddressSpace::invalidate_range_start`.
+    Counted,
+    /// The same, but the primary MMU opens its change before calling it (the broken
+    /// twin: no core can see that change).
+    ChangeBeforeStart,
+    /// Through a [`RegistrationExcluded`] made with a lock held for reading, which the
+    /// registration holds for writing. With `Before::Fresh` the start is a load and a
+    /// branch that counts nothing: only the lock keeps the registration from returning
+    /// while B's change is open.
+    Excluded,
+    /// The same, but the registration does not take the lock (the broken twin: a
+    /// backend whose proof is false).
+    ExcludedByAFalseProof,
+}
+
+fn c02_register_settled_model(before: Before, how: How) {
     builder(3).check(move || {
         let mm = Arc::new(AddressSpace::<P>::new());
+        let lock = Arc::new(RwLock::new(()));
         let other = Box::pin(Subscriber::<_, P>::new(Pairs::default()));
         match before {
             Before::Fresh => {}
@@ -1077,16 +1095,27 @@ fn c02_register_settled_model(before: Before, change_before_start: bool) {
         let sub = Arc::new(Box::pin(Subscriber::<_, P>::new(Pairs::default())));
         let open = Arc::new(AtomicUsize::new(0));
 
+        let excluded = matches!(how, How::Excluded | How::ExcludedByAFalseProof);
         let t = {
-            let (mm, open) = (mm.clone(), open.clone());
+            let (mm, lock, open) = (mm.clone(), lock.clone(), open.clone());
             thread::spawn(move || {
-                if change_before_start {
+                let read = excluded.then(|| lock.read().unwrap());
+                // SAFETY: with `How::Excluded` every registration racing this thread
+                // holds `lock` for writing (`ExcludedByAFalseProof` breaks exactly that
+                // promise, as the broken twin).
+                let proof = read
+                    .as_ref()
+                    .map(|_| unsafe { RegistrationExcluded::new(&mm) });
+                if how == How::ChangeBeforeStart {
                     open.fetch_add(1, Ordering::AcqRel);
                 }
-                let inv = mm
-                    .invalidate_range_start(Range::new(0, PAGE, Event::Unmap))
-                    .unwrap();
-                if !change_before_start {
+                let range = Range::new(0, PAGE, Event::Unmap);
+                let inv = match &proof {
+                    Some(ex) => ex.invalidate_range_start(range),
+                    None => mm.invalidate_range_start(range),
+                }
+                .unwrap();
+                if how != How::ChangeBeforeStart {
                     open.fetch_add(1, Ordering::AcqRel);
                 }
                 // ... the page-table entries change here ...
@@ -1095,7 +1124,10 @@ fn c02_register_settled_model(before: Before, change_before_start: bool) {
             })
         };
 
-        sub.as_ref().as_ref().register(&mm).unwrap();
+        {
+            let _write = (how == How::Excluded).then(|| lock.write().unwrap());
+            sub.as_ref().as_ref().register(&mm).unwrap();
+        }
         if latest(&open) != 0 {
             assert_eq!(
                 latest(&sub.starts),
@@ -1117,14 +1149,14 @@ fn c02_register_settled_model(before: Before, change_before_start: bool) {
 /// C-02 on an address space that already has subscriptions.
 #[test]
 fn c02_register_returns_after_missed_invalidations() {
-    c02_register_settled_model(Before::Subscribed, false);
+    c02_register_settled_model(Before::Subscribed, How::Counted);
 }
 
 /// C-02 on an address space whose object exists with an empty list: the invalidation
 /// counts itself and returns inline, calling nobody.
 #[test]
 fn c02_register_returns_after_missed_invalidations_prepared() {
-    c02_register_settled_model(Before::Prepared, false);
+    c02_register_settled_model(Before::Prepared, How::Counted);
 }
 
 /// C-02 on an address space nobody subscribed to yet: the invalidation took the
@@ -1133,7 +1165,7 @@ fn c02_register_returns_after_missed_invalidations_prepared() {
 fn c02_register_returns_after_missed_invalidations_fresh() {
     isolated(
         "c02_register_returns_after_missed_invalidations_fresh",
-        || c02_register_settled_model(Before::Fresh, false),
+        || c02_register_settled_model(Before::Fresh, How::Counted),
     );
 }
 
@@ -1143,7 +1175,35 @@ fn c02_detects_change_before_start() {
     must_fail(
         "c02_detects_change_before_start",
         &["C-02: register returned"],
-        || c02_register_settled_model(Before::Subscribed, true),
+        || c02_register_settled_model(Before::Subscribed, How::ChangeBeforeStart),
+    );
+}
+
+// --- (b') C-02 by exclusion: a registration that holds the invalidations' lock --------
+
+/// C-02 for the excluded start on an address space nobody subscribed to: the lock
+/// alone orders the first registration after the invalidation it would have missed.
+#[test]
+fn c02_register_excluded_by_a_lock_fresh() {
+    isolated("c02_register_excluded_by_a_lock_fresh", || {
+        c02_register_settled_model(Before::Fresh, How::Excluded)
+    });
+}
+
+/// The same once the object exists: the excluded start is the bracketed one.
+#[test]
+fn c02_register_excluded_by_a_lock_subscribed() {
+    c02_register_settled_model(Before::Subscribed, How::Excluded);
+}
+
+/// The C-02 oracle catches a false proof: a registration that does not take the lock
+/// returns while the excluded invalidation it missed is still changing page tables.
+#[test]
+fn c02_detects_registration_ignoring_the_lock() {
+    must_fail(
+        "c02_detects_registration_ignoring_the_lock",
+        &["C-02: register returned"],
+        || c02_register_settled_model(Before::Fresh, How::ExcludedByAFalseProof),
     );
 }
 
