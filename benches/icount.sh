@@ -10,7 +10,7 @@ count() {
   valgrind --tool=callgrind --callgrind-out-file=/dev/null "$bin" "$1" "$2" 2>&1 |
     sed -n 's/.*Collected : \([0-9]*\).*/\1/p'
 }
-for state in none object one sixteen intervals; do
+for state in none excluded object one sixteen intervals; do
   a=$(count "$state" 1000)
   b=$(count "$state" 11000)
   echo "$state: $(((b - a) / 10000)) instructions per pair"

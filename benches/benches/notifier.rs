@@ -4,7 +4,7 @@
 //!
 //! | group | ids | what |
 //! |---|---|---|
-//! | `fast_path` | `empty_call`, `no_subscriber`, `object_no_subscriber` | start + end with nobody subscribed (no per-address-space object yet; the object but an empty list), against an empty call |
+//! | `fast_path` | `empty_call`, `no_subscriber`, `no_subscriber_excluded`, `object_no_subscriber` | start + end with nobody subscribed (no per-address-space object yet, counted or through a `RegistrationExcluded` proof; the object but an empty list), against an empty call |
 //! | `dispatch` | `<list>/<N>` | start + end to N subscribers, every list alone |
 //! | `dispatch_churn` | `<list>/<N>` | the same while a second thread registers and unregisters in a loop (rcu-clean only with `BENCH_RCU_CLEAN_CHURN=1`: it crashes) |
 //! | `intervals` | `<core\|linear>/touch<k>/<n>` | an invalidation touching k of n interval subscribers |
@@ -36,7 +36,7 @@ use notifier_benches::lists::{
 use notifier_benches::urcu::{self, ReaderThread};
 use notifier_benches::{Counter, P};
 use notifier_core::srcu::SleepableRcu;
-use notifier_core::{AddressSpace, Event, Platform, Range, Subscriber};
+use notifier_core::{AddressSpace, Event, Platform, Range, RegistrationExcluded, Subscriber};
 
 /// Subscriber counts of the dispatch benchmarks.
 const NS: [usize; 4] = [1, 4, 16, 64];
@@ -84,6 +84,15 @@ fn start_end(mm: &AddressSpace<P>, r: &Range) {
     }
 }
 
+/// One start and its end through a registration-exclusion proof.
+#[inline(always)]
+fn start_end_excluded(ex: &RegistrationExcluded<'_, P>, r: &Range) {
+    match ex.invalidate_range_start(*black_box(r)) {
+        Ok(inv) => inv.end(),
+        Err(e) => panic!("valid range refused: {e}"),
+    }
+}
+
 fn fast_path(c: &mut Criterion) {
     let mut g = c.benchmark_group("fast_path");
     let r = range();
@@ -91,6 +100,15 @@ fn fast_path(c: &mut Criterion) {
     let mm = AddressSpace::<P>::new();
     g.bench_function("no_subscriber", |b| {
         b.iter(|| start_end(black_box(&mm), &r))
+    });
+    // The same, for a caller that excludes registration itself (Linux's invalidations
+    // run under `mmap_lock` or the reverse-map locks, which registration takes for
+    // writing): the proof is made once, as a backend makes it once per lock section.
+    // SAFETY: nothing registers on `mm` while `excluded` lives (this benchmark never
+    // registers on it).
+    let excluded = unsafe { RegistrationExcluded::new(&mm) };
+    g.bench_function("no_subscriber_excluded", |b| {
+        b.iter(|| start_end_excluded(black_box(&excluded), &r))
     });
     // The per-address-space object exists (`prepare`, or every subscriber gone) but
     // nobody is subscribed: the bracketed path with an empty list.

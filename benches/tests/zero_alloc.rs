@@ -14,8 +14,8 @@ use std::thread;
 use notifier_benches::alloc_count::{measure, CountingAlloc};
 use notifier_benches::{Counter, IvCounter, P, PAGE};
 use notifier_core::{
-    AddressSpace, Error, Event, Interval, IntervalOps, IntervalSubscriber, Range, Subscriber,
-    SubscriberOps, WouldBlock,
+    AddressSpace, Error, Event, Interval, IntervalOps, IntervalSubscriber, Range,
+    RegistrationExcluded, Subscriber, SubscriberOps, WouldBlock,
 };
 
 #[global_allocator]
@@ -251,6 +251,13 @@ fn no_subscriber() {
             mm.invalidate_page(0).unwrap();
             mm.invalidate_secondary_tlbs(0, PAGE).unwrap();
             assert!(!mm.clear_young(0, PAGE).unwrap());
+        }
+    });
+    assert_no_alloc("no subscriber, registration excluded", || {
+        // SAFETY: nothing registers on `mm` while the proof lives.
+        let excluded = unsafe { RegistrationExcluded::new(&mm) };
+        for _ in 0..100 {
+            excluded.invalidate_range_start(r(0, PAGE)).unwrap().end();
         }
     });
 }

@@ -433,8 +433,10 @@ impl Report<'_> {
         };
         for (target, a, b, limit) in [
             (
-                "no address-space object: start + end within 1.5x an empty call",
-                "fast_path/no_subscriber",
+                "no address-space object: start + end within 1.5x an empty call (through \
+                 `RegistrationExcluded`: the caller excludes registration, as Linux's \
+                 `mm_has_notifiers` callers do; the counted path is in the fast-path table)",
+                "fast_path/no_subscriber_excluded",
                 "fast_path/empty_call",
                 1.5,
             ),
@@ -706,6 +708,10 @@ impl Report<'_> {
             (
                 "fast_path/no_subscriber",
                 "start + end, no subscriber, no per-address-space object yet",
+            ),
+            (
+                "fast_path/no_subscriber_excluded",
+                "the same through `RegistrationExcluded` (the caller excludes registration)",
             ),
             (
                 "fast_path/object_no_subscriber",

@@ -6,10 +6,11 @@
 //! a fence costs more than one.
 //!
 //! ```text
-//! icount <none|object|one|sixteen|intervals> <N>
+//! icount <none|excluded|object|one|sixteen|intervals> <N>
 //! ```
 //!
 //! - `none`: nobody ever subscribed (no per-address-space object);
+//! - `excluded`: the same, started through a [`RegistrationExcluded`] proof;
 //! - `object`: a subscriber came and went (the object exists, the list is empty);
 //! - `one`, `sixteen`: that many list subscribers;
 //! - `intervals`: 1 000 interval subscribers of one page each, inserted in address
@@ -20,8 +21,8 @@ use std::pin::{pin, Pin};
 
 use notifier_core::std_platform::StdPlatform as P;
 use notifier_core::{
-    AddressSpace, Event, Interval, IntervalOps, IntervalSubscriber, Range, Subscriber,
-    SubscriberOps, WouldBlock,
+    AddressSpace, Event, Interval, IntervalOps, IntervalSubscriber, Range, RegistrationExcluded,
+    Subscriber, SubscriberOps, WouldBlock,
 };
 
 const PAGE: usize = 4096;
@@ -47,6 +48,17 @@ impl IntervalOps<Interval<P>> for Iv {
     }
 }
 
+/// `pairs` through a registration-exclusion proof.
+#[inline(never)]
+fn pairs_excluded(ex: &RegistrationExcluded<'_, P>, n: usize) {
+    for _ in 0..n {
+        let r = Range::new(PAGE, 2 * PAGE, Event::Unmap);
+        ex.invalidate_range_start(black_box(r))
+            .expect("a valid range, nobody refuses")
+            .end();
+    }
+}
+
 #[inline(never)]
 fn pairs(mm: &AddressSpace<P>, n: usize) {
     for _ in 0..n {
@@ -60,7 +72,7 @@ fn pairs(mm: &AddressSpace<P>, n: usize) {
 fn main() {
     let mut args = std::env::args().skip(1);
     let (Some(state), Some(n)) = (args.next(), args.next().and_then(|n| n.parse().ok())) else {
-        eprintln!("usage: icount <none|object|one|sixteen|intervals> <N>");
+        eprintln!("usage: icount <none|excluded|object|one|sixteen|intervals> <N>");
         std::process::exit(2);
     };
     let mm = AddressSpace::<P>::new();
@@ -77,6 +89,12 @@ fn main() {
             .collect();
     match state.as_str() {
         "none" => {}
+        "excluded" => {
+            // SAFETY: nothing registers on `mm` while the proof lives.
+            let ex = unsafe { RegistrationExcluded::new(&mm) };
+            pairs_excluded(&ex, n);
+            return;
+        }
         "object" => {
             let s = pin!(Subscriber::<Nop, P>::new(Nop));
             s.as_ref().register(&mm).expect("register");
