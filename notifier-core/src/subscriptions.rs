@@ -1050,10 +1050,12 @@ impl<P: Platform> Drop for Invalidation<'_, P> {
     /// Inline: with nobody subscribed, ending is a branch and one counter increment.
     #[inline(always)]
     fn drop(&mut self) {
-        if self.inner.is_some() {
-            // By reference: moving the started state out here would copy it through the
-            // stack right after `start` wrote it (a stalled store forward).
-            Self::end_slow(self);
+        if let Some(st) = &self.inner {
+            // Field by field, by value: the invalidation's address never escapes, so on
+            // the paths that end nothing the compiler keeps it in registers instead of
+            // writing all of it to the stack (callgrind, per pair: 17 fewer
+            // instructions with no object, 10 with the object; 16 with the proof).
+            Self::end_slow(self.range, st.subs, st.gen, st.token, st.itree);
         } else if let Unbracketed::Yes(t) = self.unbracketed {
             self.unbracketed = Unbracketed::No(ReadToken::UNUSED);
             P::unsubscribed().exit::<P>(t);
@@ -1064,26 +1066,21 @@ impl<P: Platform> Drop for Invalidation<'_, P> {
 
 impl<P: Platform> Invalidation<'_, P> {
     #[inline(never)]
-    fn end_slow(&mut self) {
-        let Some(st) = self.inner.take() else {
-            return;
-        };
-        let range = &self.range;
+    fn end_slow(range: Range, s: &Subscriptions<P>, gen: u64, token: ReadToken, itree: bool) {
         if range.blockable {
             P::might_sleep();
         }
-        let s = st.subs;
         // Ends the in-flight count and the tree's part even if an `end` callback
         // panics.
         let _guard = InFlight {
             subs: s,
-            itree: st.itree,
-            token: st.token,
+            itree,
+            token,
             armed: true,
         };
         task::unhold::<P>();
         if !s.head.load(Ordering::Relaxed).is_null() {
-            s.hlist_end(range, st.gen);
+            s.hlist_end(&range, gen);
         }
     }
 }
