@@ -537,6 +537,64 @@ fn c06_c07_events_and_pairing_nested_and_overlapping() {
     );
 }
 
+/// C-07: dropping an `Invalidation` ends it as `end` does, on every path (no object,
+/// an object with nobody on it, a subscriber, an interval): the subscriber gets its end
+/// with the start's range, the task holds nothing any more (it may register), and the
+/// in-flight count is exited (another thread's registration returns).
+#[test]
+fn c07_dropping_an_invalidation_ends_it() {
+    struct Mirror;
+    impl IntervalOps<Interval<P>> for Mirror {
+        fn invalidate(&self, iv: &Interval<P>, _r: &Range, seq: u64) -> Result<(), WouldBlock> {
+            iv.set_seq(seq);
+            Ok(())
+        }
+    }
+    for state in ["no object", "object, nobody", "one subscriber", "interval"] {
+        let mm = AddressSpace::<P>::new();
+        let s = Box::pin(Subscriber::<_, P>::new(Rec::default()));
+        let iv = Box::pin(IntervalSubscriber::<_, P>::new(Mirror));
+        match state {
+            "no object" => {}
+            "object, nobody" => mm.prepare().unwrap(),
+            "one subscriber" => s.as_ref().register(&mm).unwrap(),
+            _ => iv.as_ref().insert(&mm, 0, PG).unwrap(),
+        }
+        let r = Range::new(0, PG, Event::Unmap);
+        drop(mm.invalidate_range_start(r).unwrap());
+        if state == "one subscriber" {
+            assert_eq!(s.log(), vec![Ev::Start(r), Ev::End(r)], "{state}");
+        }
+        if state == "interval" {
+            // The sequence is even again: a fault's `read_begin` does not wait.
+            let seq = iv.interval().read_begin().unwrap();
+            assert!(!iv.interval().read_retry(seq), "{state}");
+        }
+        // Nothing held by this task: a registration from it is not refused.
+        let late = Box::pin(Subscriber::<_, P>::new(Rec::default()));
+        assert_eq!(late.as_ref().register(&mm), Ok(()), "{state}");
+        late.as_ref().unregister().unwrap();
+        // Nothing in flight: another thread's registration returns.
+        let other = thread::scope(|sc| {
+            sc.spawn(|| {
+                let o = Box::pin(Subscriber::<_, P>::new(Rec::default()));
+                o.as_ref()
+                    .register(&mm)
+                    .and_then(|()| o.as_ref().unregister())
+            })
+            .join()
+            .unwrap()
+        });
+        assert_eq!(other, Ok(()), "{state}");
+        if s.is_registered() {
+            s.as_ref().unregister().unwrap();
+        }
+        if state == "interval" {
+            iv.as_ref().remove().unwrap();
+        }
+    }
+}
+
 #[test]
 fn c07_overlapping_across_threads() {
     let mm = Arc::new(AddressSpace::<P>::new());
