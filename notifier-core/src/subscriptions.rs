@@ -1088,7 +1088,7 @@ impl<P: Platform> Invalidation<'_, P> {
 }
 
 impl<P: Platform> Drop for Invalidation<'_, P> {
-    /// Inline: with nobody subscribed, ending is a branch and one counter increment.
+    /// Ends it as [`end`](Self::end) does (the same inline part, the same calls).
     #[inline(always)]
     fn drop(&mut self) {
         Self::finish(self.range, self.inner, self.unbracketed);

@@ -3,8 +3,10 @@
 //! (nobody waits for it, and its task may still register elsewhere), and once the
 //! object exists it is the counted path's bracketed start, with the same callbacks,
 //! refusals and errors. The C-02 side (a registration excluded by a lock cannot miss it,
-//! and one that ignores the lock does) is the loom model
-//! `c02_register_excluded_by_a_lock` and its broken twin in `tests/loom.rs`.
+//! and one that ignores the lock does) is in `tests/loom.rs`
+//! (`c02_register_excluded_by_a_lock_fresh`, `_subscribed`, and the broken twin
+//! `c02_detects_registration_ignoring_the_lock`) and, whole-core, in `tests/random.rs`
+//! (its even rounds, and `random_detects_a_false_registration_proof`).
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
