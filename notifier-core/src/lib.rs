@@ -147,4 +147,4 @@ pub use interval::{Interval, IntervalHandle, IntervalOps, IntervalSubscriber};
 pub use platform::{LockClass, Platform, RawLock, SleepClass};
 pub use range::{Event, Range};
 pub use subscriber::{synchronize, Shared, SharedOps, SharedRef, Subscriber, SubscriberOps};
-pub use subscriptions::{AddressSpace, Invalidation, RegistrationExcluded};
+pub use subscriptions::{AddressSpace, ExcludesRegistration, Invalidation, RegistrationExcluded};

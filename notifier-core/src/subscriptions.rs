@@ -919,6 +919,52 @@ impl<'a, P: Platform> RegistrationExcluded<'a, P> {
         }
     }
 
+    /// The proof from a guard of the backend's lock, whose type promises the exclusion
+    /// ([`ExcludesRegistration`]): the one `unsafe` is then the backend's `unsafe impl`,
+    /// written once next to its lock, not a block at every call site. The proof borrows
+    /// the guard, so it cannot outlive it.
+    ///
+    /// ```
+    /// use std::sync::{RwLock, RwLockReadGuard};
+    /// use notifier_core::std_platform::StdPlatform as P;
+    /// use notifier_core::{AddressSpace, Event, ExcludesRegistration, Range, RegistrationExcluded};
+    ///
+    /// struct Mm {
+    ///     /// Every registration on `notifiers` holds it for writing.
+    ///     mmap: RwLock<()>,
+    ///     notifiers: AddressSpace<P>,
+    /// }
+    ///
+    /// /// `mm.mmap` held for reading.
+    /// struct MmapRead<'a> {
+    ///     _guard: RwLockReadGuard<'a, ()>,
+    ///     mm: &'a Mm,
+    /// }
+    ///
+    /// // SAFETY: every registration on `mm.notifiers` holds `mm.mmap` for writing
+    /// // across its call, and an `MmapRead` holds it for reading while it lives.
+    /// unsafe impl ExcludesRegistration<P> for MmapRead<'_> {
+    ///     fn address_space(&self) -> &AddressSpace<P> {
+    ///         &self.mm.notifiers
+    ///     }
+    /// }
+    ///
+    /// let mm = Mm { mmap: RwLock::new(()), notifiers: AddressSpace::new() };
+    /// let read = MmapRead { _guard: mm.mmap.read().unwrap(), mm: &mm };
+    /// let excluded = RegistrationExcluded::from_guard(&read);
+    /// excluded
+    ///     .invalidate_range_start(Range::new(0x1000, 0x2000, Event::Unmap))
+    ///     .unwrap()
+    ///     .end();
+    /// ```
+    #[inline(always)]
+    pub fn from_guard<G: ExcludesRegistration<P> + ?Sized>(guard: &'a G) -> Self {
+        // SAFETY: the guard's `unsafe impl` promises that no registration on the address
+        // space it returns runs while the guard lives, and the proof borrows the guard
+        // (`'a`), so it lives no longer.
+        unsafe { Self::new(guard.address_space()) }
+    }
+
     /// The address space this proof is for.
     pub fn address_space(&self) -> &'a AddressSpace<P> {
         self.mm
@@ -949,6 +995,23 @@ impl<'a, P: Platform> RegistrationExcluded<'a, P> {
             _not_send: PhantomData,
         })
     }
+}
+
+/// A guard of a backend's lock that keeps registration out of one address space while
+/// it lives: what [`RegistrationExcluded::from_guard`] makes a proof from.
+///
+/// # Safety
+///
+/// While a value of the implementing type exists, no call that adds a subscriber to
+/// the address space its [`address_space`](Self::address_space) returns
+/// ([`Subscriber::register`](crate::Subscriber::register),
+/// [`IntervalSubscriber::insert`](crate::IntervalSubscriber::insert), an
+/// [`AddressSpace::get`] that registers) runs, and `address_space` returns that same
+/// address space every time. Typically the type holds a lock for reading that every
+/// registration on that address space holds for writing across its whole call.
+pub unsafe trait ExcludesRegistration<P: Platform> {
+    /// The address space whose registrations this guard excludes.
+    fn address_space(&self) -> &AddressSpace<P>;
 }
 
 /// Whether an [`Invalidation`] counted itself in the platform's `unsubscribed`

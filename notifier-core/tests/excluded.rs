@@ -10,14 +10,14 @@
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{mpsc, RwLock};
+use std::sync::{mpsc, RwLock, RwLockReadGuard};
 use std::thread;
 use std::time::Duration;
 
 use notifier_core::std_platform::StdPlatform as P;
 use notifier_core::{
-    AddressSpace, Error, Event, Interval, IntervalOps, IntervalSubscriber, Range,
-    RegistrationExcluded, Subscriber, SubscriberOps, WouldBlock,
+    AddressSpace, Error, Event, ExcludesRegistration, Interval, IntervalOps, IntervalSubscriber,
+    Range, RegistrationExcluded, Subscriber, SubscriberOps, WouldBlock,
 };
 
 const PG: usize = 4096;
@@ -43,14 +43,30 @@ impl Mm {
         sub.register(&self.notifiers)
     }
 
-    /// Run `f` with the lock held for reading and a proof made from it.
+    /// Run `f` with the lock held for reading and a proof made from its guard.
     fn excluded<R>(&self, f: impl FnOnce(&RegistrationExcluded<'_, P>) -> R) -> R {
-        let _r = self.mmap.read().unwrap();
-        // SAFETY: every registration on `notifiers` in these tests goes through
-        // `register` above, which holds `mmap` for writing; `_r` holds it for reading
-        // until after the proof is dropped.
-        let ex = unsafe { RegistrationExcluded::new(&self.notifiers) };
-        f(&ex)
+        let read = MmapRead {
+            _guard: self.mmap.read().unwrap(),
+            mm: self,
+        };
+        f(&RegistrationExcluded::from_guard(&read))
+    }
+}
+
+/// `Mm::mmap` held for reading.
+struct MmapRead<'a> {
+    _guard: RwLockReadGuard<'a, ()>,
+    mm: &'a Mm,
+}
+
+// SAFETY: every registration on `notifiers` in these tests that can add a subscriber
+// goes through `Mm::register` (or an insertion with `mmap` held for writing); the one
+// made inside an excluded section, by the task holding the invalidation, is refused
+// before it adds anybody (`excluded_start_brackets_like_the_counted_path`). An
+// `MmapRead` holds `mmap` for reading while it lives.
+unsafe impl ExcludesRegistration<P> for MmapRead<'_> {
+    fn address_space(&self) -> &AddressSpace<P> {
+        &self.mm.notifiers
     }
 }
 
