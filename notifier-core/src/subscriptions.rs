@@ -857,7 +857,8 @@ impl<P: Platform> Drop for AddressSpace<P> {
 /// Typically a backend makes one in the function that takes its own lock (the one every
 /// registration on the address space holds exclusively) for reading, and keeps it next
 /// to the guard; every [`Invalidation`] started through it borrows it, so none outlives
-/// the lock. It is neither `Send` nor `Sync`, like the guard it stands for.
+/// the lock. It is neither `Send` nor `Sync`: it stays with the thread that holds the lock
+/// (whose guard is not `Send` either).
 ///
 /// # Invariants
 ///
