@@ -220,23 +220,23 @@ impl SlotClaim {
             }
         }
     }
-
-    #[inline]
-    fn slot(&self) -> ReaderSlot {
-        match self.0 {
-            Some(o) => ReaderSlot::Owned(o),
-            None => ReaderSlot::Shared(SHARED_SLOT),
-        }
-    }
 }
 
-/// The thread's first read-side section: take a slot (or learn that the claim is gone).
+/// `SLOT_INDEX` when it is not an owned slot's index (`i`, the value read): on the
+/// thread's first read-side section, take a slot. Returns `SLOT_INDEX` afterwards: the
+/// claim's index or `SHARED_SLOT` (`SlotClaim::claim`); `UNCLAIMED` if the claim cannot
+/// be made (the thread is exiting), and the section counts in the shared slot. An index
+/// and not a `ReaderSlot`: the hot path's index then stays in a register (a returned
+/// enum came back through memory, and the fast path paid for its stores).
 #[cold]
 #[inline(never)]
-fn claim_reader_slot() -> ReaderSlot {
-    READER_SLOT
-        .try_with(SlotClaim::slot)
-        .unwrap_or(ReaderSlot::Shared(SHARED_SLOT))
+fn reader_slot_slow(i: u8) -> u8 {
+    if i == UNCLAIMED {
+        let _ = READER_SLOT.try_with(|_| ());
+        SLOT_INDEX.with(Cell::get)
+    } else {
+        i
+    }
 }
 
 impl Drop for SlotClaim {
@@ -302,6 +302,8 @@ unsafe impl RawLock for StdRawLock {
 impl StdPlatform {
     /// How many times `might_sleep` was called inside a non-blockable region, in this
     /// process: a callback that may sleep was called with `blockable == false` (C-08).
+    /// Counted in builds with debug assertions only (see [`Platform::might_sleep`]'s
+    /// implementation here); always 0 in release builds.
     pub fn sleep_violations() -> usize {
         SLEEP_VIOLATIONS.load(Ordering::Relaxed)
     }
@@ -395,16 +397,16 @@ unsafe impl Platform for StdPlatform {
     /// An owned slot from the registry (see the [module docs](self)), or the shared one.
     #[inline]
     fn reader_slot() -> ReaderSlot {
-        let i = SLOT_INDEX.with(Cell::get);
+        let mut i = SLOT_INDEX.with(Cell::get);
+        if usize::from(i) >= SHARED_SLOT {
+            i = reader_slot_slow(i);
+        }
         if usize::from(i) < SHARED_SLOT {
             // SAFETY: `SLOT_INDEX` is below `SHARED_SLOT` only while this thread's
             // `SlotClaim` owns that index (its invariant): the claim's promise.
             if let Some(o) = unsafe { OwnedSlot::new(usize::from(i)) } {
                 return ReaderSlot::Owned(o);
             }
-        }
-        if i == UNCLAIMED {
-            return claim_reader_slot();
         }
         ReaderSlot::Shared(SHARED_SLOT)
     }
@@ -441,9 +443,13 @@ unsafe impl Platform for StdPlatform {
         std::thread::yield_now();
     }
 
+    /// Checked in debug builds only, as Linux checks `might_sleep` only with
+    /// `CONFIG_DEBUG_ATOMIC_SLEEP`: release builds, which the benchmarks use, pay nothing
+    /// for it (it was two thread-local loads and two branches per invalidation). The
+    /// non-blockable depth is kept in every build.
     #[inline]
     fn might_sleep() {
-        if Self::in_non_block() {
+        if cfg!(debug_assertions) && Self::in_non_block() {
             SLEEP_VIOLATIONS.fetch_add(1, Ordering::Relaxed);
         }
     }

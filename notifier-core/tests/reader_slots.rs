@@ -198,3 +198,62 @@ fn c02_unsubscribed_counts_survive_slot_hand_over() {
 
 struct Nop;
 impl notifier_core::SubscriberOps for Nop {}
+
+/// Read-side sections run by a thread-local's destructor at thread exit: once after the
+/// thread's slot claim was given back (the claim is made after that thread-local was
+/// first used, so its destructor runs first), once as the thread's first section (the
+/// claim, if it can still be made, is made during the thread's exit). Each section's
+/// count ends (the grace period after the exit returns) and no slot is lost (a later
+/// crowd of threads owns every one again).
+#[test]
+fn c22_read_sections_in_thread_local_destructors() {
+    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    static RAN: AtomicUsize = AtomicUsize::new(0);
+    struct Late;
+    impl Drop for Late {
+        fn drop(&mut self) {
+            let rcu = StdPlatform::rcu();
+            drop(rcu.read_lock());
+            let mm = AddressSpace::<StdPlatform>::new();
+            mm.invalidate_range_start(Range::new(0x1000, 0x2000, Event::Unmap))
+                .unwrap()
+                .end();
+            RAN.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    thread_local! {
+        static LATE: std::cell::RefCell<Option<Late>> = const { std::cell::RefCell::new(None) };
+    }
+    for claim_first in [true, false] {
+        let before = RAN.load(Ordering::Relaxed);
+        thread::spawn(move || {
+            LATE.with(|l| *l.borrow_mut() = Some(Late));
+            if claim_first {
+                drop(StdPlatform::rcu().read_lock());
+            }
+        })
+        .join()
+        .unwrap();
+        assert_eq!(
+            RAN.load(Ordering::Relaxed),
+            before + 1,
+            "the destructor ran"
+        );
+        // Would never return if a section's count were lost.
+        StdPlatform::rcu().synchronize();
+        let mut tries = 0;
+        let owned = loop {
+            let owned = owned_indices(&slots_of_live_threads(SLOTS + 8));
+            tries += 1;
+            if owned.len() == SLOTS - 1 || tries == 20 {
+                break owned;
+            }
+            thread::sleep(std::time::Duration::from_millis(10));
+        };
+        assert_eq!(
+            owned.len(),
+            SLOTS - 1,
+            "claim_first {claim_first}: a slot was lost"
+        );
+    }
+}
