@@ -700,7 +700,7 @@ impl Report<'_> {
         }
 
         let _ = writeln!(w, "\n## No-subscriber fast path\n");
-        let _ = writeln!(w, "`invalidate_range_start(range)` + `end()` on an address space nobody subscribed to, against an `#[inline(never)]` empty call.\n");
+        let _ = writeln!(w, "`invalidate_range_start(range)` + `end()` on an address space nobody subscribed to, against an `#[inline(never)]` empty call that gets the same two addresses. The range is built from the two (opaque) addresses and a fixed event each time, as a kernel's caller builds it.\n");
         let _ = writeln!(w, "| | median | 95 % CI | ratio |\n|---|---|---|---|");
         let base = self.ns("fast_path/empty_call");
         for (id, label) in [

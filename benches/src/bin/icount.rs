@@ -52,8 +52,8 @@ impl IntervalOps<Interval<P>> for Iv {
 #[inline(never)]
 fn pairs_excluded(ex: &RegistrationExcluded<'_, P>, n: usize) {
     for _ in 0..n {
-        let r = Range::new(PAGE, 2 * PAGE, Event::Unmap);
-        ex.invalidate_range_start(black_box(r))
+        let r = Range::new(black_box(PAGE), black_box(2 * PAGE), Event::Unmap);
+        ex.invalidate_range_start(r)
             .expect("a valid range, nobody refuses")
             .end();
     }
@@ -62,8 +62,8 @@ fn pairs_excluded(ex: &RegistrationExcluded<'_, P>, n: usize) {
 #[inline(never)]
 fn pairs(mm: &AddressSpace<P>, n: usize) {
     for _ in 0..n {
-        let r = Range::new(PAGE, 2 * PAGE, Event::Unmap);
-        mm.invalidate_range_start(black_box(r))
+        let r = Range::new(black_box(PAGE), black_box(2 * PAGE), Event::Unmap);
+        mm.invalidate_range_start(r)
             .expect("a valid range, nobody refuses")
             .end();
     }
