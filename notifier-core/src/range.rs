@@ -25,6 +25,38 @@ pub enum Event {
     Exclusive,
 }
 
+impl Event {
+    /// The event whose `as u8` is `b & 7` (every value below 8 is one). The inverse of
+    /// `as u8` for every event: the match below lists them all, so a ninth variant
+    /// fails to compile here until this function is widened.
+    #[inline(always)]
+    pub(crate) const fn from_low_bits(b: usize) -> Event {
+        const _: () = {
+            match Event::Unmap {
+                Event::Unmap
+                | Event::Clear
+                | Event::ProtectionVma
+                | Event::ProtectionPage
+                | Event::SoftDirty
+                | Event::Release
+                | Event::Migrate
+                | Event::Exclusive => {}
+            }
+            assert!(Event::Exclusive as u8 == 7);
+        };
+        match b & 7 {
+            0 => Event::Unmap,
+            1 => Event::Clear,
+            2 => Event::ProtectionVma,
+            3 => Event::ProtectionPage,
+            4 => Event::SoftDirty,
+            5 => Event::Release,
+            6 => Event::Migrate,
+            _ => Event::Exclusive,
+        }
+    }
+}
+
 /// A range of the address space about to change.
 ///
 /// `start` is inclusive, `end` exclusive. `blockable == false` means the primary MMU

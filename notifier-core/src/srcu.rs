@@ -240,6 +240,18 @@ impl ReadToken {
     /// A token of no section, for an invalidation that counted itself nowhere (never
     /// passed to `exit`).
     pub(crate) const UNUSED: ReadToken = ReadToken(0);
+
+    /// The token as one bit (which of the two counter pairs its section counted in).
+    #[inline(always)]
+    pub(crate) fn to_bit(self) -> usize {
+        self.0 & 1
+    }
+
+    /// The token [`to_bit`](Self::to_bit) made `bit` of (the low bit of `bit` is read).
+    #[inline(always)]
+    pub(crate) fn from_bit(bit: usize) -> Self {
+        ReadToken(bit & 1)
+    }
 }
 
 impl Readers {

@@ -499,13 +499,23 @@ fn c06_c07_events_and_pairing_nested_and_overlapping() {
         Event::ProtectionVma,
         Event::ProtectionPage,
         Event::SoftDirty,
+        Event::Release,
         Event::Migrate,
         Event::Exclusive,
     ];
-    for (i, ev) in events.iter().enumerate() {
-        let r = Range::new(i * PG, (i + 1) * PG, *ev).with_owner(i);
-        let inv = mm.invalidate_range_start(r).unwrap();
-        assert_eq!(inv.range(), &r);
+    // Every event, blockable and not, each with its own owner: the out-of-line start
+    // and end rebuild the range from its fields and a packed word.
+    let ranges: Vec<Range> = events
+        .iter()
+        .enumerate()
+        .flat_map(|(i, ev)| {
+            let r = Range::new(i * PG, (i + 1) * PG, *ev).with_owner(i + 1);
+            [r, r.non_blocking().with_owner(usize::MAX - i)]
+        })
+        .collect();
+    for r in &ranges {
+        let inv = mm.invalidate_range_start(*r).unwrap();
+        assert_eq!(inv.range(), r);
         inv.end();
     }
     // Nested on one thread.
@@ -516,16 +526,15 @@ fn c06_c07_events_and_pairing_nested_and_overlapping() {
     i.end();
     o.end();
     let log = s.log();
-    for (i, ev) in events.iter().enumerate() {
-        let r = Range::new(i * PG, (i + 1) * PG, *ev).with_owner(i);
-        assert_eq!(log[2 * i], Ev::Start(r));
+    for (i, r) in ranges.iter().enumerate() {
+        assert_eq!(log[2 * i], Ev::Start(*r));
         assert_eq!(
             log[2 * i + 1],
-            Ev::End(r),
+            Ev::End(*r),
             "end gets the start's range and event"
         );
     }
-    let n = events.len() * 2;
+    let n = ranges.len() * 2;
     assert_eq!(
         &log[n..],
         &[
