@@ -208,20 +208,37 @@ pub(crate) fn busy<P: Platform>() -> bool {
 
 /// Marks the running task as inside callbacks until dropped (also when a callback
 /// panics and unwinds). `!Send`: it describes the task that made it.
-pub(crate) struct CallbackMark<P: Platform>(core::marker::PhantomData<(P, *mut ())>);
+///
+/// It remembers the count it found and puts it back when dropped, instead of counting
+/// down: the write on the way out then does not wait for a load of the word (marks
+/// nest and drop in reverse order, so the count found is the count to restore). Two
+/// walks per invalidation made four dependent read-modify-writes of one word per pair;
+/// now each walk's exit is a plain store.
+pub(crate) struct CallbackMark<P: Platform> {
+    before: u32,
+    _task: core::marker::PhantomData<(P, *mut ())>,
+}
 
 impl<P: Platform> CallbackMark<P> {
     #[inline]
     pub(crate) fn new() -> Self {
-        P::with_task_state(|s| TaskState::add(&s.callbacks, 1));
-        CallbackMark(core::marker::PhantomData)
+        let before = P::with_task_state(|s| {
+            let n = s.callbacks.load(Ordering::Relaxed);
+            s.callbacks.store(n.saturating_add(1), Ordering::Relaxed);
+            n
+        });
+        CallbackMark {
+            before,
+            _task: core::marker::PhantomData,
+        }
     }
 }
 
 impl<P: Platform> Drop for CallbackMark<P> {
     #[inline]
     fn drop(&mut self) {
-        P::with_task_state(|s| TaskState::add(&s.callbacks, -1));
+        let before = self.before;
+        P::with_task_state(|s| s.callbacks.store(before, Ordering::Relaxed));
     }
 }
 
