@@ -61,14 +61,17 @@ pub enum ReaderSlot {
     Owned(OwnedSlot),
 }
 
-/// A slot index a thread owns (see [`ReaderSlot::Owned`]).
+/// A slot index a thread owns (see [`ReaderSlot::Owned`]), and whether the thread's
+/// read-side barrier is a compiler fence ([`light`](Self::light)).
 ///
 /// # Invariants
 ///
 /// The index is below [`SLOTS`]. While a thread is handed `Owned` of it, no other
 /// thread is handed `Owned` of the same index or `Shared(j)` with `j % SLOTS` equal to
 /// it, and the thread does not count in it from a context that interrupts its own
-/// counting (a signal or interrupt handler).
+/// counting (a signal or interrupt handler). If it is light, the platform's
+/// [`reader_barrier`](crate::Platform::reader_barrier) is a compiler fence on that
+/// thread while it is handed the slot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OwnedSlot(u8);
 
@@ -84,16 +87,57 @@ impl OwnedSlot {
     /// owner's counts). The type's invariant holds from then on.
     pub const unsafe fn new(index: usize) -> Option<Self> {
         if index < SLOTS {
-            // Below SLOTS, so it fits in a `u8` (SLOTS is 32).
+            // Below SLOTS, so it fits in a `u8` (SLOTS is 32) beside the flag.
+            Some(OwnedSlot(index as u8 | Self::FENCED))
+        } else {
+            None
+        }
+    }
+
+    /// [`new`](Self::new), for a thread whose read-side barrier is a compiler fence:
+    /// the core then issues that fence itself around the slot's counts instead of
+    /// calling [`Platform::reader_barrier`](crate::Platform::reader_barrier), which on
+    /// a platform that chooses its barriers at run time has to look the choice up. The
+    /// hosted platform hands these out once it has chosen `membarrier`.
+    ///
+    /// # Safety
+    ///
+    /// What [`new`](Self::new) asks, and: while the thread is handed the slot, its
+    /// platform's `reader_barrier` is a compiler fence (its `writer_barrier` makes a
+    /// compiler fence on the read side enough, as `membarrier` does).
+    pub const unsafe fn new_light(index: usize) -> Option<Self> {
+        if index < SLOTS {
             Some(OwnedSlot(index as u8))
         } else {
             None
         }
     }
 
+    /// Not light (see [`new_light`](Self::new_light)).
+    const FENCED: u8 = 0x80;
+
     /// The slot's index, below [`SLOTS`].
     pub const fn index(self) -> usize {
-        self.0 as usize
+        (self.0 & !Self::FENCED) as usize
+    }
+
+    /// Whether the thread's read-side barrier is a compiler fence (made by
+    /// [`new_light`](Self::new_light)).
+    pub const fn light(self) -> bool {
+        self.0 & Self::FENCED == 0
+    }
+}
+
+/// The read-side barrier B of a section counted in `slot` (see [`Readers::enter`]): a
+/// compiler fence where the slot says that is the platform's barrier (its invariant),
+/// the platform's otherwise.
+#[inline(always)]
+fn reader_barrier<P: Platform>(slot: ReaderSlot) {
+    match slot {
+        ReaderSlot::Owned(o) if o.light() => {
+            core::sync::atomic::compiler_fence(core::sync::atomic::Ordering::SeqCst)
+        }
+        _ => P::reader_barrier(),
     }
 }
 
@@ -278,7 +322,8 @@ impl Readers {
     #[inline]
     pub(crate) fn enter<P: Platform>(&self) -> ReadToken {
         let idx = self.completed.load(Ordering::Relaxed) & 1;
-        match P::reader_slot() {
+        let slot = P::reader_slot();
+        match slot {
             ReaderSlot::Owned(o) => {
                 // Only this thread writes the slot's counters (`OwnedSlot` invariant).
                 // The index is below SLOTS already; the mask spares a bounds check.
@@ -290,7 +335,7 @@ impl Readers {
             }
         }
         // B: order the increment before the section's reads (pairs with A).
-        P::reader_barrier();
+        reader_barrier::<P>(slot);
         ReadToken(idx)
     }
 
@@ -306,31 +351,31 @@ impl Readers {
     /// [`Platform::writer_barrier`] (the zombie sweep, `Subscriptions::sweep_zombies`).
     #[inline]
     pub(crate) fn exit_then_load<P: Platform>(&self, token: ReadToken) {
-        if self.unlock_inc::<P>(token, Ordering::SeqCst) {
-            P::reader_barrier();
-        } else {
-            crate::primitive::seqcst_rmw_then_load();
+        match self.unlock_inc::<P>(token, Ordering::SeqCst) {
+            // A plain store: the barrier orders it before the loads.
+            slot @ ReaderSlot::Owned(_) => reader_barrier::<P>(slot),
+            ReaderSlot::Shared(_) => crate::primitive::seqcst_rmw_then_load(),
         }
     }
 
-    /// Count the exit of `token`'s section; true if it was a plain store (owned slot),
-    /// false if a read-modify-write with `order`.
+    /// Count the exit of `token`'s section; returns the slot it counted in: a plain
+    /// store for an owned slot, a read-modify-write with `order` for a shared one.
     #[inline]
-    fn unlock_inc<P: Platform>(&self, token: ReadToken, order: Ordering) -> bool {
-        match P::reader_slot() {
+    fn unlock_inc<P: Platform>(&self, token: ReadToken, order: Ordering) -> ReaderSlot {
+        let slot = P::reader_slot();
+        match slot {
             ReaderSlot::Owned(o) => {
                 // Only this thread writes the slot's counters (`OwnedSlot` invariant).
                 let c = &self.slots[o.index() % SLOTS].unlock[token.0 & 1];
                 c.store(c.load(Ordering::Relaxed).wrapping_add(1), Ordering::Release);
-                true
             }
             ReaderSlot::Shared(i) => {
                 // SeqCst where asked (on x86 the same locked add as Release): a load the
                 // exiting reader makes afterwards is ordered after it.
                 self.slots[i % SLOTS].unlock[token.0 & 1].fetch_add(1, order);
-                false
             }
         }
+        slot
     }
 
     fn idle(&self, idx: usize) -> bool {

@@ -39,6 +39,13 @@
 //! full fence, which pairs with either kind of writer barrier.
 //! [`StdPlatform::asymmetric_barriers`] says which was chosen; `NOTIFIER_MEMBARRIER=0`
 //! in the environment keeps the full fences.
+//!
+//! A thread's slot says which (a [light](OwnedSlot::light) owned slot, made after the
+//! choice of `membarrier`), so that a section asks one thread-local byte for both and
+//! the core issues the compiler fence itself. Under full fences a thread counts in the
+//! slot it claimed with atomic increments, as a shared slot (no thread owns one then):
+//! what such a section costs is its fence, and the slot of its own keeps the threads
+//! off one cache line.
 
 extern crate std;
 
@@ -163,13 +170,21 @@ std::thread_local! {
     /// exit.
     static READER_SLOT: SlotClaim = SlotClaim::claim();
     /// What every read-side section reads (a plain thread-local byte, no lazy state):
-    /// `UNCLAIMED` until the thread's first section, then the index its claim owns, or
-    /// `SHARED_SLOT` (no slot was free, or the claim was given back at thread exit).
+    /// `UNCLAIMED` until the thread's first section, then the index its claim owns
+    /// (with `FENCED` set when the process keeps full fences), or `SHARED_SLOT` (no
+    /// slot was free, or the claim was given back at thread exit).
     static SLOT_INDEX: Cell<u8> = const { Cell::new(UNCLAIMED) };
 }
 
 /// `SLOT_INDEX` before the thread's first read-side section.
 const UNCLAIMED: u8 = u8::MAX;
+
+/// Set in `SLOT_INDEX` beside a claimed index when the process keeps full fences: the
+/// thread then counts in its slot as a shared one (atomic increments; the fence is what
+/// a section costs there), so that an index alone, below `SHARED_SLOT`, says both that
+/// the slot is owned and that the read-side barrier is a compiler fence, and the fast
+/// path's one compare decides both (`OwnedSlot::light`).
+const FENCED: u8 = 0x40;
 
 /// Reader slots owned by a thread: bit `i` set while a thread owns slot `i`. Slot
 /// `SLOTS - 1` is never owned: it is the shared slot of the threads that found every
@@ -183,15 +198,17 @@ const SHARED_SLOT: usize = SLOTS - 1;
 ///
 /// `Some(i)`: bit `i` of `SLOT_OWNERS` was set by this claim, `i < SHARED_SLOT`, and is
 /// cleared only by its drop, on the thread that made the claim. The thread's
-/// `SLOT_INDEX` is `i` from the claim until the drop, which sets it to `SHARED_SLOT`
-/// before it clears the bit; it is never below `SHARED_SLOT` otherwise.
+/// `SLOT_INDEX` is `i` (the process chose `membarrier` before the claim) or
+/// `i | FENCED` (it chose full fences) from the claim until the drop, which sets it to
+/// `SHARED_SLOT` before it clears the bit; it is never below `SHARED_SLOT`, nor
+/// `FENCED` with an index below `SHARED_SLOT`, otherwise.
 struct SlotClaim(Option<OwnedSlot>);
 
 impl SlotClaim {
     fn claim() -> Self {
         // The thread's first read-side section: choose the barriers now, so that this
-        // and later sections can take the light one.
-        barriers();
+        // and later sections can take the light one. The choice never changes.
+        let fenced = if barriers() == MEMBARRIER { 0 } else { FENCED };
         let mut cur = SLOT_OWNERS.load(Ordering::Relaxed);
         loop {
             let free = !cur & ((1u32 << SHARED_SLOT) - 1);
@@ -213,7 +230,7 @@ impl SlotClaim {
                 // hand-over is the release clear and the acquire set, and the core never
                 // counts from a signal handler on this platform.
                 Ok(_) => {
-                    SLOT_INDEX.with(|c| c.set(i as u8));
+                    SLOT_INDEX.with(|c| c.set(i as u8 | fenced));
                     return SlotClaim(unsafe { OwnedSlot::new(i as usize) });
                 }
                 Err(now) => cur = now,
@@ -222,21 +239,16 @@ impl SlotClaim {
     }
 }
 
-/// `SLOT_INDEX` when it is not an owned slot's index (`i`, the value read): on the
-/// thread's first read-side section, take a slot. Returns `SLOT_INDEX` afterwards: the
-/// claim's index or `SHARED_SLOT` (`SlotClaim::claim`); `UNCLAIMED` if the claim cannot
-/// be made (the thread is exiting), and the section counts in the shared slot. An index
-/// and not a `ReaderSlot`: the hot path's index then stays in a register (a returned
-/// enum came back through memory, and the fast path paid for its stores).
+/// The thread's first read-side section: take a slot. Returns `SLOT_INDEX` afterwards:
+/// the claim's (see `SlotClaim::claim`), or `UNCLAIMED` if the claim cannot be made
+/// (the thread is exiting), and the section counts in the shared slot. An index and not
+/// a `ReaderSlot`: the hot path's index then stays in a register (a returned enum came
+/// back through memory, and the fast path paid for its stores).
 #[cold]
 #[inline(never)]
-fn reader_slot_slow(i: u8) -> u8 {
-    if i == UNCLAIMED {
-        let _ = READER_SLOT.try_with(|_| ());
-        SLOT_INDEX.with(Cell::get)
-    } else {
-        i
-    }
+fn reader_slot_slow() -> u8 {
+    let _ = READER_SLOT.try_with(|_| ());
+    SLOT_INDEX.with(Cell::get)
 }
 
 impl Drop for SlotClaim {
@@ -394,19 +406,34 @@ unsafe impl Platform for StdPlatform {
         &UNSUBSCRIBED
     }
 
-    /// An owned slot from the registry (see the [module docs](self)), or the shared one.
+    /// An owned slot from the registry (see the [module docs](self)), light once the
+    /// process chose `membarrier`, or the shared one.
     #[inline]
     fn reader_slot() -> ReaderSlot {
         let mut i = SLOT_INDEX.with(Cell::get);
-        if usize::from(i) >= SHARED_SLOT {
-            i = reader_slot_slow(i);
-        }
         if usize::from(i) < SHARED_SLOT {
-            // SAFETY: `SLOT_INDEX` is below `SHARED_SLOT` only while this thread's
-            // `SlotClaim` owns that index (its invariant): the claim's promise.
-            if let Some(o) = unsafe { OwnedSlot::new(usize::from(i)) } {
+            // SAFETY: `SLOT_INDEX` is an index below `SHARED_SLOT` only while this
+            // thread's `SlotClaim` owns that index, made after the process chose
+            // `membarrier` (its invariant): the claim's promise, and `reader_barrier`
+            // is a compiler fence for good (the choice never changes).
+            if let Some(o) = unsafe { OwnedSlot::new_light(usize::from(i)) } {
                 return ReaderSlot::Owned(o);
             }
+        }
+        if i == UNCLAIMED {
+            i = reader_slot_slow();
+            if usize::from(i) < SHARED_SLOT {
+                // SAFETY: as above.
+                if let Some(o) = unsafe { OwnedSlot::new_light(usize::from(i)) } {
+                    return ReaderSlot::Owned(o);
+                }
+            }
+        }
+        if i & FENCED != 0 && usize::from(i & !FENCED) < SHARED_SLOT {
+            // Full fences: the thread's own slot, counted with atomic increments (what a
+            // section costs is the fence; its own slot keeps threads off one line). No
+            // thread is handed an owned slot then, so sharing it breaks no promise.
+            return ReaderSlot::Shared(usize::from(i & !FENCED));
         }
         ReaderSlot::Shared(SHARED_SLOT)
     }

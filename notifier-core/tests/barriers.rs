@@ -18,11 +18,23 @@
 //! started with `NOTIFIER_MEMBARRIER=0` (checked: a read side that took the light
 //! barrier under full fences shows the forbidden outcome in 201 of 50 000 rounds).
 //!
+//! The read side of the core does not always call `reader_barrier`: a thread whose
+//! reader slot is light (`OwnedSlot::light`, handed out once the process chose
+//! `membarrier`) gets a compiler fence from the core itself. So the litmus runs twice in
+//! each pairing: with `reader_barrier` between the reader's store and load, and with an
+//! SRCU read-side section there (its barrier B, taken as a read section takes it). That
+//! second run catches a light slot handed out under full fences only now and then (with
+//! the claim marking every slot light: 1 to 85 forbidden outcomes in 50 000 rounds in a
+//! release build, none in a debug build, where the section is long enough for the store
+//! to drain), so each pairing also checks the slot itself: light exactly when the
+//! process chose `membarrier` (`slot_is_light_exactly_under_membarrier`).
+//!
 //! Alone in its test binary: the barrier choice is process-wide.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread;
 
+use notifier_core::srcu::{ReaderSlot, SleepableRcu};
 use notifier_core::std_platform::StdPlatform;
 use notifier_core::Platform;
 
@@ -55,7 +67,40 @@ fn reader_and_writer_barriers_forbid_store_buffering() {
             "this Linux host has membarrier: the hosted platform uses it unless told not to"
         );
     }
-    store_buffering_litmus();
+    slot_is_light_exactly_under_membarrier();
+    store_buffering_litmus(StdPlatform::reader_barrier);
+    store_buffering_litmus(read_section);
+}
+
+/// The slot a thread's read-side sections count in, after its first section: owned
+/// (the thread is alone, it got one), and light, which lets the core skip
+/// `reader_barrier` for a compiler fence, only where the process pairs the light
+/// barrier with `membarrier`. Under full fences no slot is owned: the thread counts in
+/// its own slot with atomic increments.
+fn slot_is_light_exactly_under_membarrier() {
+    std::thread::spawn(|| {
+        read_section();
+        let slot = StdPlatform::reader_slot();
+        if StdPlatform::asymmetric_barriers() {
+            assert!(
+                matches!(slot, ReaderSlot::Owned(o) if o.light()),
+                "under membarrier a thread's slot is owned and light: {slot:?}"
+            );
+        } else {
+            assert!(
+                matches!(slot, ReaderSlot::Shared(_)),
+                "under full fences no slot is owned (nor light): {slot:?}"
+            );
+        }
+    })
+    .join()
+    .expect("the check passed");
+}
+
+/// An empty SRCU read-side section: its barrier B orders what the thread stored before
+/// it against what it loads after.
+fn read_section() {
+    drop(StdPlatform::rcu().read_lock());
 }
 
 /// The other pairing, full fences on both sides, checked the same way: in a child
@@ -66,7 +111,9 @@ fn full_fences_forbid_store_buffering_when_membarrier_is_off() {
     if cfg!(miri) || fences_forced() {
         // Miri has no `membarrier` and cannot spawn: full fences here already.
         assert!(!StdPlatform::asymmetric_barriers());
-        store_buffering_litmus();
+        slot_is_light_exactly_under_membarrier();
+        store_buffering_litmus(StdPlatform::reader_barrier);
+        store_buffering_litmus(read_section);
         return;
     }
     let out = std::process::Command::new(std::env::current_exe().expect("test binary"))
@@ -86,7 +133,8 @@ fn full_fences_forbid_store_buffering_when_membarrier_is_off() {
     );
 }
 
-fn store_buffering_litmus() {
+/// Store buffering with `reader_barrier` as the reader's barrier.
+fn store_buffering_litmus(reader_barrier: fn()) {
     let x = Line(AtomicUsize::new(0));
     let y = Line(AtomicUsize::new(0));
     // Round r: the reader writes r to x, the writer r to y. A two-thread spin barrier
@@ -106,7 +154,7 @@ fn store_buffering_litmus() {
             for r in 1..=ROUNDS {
                 meet(0, 2 * r - 1);
                 x.0.store(r, Ordering::Relaxed);
-                StdPlatform::reader_barrier();
+                reader_barrier();
                 let v = y.0.load(Ordering::Relaxed);
                 seen_by_reader.0.store(v, Ordering::Relaxed);
                 // The result is read after the second meeting.
