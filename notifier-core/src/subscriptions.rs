@@ -666,24 +666,31 @@ impl<P: Platform> AddressSpace<P> {
             P::might_sleep();
         }
         let token = s.inflight.enter::<P>();
-        let g = s.gen.load(Ordering::Acquire);
         // Read after `enter` (its barrier pairs with the first registration's and the
         // first insertion's grace periods): either this invalidation sees the node or
         // the tree, or the registration waits for it.
-        let itree =
+        let (gen, itree, nobody) =
             if s.head.load(Ordering::Relaxed).is_null() && !s.has_itree.load(Ordering::Relaxed) {
+                // No node is visible at any generation this invalidation could read
+                // now, nor the tree: its end calls nobody either (`Started::nobody`),
+                // so the generation is not needed.
                 task::hold::<P>();
-                false
+                (0, false, true)
             } else {
+                // After the list head: a node seen there is visible at this generation
+                // or newer than it, as if the generation had been read first.
+                let g = s.gen.load(Ordering::Acquire);
                 let flags = Flags::new(&range, token, false);
-                Self::start_slow(s, g, range.start, range.end, range.owner, flags)?
+                let itree = Self::start_slow(s, g, range.start, range.end, range.owner, flags)?;
+                (g, itree, false)
             };
         Ok(Invalidation {
             range,
             inner: Some(Started {
                 subs: s,
-                gen: g,
+                gen,
                 itree,
+                nobody,
                 token,
             }),
             unbracketed: Unbracketed::No(ReadToken::UNUSED),
@@ -1037,8 +1044,14 @@ enum Unbracketed {
 
 pub(crate) struct Started<'a, P: Platform> {
     subs: &'a Subscriptions<P>,
+    /// The generation the start walked at (0 when it called nobody).
     gen: u64,
+    /// Whether the start entered the interval tree.
     itree: bool,
+    /// Whether the start found no node and no tree: then its end calls nobody either,
+    /// without looking (a node linked since is newer than the start, a tree inserted
+    /// since was not entered).
+    nobody: bool,
     token: ReadToken,
 }
 
@@ -1190,10 +1203,11 @@ impl<P: Platform> Invalidation<'_, P> {
     fn finish(range: Range, inner: Option<Started<'_, P>>, unbracketed: Unbracketed) {
         if let Some(st) = inner {
             let s = st.subs;
-            if !st.itree && s.head.load(Ordering::Relaxed).is_null() {
-                // What `end_slow` does with nothing to call: an empty list now means no
-                // node visible at this invalidation's generation (a node linked since
-                // is newer), and the tree's part was never entered.
+            if st.nobody || (!st.itree && s.head.load(Ordering::Relaxed).is_null()) {
+                // What `end_slow` does with nothing to call: the start called nobody,
+                // or an empty list now means no node visible at this invalidation's
+                // generation (a node linked since is newer), and the tree's part was
+                // never entered.
                 if range.blockable {
                     P::might_sleep();
                 }
