@@ -25,7 +25,8 @@ static RCU: Srcu<Fenced> = Srcu::new();
 static UNSUBSCRIBED: ReaderCounts = ReaderCounts::new();
 
 // SAFETY: allocation, the task state and the reader slots are `StdPlatform`'s, which
-// keeps those promises (a thread's owned slot is its own in every platform's counters);
+// keeps those promises (a thread's owned slot is its own in every platform's counters),
+// the slots passed on not light (this platform's `reader_barrier` is a full fence);
 // the RCU domain and the unsubscribed counters are this platform's own statics; the
 // barriers are the trait's defaults, full fences.
 unsafe impl Platform for Fenced {
@@ -41,9 +42,14 @@ unsafe impl Platform for Fenced {
     fn slot() -> usize {
         StdPlatform::slot()
     }
+    /// `StdPlatform`'s slot, never light: this platform's read-side barrier is a full
+    /// fence, which a light slot would let the core skip.
     #[inline]
     fn reader_slot() -> ReaderSlot {
-        StdPlatform::reader_slot()
+        match StdPlatform::reader_slot() {
+            ReaderSlot::Owned(o) => ReaderSlot::Owned(o.fenced()),
+            shared => shared,
+        }
     }
     fn current_task() -> usize {
         StdPlatform::current_task()
@@ -81,5 +87,22 @@ unsafe impl Platform for Fenced {
         // SAFETY: the caller's contract, forwarded: `ptr` came from `alloc` (which is
         // `StdPlatform::alloc`) with this layout.
         unsafe { StdPlatform::dealloc(ptr, layout) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use notifier_core::srcu::SleepableRcu;
+
+    /// A light slot would let the core skip this platform's full fence: the what-if
+    /// rows would then measure the hosted platform again.
+    #[test]
+    fn slots_passed_on_are_never_light() {
+        drop(Fenced::rcu().read_lock());
+        match Fenced::reader_slot() {
+            ReaderSlot::Owned(o) => assert!(!o.light(), "{o:?}"),
+            ReaderSlot::Shared(_) => assert!(!StdPlatform::asymmetric_barriers()),
+        }
     }
 }

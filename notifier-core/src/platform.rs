@@ -165,12 +165,16 @@ impl SleepClass {
 /// - [`unsubscribed`](Self::unsubscribed) returns the same counters on every call, and
 ///   no other platform returns them;
 /// - [`reader_slot`](Self::reader_slot) keeps [`OwnedSlot::new`]'s promise for every
-///   `Owned` slot it returns;
+///   `Owned` slot it returns, and [`OwnedSlot::new_light`]'s (this platform's
+///   `reader_barrier` is a compiler fence on that thread) for every light one: a
+///   platform that passes on another's slots with barriers of its own passes them on
+///   [`fenced`](crate::srcu::OwnedSlot::fenced);
 /// - [`reader_barrier`](Self::reader_barrier) and
 ///   [`writer_barrier`](Self::writer_barrier) together order memory at least as a full
 ///   fence on each side would.
 ///
 /// [`OwnedSlot::new`]: crate::srcu::OwnedSlot::new
+/// [`OwnedSlot::new_light`]: crate::srcu::OwnedSlot::new_light
 pub unsafe trait Platform: Sized + Send + Sync + 'static {
     /// The writer-side lock.
     type RawLock: RawLock;
@@ -204,6 +208,7 @@ pub unsafe trait Platform: Sized + Send + Sync + 'static {
     /// instruction; [`OwnedSlot::new`]'s contract is the promise it makes.
     ///
     /// [`OwnedSlot::new`]: crate::srcu::OwnedSlot::new
+    /// [`OwnedSlot::new_light`]: crate::srcu::OwnedSlot::new_light
     #[inline]
     fn reader_slot() -> ReaderSlot {
         ReaderSlot::Shared(Self::slot())

@@ -126,6 +126,21 @@ impl OwnedSlot {
     pub const fn light(self) -> bool {
         self.0 & Self::FENCED == 0
     }
+
+    /// The same slot, not light: what a platform hands out when it passes on another
+    /// platform's slots but has barriers of its own (a light slot would let the core
+    /// skip its `reader_barrier`).
+    ///
+    /// ```
+    /// # use notifier_core::srcu::OwnedSlot;
+    /// // SAFETY: a doctest's only thread, and no platform counts in the slot.
+    /// let light = unsafe { OwnedSlot::new_light(3) }.unwrap();
+    /// assert!(light.light() && !light.fenced().light());
+    /// assert_eq!(light.fenced().index(), 3);
+    /// ```
+    pub const fn fenced(self) -> Self {
+        OwnedSlot(self.0 | Self::FENCED)
+    }
 }
 
 /// The read-side barrier B of a section counted in `slot` (see [`Readers::enter`]): a
