@@ -707,3 +707,27 @@ unsafe impl<P: Platform> SleepableRcu for Srcu<P> {
         }
     }
 }
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    /// A slot is light only when made light, `fenced` makes any slot not light, and
+    /// neither changes its index.
+    #[test]
+    fn owned_slots_light_and_fenced() {
+        for i in 0..SLOTS {
+            // SAFETY: no platform counts in these slots: they are only looked at.
+            let (heavy, light) = unsafe { (OwnedSlot::new(i), OwnedSlot::new_light(i)) };
+            let (heavy, light) = (heavy.unwrap(), light.unwrap());
+            assert!(!heavy.light());
+            assert!(light.light());
+            assert_eq!((heavy.index(), light.index()), (i, i));
+            assert_eq!(light.fenced(), heavy);
+            assert_eq!(heavy.fenced(), heavy);
+        }
+        // SAFETY: as above.
+        let (heavy, light) = unsafe { (OwnedSlot::new(SLOTS), OwnedSlot::new_light(SLOTS)) };
+        assert!(heavy.is_none() && light.is_none());
+    }
+}

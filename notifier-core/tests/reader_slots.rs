@@ -3,7 +3,10 @@
 //! no locked instruction, and shares one slot among the threads beyond.
 //!
 //! Alone in its test binary: the registry is process-wide, and these tests count what
-//! it hands out.
+//! it hands out. The process's barrier pairing decides how a claimed slot is used
+//! (owned and light under `membarrier`, counted in with atomic increments under full
+//! fences), so every test runs under both: in this process, and in a child process of
+//! the same binary with `NOTIFIER_MEMBARRIER=0` (`every_test_under_full_fences_too`).
 
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier, Mutex};
@@ -272,4 +275,29 @@ fn c22_read_sections_in_thread_local_destructors() {
             "claim_first {claim_first}: a slot was lost"
         );
     }
+}
+
+/// The environment variable that keeps the hosted platform's full fences.
+const KNOB: &str = "NOTIFIER_MEMBARRIER";
+
+/// Every test of this binary again, in a child process that keeps full fences: there no
+/// slot is owned, and a thread counts in the slot it claimed as a shared one (under
+/// Miri, or when this process already keeps full fences, the tests above ran so).
+#[test]
+fn every_test_under_full_fences_too() {
+    if cfg!(miri) || std::env::var_os(KNOB).is_some_and(|v| v == "0") {
+        assert!(!StdPlatform::asymmetric_barriers());
+        return;
+    }
+    let out = std::process::Command::new(std::env::current_exe().expect("test binary"))
+        .args(["--skip", "every_test_under_full_fences_too"])
+        .env(KNOB, "0")
+        .output()
+        .expect("run the test binary again");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("4 passed"),
+        "child with {KNOB}=0 failed: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
