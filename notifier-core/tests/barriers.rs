@@ -38,6 +38,8 @@ use notifier_core::srcu::{ReaderSlot, SleepableRcu};
 use notifier_core::std_platform::StdPlatform;
 use notifier_core::Platform;
 
+mod full_fences;
+
 /// Rounds of the litmus test (each with one writer barrier, a system call).
 const ROUNDS: usize = if cfg!(miri) { 200 } else { 50_000 };
 
@@ -49,13 +51,6 @@ struct Line(AtomicUsize);
 #[repr(align(128))]
 struct Round(AtomicUsize);
 
-/// Set to `0` in the environment, the hosted platform keeps full fences.
-const KNOB: &str = "NOTIFIER_MEMBARRIER";
-
-fn fences_forced() -> bool {
-    std::env::var_os(KNOB).is_some_and(|v| v == "0")
-}
-
 #[test]
 fn reader_and_writer_barriers_forbid_store_buffering() {
     // On a Linux host with `membarrier` the read side is the light barrier: the case
@@ -63,7 +58,7 @@ fn reader_and_writer_barriers_forbid_store_buffering() {
     if cfg!(all(target_os = "linux", not(miri))) {
         assert_eq!(
             StdPlatform::asymmetric_barriers(),
-            !fences_forced(),
+            !full_fences::forced(),
             "this Linux host has membarrier: the hosted platform uses it unless told not to"
         );
     }
@@ -108,7 +103,7 @@ fn read_section() {
 /// per process).
 #[test]
 fn full_fences_forbid_store_buffering_when_membarrier_is_off() {
-    if cfg!(miri) || fences_forced() {
+    if cfg!(miri) || full_fences::forced() {
         // Miri has no `membarrier` and cannot spawn: full fences here already.
         assert!(!StdPlatform::asymmetric_barriers());
         slot_is_light_exactly_under_membarrier();
@@ -116,20 +111,13 @@ fn full_fences_forbid_store_buffering_when_membarrier_is_off() {
         store_buffering_litmus(read_section);
         return;
     }
-    let out = std::process::Command::new(std::env::current_exe().expect("test binary"))
-        .args([
+    full_fences::run_again(
+        &[
             "--exact",
             "full_fences_forbid_store_buffering_when_membarrier_is_off",
             "--test-threads=1",
-        ])
-        .env(KNOB, "0")
-        .output()
-        .expect("run the test binary again");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && stdout.contains("1 passed"),
-        "child with {KNOB}=0 failed: {stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
+        ],
+        "1 passed",
     );
 }
 

@@ -16,6 +16,8 @@ use notifier_core::srcu::{ReaderSlot, SleepableRcu, SLOTS};
 use notifier_core::std_platform::StdPlatform;
 use notifier_core::{AddressSpace, Event, Platform, Range};
 
+mod full_fences;
+
 /// Sizes: smaller under Miri, which runs every access through its checks.
 const WAVES: usize = if cfg!(miri) { 2 } else { 6 };
 const THREADS: usize = if cfg!(miri) { SLOTS + 2 } else { 40 };
@@ -277,27 +279,14 @@ fn c22_read_sections_in_thread_local_destructors() {
     }
 }
 
-/// The environment variable that keeps the hosted platform's full fences.
-const KNOB: &str = "NOTIFIER_MEMBARRIER";
-
 /// Every test of this binary again, in a child process that keeps full fences: there no
 /// slot is owned, and a thread counts in the slot it claimed as a shared one (under
 /// Miri, or when this process already keeps full fences, the tests above ran so).
 #[test]
 fn every_test_under_full_fences_too() {
-    if cfg!(miri) || std::env::var_os(KNOB).is_some_and(|v| v == "0") {
+    if cfg!(miri) || full_fences::forced() {
         assert!(!StdPlatform::asymmetric_barriers());
         return;
     }
-    let out = std::process::Command::new(std::env::current_exe().expect("test binary"))
-        .args(["--skip", "every_test_under_full_fences_too"])
-        .env(KNOB, "0")
-        .output()
-        .expect("run the test binary again");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && stdout.contains("4 passed"),
-        "child with {KNOB}=0 failed: {stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    full_fences::run_again(&["--skip", "every_test_under_full_fences_too"], "4 passed");
 }
