@@ -96,7 +96,7 @@ impl OwnedSlot {
 
     /// [`new`](Self::new), for a thread whose read-side barrier is a compiler fence:
     /// the core then issues that fence itself around the slot's counts instead of
-    /// calling [`Platform::reader_barrier`](crate::Platform::reader_barrier), which on
+    /// calling [`Platform::reader_barrier`], which on
     /// a platform that chooses its barriers at run time has to look the choice up. The
     /// hosted platform hands these out once it has chosen `membarrier`.
     ///
