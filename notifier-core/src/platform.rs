@@ -205,7 +205,9 @@ pub unsafe trait Platform: Sized + Send + Sync + 'static {
     /// updated with atomic read-modify-writes. A platform that can give a thread a slot
     /// of its own for a while (a registry of thread slots, as liburcu's reader
     /// registration) returns [`ReaderSlot::Owned`] and the read side takes no locked
-    /// instruction; [`OwnedSlot::new`]'s contract is the promise it makes.
+    /// instruction; [`OwnedSlot::new`]'s contract is the promise it makes. Where this
+    /// platform's [`reader_barrier`](Self::reader_barrier) is a compiler fence, an
+    /// [`OwnedSlot::new_light`] slot also lets the core issue that fence itself.
     ///
     /// [`OwnedSlot::new`]: crate::srcu::OwnedSlot::new
     /// [`OwnedSlot::new_light`]: crate::srcu::OwnedSlot::new_light
